@@ -1,0 +1,107 @@
+//! Checkpoint readers: turn a model file someone already has into a [`Transformer`] and
+//! its tokenizer.
+//!
+//! - a `.gguf` file of the Llama family (`llama.rs` over `gguf.rs`), quantized or not;
+//! - a Hugging Face folder with `config.json`, `model.safetensors` and `tokenizer.json`
+//!   of a GPT-Neo model (`gpt_neo.rs`).
+
+mod gguf;
+mod gguf_tokenizer;
+mod gpt_neo;
+mod llama;
+pub mod quant;
+
+use std::path::{Path, PathBuf};
+
+use crate::model::Transformer;
+
+pub use gguf::{GgufFile, Value as GgufValue};
+
+/// A checkpoint read into memory.
+pub struct Checkpoint {
+    pub transformer: Transformer,
+    pub tokenizer: tokenizers::Tokenizer,
+    pub special_tokens: SpecialTokens,
+    /// What the model was read from, for the manifest (`SmolLM2-135M-Instruct (gguf Q4_1)`).
+    pub description: String,
+}
+
+/// Token ids with a meaning of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SpecialTokens {
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    /// Used to fill padded positions; never scored, so any id works, but a real one keeps
+    /// the embedding lookup in range.
+    pub pad: u32,
+    /// Whether the model expects BOS before every prompt (TransformerLens' `prepend_bos`).
+    pub prepend_bos: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not a valid checkpoint: {what}", path.display())]
+    Corrupt { path: PathBuf, what: String },
+    #[error("{} is not supported: {what}", path.display())]
+    Unsupported { path: PathBuf, what: String },
+    #[error("{} has no tensor `{name}`; is it a complete checkpoint of the architecture it claims?", path.display())]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("{} has no metadata key `{key}`", path.display())]
+    MissingMetadata { path: PathBuf, key: String },
+    #[error("tensor `{name}` in {} has shape {found:?}, expected {expected:?}", path.display())]
+    Shape {
+        path: PathBuf,
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+}
+
+impl Checkpoint {
+    /// Reads a checkpoint, choosing the reader by what `path` is: a `.gguf` file or a
+    /// folder holding `config.json`.
+    pub fn load(path: &Path) -> Result<Self, CheckpointError> {
+        if path.is_dir() {
+            return gpt_neo::load(path);
+        }
+        if path.extension().is_some_and(|ext| ext == "gguf") {
+            let file = GgufFile::open(path)?;
+            return llama::load(&file);
+        }
+        if !path.exists() {
+            return Err(CheckpointError::Io {
+                path: path.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            });
+        }
+        Err(CheckpointError::Unsupported {
+            path: path.to_owned(),
+            what: "expected a .gguf file or a Hugging Face folder with config.json and model.safetensors".into(),
+        })
+    }
+}
+
+/// Checks a tensor's shape before it is used; readers call this for every tensor so a
+/// checkpoint that lies about its dimensions fails here, not inside ONNX Runtime.
+fn expect_shape(
+    path: &Path,
+    name: &str,
+    found: &[usize],
+    expected: &[usize],
+) -> Result<(), CheckpointError> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(CheckpointError::Shape {
+            path: path.to_owned(),
+            name: name.to_owned(),
+            found: found.to_vec(),
+            expected: expected.to_vec(),
+        })
+    }
+}

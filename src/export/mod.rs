@@ -1,0 +1,163 @@
+//! `qexp export`: checkpoint -> model folder (`model.onnx`, `model.onnx.data`,
+//! `manifest.json`, `tokenizer.json`).
+//!
+//! The folder is written under a temporary name beside its destination and renamed into
+//! place at the end, so a failed export never leaves a half-written model behind.
+
+mod graph;
+mod transformer;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::manifest::{
+    ATTENTION_MASK, DATA_FILE, FORMAT_VERSION, GRAPH_FILE, INPUT_IDS, LOGITS, MANIFEST_FILE,
+    Manifest, TOKENIZER_FILE,
+};
+use crate::onnx::{FLOAT, INT64, ModelProto, OperatorSetIdProto};
+
+pub use graph::{ExternalData, GraphBuilder, attr_int, attr_ints, value_info};
+
+/// The ONNX opset the graph is written against, and the IR version that goes with it.
+pub const OPSET: i64 = 17;
+const IR_VERSION: i64 = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("cannot write the model folder: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot write {}: {message}", path.display())]
+    Write { path: PathBuf, message: String },
+    #[error("{} exists and is not a qexp model folder; choose another output path or remove it", path.display())]
+    OutputOccupied { path: PathBuf },
+    #[error("internal error while building the graph: {0} (this is a bug in qexp)")]
+    Internal(String),
+}
+
+/// What an export produced, for the CLI to report.
+#[derive(Debug)]
+pub struct ExportSummary {
+    pub manifest: Manifest,
+    pub graph_nodes: usize,
+}
+
+/// Reads `checkpoint` and writes the model folder `out_dir`, replacing an earlier export
+/// there but nothing else.
+pub fn export(checkpoint: &Path, out_dir: &Path) -> Result<ExportSummary, ExportError> {
+    if out_dir.exists() && !out_dir.join(MANIFEST_FILE).exists() {
+        let empty = out_dir
+            .read_dir()
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty {
+            return Err(ExportError::OutputOccupied {
+                path: out_dir.to_owned(),
+            });
+        }
+    }
+    let checkpoint = Checkpoint::load(checkpoint)?;
+    let parent = match out_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)?;
+    let staging = tempfile::Builder::new()
+        .prefix(".qexp-export-")
+        .tempdir_in(&parent)?;
+    let summary = write_folder(&checkpoint, staging.path())?;
+    replace_dir(staging.keep().as_path(), out_dir)?;
+    Ok(summary)
+}
+
+fn write_folder(checkpoint: &Checkpoint, dir: &Path) -> Result<ExportSummary, ExportError> {
+    let config = &checkpoint.transformer.config;
+    let data = ExternalData::create(&dir.join(DATA_FILE))?;
+    let mut builder = GraphBuilder::new(data);
+    transformer::build(&checkpoint.transformer, &mut builder)?;
+    let inputs = vec![
+        value_info(INPUT_IDS, INT64, &["batch", "pos"]),
+        value_info(ATTENTION_MASK, INT64, &["batch", "pos"]),
+    ];
+    let vocab = config.d_vocab.to_string();
+    let outputs = vec![value_info(LOGITS, FLOAT, &["batch", "pos", &vocab])];
+    let (graph, hooks) = builder.finish(inputs, outputs)?;
+    let graph_nodes = graph.node.len();
+    let model = ModelProto {
+        ir_version: Some(IR_VERSION),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(OPSET),
+        }],
+        producer_name: Some("qexp".into()),
+        producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+        graph: Some(graph),
+        ..Default::default()
+    };
+    std::fs::write(dir.join(GRAPH_FILE), model.encode_to_vec())?;
+
+    let tokenizer_path = dir.join(TOKENIZER_FILE);
+    checkpoint
+        .tokenizer
+        .save(&tokenizer_path, true)
+        .map_err(|e| ExportError::Write {
+            path: tokenizer_path,
+            message: e.to_string(),
+        })?;
+
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        exported_by: format!("qexp {}", env!("CARGO_PKG_VERSION")),
+        source: checkpoint.description.clone(),
+        weights_sha256: sha256_file(&dir.join(DATA_FILE))?,
+        config: config.clone(),
+        special_tokens: checkpoint.special_tokens,
+        parameters: config.parameter_count(&checkpoint.transformer.weights),
+        hooks,
+    };
+    let mut json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
+    json.push('\n');
+    std::fs::write(dir.join(MANIFEST_FILE), json)?;
+    Ok(ExportSummary {
+        manifest,
+        graph_nodes,
+    })
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// Moves `staging` to `target`, swapping out an earlier export at `target` only once the
+/// new one is complete.
+fn replace_dir(staging: &Path, target: &Path) -> std::io::Result<()> {
+    if target.exists() {
+        let old = target.with_file_name(format!(
+            ".{}.old-{}",
+            target
+                .file_name()
+                .map_or_else(Default::default, |n| n.to_string_lossy()),
+            std::process::id()
+        ));
+        std::fs::rename(target, &old)?;
+        std::fs::rename(staging, target)?;
+        std::fs::remove_dir_all(old)
+    } else {
+        std::fs::rename(staging, target)
+    }
+}

@@ -1,0 +1,120 @@
+//! The architecture-neutral description of a decoder-only transformer.
+//!
+//! Checkpoint readers (GGUF, HF safetensors) turn their files into a [`Transformer`]; the
+//! exporter turns a [`Transformer`] into a hooked ONNX graph. Nothing here knows about
+//! either file format, so a new source format only has to fill these structs.
+
+use std::collections::BTreeMap;
+
+use ndarray::ArrayD;
+use serde::{Deserialize, Serialize};
+
+/// The checkpoint family a model came from; decides nothing by itself (the fields of
+/// [`TransformerConfig`] do), but is recorded so users know what they are looking at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Architecture {
+    Llama,
+    GptNeo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Normalization {
+    /// Subtract the mean, divide by the RMS, then scale and shift (`w`, `b`).
+    LayerNorm,
+    /// Divide by the RMS, then scale (`w`); no centring, no bias.
+    RmsNorm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Positional {
+    /// A learned position embedding added to the token embedding (`pos_embed.W_pos`).
+    Learned,
+    /// Rotary embedding applied to q and k in HF's rotate-half layout.
+    Rotary { base: f32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mlp {
+    /// `W_out(silu(x W_gate) * (x W_in))`, no biases (Llama).
+    GatedSilu,
+    /// `W_out(gelu_tanh(x W_in + b_in)) + b_out` (GPT-2 / GPT-Neo's `gelu_new`).
+    GeluNew,
+}
+
+/// Every number the graph builder needs to lay out the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransformerConfig {
+    pub architecture: Architecture,
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    /// Key/value heads; smaller than `n_heads` under grouped-query attention.
+    pub n_kv_heads: usize,
+    pub d_head: usize,
+    pub d_mlp: usize,
+    pub d_vocab: usize,
+    /// The longest sequence the model was trained on.
+    pub n_ctx: usize,
+    pub normalization: Normalization,
+    pub norm_eps: f32,
+    pub positional: Positional,
+    pub mlp: Mlp,
+    /// Multiplies q·k before the softmax: `1/sqrt(d_head)` for Llama, `1` for GPT-Neo.
+    pub attn_scale: f32,
+    /// Per layer: `None` for global attention, `Some(w)` for local attention over the
+    /// last `w` positions (the query's own position included).
+    pub attention_windows: Vec<Option<usize>>,
+    /// Whether q/k/v/o and the MLP carry biases (GPT-Neo: out-proj and MLP only).
+    pub bias: BiasLayout,
+    /// The unembedding is the transposed token embedding.
+    pub tied_embeddings: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BiasLayout {
+    pub qkv: bool,
+    pub attn_out: bool,
+    pub mlp: bool,
+    pub unembed: bool,
+}
+
+impl TransformerConfig {
+    /// How many query heads share one key/value head.
+    pub fn gqa_group(&self) -> usize {
+        self.n_heads / self.n_kv_heads
+    }
+
+    pub fn parameter_count(&self, weights: &Weights) -> usize {
+        weights.values().map(|w| w.len()).sum()
+    }
+}
+
+/// Weights by their TransformerLens-style names (`blocks.0.attn.W_Q`, ...), each laid out
+/// for `x @ W` (input dimension first), as the ONNX graph multiplies them.
+pub type Weights = BTreeMap<String, ArrayD<f32>>;
+
+/// A transformer ready to export: its shape and its weights.
+#[derive(Debug, Clone)]
+pub struct Transformer {
+    pub config: TransformerConfig,
+    pub weights: Weights,
+}
+
+/// The names under which readers must store weights; one place, so the readers and the
+/// graph builder cannot drift apart.
+pub mod weight_names {
+    pub const W_E: &str = "embed.W_E";
+    pub const W_POS: &str = "pos_embed.W_pos";
+    pub const W_U: &str = "unembed.W_U";
+    pub const B_U: &str = "unembed.b_U";
+    pub const LN_FINAL_W: &str = "ln_final.w";
+    pub const LN_FINAL_B: &str = "ln_final.b";
+
+    pub fn block(layer: usize, name: &str) -> String {
+        format!("blocks.{layer}.{name}")
+    }
+}

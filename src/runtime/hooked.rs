@@ -1,0 +1,211 @@
+//! A model folder loaded for running: tokenizer, manifest, and one ONNX Runtime session
+//! per set of requested outputs (compiled and pruned on first use, then reused).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array3, ArrayD, Ix3};
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorRef;
+use prost::Message;
+use tokenizers::Tokenizer;
+
+use super::{Batch, Runtime, RuntimeError};
+use crate::compile;
+use crate::manifest::{ATTENTION_MASK, GRAPH_FILE, INPUT_IDS, LOGITS, Manifest, TOKENIZER_FILE};
+use crate::onnx::ModelProto;
+
+/// ONNX Runtime's session option that says where external weights live when the graph
+/// itself is handed over from memory.
+const EXTERNAL_DATA_FOLDER: &str = "session.model_external_initializers_file_folder_path";
+
+pub struct HookedModel<'r> {
+    runtime: &'r Runtime,
+    dir: PathBuf,
+    pub manifest: Manifest,
+    pub tokenizer: Tokenizer,
+    graph: ModelProto,
+    sessions: HashMap<Vec<String>, Session>,
+}
+
+/// What one forward pass returned.
+#[derive(Debug, Default)]
+pub struct Forward {
+    /// `[batch, pos, d_vocab]`, when asked for.
+    pub logits: Option<Array3<f32>>,
+    pub hooks: BTreeMap<String, ArrayD<f32>>,
+}
+
+impl<'r> HookedModel<'r> {
+    pub fn load(runtime: &'r Runtime, dir: &Path) -> Result<Self, RuntimeError> {
+        let manifest = Manifest::read(dir)?;
+        let graph_path = dir.join(GRAPH_FILE);
+        let bytes = std::fs::read(&graph_path).map_err(|e| RuntimeError::ModelFile {
+            path: graph_path.clone(),
+            message: e.to_string(),
+        })?;
+        let graph = ModelProto::decode(bytes.as_slice()).map_err(|e| RuntimeError::ModelFile {
+            path: graph_path,
+            message: format!("not an ONNX model ({e}); export the model again"),
+        })?;
+        let tokenizer_path = dir.join(TOKENIZER_FILE);
+        let tokenizer =
+            Tokenizer::from_file(&tokenizer_path).map_err(|e| RuntimeError::ModelFile {
+                path: tokenizer_path,
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            runtime,
+            dir: dir.to_owned(),
+            manifest,
+            tokenizer,
+            graph,
+            sessions: HashMap::new(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Token ids of `text`, with BOS in front when `prepend_bos` and the model has one.
+    pub fn to_tokens(&self, text: &str, prepend_bos: bool) -> Result<Vec<u32>, RuntimeError> {
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
+        let mut tokens = Vec::with_capacity(encoding.len() + 1);
+        if prepend_bos && let Some(bos) = self.manifest.special_tokens.bos {
+            tokens.push(bos);
+        }
+        tokens.extend_from_slice(encoding.get_ids());
+        Ok(tokens)
+    }
+
+    /// Each token as the text it stands for (TransformerLens' `to_str_tokens`).
+    pub fn to_str_tokens(&self, tokens: &[u32]) -> Result<Vec<String>, RuntimeError> {
+        tokens
+            .iter()
+            .map(|&t| {
+                self.tokenizer
+                    .decode(&[t], false)
+                    .map_err(|e| RuntimeError::Tokenizer(e.to_string()))
+            })
+            .collect()
+    }
+
+    pub fn to_string(&self, tokens: &[u32]) -> Result<String, RuntimeError> {
+        self.tokenizer
+            .decode(tokens, false)
+            .map_err(|e| RuntimeError::Tokenizer(e.to_string()))
+    }
+
+    /// Pads `sequences` into a batch, refusing any longer than the model's context.
+    pub fn batch(&self, sequences: &[Vec<u32>]) -> Result<Batch, RuntimeError> {
+        let n_ctx = self.manifest.config.n_ctx;
+        for tokens in sequences {
+            if tokens.is_empty() {
+                return Err(RuntimeError::EmptyPrompt);
+            }
+            if tokens.len() > n_ctx {
+                return Err(RuntimeError::TooLong {
+                    tokens: tokens.len(),
+                    n_ctx,
+                });
+            }
+        }
+        Ok(Batch::right_padded(
+            sequences,
+            self.manifest.special_tokens.pad,
+        ))
+    }
+
+    /// Runs the model on `batch`, returning the logits (when `logits`) and the named
+    /// hook tensors. The graph is pruned to what is asked for.
+    pub fn forward(
+        &mut self,
+        batch: &Batch,
+        logits: bool,
+        hooks: &[&str],
+    ) -> Result<Forward, RuntimeError> {
+        let mut outputs: Vec<String> = Vec::with_capacity(hooks.len() + 1);
+        if logits {
+            outputs.push(LOGITS.to_owned());
+        }
+        outputs.extend(hooks.iter().map(|h| (*h).to_owned()));
+        let session = self.session(&outputs)?;
+
+        let wanted_inputs: Vec<String> = session
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_owned())
+            .collect();
+        let ids = TensorRef::from_array_view(&batch.input_ids)
+            .map_err(RuntimeError::ort("preparing input_ids"))?;
+        let mask = TensorRef::from_array_view(&batch.attention_mask)
+            .map_err(RuntimeError::ort("preparing attention_mask"))?;
+        let mut inputs = ort::inputs![INPUT_IDS => ids, ATTENTION_MASK => mask];
+        inputs.retain(|(name, _)| wanted_inputs.iter().any(|w| w == name));
+        let results = session
+            .run(inputs)
+            .map_err(RuntimeError::ort("running the model"))?;
+
+        let mut forward = Forward::default();
+        for name in &outputs {
+            let array = results[name.as_str()]
+                .try_extract_array::<f32>()
+                .map_err(RuntimeError::ort(format!("reading output `{name}`")))?
+                .to_owned();
+            if name == LOGITS {
+                forward.logits =
+                    Some(
+                        array
+                            .into_dimensionality::<Ix3>()
+                            .map_err(|e| RuntimeError::Ort {
+                                doing: "reading the logits".into(),
+                                message: e.to_string(),
+                            })?,
+                    );
+            } else {
+                forward.hooks.insert(name.clone(), array);
+            }
+        }
+        Ok(forward)
+    }
+
+    fn session(&mut self, outputs: &[String]) -> Result<&mut Session, RuntimeError> {
+        if !self.sessions.contains_key(outputs) {
+            let names: Vec<&str> = outputs.iter().map(String::as_str).collect();
+            let compiled = compile::select_outputs(&self.graph, &names)?;
+            let session = self.build_session(&compiled.encode_to_vec())?;
+            self.sessions.insert(outputs.to_vec(), session);
+        }
+        Ok(self.sessions.get_mut(outputs).expect("inserted above"))
+    }
+
+    fn build_session(&self, graph: &[u8]) -> Result<Session, RuntimeError> {
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let builder_error =
+            |e: ort::Error<ort::session::builder::SessionBuilder>| RuntimeError::Ort {
+                doing: "configuring a session".into(),
+                message: e.to_string(),
+            };
+        let mut builder = Session::builder(&self.runtime.environment)
+            .map_err(RuntimeError::ort("creating a session"))?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(builder_error)?
+            .with_intra_threads(threads)
+            .map_err(builder_error)?
+            .with_config_entry(EXTERNAL_DATA_FOLDER, self.dir.to_string_lossy())
+            .map_err(builder_error)?
+            .with_execution_providers(self.runtime.execution_providers()?)
+            .map_err(builder_error)?;
+        builder
+            .commit_from_memory(graph)
+            .map_err(RuntimeError::ort(format!(
+                "loading the model in {}",
+                self.dir.display()
+            )))
+    }
+}
