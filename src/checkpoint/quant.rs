@@ -47,8 +47,11 @@ impl GgmlType {
     /// Bytes taken by `elements` values, or `None` when a block format gets a count that
     /// is not a whole number of blocks.
     pub fn byte_len(self, elements: u64) -> Option<u64> {
-        let per_block =
-            |bytes: u64| elements.is_multiple_of(BLOCK as u64).then(|| elements / BLOCK as u64 * bytes);
+        let per_block = |bytes: u64| {
+            elements
+                .is_multiple_of(BLOCK as u64)
+                .then(|| elements / BLOCK as u64 * bytes)
+        };
         match self {
             Self::F32 => elements.checked_mul(4),
             Self::F16 | Self::Bf16 => elements.checked_mul(2),

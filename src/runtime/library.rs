@@ -5,6 +5,7 @@
 //! versioned name (`libonnxruntime.so.1.32.0`) that the default lookup never finds.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use ort::environment::Environment;
 use ort::ep::ExecutionProviderDispatch;
@@ -41,8 +42,21 @@ pub const LIBRARY_ENV: &str = "ORT_DYLIB_PATH";
 const FIX: &str = "run `bash setup.sh` in the qexp folder (it installs the `onnxruntime` wheel into .venv), or set ORT_DYLIB_PATH to a libonnxruntime of version 1.31 or newer";
 
 impl Runtime {
-    /// Loads ONNX Runtime once per process (later calls reuse the loaded library).
+    /// Loads ONNX Runtime. ONNX Runtime allows one environment per process, so the first
+    /// call creates it and later calls share it (whatever device each asks for: the
+    /// device is chosen per session, not per environment).
     pub fn new(device: Device) -> Result<Self, RuntimeError> {
+        static SHARED: Mutex<Option<(Environment, PathBuf)>> = Mutex::new(None);
+        let mut shared = SHARED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((environment, library)) = shared.as_ref() {
+            return Ok(Self {
+                environment: environment.clone(),
+                device,
+                library: library.clone(),
+            });
+        }
         let library = locate_library()?;
         let builder = ort::init_from(&library).map_err(|e| RuntimeError::Library {
             message: format!(
@@ -59,6 +73,7 @@ impl Runtime {
                     library.display()
                 ),
             })?;
+        *shared = Some((environment.clone(), library.clone()));
         Ok(Self {
             environment,
             device,

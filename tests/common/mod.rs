@@ -1,0 +1,74 @@
+//! Helpers shared by the integration tests: fixture paths, exporting into a temp folder,
+//! reading reference arrays, and comparing with a named tolerance.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{ArrayD, ArrayViewD, Dimension};
+use ndarray_npy::NpzReader;
+use qexp::runtime::{Device, Runtime};
+
+pub fn fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
+}
+
+pub fn runtime() -> Runtime {
+    Runtime::new(Device::Cpu)
+        .expect("ONNX Runtime loads (run `bash scripts/test.sh`, which installs it)")
+}
+
+/// Exports a checkpoint into a fresh temporary folder and returns both.
+pub fn export_to_temp(checkpoint: &Path) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    qexp::export::export(checkpoint, &model).expect("export succeeds");
+    (dir, model)
+}
+
+pub struct Reference(NpzReader<std::fs::File>);
+
+impl Reference {
+    pub fn open(path: &Path) -> Self {
+        Self(NpzReader::new(std::fs::File::open(path).unwrap()).unwrap())
+    }
+
+    pub fn f32(&mut self, name: &str) -> ArrayD<f32> {
+        self.0
+            .by_name(&format!("{name}.npy"))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    pub fn i64(&mut self, name: &str) -> ArrayD<i64> {
+        self.0
+            .by_name(&format!("{name}.npy"))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+}
+
+/// Asserts `actual` is within `tolerance` of `expected` everywhere, naming the first
+/// outlier (index, both values) when it is not.
+pub fn assert_close(
+    what: &str,
+    actual: ArrayViewD<'_, f32>,
+    expected: ArrayViewD<'_, f32>,
+    tolerance: f32,
+) {
+    assert_eq!(actual.shape(), expected.shape(), "{what}: shapes differ");
+    let mut worst = (0.0f32, Vec::new(), 0.0, 0.0);
+    for ((index, &a), &e) in actual.indexed_iter().zip(expected.iter()) {
+        let diff = (a - e).abs();
+        if diff > worst.0 || diff.is_nan() {
+            worst = (diff, index.slice().to_vec(), a, e);
+        }
+    }
+    assert!(
+        worst.0 <= tolerance,
+        "{what}: max abs difference {} > {tolerance} at {:?} (qexp {}, reference {})",
+        worst.0,
+        worst.1,
+        worst.2,
+        worst.3
+    );
+}
