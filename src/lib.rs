@@ -1,12 +1,21 @@
 //! qexp: declarative mechanistic-interpretability experiments on ONNX Runtime.
 //!
-//! The pipeline reads top to bottom; see ARCHITECTURE.md for the map.
+//! The pipeline reads top to bottom; see ARCHITECTURE.md for the map:
+//! `syntax` (source -> AST) -> `check` (AST -> `plan`) -> `execute` (on `runtime`, with
+//! graphs from `compile`) -> `report`. `checkpoint` + `export` make the model folders
+//! the runtime loads.
 
+pub mod check;
 pub mod checkpoint;
 pub mod cli;
 pub mod compile;
+pub mod execute;
 pub mod export;
+mod fsutil;
 pub mod manifest;
 pub mod model;
 pub mod onnx;
+pub mod plan;
+pub mod report;
 pub mod runtime;
+pub mod syntax;

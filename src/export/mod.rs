@@ -14,6 +14,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::fsutil;
 use crate::manifest::{
     ATTENTION_MASK, DATA_FILE, FORMAT_VERSION, GRAPH_FILE, INPUT_IDS, LOGITS, MANIFEST_FILE,
     Manifest, TOKENIZER_FILE,
@@ -62,16 +63,9 @@ pub fn export(checkpoint: &Path, out_dir: &Path) -> Result<ExportSummary, Export
         }
     }
     let checkpoint = Checkpoint::load(checkpoint)?;
-    let parent = match out_dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent)?;
-    let staging = tempfile::Builder::new()
-        .prefix(".qexp-export-")
-        .tempdir_in(&parent)?;
+    let staging = fsutil::staging_dir_for(out_dir)?;
     let summary = write_folder(&checkpoint, staging.path())?;
-    replace_dir(staging.keep().as_path(), out_dir)?;
+    fsutil::replace_dir(staging, out_dir)?;
     Ok(summary)
 }
 
@@ -141,23 +135,4 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
         hasher.update(&buffer[..n]);
     }
     Ok(format!("{:x}", hasher.finalize()))
-}
-
-/// Moves `staging` to `target`, swapping out an earlier export at `target` only once the
-/// new one is complete.
-fn replace_dir(staging: &Path, target: &Path) -> std::io::Result<()> {
-    if target.exists() {
-        let old = target.with_file_name(format!(
-            ".{}.old-{}",
-            target
-                .file_name()
-                .map_or_else(Default::default, |n| n.to_string_lossy()),
-            std::process::id()
-        ));
-        std::fs::rename(target, &old)?;
-        std::fs::rename(staging, target)?;
-        std::fs::remove_dir_all(old)
-    } else {
-        std::fs::rename(staging, target)
-    }
 }

@@ -39,7 +39,7 @@ impl std::fmt::Debug for Runtime {
 }
 
 pub const LIBRARY_ENV: &str = "ORT_DYLIB_PATH";
-const FIX: &str = "run `bash setup.sh` in the qexp folder (it installs the `onnxruntime` wheel into .venv), or set ORT_DYLIB_PATH to a libonnxruntime of version 1.31 or newer";
+const FIX: &str = "run `bash scripts/setup.sh` in the qexp folder (it installs the `onnxruntime` wheel into .venv), or set ORT_DYLIB_PATH to a libonnxruntime of version 1.31 or newer";
 
 impl Runtime {
     /// Loads ONNX Runtime. ONNX Runtime allows one environment per process, so the first

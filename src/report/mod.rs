@@ -1,0 +1,163 @@
+//! Results -> report folder: `index.html` (self-contained), `results/*.csv` and
+//! `results/results.json` (stable order, fixed float formatting, no timestamps: they
+//! diff cleanly in git), and `run.json` (versions, hashes, timings).
+
+use std::path::{Path, PathBuf};
+
+use minijinja::{Environment, UndefinedBehavior, context};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::execute::{Results, Section};
+use crate::fsutil;
+use crate::plan::Plan;
+
+const RUN_FILE: &str = "run.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("cannot write the report: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{} exists and is not a qexp report (no {RUN_FILE}); move it away or rename the experiment", path.display())]
+    Occupied { path: PathBuf },
+    #[error("cannot render the report template: {0} (this is a bug in qexp)")]
+    Template(#[from] minijinja::Error),
+    #[error("cannot write a CSV file: {0}")]
+    Csv(#[from] csv::Error),
+}
+
+/// Everything `run.json` records about how the results were made.
+#[derive(Debug, Serialize)]
+struct RunRecord<'a> {
+    qexp_version: &'static str,
+    experiment: &'a str,
+    experiment_sha256: String,
+    model: String,
+    model_source: &'a str,
+    weights_sha256: &'a str,
+    device: crate::runtime::Device,
+    threads: usize,
+    seconds_per_step: Vec<String>,
+}
+
+/// Writes `reports_root/<experiment>/`, replacing an earlier report of the same
+/// experiment only once the new one is complete.
+pub fn write(
+    reports_root: &Path,
+    plan: &Plan,
+    source: &str,
+    results: &Results,
+) -> Result<PathBuf, ReportError> {
+    let target = reports_root.join(&plan.name);
+    if target.exists() && !target.join(RUN_FILE).exists() {
+        return Err(ReportError::Occupied { path: target });
+    }
+    let staging = fsutil::staging_dir_for(&target)?;
+    let dir = staging.path();
+    std::fs::create_dir_all(dir.join("results"))?;
+
+    write_csvs(&dir.join("results"), results)?;
+    let json = serde_json::to_string_pretty(&rounded(results)).expect("results serialize");
+    std::fs::write(dir.join("results/results.json"), json + "\n")?;
+
+    let record = RunRecord {
+        qexp_version: env!("CARGO_PKG_VERSION"),
+        experiment: &plan.name,
+        experiment_sha256: format!("{:x}", Sha256::digest(source.as_bytes())),
+        model: plan.model.path.display().to_string(),
+        model_source: &results.model_source,
+        weights_sha256: &results.weights_sha256,
+        device: plan.model.device,
+        threads: std::thread::available_parallelism().map_or(1, usize::from),
+        seconds_per_step: results.seconds.iter().map(|s| format!("{s:.3}")).collect(),
+    };
+    std::fs::write(
+        dir.join(RUN_FILE),
+        serde_json::to_string_pretty(&record).expect("record serializes") + "\n",
+    )?;
+    std::fs::write(dir.join("index.html"), render_html(plan, results)?)?;
+
+    fsutil::replace_dir(staging, &target)?;
+    Ok(target)
+}
+
+/// Floats are written with six decimals so reruns that differ past that do not show up
+/// as changes in git.
+fn fixed(x: f64) -> String {
+    format!("{x:.6}")
+}
+
+fn rounded(results: &Results) -> serde_json::Value {
+    let mut value = serde_json::to_value(&results.sections).expect("sections serialize");
+    round_floats(&mut value);
+    value
+}
+
+fn round_floats(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            let x = n.as_f64().expect("is f64");
+            *value = serde_json::Value::from((x * 1e6).round() / 1e6);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(round_floats),
+        serde_json::Value::Object(map) => map.values_mut().for_each(round_floats),
+        _ => {}
+    }
+}
+
+fn write_csvs(dir: &Path, results: &Results) -> Result<(), ReportError> {
+    let mut sanity = csv::Writer::from_path(dir.join("sanity_check.csv"))?;
+    sanity.write_record(["step", "tokens", "loss", "text"])?;
+    let mut generations = csv::Writer::from_path(dir.join("generations.csv"))?;
+    generations.write_record(["step", "prompt", "continuation", "sampling"])?;
+    for (step, section) in results.sections.iter().enumerate() {
+        match section {
+            Section::SanityCheck { text, tokens, loss } => {
+                sanity.write_record([
+                    &step.to_string(),
+                    &tokens.to_string(),
+                    &fixed(*loss),
+                    text,
+                ])?;
+            }
+            Section::Generation {
+                prompt,
+                continuation,
+                sampling,
+                ..
+            } => {
+                generations.write_record([&step.to_string(), prompt, continuation, sampling])?;
+            }
+            Section::Paragraph { .. } => {}
+        }
+    }
+    sanity.flush()?;
+    generations.flush()?;
+    Ok(())
+}
+
+fn render_html(plan: &Plan, results: &Results) -> Result<String, ReportError> {
+    let mut env = Environment::new();
+    // A misspelt variable in a template is a bug to catch, not an empty string to ship.
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.add_template("report.html", include_str!("templates/report.html"))?;
+    let sections: Vec<serde_json::Value> = results
+        .sections
+        .iter()
+        .map(|s| {
+            let mut v = serde_json::to_value(s).expect("section serializes");
+            if let Section::SanityCheck { loss, .. } = s {
+                v["loss_text"] = fixed(*loss).into();
+            }
+            v
+        })
+        .collect();
+    Ok(env.get_template("report.html")?.render(context! {
+        name => plan.name,
+        model => plan.model.path.display().to_string(),
+        model_source => results.model_source,
+        weights_sha256 => results.weights_sha256,
+        version => env!("CARGO_PKG_VERSION"),
+        sections => sections,
+    })?)
+}

@@ -1,0 +1,201 @@
+//! Bad input through the real binary: one clear line on stderr, a non-zero exit code,
+//! no panic, and nothing half-written.
+
+mod common;
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use common::fixture;
+
+fn qexp() -> Command {
+    Command::cargo_bin("qexp").unwrap()
+}
+
+/// Runs qexp, expects failure, and returns stderr.
+fn fails(args: &[&str]) -> String {
+    let output = qexp().args(args).output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1), "exit code; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    stderr
+}
+
+fn export_fails(checkpoint: &Path) -> String {
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("model");
+    let stderr = fails(&[
+        "export",
+        checkpoint.to_str().unwrap(),
+        "-o",
+        target.to_str().unwrap(),
+    ]);
+    assert!(!target.exists(), "no model folder after a failed export");
+    let leftovers: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
+    assert!(
+        leftovers.is_empty(),
+        "no staging folder left behind: {leftovers:?}"
+    );
+    stderr
+}
+
+#[test]
+fn truncated_gguf_is_named_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixture("tiny_llama/model.gguf")).unwrap();
+    let truncated = dir.path().join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 1000]).unwrap();
+    let stderr = export_fails(&truncated);
+    assert!(stderr.contains("truncated.gguf"), "{stderr}");
+    assert!(stderr.contains("runs past the end of the file"), "{stderr}");
+
+    std::fs::write(&truncated, &bytes[..100]).unwrap();
+    let stderr = export_fails(&truncated);
+    assert!(stderr.contains("header ends early"), "{stderr}");
+}
+
+#[test]
+fn unsupported_quantization_is_named() {
+    // A GGUF with no metadata and one Q4_K (type 12) tensor of 256 values.
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(3u32.to_le_bytes());
+    bytes.extend(1u64.to_le_bytes());
+    bytes.extend(0u64.to_le_bytes());
+    let name = b"blk.0.attn_q.weight";
+    bytes.extend((name.len() as u64).to_le_bytes());
+    bytes.extend(name);
+    bytes.extend(1u32.to_le_bytes());
+    bytes.extend(256u64.to_le_bytes());
+    bytes.extend(12u32.to_le_bytes());
+    bytes.extend(0u64.to_le_bytes());
+    bytes.resize(bytes.len().next_multiple_of(32) + 144, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q4k.gguf");
+    std::fs::write(&path, bytes).unwrap();
+    let stderr = export_fails(&path);
+    assert!(stderr.contains("Q4_K"), "{stderr}");
+    assert!(
+        stderr.contains("qexp reads F32, F16, BF16, Q8_0, Q4_0 and Q4_1"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn corrupt_safetensors_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["config.json", "tokenizer.json"] {
+        std::fs::copy(fixture("tiny_gpt_neo").join(file), dir.path().join(file)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}",
+    )
+    .unwrap();
+    let stderr = export_fails(dir.path());
+    assert!(
+        stderr.contains("model.safetensors is not a valid checkpoint"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unsupported_architecture_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), r#"{"model_type": "mamba"}"#).unwrap();
+    let stderr = export_fails(dir.path());
+    assert!(stderr.contains("config.json"), "{stderr}");
+}
+
+#[test]
+fn export_refuses_to_overwrite_a_folder_that_is_not_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    let stderr = fails(&[
+        "export",
+        fixture("tiny_llama/model.gguf").to_str().unwrap(),
+        "-o",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("is not a qexp model folder"), "{stderr}");
+    assert!(dir.path().join("notes.txt").exists());
+}
+
+#[test]
+fn missing_onnx_runtime_library_says_how_to_fix_it() {
+    let output = qexp()
+        .args(["generate", "models/none", "hi"])
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr.contains("ORT_DYLIB_PATH points at /nonexistent/libonnxruntime.so"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("bash scripts/setup.sh"), "{stderr}");
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    qexp()
+        .args([
+            "export",
+            fixture("tiny_llama/model.gguf").to_str().unwrap(),
+            "-o",
+            model.to_str().unwrap(),
+        ])
+        .assert()
+        .success();
+    let prompt = "x ".repeat(200);
+    let stderr = fails(&[
+        "generate",
+        model.to_str().unwrap(),
+        &prompt,
+        "--max-new-tokens",
+        "1",
+    ]);
+    assert!(
+        stderr.contains("longer than the model's context of 128"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn cuda_without_the_gpu_wheel_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    qexp()
+        .args([
+            "export",
+            fixture("tiny_llama/model.gguf").to_str().unwrap(),
+            "-o",
+            model.to_str().unwrap(),
+        ])
+        .assert()
+        .success();
+    let output = qexp()
+        .args([
+            "generate",
+            model.to_str().unwrap(),
+            "hi",
+            "--device",
+            "cuda",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    if output.status.success() {
+        // A machine with onnxruntime-gpu and a GPU: CUDA really ran.
+        return;
+    }
+    assert!(
+        stderr.contains("has no CUDA execution provider"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pip install onnxruntime-gpu"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -1,0 +1,112 @@
+//! `qexp run` end to end on a tiny model: report files written, reruns byte-identical,
+//! prompt text escaped in the HTML, a broken experiment stops before anything is written.
+//! The temp folders have no .venv: qexp finds ONNX Runtime beside its own binary.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+
+fn qexp(dir: &Path) -> Command {
+    let mut command = Command::cargo_bin("qexp").unwrap();
+    command.current_dir(dir);
+    command
+}
+
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_llama/model.gguf");
+    qexp(dir.path())
+        .args(["export", gguf.to_str().unwrap(), "-o", "models/tiny"])
+        .assert()
+        .success();
+    std::fs::write(
+        dir.path().join("exp.qexp"),
+        "experiment tiny_run\nmodel \"models/tiny\"\nparagraph \"<b>not bold</b>\"\nsanity_check \"the the the\"\ngenerate \"<script>alert(1)</script>\" (max_new_tokens = 4)\n",
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn run_writes_a_report_that_reruns_byte_identically() {
+    let dir = setup();
+    let report = dir.path().join("reports/tiny_run");
+    qexp(dir.path())
+        .args(["run", "exp.qexp"])
+        .assert()
+        .success();
+    let files = [
+        "results/results.json",
+        "results/sanity_check.csv",
+        "results/generations.csv",
+        "index.html",
+    ];
+    let first: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(report.join(f)).unwrap())
+        .collect();
+    qexp(dir.path())
+        .args(["run", "exp.qexp"])
+        .assert()
+        .success();
+    for (file, before) in files.iter().zip(&first) {
+        assert_eq!(
+            &std::fs::read(report.join(file)).unwrap(),
+            before,
+            "{file} changed between identical runs"
+        );
+    }
+    let sanity = std::fs::read_to_string(report.join("results/sanity_check.csv")).unwrap();
+    let loss: f64 = sanity
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(loss.is_finite() && loss > 0.0, "{sanity}");
+
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(
+        !html.contains("<script>alert"),
+        "prompt text must be escaped"
+    );
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;")
+            || html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{html}"
+    );
+    assert!(!html.contains("<b>not bold</b>"));
+}
+
+#[test]
+fn a_broken_experiment_exits_2_and_writes_nothing() {
+    let dir = setup();
+    std::fs::write(
+        dir.path().join("bad.qexp"),
+        "experiment broken\nmodel \"models/tiny\" (device = tpu)\n",
+    )
+    .unwrap();
+    let output = qexp(dir.path()).args(["run", "bad.qexp"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("bad.qexp:2:31: unknown device"), "{stderr}");
+    assert!(!dir.path().join("reports").exists());
+}
+
+#[test]
+fn a_report_folder_that_is_not_a_report_is_left_alone() {
+    let dir = setup();
+    std::fs::create_dir_all(dir.path().join("reports/tiny_run")).unwrap();
+    std::fs::write(dir.path().join("reports/tiny_run/thesis.tex"), "mine").unwrap();
+    let output = qexp(dir.path()).args(["run", "exp.qexp"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8(output.stderr)
+            .unwrap()
+            .contains("is not a qexp report")
+    );
+    assert!(dir.path().join("reports/tiny_run/thesis.tex").exists());
+}
