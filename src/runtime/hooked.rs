@@ -26,7 +26,8 @@ pub struct HookedModel<'r> {
     pub manifest: Manifest,
     pub tokenizer: Tokenizer,
     graph: ModelProto,
-    sessions: HashMap<Vec<String>, Session>,
+    /// Keyed by the requested outputs, or by a caller's name for a compiled variant.
+    sessions: HashMap<String, Session>,
 }
 
 /// What one forward pass returned.
@@ -123,68 +124,39 @@ impl<'r> HookedModel<'r> {
 
     /// Runs the model on `batch`, returning the logits (when `logits`) and the named
     /// hook tensors. The graph is pruned to what is asked for.
-    pub fn forward(
-        &mut self,
-        batch: &Batch,
-        logits: bool,
-        hooks: &[&str],
-    ) -> Result<Forward, RuntimeError> {
-        let mut outputs: Vec<String> = Vec::with_capacity(hooks.len() + 1);
+    pub fn forward(&mut self, batch: &Batch, logits: bool, hooks: &[&str]) -> Result<Forward, RuntimeError> {
+        let mut outputs: Vec<&str> = Vec::with_capacity(hooks.len() + 1);
         if logits {
-            outputs.push(LOGITS.to_owned());
+            outputs.push(LOGITS);
         }
-        outputs.extend(hooks.iter().map(|h| (*h).to_owned()));
-        let session = self.session(&outputs)?;
-
-        let wanted_inputs: Vec<String> = session
-            .inputs()
-            .iter()
-            .map(|i| i.name().to_owned())
-            .collect();
-        let ids = TensorRef::from_array_view(&batch.input_ids)
-            .map_err(RuntimeError::ort("preparing input_ids"))?;
-        let mask = TensorRef::from_array_view(&batch.attention_mask)
-            .map_err(RuntimeError::ort("preparing attention_mask"))?;
-        let mut inputs = ort::inputs![INPUT_IDS => ids, ATTENTION_MASK => mask];
-        inputs.retain(|(name, _)| wanted_inputs.iter().any(|w| w == name));
-        let results = session
-            .run(inputs)
-            .map_err(RuntimeError::ort("running the model"))?;
-
-        let mut forward = Forward::default();
-        for name in &outputs {
-            let array = results[name.as_str()]
-                .try_extract_array::<f32>()
-                .map_err(RuntimeError::ort(format!("reading output `{name}`")))?
-                .to_owned();
-            if name == LOGITS {
-                forward.logits =
-                    Some(
-                        array
-                            .into_dimensionality::<Ix3>()
-                            .map_err(|e| RuntimeError::Ort {
-                                doing: "reading the logits".into(),
-                                message: e.to_string(),
-                            })?,
-                    );
-            } else {
-                forward.hooks.insert(name.clone(), array);
-            }
+        outputs.extend_from_slice(hooks);
+        let key = outputs.join("\n");
+        if !self.sessions.contains_key(&key) {
+            let compiled = compile::select_outputs(&self.graph, &outputs)?;
+            self.sessions.insert(key.clone(), self.build_session(&compiled)?);
         }
-        Ok(forward)
+        let session = self.sessions.get_mut(&key).expect("inserted above");
+        run_session(session, batch)
     }
 
-    fn session(&mut self, outputs: &[String]) -> Result<&mut Session, RuntimeError> {
-        if !self.sessions.contains_key(outputs) {
-            let names: Vec<&str> = outputs.iter().map(String::as_str).collect();
-            let compiled = compile::select_outputs(&self.graph, &names)?;
-            let session = self.build_session(&compiled.encode_to_vec())?;
-            self.sessions.insert(outputs.to_vec(), session);
+    /// Runs a graph compiled from this model's `model.onnx` (a variant: pruned, with
+    /// interventions) and returns all its outputs. Sessions are cached under `key`, so
+    /// a caller running the same variant again passes the same key.
+    pub fn forward_graph(&mut self, key: &str, graph: &ModelProto, batch: &Batch) -> Result<Forward, RuntimeError> {
+        let key = format!("graph:{key}");
+        if !self.sessions.contains_key(&key) {
+            self.sessions.insert(key.clone(), self.build_session(graph)?);
         }
-        Ok(self.sessions.get_mut(outputs).expect("inserted above"))
+        let session = self.sessions.get_mut(&key).expect("inserted above");
+        run_session(session, batch)
     }
 
-    fn build_session(&self, graph: &[u8]) -> Result<Session, RuntimeError> {
+    /// The exported graph, for passes that compile variants from it.
+    pub fn graph(&self) -> &ModelProto {
+        &self.graph
+    }
+
+    fn build_session(&self, graph: &ModelProto) -> Result<Session, RuntimeError> {
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
         let builder_error =
             |e: ort::Error<ort::session::builder::SessionBuilder>| RuntimeError::Ort {
@@ -202,10 +174,39 @@ impl<'r> HookedModel<'r> {
             .with_execution_providers(self.runtime.execution_providers()?)
             .map_err(builder_error)?;
         builder
-            .commit_from_memory(graph)
+            .commit_from_memory(&graph.encode_to_vec())
             .map_err(RuntimeError::ort(format!(
                 "loading the model in {}",
                 self.dir.display()
             )))
     }
+}
+
+/// Feeds the inputs the session's graph still has (pruning may drop the mask) and reads
+/// every output as f32.
+fn run_session(session: &mut Session, batch: &Batch) -> Result<Forward, RuntimeError> {
+    let wanted_inputs: Vec<String> = session.inputs().iter().map(|i| i.name().to_owned()).collect();
+    let outputs: Vec<String> = session.outputs().iter().map(|o| o.name().to_owned()).collect();
+    let ids = TensorRef::from_array_view(&batch.input_ids).map_err(RuntimeError::ort("preparing input_ids"))?;
+    let mask = TensorRef::from_array_view(&batch.attention_mask).map_err(RuntimeError::ort("preparing attention_mask"))?;
+    let mut inputs = ort::inputs![INPUT_IDS => ids, ATTENTION_MASK => mask];
+    inputs.retain(|(name, _)| wanted_inputs.iter().any(|w| w == name));
+    let results = session.run(inputs).map_err(RuntimeError::ort("running the model"))?;
+
+    let mut forward = Forward::default();
+    for name in &outputs {
+        let array = results[name.as_str()]
+            .try_extract_array::<f32>()
+            .map_err(RuntimeError::ort(format!("reading output `{name}`")))?
+            .to_owned();
+        if name == LOGITS {
+            forward.logits = Some(array.into_dimensionality::<Ix3>().map_err(|e| RuntimeError::Ort {
+                doing: "reading the logits".into(),
+                message: e.to_string(),
+            })?);
+        } else {
+            forward.hooks.insert(name.clone(), array);
+        }
+    }
+    Ok(forward)
 }
