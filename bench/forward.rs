@@ -14,23 +14,35 @@ use qexp::runtime::{Device, HookedModel, Runtime};
 const CONFIGS: [(usize, usize); 3] = [(1, 8), (1, 32), (8, 128)];
 
 fn main() -> anyhow::Result<()> {
-    let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "models/smollm2-135m".into()));
+    let dir = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "models/smollm2-135m".into()),
+    );
     let runtime = Runtime::new(Device::Cpu)?;
     let mut model = HookedModel::load(&runtime, &dir)?;
     let plain = without_hook_points(&qexp::compile::select_outputs(model.graph(), &["logits"])?);
-    let q_hooks: Vec<String> = (0..model.manifest.config.n_layers).map(|l| format!("blocks.{l}.attn.hook_q")).collect();
+    let q_hooks: Vec<String> = (0..model.manifest.config.n_layers)
+        .map(|l| format!("blocks.{l}.attn.hook_q"))
+        .collect();
     let q_hooks: Vec<&str> = q_hooks.iter().map(String::as_str).collect();
 
     let mut rows = Vec::new();
     for (batch_size, pos) in CONFIGS {
         // Deterministic ordinary tokens (ids past the 17 specials).
         let sequences: Vec<Vec<u32>> = (0..batch_size)
-            .map(|b| (0..pos).map(|p| 100 + ((b * 7919 + p * 104_729) % 40_000) as u32).collect())
+            .map(|b| {
+                (0..pos)
+                    .map(|p| 100 + ((b * 7919 + p * 104_729) % 40_000) as u32)
+                    .collect()
+            })
             .collect();
         let batch = model.batch(&sequences)?;
         let runs = if batch_size * pos >= 1024 { 5 } else { 20 };
         let hooked = median_seconds(runs, || model.forward(&batch, true, &[]).map(drop))?;
-        let stripped = median_seconds(runs, || model.forward_graph("no-hooks", &plain, &batch).map(drop))?;
+        let stripped = median_seconds(runs, || {
+            model.forward_graph("no-hooks", &plain, &batch).map(drop)
+        })?;
         let with_q = median_seconds(runs, || model.forward(&batch, true, &q_hooks).map(drop))?;
         rows.push(format!(
             r#"{{"batch": {batch_size}, "pos": {pos}, "hooked": {hooked:.6}, "no_hook_points": {stripped:.6}, "hooked_with_30_hook_q": {with_q:.6}}}"#
@@ -38,7 +50,9 @@ fn main() -> anyhow::Result<()> {
     }
     let c = &model.manifest.config;
     let matmul_params = c.n_layers
-        * (c.d_model * c.n_heads * c.d_head * 2 + c.d_model * c.n_kv_heads * c.d_head * 2 + 3 * c.d_model * c.d_mlp)
+        * (c.d_model * c.n_heads * c.d_head * 2
+            + c.d_model * c.n_kv_heads * c.d_head * 2
+            + 3 * c.d_model * c.d_mlp)
         + c.d_model * c.d_vocab;
     println!(
         r#"{{"threads": {}, "n_layers": {}, "n_heads": {}, "d_head": {}, "matmul_params": {matmul_params}, "configs": [{}]}}"#,
@@ -51,7 +65,10 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn median_seconds(runs: usize, mut f: impl FnMut() -> Result<(), qexp::runtime::RuntimeError>) -> anyhow::Result<f64> {
+fn median_seconds(
+    runs: usize,
+    mut f: impl FnMut() -> Result<(), qexp::runtime::RuntimeError>,
+) -> anyhow::Result<f64> {
     f()?; // session creation and the first allocation are not what we measure
     f()?;
     let mut times = Vec::with_capacity(runs);

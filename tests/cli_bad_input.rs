@@ -137,19 +137,26 @@ fn missing_onnx_runtime_library_says_how_to_fix_it() {
     assert!(stderr.contains("bash scripts/setup.sh"), "{stderr}");
 }
 
-#[test]
-fn a_prompt_longer_than_the_context_is_refused() {
+/// The tiny Llama exported through the binary into a temp folder.
+fn export_tiny_llama() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
+    let gguf = fixture("tiny_llama/model.gguf");
     qexp()
         .args([
             "export",
-            fixture("tiny_llama/model.gguf").to_str().unwrap(),
+            gguf.to_str().unwrap(),
             "-o",
             model.to_str().unwrap(),
         ])
         .assert()
         .success();
+    (dir, model)
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_refused() {
+    let (_dir, model) = export_tiny_llama();
     let prompt = "x ".repeat(200);
     let stderr = fails(&[
         "generate",
@@ -166,17 +173,7 @@ fn a_prompt_longer_than_the_context_is_refused() {
 
 #[test]
 fn cuda_without_the_gpu_wheel_is_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    qexp()
-        .args([
-            "export",
-            fixture("tiny_llama/model.gguf").to_str().unwrap(),
-            "-o",
-            model.to_str().unwrap(),
-        ])
-        .assert()
-        .success();
+    let (_dir, model) = export_tiny_llama();
     let output = qexp()
         .args([
             "generate",

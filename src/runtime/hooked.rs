@@ -124,7 +124,12 @@ impl<'r> HookedModel<'r> {
 
     /// Runs the model on `batch`, returning the logits (when `logits`) and the named
     /// hook tensors. The graph is pruned to what is asked for.
-    pub fn forward(&mut self, batch: &Batch, logits: bool, hooks: &[&str]) -> Result<Forward, RuntimeError> {
+    pub fn forward(
+        &mut self,
+        batch: &Batch,
+        logits: bool,
+        hooks: &[&str],
+    ) -> Result<Forward, RuntimeError> {
         let mut outputs: Vec<&str> = Vec::with_capacity(hooks.len() + 1);
         if logits {
             outputs.push(LOGITS);
@@ -133,7 +138,8 @@ impl<'r> HookedModel<'r> {
         let key = outputs.join("\n");
         if !self.sessions.contains_key(&key) {
             let compiled = compile::select_outputs(&self.graph, &outputs)?;
-            self.sessions.insert(key.clone(), self.build_session(&compiled)?);
+            self.sessions
+                .insert(key.clone(), self.build_session(&compiled)?);
         }
         let session = self.sessions.get_mut(&key).expect("inserted above");
         run_session(session, batch)
@@ -142,10 +148,16 @@ impl<'r> HookedModel<'r> {
     /// Runs a graph compiled from this model's `model.onnx` (a variant: pruned, with
     /// interventions) and returns all its outputs. Sessions are cached under `key`, so
     /// a caller running the same variant again passes the same key.
-    pub fn forward_graph(&mut self, key: &str, graph: &ModelProto, batch: &Batch) -> Result<Forward, RuntimeError> {
+    pub fn forward_graph(
+        &mut self,
+        key: &str,
+        graph: &ModelProto,
+        batch: &Batch,
+    ) -> Result<Forward, RuntimeError> {
         let key = format!("graph:{key}");
         if !self.sessions.contains_key(&key) {
-            self.sessions.insert(key.clone(), self.build_session(graph)?);
+            self.sessions
+                .insert(key.clone(), self.build_session(graph)?);
         }
         let session = self.sessions.get_mut(&key).expect("inserted above");
         run_session(session, batch)
@@ -185,13 +197,25 @@ impl<'r> HookedModel<'r> {
 /// Feeds the inputs the session's graph still has (pruning may drop the mask) and reads
 /// every output as f32.
 fn run_session(session: &mut Session, batch: &Batch) -> Result<Forward, RuntimeError> {
-    let wanted_inputs: Vec<String> = session.inputs().iter().map(|i| i.name().to_owned()).collect();
-    let outputs: Vec<String> = session.outputs().iter().map(|o| o.name().to_owned()).collect();
-    let ids = TensorRef::from_array_view(&batch.input_ids).map_err(RuntimeError::ort("preparing input_ids"))?;
-    let mask = TensorRef::from_array_view(&batch.attention_mask).map_err(RuntimeError::ort("preparing attention_mask"))?;
+    let wanted_inputs: Vec<String> = session
+        .inputs()
+        .iter()
+        .map(|i| i.name().to_owned())
+        .collect();
+    let outputs: Vec<String> = session
+        .outputs()
+        .iter()
+        .map(|o| o.name().to_owned())
+        .collect();
+    let ids = TensorRef::from_array_view(&batch.input_ids)
+        .map_err(RuntimeError::ort("preparing input_ids"))?;
+    let mask = TensorRef::from_array_view(&batch.attention_mask)
+        .map_err(RuntimeError::ort("preparing attention_mask"))?;
     let mut inputs = ort::inputs![INPUT_IDS => ids, ATTENTION_MASK => mask];
     inputs.retain(|(name, _)| wanted_inputs.iter().any(|w| w == name));
-    let results = session.run(inputs).map_err(RuntimeError::ort("running the model"))?;
+    let results = session
+        .run(inputs)
+        .map_err(RuntimeError::ort("running the model"))?;
 
     let mut forward = Forward::default();
     for name in &outputs {
@@ -200,10 +224,15 @@ fn run_session(session: &mut Session, batch: &Batch) -> Result<Forward, RuntimeE
             .map_err(RuntimeError::ort(format!("reading output `{name}`")))?
             .to_owned();
         if name == LOGITS {
-            forward.logits = Some(array.into_dimensionality::<Ix3>().map_err(|e| RuntimeError::Ort {
-                doing: "reading the logits".into(),
-                message: e.to_string(),
-            })?);
+            forward.logits =
+                Some(
+                    array
+                        .into_dimensionality::<Ix3>()
+                        .map_err(|e| RuntimeError::Ort {
+                            doing: "reading the logits".into(),
+                            message: e.to_string(),
+                        })?,
+                );
         } else {
             forward.hooks.insert(name.clone(), array);
         }
