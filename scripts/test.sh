@@ -7,4 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo fmt --check
 cargo clippy --release --all-targets --quiet -- -D warnings
-QEXP_REQUIRE_REAL_MODEL=1 cargo test --release
+log=$(mktemp)
+QEXP_REQUIRE_REAL_MODEL=1 cargo test --release 2>&1 | tee "$log"
+# One closing line for the whole suite, summed over every test binary.
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
+rm -f "$log"

@@ -154,3 +154,33 @@ fn asking_for_one_early_hook_runs_a_pruned_graph() {
         "{error}"
     );
 }
+
+#[test]
+fn seeded_temperature_sampling_repeats_and_greedy_is_the_argmax() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let prompt = [1, 70, 71, 72];
+    let sampling = qexp::runtime::Sampling::Temperature {
+        temperature: 1.0,
+        seed: 11,
+    };
+    let first = model.generate(&prompt, 8, sampling, false).unwrap();
+    let again = model.generate(&prompt, 8, sampling, false).unwrap();
+    assert_eq!(first, again, "same seed, same tokens");
+    assert_eq!(first.len(), 8);
+
+    let greedy = model
+        .generate(&prompt, 1, qexp::runtime::Sampling::Greedy, false)
+        .unwrap();
+    let batch = model.batch(&[prompt.to_vec()]).unwrap();
+    let logits = model.forward(&batch, true, &[]).unwrap().logits.unwrap();
+    let last = logits.slice(s![0, 3, ..]);
+    let best = last
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0;
+    assert_eq!(greedy, vec![best as u32]);
+}
