@@ -87,10 +87,6 @@ impl TransformerConfig {
     pub fn gqa_group(&self) -> usize {
         self.n_heads / self.n_kv_heads
     }
-
-    pub fn parameter_count(&self, weights: &Weights) -> usize {
-        weights.values().map(|w| w.len()).sum()
-    }
 }
 
 /// Weights by their TransformerLens-style names (`blocks.0.attn.W_Q`, ...), each laid out
@@ -102,6 +98,12 @@ pub type Weights = BTreeMap<String, ArrayD<f32>>;
 pub struct Transformer {
     pub config: TransformerConfig,
     pub weights: Weights,
+}
+
+impl Transformer {
+    pub fn parameter_count(&self) -> usize {
+        self.weights.values().map(|w| w.len()).sum()
+    }
 }
 
 /// The names under which readers must store weights; one place, so the readers and the

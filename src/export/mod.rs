@@ -111,7 +111,7 @@ fn write_folder(checkpoint: &Checkpoint, dir: &Path) -> Result<ExportSummary, Ex
         weights_sha256: sha256_file(&dir.join(DATA_FILE))?,
         config: config.clone(),
         special_tokens: checkpoint.special_tokens,
-        parameters: config.parameter_count(&checkpoint.transformer.weights),
+        parameters: checkpoint.transformer.parameter_count(),
         hooks,
     };
     let mut json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");

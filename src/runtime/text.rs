@@ -7,15 +7,20 @@ use rand::rngs::StdRng;
 
 use super::{Batch, HookedModel, RuntimeError};
 
-/// `log_softmax` of one row of logits, computed stably in f64.
-pub fn log_softmax_row(logits: ArrayView1<'_, f32>) -> Vec<f64> {
+/// `log(sum(exp(logits)))`, computed stably in f64.
+fn log_sum_exp(logits: ArrayView1<'_, f32>) -> f64 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-    let log_sum = logits
+    logits
         .iter()
         .map(|&x| (x as f64 - max).exp())
         .sum::<f64>()
         .ln()
-        + max;
+        + max
+}
+
+/// `log_softmax` of one row of logits, in f64.
+pub fn log_softmax_row(logits: ArrayView1<'_, f32>) -> Vec<f64> {
+    let log_sum = log_sum_exp(logits);
     logits.iter().map(|&x| x as f64 - log_sum).collect()
 }
 
@@ -32,9 +37,7 @@ pub fn token_losses(logits: &Array3<f32>, batch: &Batch) -> Vec<Vec<f32>> {
                 .map(|pos| {
                     let target = batch.input_ids[[row, pos + 1]] as usize;
                     let logits = logits.slice(ndarray::s![row, pos, ..]);
-                    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-                    let sum: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
-                    (sum.ln() + max - logits[target] as f64) as f32
+                    (log_sum_exp(logits) - logits[target] as f64) as f32
                 })
                 .collect()
         })
