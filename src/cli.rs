@@ -32,8 +32,16 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
-    /// Parse and check an experiment without running it.
+    /// Parse and check an experiment without running it (against the model's manifest
+    /// and the SAEs' configs when they exist).
     Check { experiment: PathBuf },
+    /// Rewrite an experiment in the canonical layout (comments kept).
+    Fmt {
+        experiment: PathBuf,
+        /// Only report whether the file is already formatted (exit code 1 if not).
+        #[arg(long)]
+        check: bool,
+    },
     /// Print an experiment's checked plan: what will run, on which graphs.
     Plan { experiment: PathBuf },
     /// Run an experiment and write its report to reports/<experiment name>/.
@@ -45,6 +53,10 @@ enum Command {
         /// Overrides the experiment's device.
         #[arg(long, value_enum)]
         device: Option<Device>,
+        /// Run what this version can and list the other steps in the report as not run,
+        /// instead of refusing the experiment.
+        #[arg(long)]
+        skip_unsupported: bool,
     },
     /// List a model folder's hook points with their shapes.
     Hooks { model: PathBuf },
@@ -92,51 +104,134 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
-/// Reads, parses and checks an experiment file.
+/// Reads, parses and checks an experiment file, with the model's manifest and the
+/// SAEs' configs when those files exist.
 fn load_plan(path: &Path) -> Result<(Plan, String), Failure> {
+    let (file, source) = parse_file(path)?;
+    let context = context_for(&file);
+    let name = path.display().to_string();
+    let plan = check::check(&file, &context)
+        .map_err(|d| Failure::Source(syntax::render(&d, &name, &source)))?;
+    Ok((plan, source))
+}
+
+fn parse_file(path: &Path) -> Result<(syntax::ast::File, String), Failure> {
     let source =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let name = path.display().to_string();
     let file =
         syntax::parse(&source).map_err(|d| Failure::Source(syntax::render(&d, &name, &source)))?;
-    let plan =
-        check::check(&file).map_err(|d| Failure::Source(syntax::render(&d, &name, &source)))?;
-    Ok((plan, source))
+    Ok((file, source))
+}
+
+/// The files a check consults: the model's manifest and every loaded SAE's cfg.json.
+fn context_for(file: &syntax::ast::File) -> check::Context {
+    use syntax::ast::{DeclKind, ExprKind, Statement};
+    let mut context = check::Context::default();
+    let mut statements: Vec<&syntax::ast::Spanned<Statement>> = file.statements.iter().collect();
+    while let Some(statement) = statements.pop() {
+        match &statement.node {
+            Statement::Model { path, .. } => {
+                context.manifest = Manifest::read(Path::new(&path.node)).ok()
+            }
+            Statement::Declare {
+                kind: DeclKind::Sae,
+                value,
+                ..
+            } => {
+                if let ExprKind::Call { function, args } = &value.kind
+                    && function.node == "load"
+                    && let Some(ExprKind::Str(path)) = args.first().map(|a| &a.value.kind)
+                {
+                    context
+                        .saes
+                        .insert(path.clone(), crate::sae::read_shape(Path::new(path)));
+                }
+            }
+            Statement::For { body, .. } => statements.extend(body),
+            _ => {}
+        }
+    }
+    context
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Check { experiment } => {
             let (plan, _) = load_plan(&experiment)?;
-            println!("{}: ok ({} steps)", experiment.display(), plan.steps.len());
+            let unsupported = execute::unsupported(&plan).len();
+            println!(
+                "{}: ok ({} steps, {} of them not runnable by this version yet)",
+                experiment.display(),
+                plan.steps.len(),
+                unsupported
+            );
         }
         Command::Plan { experiment } => {
             let (plan, _) = load_plan(&experiment)?;
             print!("{plan}");
         }
+        Command::Fmt { experiment, check } => {
+            let (file, source) = parse_file(&experiment)?;
+            let formatted = syntax::format(&file, &source);
+            if check {
+                if formatted != source {
+                    return Err(Failure::Other(anyhow::anyhow!(
+                        "{} is not formatted; run `qexp fmt {}`",
+                        experiment.display(),
+                        experiment.display()
+                    )));
+                }
+            } else if formatted != source {
+                std::fs::write(&experiment, formatted)
+                    .with_context(|| format!("cannot write {}", experiment.display()))?;
+            }
+        }
         Command::Run {
             experiment,
             reports,
             device,
+            skip_unsupported,
         } => {
             let (mut plan, source) = load_plan(&experiment)?;
             if let Some(device) = device {
                 plan.model.device = device;
             }
+            let unsupported = execute::unsupported(&plan);
+            if !unsupported.is_empty() {
+                let list: Vec<String> = unsupported
+                    .iter()
+                    .map(|(step, why)| format!("  {step}: {why}"))
+                    .collect();
+                if !skip_unsupported {
+                    return Err(Failure::Other(anyhow::anyhow!(
+                        "{} has steps this qexp cannot run yet (rerun with --skip-unsupported to run the rest):\n{}",
+                        experiment.display(),
+                        list.join("\n")
+                    )));
+                }
+                eprintln!(
+                    "not running {} steps this qexp cannot run yet:\n{}",
+                    unsupported.len(),
+                    list.join("\n")
+                );
+            }
             let runtime = Runtime::new(plan.model.device)?;
             let results = execute::execute(&plan, &runtime)?;
             let folder = report::write(&reports, &plan, &source, &results)?;
             for section in &results.sections {
-                match section {
-                    execute::Section::SanityCheck { loss, tokens, .. } => {
-                        println!("sanity check: loss {loss:.4} over {tokens} tokens")
-                    }
-                    execute::Section::Generation {
-                        prompt,
-                        continuation,
-                        ..
-                    } => println!("generation: {prompt}{continuation}"),
-                    execute::Section::Paragraph { .. } => {}
+                if let execute::Section::Table(table) = section
+                    && table.rows.len() == 1
+                {
+                    let cells: Vec<String> = table
+                        .columns
+                        .iter()
+                        .zip(&table.rows[0])
+                        .map(|(c, v)| {
+                            format!("{c}: {}", serde_json::to_string(v).unwrap_or_default())
+                        })
+                        .collect();
+                    println!("{}: {}", table.name, cells.join(", "));
                 }
             }
             println!("report written to {}", folder.display());

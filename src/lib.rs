@@ -18,4 +18,5 @@ pub mod onnx;
 pub mod plan;
 pub mod report;
 pub mod runtime;
+pub mod sae;
 pub mod syntax;

@@ -1,15 +1,21 @@
-//! The checked plan: what an experiment will do, with every option resolved. Plain data,
-//! no ONNX: `qexp plan` prints it, the executor runs it.
+//! The checked plan: what an experiment will do, every name resolved and every argument
+//! typed. Plain data, no ONNX: `qexp plan` prints it, the executor runs it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::runtime::{Device, Sampling};
+use crate::runtime::Device;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub name: String,
+    pub title: Option<String>,
     pub model: ModelSpec,
+    pub datasets: Vec<Named<Call>>,
+    pub saes: Vec<Named<Call>>,
+    pub variants: Vec<Named<Vec<Call>>>,
+    /// What runs and what the report shows, in the order written.
     pub steps: Vec<Step>,
 }
 
@@ -22,21 +28,200 @@ pub struct ModelSpec {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Step {
-    /// Mean next-token loss on a fixed text.
-    SanityCheck { text: String },
-    Generate {
-        prompt: String,
-        max_new_tokens: usize,
-        sampling: Sampling,
+pub struct Named<T> {
+    pub name: String,
+    pub value: T,
+}
+
+/// A built-in applied to checked arguments (defaults not yet filled in: the executor
+/// owns the defaults, so `qexp plan` shows only what the user wrote).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub function: &'static str,
+    pub args: BTreeMap<&'static str, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Number(f64),
+    Integer(i64),
+    Str(String),
+    Bool(bool),
+    List(Vec<Value>),
+    Hook(HookRef),
+    Head {
+        layer: usize,
+        head: usize,
     },
-    /// Prose for the report, placed where it stands in the experiment.
-    Paragraph(String),
+    /// A name declared earlier: a dataset, SAE, variant or table.
+    Name(String),
+    Column(String),
+    Expr(ColumnExpr),
+    Choice(String),
+    /// `all` positions or features.
+    All,
+    /// A `let` computed at run time (e.g. `best_head(...)`), by name.
+    Computed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookRef {
+    pub name: String,
+    pub head: Option<usize>,
+    /// A head chosen at run time (`head = HEAD` with `let HEAD = best_head(...)`).
+    pub head_from: Option<String>,
+    /// `None` for every position.
+    pub pos: Option<i64>,
+}
+
+/// An expression over a table's columns, for `filter` and `derive`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ColumnExpr {
+    Column(String),
+    Number(f64),
+    Str(String),
+    Bool(bool),
+    Not(Box<ColumnExpr>),
+    Neg(Box<ColumnExpr>),
+    Binary(
+        crate::syntax::ast::BinaryOp,
+        Box<ColumnExpr>,
+        Box<ColumnExpr>,
+    ),
+    Call(String, Vec<ColumnExpr>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    Integer,
+    Number,
+    Str,
+    Bool,
+    IntegerList,
+    NumberList,
+}
+
+impl ColumnType {
+    pub fn is_numeric(self) -> bool {
+        matches!(self, ColumnType::Integer | ColumnType::Number)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    Text {
+        kind: crate::syntax::ast::TextKind,
+        text: String,
+    },
+    /// `let name = f(...)` computed at run time.
+    Compute {
+        name: String,
+        call: Call,
+    },
+    Table {
+        name: String,
+        /// The first stage: a table-making call, or `Value::Name` of an earlier table.
+        source: TableSource,
+        ops: Vec<Call>,
+        columns: Vec<(String, ColumnType)>,
+    },
+    Plot {
+        name: String,
+        call: Call,
+    },
+    Dashboards {
+        name: String,
+        call: Call,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TableSource {
+    Call(Call),
+    Table(String),
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Number(n) => write!(f, "{n}"),
+            Value::Integer(n) => write!(f, "{n}"),
+            Value::Str(s) => write!(f, "{s:?}"),
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::List(items) => {
+                write!(f, "[")?;
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{item}")?;
+                }
+                write!(f, "]")
+            }
+            Value::Hook(h) => {
+                write!(f, "{}", h.name)?;
+                let mut parts = Vec::new();
+                if let Some(head) = h.head {
+                    parts.push(format!("head={head}"));
+                }
+                if let Some(from) = &h.head_from {
+                    parts.push(format!("head={from}"));
+                }
+                if let Some(pos) = h.pos {
+                    parts.push(format!("pos={pos}"));
+                }
+                if parts.is_empty() {
+                    Ok(())
+                } else {
+                    write!(f, "[{}]", parts.join(", "))
+                }
+            }
+            Value::Head { layer, head } => write!(f, "L{layer}H{head}"),
+            Value::Name(n) | Value::Column(n) | Value::Choice(n) => write!(f, "{n}"),
+            Value::Expr(e) => write!(f, "{e}"),
+            Value::All => write!(f, "all"),
+            Value::Computed(n) => write!(f, "{n} (computed at run time)"),
+        }
+    }
+}
+
+impl fmt::Display for ColumnExpr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ColumnExpr::Column(c) => write!(f, "{c}"),
+            ColumnExpr::Number(n) => write!(f, "{n}"),
+            ColumnExpr::Str(s) => write!(f, "{s:?}"),
+            ColumnExpr::Bool(b) => write!(f, "{b}"),
+            ColumnExpr::Not(e) => write!(f, "not ({e})"),
+            ColumnExpr::Neg(e) => write!(f, "-({e})"),
+            ColumnExpr::Binary(op, l, r) => write!(f, "({l} {} {r})", op.symbol()),
+            ColumnExpr::Call(function, args) => {
+                let args: Vec<String> = args.iter().map(ToString::to_string).collect();
+                write!(f, "{function}({})", args.join(", "))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}(", self.function)?;
+        for (i, (name, value)) in self.args.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{name}={value}")?;
+        }
+        write!(f, ")")
+    }
 }
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "experiment {}", self.name)?;
+        if let Some(title) = &self.title {
+            writeln!(f, "title {title:?}")?;
+        }
         writeln!(
             f,
             "model {} on {:?}, batches of {}",
@@ -44,22 +229,42 @@ impl fmt::Display for Plan {
             self.model.device,
             self.model.batch_size
         )?;
+        for d in &self.datasets {
+            writeln!(f, "dataset {} = {}", d.name, d.value)?;
+        }
+        for s in &self.saes {
+            writeln!(f, "sae {} = {}", s.name, s.value)?;
+        }
+        for v in &self.variants {
+            let calls: Vec<String> = v.value.iter().map(ToString::to_string).collect();
+            writeln!(f, "variant {}: {}", v.name, calls.join(" + "))?;
+        }
+        writeln!(f, "steps:")?;
         for (i, step) in self.steps.iter().enumerate() {
             match step {
-                Step::SanityCheck { text } => writeln!(
-                    f,
-                    "{i}: sanity-check loss on {} characters of text (graph: logits)",
-                    text.len()
-                )?,
-                Step::Generate {
-                    prompt,
-                    max_new_tokens,
-                    sampling,
-                } => writeln!(
-                    f,
-                    "{i}: generate {max_new_tokens} tokens after {prompt:?}, {sampling:?} (graph: logits)"
-                )?,
-                Step::Paragraph(text) => writeln!(f, "{i}: paragraph ({} characters)", text.len())?,
+                Step::Text { kind, text } => {
+                    writeln!(f, "{i:>3}. {} ({} characters)", kind.keyword(), text.len())?
+                }
+                Step::Compute { name, call } => writeln!(f, "{i:>3}. let {name} = {call}")?,
+                Step::Table {
+                    name,
+                    source,
+                    ops,
+                    columns,
+                } => {
+                    let source = match source {
+                        TableSource::Call(call) => call.to_string(),
+                        TableSource::Table(t) => t.clone(),
+                    };
+                    let ops: String = ops.iter().map(|op| format!(" | {op}")).collect();
+                    writeln!(f, "{i:>3}. table {name} = {source}{ops}")?;
+                    let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
+                    writeln!(f, "       columns: {}", names.join(", "))?;
+                }
+                Step::Plot { name, call } => writeln!(f, "{i:>3}. plot {name} = {call}")?,
+                Step::Dashboards { name, call } => {
+                    writeln!(f, "{i:>3}. dashboards {name} = {call}")?
+                }
             }
         }
         Ok(())

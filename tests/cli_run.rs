@@ -21,7 +21,7 @@ fn setup() -> tempfile::TempDir {
         .success();
     std::fs::write(
         dir.path().join("exp.qexp"),
-        "experiment tiny_run\nmodel \"models/tiny\"\nparagraph \"<b>not bold</b>\"\nsanity_check \"the the the\"\ngenerate \"<script>alert(1)</script>\" (max_new_tokens = 4)\n",
+        "experiment tiny_run\nmodel \"models/tiny\"\nparagraph \"<b>not bold</b>\"\ntable sanity = sanity_check(\"the the the\")\ntable continued = generate(\"<script>alert(1)</script>\", max_new_tokens = 4)\n",
     )
     .unwrap();
     dir
@@ -37,8 +37,8 @@ fn run_writes_a_report_that_reruns_byte_identically() {
         .success();
     let files = [
         "results/results.json",
-        "results/sanity_check.csv",
-        "results/generations.csv",
+        "results/sanity.csv",
+        "results/continued.csv",
         "index.html",
     ];
     let first: Vec<Vec<u8>> = files
@@ -56,7 +56,7 @@ fn run_writes_a_report_that_reruns_byte_identically() {
             "{file} changed between identical runs"
         );
     }
-    let sanity = std::fs::read_to_string(report.join("results/sanity_check.csv")).unwrap();
+    let sanity = std::fs::read_to_string(report.join("results/sanity.csv")).unwrap();
     let loss: f64 = sanity
         .lines()
         .nth(1)
@@ -92,7 +92,10 @@ fn a_broken_experiment_exits_2_and_writes_nothing() {
     let output = qexp(dir.path()).args(["run", "bad.qexp"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(stderr.contains("bad.qexp:2:31: unknown device"), "{stderr}");
+    assert!(
+        stderr.contains("bad.qexp:2:31: `tpu` is not one of cpu, cuda, coreml"),
+        "{stderr}"
+    );
     assert!(!dir.path().join("reports").exists());
 }
 
@@ -109,4 +112,60 @@ fn a_report_folder_that_is_not_a_report_is_left_alone() {
             .contains("is not a qexp report")
     );
     assert!(dir.path().join("reports/tiny_run/thesis.tex").exists());
+}
+
+#[test]
+fn steps_this_version_cannot_run_are_refused_or_listed_as_not_run() {
+    let dir = setup();
+    std::fs::write(
+        dir.path().join("later.qexp"),
+        "experiment later\nmodel \"models/tiny\"\ntable sanity = sanity_check(\"the the the\")\ntable comp = composition_scores(mode = Q)\n",
+    )
+    .unwrap();
+    let output = qexp(dir.path())
+        .args(["run", "later.qexp"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("table comp: `composition_scores` needs interventions"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("reports").exists());
+
+    qexp(dir.path())
+        .args(["run", "--skip-unsupported", "later.qexp"])
+        .assert()
+        .success();
+    let html = std::fs::read_to_string(dir.path().join("reports/later/index.html")).unwrap();
+    assert!(
+        html.contains("Not run:</strong> <code>table comp</code>"),
+        "{html}"
+    );
+    assert!(dir.path().join("reports/later/results/sanity.csv").exists());
+}
+
+#[test]
+fn fmt_rewrites_to_the_canonical_layout_and_check_mode_reports_it() {
+    let dir = setup();
+    let path = dir.path().join("messy.qexp");
+    std::fs::write(&path, "experiment   messy // name\nmodel \"models/tiny\"(batch_size=2)\n\n\n\ntable s=sanity_check( )\n").unwrap();
+    let output = qexp(dir.path())
+        .args(["fmt", "--check", "messy.qexp"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    qexp(dir.path())
+        .args(["fmt", "messy.qexp"])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "experiment messy // name\nmodel \"models/tiny\" (batch_size = 2)\n\ntable s = sanity_check()\n"
+    );
+    qexp(dir.path())
+        .args(["fmt", "--check", "messy.qexp"])
+        .assert()
+        .success();
 }

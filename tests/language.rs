@@ -1,9 +1,68 @@
 //! Every file in tests/language/ through the parser and checker, snapshotted:
-//! `ok_*` files show their checked plan, `err_*` files the rendered diagnostics.
+//! `ok_*` files show their checked plan, `err_*` files the rendered diagnostics. The
+//! checker sees the tiny test model's manifest and three SAE configs, as the CLI would.
 
-use qexp::{check, syntax};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::OnceLock;
 
-fn outcome(path: &std::path::Path) -> String {
+use qexp::check::{self, Context, SaeShape};
+use qexp::manifest::Manifest;
+use qexp::plan::HookRef;
+use qexp::syntax::{self, ast::WithoutSpans};
+
+fn tiny_manifest() -> Manifest {
+    static MANIFEST: OnceLock<Manifest> = OnceLock::new();
+    MANIFEST
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let model = dir.path().join("tiny");
+            let gguf =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_llama/model.gguf");
+            qexp::export::export(&gguf, &model).unwrap();
+            Manifest::read(&model).unwrap()
+        })
+        .clone()
+}
+
+fn context() -> Context {
+    let q_head = |head| HookRef {
+        name: "blocks.1.attn.hook_q".into(),
+        head: Some(head),
+        head_from: None,
+        pos: None,
+    };
+    Context {
+        manifest: Some(tiny_manifest()),
+        saes: BTreeMap::from([
+            (
+                "saes/q_l1h2".into(),
+                Ok(SaeShape {
+                    d_in: 16,
+                    d_sae: 64,
+                    hook: Some(q_head(2)),
+                }),
+            ),
+            (
+                "saes/wrong_width".into(),
+                Ok(SaeShape {
+                    d_in: 32,
+                    d_sae: 64,
+                    hook: Some(q_head(2)),
+                }),
+            ),
+            (
+                "saes/missing".into(),
+                Err(
+                    "cannot read saes/missing/cfg.json: No such file or directory (os error 2)"
+                        .into(),
+                ),
+            ),
+        ]),
+    }
+}
+
+fn outcome(path: &Path) -> String {
     let source = std::fs::read_to_string(path).unwrap();
     let name = format!(
         "tests/language/{}",
@@ -11,7 +70,7 @@ fn outcome(path: &std::path::Path) -> String {
     );
     match syntax::parse(&source) {
         Err(diagnostics) => syntax::render(&diagnostics, &name, &source),
-        Ok(file) => match check::check(&file) {
+        Ok(file) => match check::check(&file, &context()) {
             Ok(plan) => plan.to_string(),
             Err(diagnostics) => syntax::render(&diagnostics, &name, &source),
         },
@@ -36,10 +95,59 @@ fn invalid_programs_get_every_diagnostic_with_a_hint() {
     });
 }
 
+fn shipped_experiment() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/query_composition.qexp")
+}
+
 #[test]
-fn the_shipped_experiment_checks() {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/query_composition.qexp");
-    let out = outcome(&path);
-    assert!(out.starts_with("experiment query_composition"), "{out}");
+fn the_shipped_experiment_parses_and_checks() {
+    let source = std::fs::read_to_string(shipped_experiment()).unwrap();
+    let file = syntax::parse(&source).unwrap();
+    // Without the real model's manifest the hooks are checked by pattern only.
+    let plan = check::check(&file, &Context::default())
+        .unwrap_or_else(|d| panic!("{}", syntax::render(&d, "query_composition.qexp", &source)));
+    assert_eq!(plan.name, "query_composition");
+    assert!(plan.steps.len() > 30);
+}
+
+#[test]
+fn formatting_is_canonical_idempotent_and_keeps_the_meaning() {
+    let mut files: Vec<_> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/language"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("ok_"))
+            .collect();
+    files.push(shipped_experiment());
+    for path in files {
+        let source = std::fs::read_to_string(&path).unwrap();
+        let file = syntax::parse(&source).unwrap();
+        let formatted = syntax::format(&file, &source);
+        let reparsed = syntax::parse(&formatted)
+            .unwrap_or_else(|d| panic!("{}", syntax::render(&d, "formatted", &formatted)));
+        assert_eq!(
+            reparsed.without_spans(),
+            file.without_spans(),
+            "{}: fmt changed the meaning",
+            path.display()
+        );
+        assert_eq!(
+            syntax::format(&reparsed, &formatted),
+            formatted,
+            "{}: fmt is not idempotent",
+            path.display()
+        );
+        assert_eq!(
+            source.matches("//").count(),
+            formatted.matches("//").count(),
+            "{}: fmt dropped a comment",
+            path.display()
+        );
+    }
+    // The shipped experiment is kept in canonical form.
+    let source = std::fs::read_to_string(shipped_experiment()).unwrap();
+    assert_eq!(
+        syntax::format(&syntax::parse(&source).unwrap(), &source),
+        source
+    );
 }

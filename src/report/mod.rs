@@ -8,7 +8,7 @@ use minijinja::{Environment, UndefinedBehavior, context};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::execute::{Results, Section};
+use crate::execute::{Cell, Results, Section};
 use crate::fsutil;
 use crate::plan::Plan;
 
@@ -106,34 +106,25 @@ fn round_floats(value: &mut serde_json::Value) {
 }
 
 fn write_csvs(dir: &Path, results: &Results) -> Result<(), ReportError> {
-    let mut sanity = csv::Writer::from_path(dir.join("sanity_check.csv"))?;
-    sanity.write_record(["step", "tokens", "loss", "text"])?;
-    let mut generations = csv::Writer::from_path(dir.join("generations.csv"))?;
-    generations.write_record(["step", "prompt", "continuation", "sampling"])?;
-    for (step, section) in results.sections.iter().enumerate() {
-        match section {
-            Section::SanityCheck { text, tokens, loss } => {
-                sanity.write_record([
-                    &step.to_string(),
-                    &tokens.to_string(),
-                    &fixed(*loss),
-                    text,
-                ])?;
+    for section in &results.sections {
+        if let Section::Table(table) = section {
+            let mut csv = csv::Writer::from_path(dir.join(format!("{}.csv", table.name)))?;
+            csv.write_record(&table.columns)?;
+            for row in &table.rows {
+                csv.write_record(row.iter().map(cell_text))?;
             }
-            Section::Generation {
-                prompt,
-                continuation,
-                sampling,
-                ..
-            } => {
-                generations.write_record([&step.to_string(), prompt, continuation, sampling])?;
-            }
-            Section::Paragraph { .. } => {}
+            csv.flush()?;
         }
     }
-    sanity.flush()?;
-    generations.flush()?;
     Ok(())
+}
+
+fn cell_text(cell: &Cell) -> String {
+    match cell {
+        Cell::Integer(n) => n.to_string(),
+        Cell::Number(x) => fixed(*x),
+        Cell::Str(s) => s.clone(),
+    }
 }
 
 fn render_html(plan: &Plan, results: &Results) -> Result<String, ReportError> {
@@ -144,16 +135,19 @@ fn render_html(plan: &Plan, results: &Results) -> Result<String, ReportError> {
     let sections: Vec<serde_json::Value> = results
         .sections
         .iter()
-        .map(|s| {
-            let mut v = serde_json::to_value(s).expect("section serializes");
-            if let Section::SanityCheck { loss, .. } = s {
-                v["loss_text"] = fixed(*loss).into();
-            }
-            v
+        .map(|section| match section {
+            Section::Table(table) => serde_json::json!({
+                "kind": "table",
+                "name": table.name,
+                "columns": table.columns,
+                "rows": table.rows.iter().map(|row| row.iter().map(cell_text).collect::<Vec<_>>()).collect::<Vec<_>>(),
+            }),
+            other => serde_json::to_value(other).expect("section serializes"),
         })
         .collect();
     Ok(env.get_template("report.html")?.render(context! {
         name => plan.name,
+        title => plan.title.clone().unwrap_or_else(|| plan.name.clone()),
         model => plan.model.path.display().to_string(),
         model_source => results.model_source,
         weights_sha256 => results.weights_sha256,

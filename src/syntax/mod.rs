@@ -2,9 +2,11 @@
 //! the spanned AST in `ast.rs`.
 
 pub mod ast;
+mod format;
 mod parser;
 
-pub use parser::parse;
+pub use format::{expr as format_expr, format};
+pub use parser::{KEYWORDS, nearest, parse};
 
 /// A byte range in the source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize)]
