@@ -78,6 +78,14 @@ fn outcome(path: &Path) -> String {
 }
 
 #[test]
+fn valid_programs_parse_into_these_trees() {
+    insta::glob!("language/ok_*.qexp", |path| {
+        let source = std::fs::read_to_string(path).unwrap();
+        insta::assert_snapshot!(syntax::ast::sexpr(&syntax::parse(&source).unwrap()));
+    });
+}
+
+#[test]
 fn valid_programs_check_into_plans() {
     insta::glob!("language/ok_*.qexp", |path| {
         let out = outcome(path);

@@ -293,3 +293,105 @@ fn strip_expr(e: &Expr) -> Expr {
         span: Span::default(),
     }
 }
+
+/// The tree as S-expressions, one statement a line: what the parser understood,
+/// precedence made explicit. Parser snapshots are written in it.
+pub fn sexpr(file: &File) -> String {
+    let mut out = String::new();
+    for statement in &file.statements {
+        statement_sexpr(&statement.node, 0, &mut out);
+    }
+    out
+}
+
+fn statement_sexpr(statement: &Statement, depth: usize, out: &mut String) {
+    let indent = "  ".repeat(depth);
+    let args = |args: &[Arg]| args.iter().map(arg_sexpr).collect::<Vec<_>>().join(" ");
+    let line = match statement {
+        Statement::Experiment(n) => format!("(experiment {})", n.node),
+        Statement::Model { path, args: a } => format!("(model {:?} {})", path.node, args(a)),
+        Statement::Text { kind, text } => format!("({} {:?})", kind.keyword(), text.node),
+        Statement::Let { name, value } => format!("(let {} {})", name.node, expr_sexpr(value)),
+        Statement::Declare { kind, name, value } => {
+            format!("({} {} {})", kind.keyword(), name.node, expr_sexpr(value))
+        }
+        Statement::Variant {
+            name,
+            interventions,
+        } => {
+            let calls: Vec<String> = interventions.iter().map(expr_sexpr).collect();
+            format!("(variant {} {})", name.node, calls.join(" "))
+        }
+        Statement::For { var, items, body } => {
+            out.push_str(&format!(
+                "{indent}(for {} {}\n",
+                var.node,
+                expr_sexpr(items)
+            ));
+            for s in body {
+                statement_sexpr(&s.node, depth + 1, out);
+            }
+            out.push_str(&format!("{indent})\n"));
+            return;
+        }
+    };
+    out.push_str(&indent);
+    out.push_str(&line);
+    out.push('\n');
+}
+
+fn arg_sexpr(arg: &Arg) -> String {
+    match &arg.name {
+        Some(name) => format!("({} = {})", name.node, expr_sexpr(&arg.value)),
+        None => expr_sexpr(&arg.value),
+    }
+}
+
+fn expr_sexpr(e: &Expr) -> String {
+    match &e.kind {
+        ExprKind::Number { text, value } => {
+            if text.is_empty() {
+                value.to_string()
+            } else {
+                text.clone()
+            }
+        }
+        ExprKind::Str(s) => format!("{s:?}"),
+        ExprKind::Bool(b) => b.to_string(),
+        ExprKind::List(items) => format!(
+            "[{}]",
+            items.iter().map(expr_sexpr).collect::<Vec<_>>().join(" ")
+        ),
+        ExprKind::Ref {
+            path,
+            selector: None,
+        } => path.clone(),
+        ExprKind::Ref {
+            path,
+            selector: Some(args),
+        } => {
+            format!(
+                "(hook {path} [{}])",
+                args.iter().map(arg_sexpr).collect::<Vec<_>>().join(" ")
+            )
+        }
+        ExprKind::Call { function, args } => {
+            let args: Vec<String> = args.iter().map(arg_sexpr).collect();
+            if args.is_empty() {
+                format!("({})", function.node)
+            } else {
+                format!("({} {})", function.node, args.join(" "))
+            }
+        }
+        ExprKind::Unary { op, operand } => {
+            format!(
+                "({} {})",
+                if *op == UnaryOp::Neg { "neg" } else { "not" },
+                expr_sexpr(operand)
+            )
+        }
+        ExprKind::Binary { op, lhs, rhs } => {
+            format!("({} {} {})", op.symbol(), expr_sexpr(lhs), expr_sexpr(rhs))
+        }
+    }
+}
