@@ -227,9 +227,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         .columns
                         .iter()
                         .zip(&table.rows[0])
-                        .map(|(c, v)| {
-                            format!("{c}: {}", serde_json::to_string(v).unwrap_or_default())
-                        })
+                        .map(|(c, v)| format!("{c}: {}", v.text()))
                         .collect();
                     println!("{}: {}", table.name, cells.join(", "));
                 }

@@ -5,6 +5,7 @@
 //! graphs from `compile`) -> `report`. `checkpoint` + `export` make the model folders
 //! the runtime loads.
 
+pub mod analysis;
 pub mod check;
 pub mod checkpoint;
 pub mod cli;

@@ -81,12 +81,6 @@ pub fn write(
     Ok(target)
 }
 
-/// Floats are written with six decimals so reruns that differ past that do not show up
-/// as changes in git.
-fn fixed(x: f64) -> String {
-    format!("{x:.6}")
-}
-
 fn rounded(results: &Results) -> serde_json::Value {
     let mut value = serde_json::to_value(&results.sections).expect("sections serialize");
     round_floats(&mut value);
@@ -111,20 +105,12 @@ fn write_csvs(dir: &Path, results: &Results) -> Result<(), ReportError> {
             let mut csv = csv::Writer::from_path(dir.join(format!("{}.csv", table.name)))?;
             csv.write_record(&table.columns)?;
             for row in &table.rows {
-                csv.write_record(row.iter().map(cell_text))?;
+                csv.write_record(row.iter().map(Cell::text))?;
             }
             csv.flush()?;
         }
     }
     Ok(())
-}
-
-fn cell_text(cell: &Cell) -> String {
-    match cell {
-        Cell::Integer(n) => n.to_string(),
-        Cell::Number(x) => fixed(*x),
-        Cell::Str(s) => s.clone(),
-    }
 }
 
 fn render_html(plan: &Plan, results: &Results) -> Result<String, ReportError> {
@@ -140,7 +126,7 @@ fn render_html(plan: &Plan, results: &Results) -> Result<String, ReportError> {
                 "kind": "table",
                 "name": table.name,
                 "columns": table.columns,
-                "rows": table.rows.iter().map(|row| row.iter().map(cell_text).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                "rows": table.rows.iter().map(|row| row.iter().map(Cell::text).collect::<Vec<_>>()).collect::<Vec<_>>(),
             }),
             other => serde_json::to_value(other).expect("section serializes"),
         })

@@ -163,6 +163,11 @@ impl<'r> HookedModel<'r> {
         run_session(session, batch)
     }
 
+    /// A weight by its TransformerLens name, laid out `[in, out]`.
+    pub fn weight(&self, name: &str) -> Result<ndarray::ArrayD<f32>, RuntimeError> {
+        super::read_weight(&self.dir, &self.graph, name)
+    }
+
     /// The exported graph, for passes that compile variants from it.
     pub fn graph(&self) -> &ModelProto {
         &self.graph

@@ -6,11 +6,13 @@ mod batch;
 mod hooked;
 mod library;
 mod text;
+mod weights;
 
 pub use batch::Batch;
 pub use hooked::{Forward, HookedModel};
 pub use library::{Device, LIBRARY_ENV, Runtime};
 pub use text::{Sampling, log_softmax_row, token_losses};
+pub use weights::read_weight;
 
 use crate::compile::CompileError;
 use crate::manifest::ManifestError;

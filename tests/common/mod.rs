@@ -40,6 +40,12 @@ impl Reference {
             .unwrap_or_else(|e| panic!("{name}: {e}"))
     }
 
+    pub fn f64(&mut self, name: &str) -> ArrayD<f64> {
+        self.0
+            .by_name(&format!("{name}.npy"))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
     pub fn i64(&mut self, name: &str) -> ArrayD<i64> {
         self.0
             .by_name(&format!("{name}.npy"))

@@ -1,0 +1,251 @@
+//! TransformerLens' composition scores between every pair of heads in different layers.
+//!
+//! For an earlier head with OV circuit `W_V1 W_O1` and a later head's circuit `R` (its QK
+//! circuit `W_Q2 W_K2^T` for Q-composition, `W_K2 W_Q2^T` for K, `W_V2 W_O2` for V):
+//! `score = |W_V1 W_O1 R|_F / (|W_V1 W_O1|_F |R|_F)` (Elhage et al. 2021, as
+//! `HookedTransformer.all_composition_scores` computes it). Every Frobenius norm is taken
+//! through `d_head x d_head` Gram matrices, never forming a `d_model x d_model` product.
+
+use ndarray::{Array2, ArrayView2, Axis, Ix2, s};
+
+use crate::model::{Normalization, TransformerConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Q,
+    K,
+    V,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    pub layer1: usize,
+    pub head1: usize,
+    pub layer2: usize,
+    pub head2: usize,
+    pub score: f64,
+}
+
+/// One head's four matrices, `[d_model, d_head]` for q/k/v and `[d_head, d_model]` for o.
+struct Head {
+    q: Array2<f64>,
+    k: Array2<f64>,
+    v: Array2<f64>,
+    o: Array2<f64>,
+}
+
+/// Scores for every pair with `layer1 < layer2`, ordered by layer1, head1, layer2, head2.
+/// `weight` returns a weight by name (`blocks.L.attn.W_Q`, `blocks.L.ln1.w`). With
+/// `fold_ln`, the reading weights are scaled by the layer's norm weight (and centred for
+/// LayerNorm), as TransformerLens' `fold_ln` + `center_writing_weights` would leave them.
+pub fn composition_scores<E>(
+    config: &TransformerConfig,
+    mode: Mode,
+    fold_ln: bool,
+    mut weight: impl FnMut(&str) -> Result<ndarray::ArrayD<f32>, E>,
+) -> Result<Vec<Score>, E> {
+    let mut layers = Vec::with_capacity(config.n_layers);
+    for layer in 0..config.n_layers {
+        let mut matrix = |name: &str| -> Result<Array2<f64>, E> {
+            Ok(weight(&format!("blocks.{layer}.{name}"))?
+                .into_dimensionality::<Ix2>()
+                .expect("attention weights are matrices")
+                .mapv(f64::from))
+        };
+        let (mut w_q, mut w_k, mut w_v, w_o) = (
+            matrix("attn.W_Q")?,
+            matrix("attn.W_K")?,
+            matrix("attn.W_V")?,
+            matrix("attn.W_O")?,
+        );
+        if fold_ln {
+            let scale = weight(&format!("blocks.{layer}.ln1.w"))?.mapv(f64::from);
+            for w in [&mut w_q, &mut w_k, &mut w_v] {
+                for (mut row, s) in w.axis_iter_mut(Axis(0)).zip(scale.iter()) {
+                    row *= *s;
+                }
+                if config.normalization == Normalization::LayerNorm {
+                    let mean = w.mean_axis(Axis(0)).expect("d_model > 0");
+                    *w -= &mean;
+                }
+            }
+        }
+        let d = config.d_head;
+        let group = config.gqa_group();
+        let heads: Vec<Head> = (0..config.n_heads)
+            .map(|h| {
+                let kv = h / group;
+                Head {
+                    q: w_q.slice(s![.., h * d..(h + 1) * d]).to_owned(),
+                    k: w_k.slice(s![.., kv * d..(kv + 1) * d]).to_owned(),
+                    v: w_v.slice(s![.., kv * d..(kv + 1) * d]).to_owned(),
+                    o: w_o.slice(s![h * d..(h + 1) * d, ..]).to_owned(),
+                }
+            })
+            .collect();
+        layers.push(heads);
+    }
+
+    // Per head: the left factor's Gram matrix (W_V1^T W_V1), and for the right circuit
+    // A B (A [d_model, d_head], B [d_head, d_model]): A, and B B^T, and |A B|_F.
+    struct Left {
+        gram_v: Array2<f64>,
+        o: Array2<f64>,
+        norm: f64,
+    }
+    struct Right {
+        a: Array2<f64>,
+        gram_b: Array2<f64>,
+        norm: f64,
+    }
+    let left: Vec<Vec<Left>> = layers
+        .iter()
+        .map(|heads| {
+            heads
+                .iter()
+                .map(|h| {
+                    let gram_v = h.v.t().dot(&h.v);
+                    let norm = product_norm(gram_v.view(), h.o.dot(&h.o.t()).view());
+                    Left {
+                        gram_v,
+                        o: h.o.clone(),
+                        norm,
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let right: Vec<Vec<Right>> = layers
+        .iter()
+        .map(|heads| {
+            heads
+                .iter()
+                .map(|h| {
+                    let (a, b) = match mode {
+                        Mode::Q => (h.q.clone(), h.k.t().to_owned()),
+                        Mode::K => (h.k.clone(), h.q.t().to_owned()),
+                        Mode::V => (h.v.clone(), h.o.clone()),
+                    };
+                    let gram_b = b.dot(&b.t());
+                    let norm = product_norm(a.t().dot(&a).view(), gram_b.view());
+                    Right { a, gram_b, norm }
+                })
+                .collect()
+        })
+        .collect();
+
+    let mut scores = Vec::new();
+    for (l1, heads1) in left.iter().enumerate() {
+        for (h1, left) in heads1.iter().enumerate() {
+            for (l2, heads2) in right.iter().enumerate().skip(l1 + 1) {
+                for (h2, right) in heads2.iter().enumerate() {
+                    // |W_V1 M B|_F with M = W_O1 A: sum of (G_V M) .* (M G_B).
+                    let m = left.o.dot(&right.a);
+                    let product = (&left.gram_v.dot(&m) * &m.dot(&right.gram_b))
+                        .sum()
+                        .max(0.0)
+                        .sqrt();
+                    scores.push(Score {
+                        layer1: l1,
+                        head1: h1,
+                        layer2: l2,
+                        head2: h2,
+                        score: product / (left.norm * right.norm),
+                    });
+                }
+            }
+        }
+    }
+    Ok(scores)
+}
+
+/// `|A B|_F` from `A^T A` and `B B^T`: the square root of the sum of their elementwise product.
+fn product_norm(gram_a: ArrayView2<'_, f64>, gram_b: ArrayView2<'_, f64>) -> f64 {
+    (&gram_a * &gram_b).sum().max(0.0).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::ArrayD;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    use crate::model::{Architecture, BiasLayout, Mlp, Positional};
+
+    fn config() -> TransformerConfig {
+        TransformerConfig {
+            architecture: Architecture::Llama,
+            n_layers: 2,
+            d_model: 8,
+            n_heads: 2,
+            n_kv_heads: 1,
+            d_head: 4,
+            d_mlp: 16,
+            d_vocab: 10,
+            n_ctx: 16,
+            normalization: Normalization::RmsNorm,
+            norm_eps: 1e-5,
+            positional: Positional::Rotary { base: 10000.0 },
+            mlp: Mlp::GatedSilu,
+            attn_scale: 0.5,
+            attention_windows: vec![None, None],
+            bias: BiasLayout {
+                qkv: false,
+                attn_out: false,
+                mlp: false,
+                unembed: false,
+            },
+            tied_embeddings: true,
+        }
+    }
+
+    #[test]
+    fn factored_norms_equal_the_dense_formula() {
+        let cfg = config();
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut random = |shape: &[usize]| {
+            ArrayD::from_shape_fn(shape.to_vec(), |_| rng.random_range(-1.0f32..1.0))
+        };
+        let weights: std::collections::HashMap<String, ArrayD<f32>> = (0..2)
+            .flat_map(|l| {
+                [
+                    (format!("blocks.{l}.attn.W_Q"), random(&[8, 8])),
+                    (format!("blocks.{l}.attn.W_K"), random(&[8, 4])),
+                    (format!("blocks.{l}.attn.W_V"), random(&[8, 4])),
+                    (format!("blocks.{l}.attn.W_O"), random(&[8, 8])),
+                    (format!("blocks.{l}.ln1.w"), random(&[8])),
+                ]
+            })
+            .collect();
+        let get = |name: &str| Ok::<_, ()>(weights[name].clone());
+        let scores = composition_scores(&cfg, Mode::Q, false, get).unwrap();
+        assert_eq!(scores.len(), 4);
+
+        // The dense definition for head (0, 1) -> (1, 0).
+        let m = |name: &str| {
+            weights[name]
+                .clone()
+                .into_dimensionality::<Ix2>()
+                .unwrap()
+                .mapv(f64::from)
+        };
+        let (v1, o1) = (
+            m("blocks.0.attn.W_V"),
+            m("blocks.0.attn.W_O").slice(s![4..8, ..]).to_owned(),
+        );
+        let (q2, k2) = (
+            m("blocks.1.attn.W_Q").slice(s![.., 0..4]).to_owned(),
+            m("blocks.1.attn.W_K"),
+        );
+        let ov = v1.dot(&o1);
+        let qk = q2.dot(&k2.t());
+        let norm = |x: &Array2<f64>| x.mapv(|v| v * v).sum().sqrt();
+        let dense = norm(&ov.dot(&qk)) / (norm(&ov) * norm(&qk));
+        let factored = scores
+            .iter()
+            .find(|s| (s.head1, s.head2) == (1, 0))
+            .unwrap()
+            .score;
+        assert!((dense - factored).abs() < 1e-12, "{dense} vs {factored}");
+    }
+}
