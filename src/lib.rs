@@ -10,6 +10,7 @@ pub mod check;
 pub mod checkpoint;
 pub mod cli;
 pub mod compile;
+pub mod dataset;
 pub mod execute;
 pub mod export;
 mod fsutil;

@@ -5,6 +5,8 @@
 //! or the unembedding. Interventions (ablation, SAE splices, patching) are further passes
 //! over the same `ModelProto`.
 
+pub mod interventions;
 mod prune;
 
+pub use interventions::{Intervention, Target};
 pub use prune::{CompileError, select_outputs};

@@ -62,9 +62,16 @@ pub fn export(checkpoint: &Path, out_dir: &Path) -> Result<ExportSummary, Export
             });
         }
     }
-    let checkpoint = Checkpoint::load(checkpoint)?;
+    export_checkpoint(&Checkpoint::load(checkpoint)?, out_dir)
+}
+
+/// Writes the model folder for a checkpoint already in memory (tests edit weights this way).
+pub fn export_checkpoint(
+    checkpoint: &Checkpoint,
+    out_dir: &Path,
+) -> Result<ExportSummary, ExportError> {
     let staging = fsutil::staging_dir_for(out_dir)?;
-    let summary = write_folder(&checkpoint, staging.path())?;
+    let summary = write_folder(checkpoint, staging.path())?;
     fsutil::replace_dir(staging, out_dir)?;
     Ok(summary)
 }

@@ -1,0 +1,281 @@
+//! Interventions as graph rewrites. Every hook point is an Identity node whose output
+//! carries the hook's name; an intervention renames that output to `<hook>/clean` and
+//! inserts nodes that compute the hook's name from it, so everything downstream reads the
+//! edited value and nothing else changes.
+
+use ndarray::ArrayD;
+
+use super::CompileError;
+use crate::manifest::{ATTENTION_MASK, INPUT_IDS};
+use crate::onnx::{AttributeProto, FLOAT, ModelProto, NodeProto, TensorProto, attribute_proto};
+
+/// Which part of a hook an intervention touches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub hook: String,
+    /// A head index on hooks with a head axis; `None` for all heads.
+    pub head: Option<usize>,
+    /// A position (negative counts back from each row's last real token); `None` for all.
+    pub pos: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Intervention {
+    /// Replace the target with zeros.
+    Zero(Target),
+    /// Replace the target with a constant (a mean activation), broadcast over batch and
+    /// positions: its shape is the hook's shape without those two axes.
+    Constant { target: Target, value: ArrayD<f32> },
+}
+
+/// Axes of a hook's tensor that an intervention selects on.
+struct Axes {
+    rank: usize,
+    head: Option<usize>,
+    pos: usize,
+}
+
+fn axes(hook: &str) -> Axes {
+    let suffix = hook.rsplit('.').next().unwrap_or(hook);
+    match suffix {
+        "hook_pattern" | "hook_attn_scores" => Axes {
+            rank: 4,
+            head: Some(1),
+            pos: 2,
+        },
+        "hook_q" | "hook_k" | "hook_v" | "hook_rot_q" | "hook_rot_k" | "hook_z" | "hook_result" => {
+            Axes {
+                rank: 4,
+                head: Some(2),
+                pos: 1,
+            }
+        }
+        "hook_scale" => Axes {
+            rank: 3,
+            head: None,
+            pos: 1,
+        },
+        _ => Axes {
+            rank: 3,
+            head: None,
+            pos: 1,
+        },
+    }
+}
+
+/// A copy of `model` with `interventions` applied in order.
+pub fn apply(
+    model: &ModelProto,
+    interventions: &[Intervention],
+    n_heads_of: impl Fn(&str) -> usize,
+) -> Result<ModelProto, CompileError> {
+    let mut model = model.clone();
+    for (index, intervention) in interventions.iter().enumerate() {
+        let graph = model.graph.as_mut().ok_or(CompileError::NoGraph)?;
+        let target = match intervention {
+            Intervention::Zero(t) | Intervention::Constant { target: t, .. } => t,
+        };
+        let position = graph
+            .node
+            .iter()
+            .position(|n| {
+                n.op_type.as_deref() == Some("Identity") && n.output.first() == Some(&target.hook)
+            })
+            .ok_or_else(|| CompileError::UnknownTensor {
+                name: target.hook.clone(),
+            })?;
+        let clean = format!("{}/clean{index}", target.hook);
+        graph.node[position].output[0] = clean.clone();
+        graph.node[position].name = Some(clean.clone());
+
+        let mut pass = Pass {
+            prefix: format!("{}/edit{index}", target.hook),
+            nodes: Vec::new(),
+            initializers: Vec::new(),
+            counter: 0,
+        };
+        let axes = axes(&target.hook);
+        let selected = pass.selection(target, &axes, n_heads_of(&target.hook));
+        let edited = match intervention {
+            Intervention::Zero(_) => match &selected {
+                None => {
+                    let zero = pass.float_const(&[], &[0.0]);
+                    pass.op("Mul", &[&clean, &zero])
+                }
+                Some(mask) => {
+                    let keep = pass.op("Not", &[mask]);
+                    let zeros = pass.float_const(&[], &[0.0]);
+                    pass.op("Where", &[&keep, &clean, &zeros])
+                }
+            },
+            Intervention::Constant { value, .. } => {
+                let mut shape = vec![1, 1];
+                shape.extend(value.shape().iter().map(|&d| d as i64));
+                let standard = value.as_standard_layout();
+                let constant =
+                    pass.float_const(&shape, standard.as_slice().expect("standard layout"));
+                match &selected {
+                    None => {
+                        let shape_of = pass.op("Shape", &[&clean]);
+                        pass.op("Expand", &[&constant, &shape_of])
+                    }
+                    Some(mask) => pass.op("Where", &[mask, &constant, &clean]),
+                }
+            }
+        };
+        pass.nodes
+            .push(node("Identity", &[&edited], &target.hook, vec![]));
+        let Pass {
+            nodes,
+            initializers,
+            ..
+        } = pass;
+        graph.node.splice(position + 1..position + 1, nodes);
+        graph.initializer.extend(initializers);
+    }
+    Ok(model)
+}
+
+/// Nodes and constants one intervention adds, named under its prefix.
+struct Pass {
+    prefix: String,
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    counter: usize,
+}
+
+impl Pass {
+    fn name(&mut self, what: &str) -> String {
+        self.counter += 1;
+        format!("{}/{what}_{}", self.prefix, self.counter)
+    }
+
+    fn op(&mut self, op_type: &str, inputs: &[&str]) -> String {
+        self.op_with(op_type, inputs, vec![])
+    }
+
+    fn op_with(
+        &mut self,
+        op_type: &str,
+        inputs: &[&str],
+        attributes: Vec<AttributeProto>,
+    ) -> String {
+        let output = self.name(op_type);
+        self.nodes.push(node(op_type, inputs, &output, attributes));
+        output
+    }
+
+    fn float_const(&mut self, shape: &[i64], values: &[f32]) -> String {
+        let name = self.name("const");
+        self.initializers.push(TensorProto {
+            name: Some(name.clone()),
+            dims: shape.to_vec(),
+            data_type: Some(FLOAT),
+            float_data: values.to_vec(),
+            ..Default::default()
+        });
+        name
+    }
+
+    fn int_const(&mut self, shape: &[i64], values: &[i64]) -> String {
+        let name = self.name("const");
+        self.initializers.push(TensorProto {
+            name: Some(name.clone()),
+            dims: shape.to_vec(),
+            data_type: Some(crate::onnx::INT64),
+            int64_data: values.to_vec(),
+            ..Default::default()
+        });
+        name
+    }
+
+    fn bool_const(&mut self, shape: &[i64], values: &[bool]) -> String {
+        let name = self.name("const");
+        self.initializers.push(TensorProto {
+            name: Some(name.clone()),
+            dims: shape.to_vec(),
+            data_type: Some(crate::onnx::BOOL),
+            int32_data: values.iter().map(|&b| i32::from(b)).collect(),
+            ..Default::default()
+        });
+        name
+    }
+
+    /// A boolean tensor, broadcastable to the hook, true where the intervention applies;
+    /// `None` when it applies everywhere.
+    fn selection(&mut self, target: &Target, axes: &Axes, n_heads: usize) -> Option<String> {
+        let head = match (target.head, axes.head) {
+            (Some(head), Some(axis)) => {
+                let mut shape = vec![1i64; axes.rank];
+                shape[axis] = n_heads as i64;
+                let values: Vec<bool> = (0..n_heads).map(|h| h == head).collect();
+                Some(self.bool_const(&shape, &values))
+            }
+            _ => None,
+        };
+        let pos = target.pos.map(|pos| {
+            // positions [1, p] against each row's target index [b, 1] -> [b, p].
+            let shape = self.op("Shape", &[INPUT_IDS]);
+            let (one, two, zero) = (
+                self.int_const(&[1], &[1]),
+                self.int_const(&[1], &[2]),
+                self.int_const(&[1], &[0]),
+            );
+            let length = self.op("Slice", &[&shape, &one, &two, &zero]);
+            let length = self.op("Squeeze", &[&length, &zero]);
+            let (start, step) = (self.int_const(&[], &[0]), self.int_const(&[], &[1]));
+            let positions = self.op("Range", &[&start, &length, &step]);
+            let positions = self.op("Unsqueeze", &[&positions, &zero]);
+            let index = if pos >= 0 {
+                self.int_const(&[1, 1], &[pos])
+            } else {
+                let axis = self.int_const(&[1], &[1]);
+                let lengths = self.op_with(
+                    "ReduceSum",
+                    &[ATTENTION_MASK, &axis],
+                    vec![attr_int("keepdims", 1)],
+                );
+                let offset = self.int_const(&[1, 1], &[pos]);
+                self.op("Add", &[&lengths, &offset])
+            };
+            let matches = self.op("Equal", &[&positions, &index]);
+            // [b, p] -> the hook's rank, positions on their axis.
+            let mut unsqueeze: Vec<i64> = (0..axes.rank as i64)
+                .filter(|&a| a != 0 && a != axes.pos as i64)
+                .collect();
+            if axes.pos != 1 {
+                // [b, p] puts positions on axis 1; for query positions on axis 2, insert
+                // the head axis before them.
+                unsqueeze = vec![1, 3];
+            }
+            let axes_const = self.int_const(&[unsqueeze.len() as i64], &unsqueeze);
+            self.op("Unsqueeze", &[&matches, &axes_const])
+        });
+        match (head, pos) {
+            (None, None) => None,
+            (Some(h), None) => Some(h),
+            (None, Some(p)) => Some(p),
+            (Some(h), Some(p)) => Some(self.op("And", &[&h, &p])),
+        }
+    }
+}
+
+fn node(op_type: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        input: inputs.iter().map(|s| (*s).to_owned()).collect(),
+        output: vec![output.to_owned()],
+        name: Some(output.to_owned()),
+        op_type: Some(op_type.to_owned()),
+        attribute,
+        ..Default::default()
+    }
+}
+
+fn attr_int(name: &str, value: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_proto::AttributeType::Int as i32),
+        i: Some(value),
+        ..Default::default()
+    }
+}

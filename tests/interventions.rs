@@ -1,0 +1,161 @@
+//! Interventions compiled into the graph, each checked against an independent
+//! computation on the tiny Llama.
+
+mod common;
+
+use common::{assert_close, export_to_temp, fixture, runtime};
+use ndarray::{ArrayD, Axis, s};
+use qexp::checkpoint::Checkpoint;
+use qexp::compile::{self, Intervention, Target, interventions};
+use qexp::runtime::HookedModel;
+
+const HEAD: usize = 2;
+const D_HEAD: usize = 16;
+
+fn target(hook: &str, head: Option<usize>, pos: Option<i64>) -> Target {
+    Target {
+        hook: hook.into(),
+        head,
+        pos,
+    }
+}
+
+fn variant(
+    model: &HookedModel<'_>,
+    edits: &[Intervention],
+    outputs: &[&str],
+) -> qexp::onnx::ModelProto {
+    let edited = interventions::apply(model.graph(), edits, |_| 4).unwrap();
+    compile::select_outputs(&edited, outputs).unwrap()
+}
+
+#[test]
+fn zero_ablating_a_heads_z_equals_zeroing_its_rows_of_w_o() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let mut checkpoint = Checkpoint::load(&fixture("tiny_llama/model.gguf")).unwrap();
+    let w_o = checkpoint
+        .transformer
+        .weights
+        .get_mut("blocks.1.attn.W_O")
+        .unwrap();
+    w_o.slice_mut(s![HEAD * D_HEAD..(HEAD + 1) * D_HEAD, ..])
+        .fill(0.0);
+    let edited_dir = tempfile::tempdir().unwrap();
+    qexp::export::export_checkpoint(&checkpoint, &edited_dir.path().join("m")).unwrap();
+
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let mut edited = HookedModel::load(&runtime, &edited_dir.path().join("m")).unwrap();
+    let batch = model
+        .batch(&[vec![1, 70, 71, 72, 73, 74], vec![1, 90, 91]])
+        .unwrap();
+
+    let graph = variant(
+        &model,
+        &[Intervention::Zero(target(
+            "blocks.1.attn.hook_z",
+            Some(HEAD),
+            None,
+        ))],
+        &["logits"],
+    );
+    let ablated = model
+        .forward_graph("zero", &graph, &batch)
+        .unwrap()
+        .logits
+        .unwrap();
+    let reference = edited.forward(&batch, true, &[]).unwrap().logits.unwrap();
+    let clean = model.forward(&batch, true, &[]).unwrap().logits.unwrap();
+    assert_close(
+        "zero-ablated logits",
+        ablated.view().into_dyn(),
+        reference.view().into_dyn(),
+        1e-5,
+    );
+    assert!(
+        (&ablated - &clean).mapv(f32::abs).sum() > 1e-2,
+        "the ablation changes something"
+    );
+}
+
+#[test]
+fn a_negative_position_means_each_rows_own_last_token() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let batch = model
+        .batch(&[vec![1, 70, 71, 72, 73, 74], vec![1, 90, 91]])
+        .unwrap();
+    let graph = variant(
+        &model,
+        &[Intervention::Zero(target(
+            "blocks.0.hook_resid_post",
+            None,
+            Some(-1),
+        ))],
+        &["logits", "blocks.0.hook_resid_post"],
+    );
+    let edited = model.forward_graph("last", &graph, &batch).unwrap();
+    let clean = model.forward(&batch, true, &[]).unwrap().logits.unwrap();
+    let logits = edited.logits.unwrap();
+    let resid = &edited.hooks["blocks.0.hook_resid_post"];
+    for (row, &len) in batch.lengths.iter().enumerate() {
+        assert!(
+            resid.slice(s![row, len - 1, ..]).iter().all(|&x| x == 0.0),
+            "row {row}: last real token zeroed"
+        );
+        assert!(
+            resid.slice(s![row, 0, ..]).iter().any(|&x| x != 0.0),
+            "row {row}: first token untouched"
+        );
+        // Causal attention: every earlier position's logits are exactly the clean ones.
+        assert_close(
+            "earlier positions",
+            logits.slice(s![row, ..len - 1, ..]).into_dyn(),
+            clean.slice(s![row, ..len - 1, ..]).into_dyn(),
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn a_constant_replaces_exactly_the_chosen_head() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let batch = model.batch(&[vec![1, 70, 71, 72]]).unwrap();
+    let value = ArrayD::from_shape_fn(vec![4, D_HEAD], |i| (i[0] * 100 + i[1]) as f32 / 100.0);
+    let edit = Intervention::Constant {
+        target: target("blocks.1.attn.hook_z", Some(HEAD), None),
+        value: value.clone(),
+    };
+    let graph = variant(&model, &[edit], &["blocks.1.attn.hook_z"]);
+    let z = model
+        .forward_graph("mean", &graph, &batch)
+        .unwrap()
+        .hooks
+        .remove("blocks.1.attn.hook_z")
+        .unwrap();
+    let clean = model
+        .forward(&batch, false, &["blocks.1.attn.hook_z"])
+        .unwrap()
+        .hooks
+        .remove("blocks.1.attn.hook_z")
+        .unwrap();
+    for pos in 0..4 {
+        assert_close(
+            "the chosen head holds the constant",
+            z.slice(s![0, pos, HEAD, ..]).into_dyn(),
+            value.index_axis(Axis(0), HEAD).into_dyn(),
+            0.0,
+        );
+        for head in (0..4).filter(|&h| h != HEAD) {
+            assert_close(
+                "other heads untouched",
+                z.slice(s![0, pos, head, ..]).into_dyn(),
+                clean.slice(s![0, pos, head, ..]).into_dyn(),
+                0.0,
+            );
+        }
+    }
+}
