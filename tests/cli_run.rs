@@ -119,7 +119,7 @@ fn steps_this_version_cannot_run_are_refused_or_listed_as_not_run() {
     let dir = setup();
     std::fs::write(
         dir.path().join("later.qexp"),
-        "experiment later\nmodel \"models/tiny\"\ntable sanity = sanity_check(\"the the the\")\ndataset d = prompts([\"a b\"])\ntable comp = per_token(d)\n",
+        "experiment later\nmodel \"models/tiny\"\ntable sanity = sanity_check(\"the the the\")\ndataset d = prompts([\"a b\"])\nsae s = train(hook = blocks.0.hook_resid_post, dataset = d, d_sae = 8)\ntable comp = sae_metrics(s, d)\n",
     )
     .unwrap();
     let output = qexp(dir.path())
@@ -129,7 +129,7 @@ fn steps_this_version_cannot_run_are_refused_or_listed_as_not_run() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(
-        stderr.contains("table comp: `per_token` needs interventions"),
+        stderr.contains("table comp: `sae_metrics` is not in this version yet"),
         "{stderr}"
     );
     assert!(!dir.path().join("reports").exists());

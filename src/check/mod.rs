@@ -6,6 +6,8 @@
 pub mod builtins;
 mod hooks;
 
+pub use hooks::layer_of as hook_layer;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 

@@ -6,6 +6,7 @@
 //! `qexp run` refuses a plan with such steps unless asked to skip them, in which case
 //! the report says so. A step that needs a skipped step is skipped too.
 
+mod runner;
 mod table;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,10 +14,10 @@ use std::time::Instant;
 
 pub use table::{Cell, Table};
 
-use crate::analysis::composition::{self, Mode};
-use crate::check::SANITY_CHECK_TEXT;
+use runner::Runner;
+
 use crate::plan::{Call, Plan, Step, TableSource, Value};
-use crate::runtime::{HookedModel, Runtime, RuntimeError, Sampling};
+use crate::runtime::{HookedModel, Runtime, RuntimeError};
 use crate::syntax::ast::TextKind;
 
 /// What a run produced, in the order of the plan.
@@ -56,15 +57,14 @@ pub enum Section {
 pub enum ExecuteError {
     #[error("while loading the model {path}")]
     Load { path: String, source: RuntimeError },
-    #[error("while computing `{step}`")]
-    Step { step: String, source: RuntimeError },
     #[error("`{step}` came out with a non-finite number; the model or its input is broken")]
     NotFinite { step: String },
     #[error("`{step}`: {message}")]
     Invalid { step: String, message: String },
 }
 
-const LATER: &str = "needs interventions, datasets, SAEs and measurements that are not in this version yet (issues #4 and #5)";
+const LATER: &str =
+    "is not in this version yet (SAEs are issue #5, the remaining measurements issue #4)";
 
 /// Built-ins this version runs.
 const RUNNABLE: &[&str] = &[
@@ -72,12 +72,22 @@ const RUNNABLE: &[&str] = &[
     "generate",
     "composition_scores",
     "best_head",
+    "row",
+    "per_token",
+    "test_prompt",
+    "attention",
 ];
+/// Interventions this version compiles.
+const INTERVENTIONS: &[&str] = &["zero", "mean"];
 
 /// Steps of `plan` this version cannot execute, each with the reason.
 pub fn unsupported(plan: &Plan) -> Vec<(String, String)> {
-    let mut unavailable: BTreeSet<String> = plan.variants.iter().map(|v| v.name.clone()).collect();
-    unavailable.extend(plan.datasets.iter().map(|d| d.name.clone()));
+    let mut unavailable: BTreeSet<String> = plan
+        .variants
+        .iter()
+        .filter(|v| v.value.iter().any(|c| !INTERVENTIONS.contains(&c.function)))
+        .map(|v| v.name.clone())
+        .collect();
     unavailable.extend(plan.saes.iter().map(|s| s.name.clone()));
     let mut out = Vec::new();
     for step in &plan.steps {
@@ -163,21 +173,17 @@ fn describe(step: &Step) -> String {
     }
 }
 
-/// Values bound at run time, and tables made so far, by name.
-#[derive(Default)]
-struct State {
-    tables: BTreeMap<String, Table>,
-    values: BTreeMap<String, Value>,
-}
-
 pub fn execute(plan: &Plan, runtime: &Runtime) -> Result<Results, ExecuteError> {
     let mut model =
         HookedModel::load(runtime, &plan.model.path).map_err(|source| ExecuteError::Load {
             path: plan.model.path.display().to_string(),
             source,
         })?;
+    let model_source = model.manifest.source.clone();
+    let weights_sha256 = model.manifest.weights_sha256.clone();
     let skipped: BTreeMap<String, String> = unsupported(plan).into_iter().collect();
-    let mut state = State::default();
+    let root = std::env::current_dir().unwrap_or_default();
+    let mut runner = Runner::new(plan, &mut model, root);
     let mut sections = Vec::new();
     let mut seconds = Vec::new();
     for step in &plan.steps {
@@ -185,33 +191,37 @@ pub fn execute(plan: &Plan, runtime: &Runtime) -> Result<Results, ExecuteError> 
         let label = describe(step);
         let section = if let Some(reason) = skipped.get(&label) {
             Section::Skipped {
-                step: label,
+                step: label.clone(),
                 reason: reason.clone(),
             }
         } else {
-            run_step(&mut model, &mut state, step, &label)?
+            run_step(&mut runner, step).map_err(|message| ExecuteError::Invalid {
+                step: label.clone(),
+                message,
+            })?
         };
+        if let Section::Table(table) = &section {
+            let finite = table.rows.iter().flatten().all(|c| match c {
+                Cell::Number(x) => x.is_finite(),
+                Cell::NumberList(xs) => xs.iter().all(|x| x.is_finite()),
+                _ => true,
+            });
+            if !finite {
+                return Err(ExecuteError::NotFinite { step: label });
+            }
+        }
         sections.push(section);
         seconds.push(started.elapsed().as_secs_f64());
     }
     Ok(Results {
         sections,
         seconds,
-        model_source: model.manifest.source.clone(),
-        weights_sha256: model.manifest.weights_sha256.clone(),
+        model_source,
+        weights_sha256,
     })
 }
 
-fn run_step(
-    model: &mut HookedModel<'_>,
-    state: &mut State,
-    step: &Step,
-    label: &str,
-) -> Result<Section, ExecuteError> {
-    let at = |source| ExecuteError::Step {
-        step: label.to_owned(),
-        source,
-    };
+fn run_step(runner: &mut Runner<'_, '_, '_>, step: &Step) -> Result<Section, String> {
     Ok(match step {
         Step::Text { kind, text } => Section::Text {
             style: match kind {
@@ -226,9 +236,9 @@ fn run_step(
             name, source, ops, ..
         } => {
             let mut table = match source {
-                TableSource::Call(call) => make_table(model, name, call).map_err(at)?,
+                TableSource::Call(call) => runner.table(name, call)?,
                 TableSource::Table(t) => {
-                    let mut table = state.tables[t].clone();
+                    let mut table = runner.tables[t].clone();
                     table.name = name.clone();
                     table
                 }
@@ -236,26 +246,16 @@ fn run_step(
             for op in ops {
                 table = table.apply(op);
             }
-            let finite = table.rows.iter().flatten().all(|c| match c {
-                Cell::Number(x) => x.is_finite(),
-                Cell::NumberList(xs) => xs.iter().all(|x| x.is_finite()),
-                _ => true,
-            });
-            if !finite {
-                return Err(ExecuteError::NotFinite {
-                    step: label.to_owned(),
-                });
-            }
-            state.tables.insert(name.clone(), table.clone());
+            runner.tables.insert(name.clone(), table.clone());
             Section::Table(table)
         }
         Step::Compute { name, call } => {
-            let value = compute(state, call).map_err(|message| ExecuteError::Invalid {
-                step: label.to_owned(),
-                message,
-            })?;
-            let shown = value.to_string();
-            state.values.insert(name.clone(), value);
+            let value = runner.compute(call)?;
+            let shown = match &value {
+                Value::Str(s) => format!("{s:?}"),
+                other => other.to_string(),
+            };
+            runner.values.insert(name.clone(), value);
             Section::Value {
                 name: name.clone(),
                 value: shown,
@@ -263,145 +263,4 @@ fn run_step(
         }
         Step::Plot { .. } | Step::Dashboards { .. } => unreachable!("support() refuses these"),
     })
-}
-
-fn compute(state: &State, call: &Call) -> Result<Value, String> {
-    match call.function {
-        "best_head" => {
-            let column = |key: &str, default: &str| match call.args.get(key) {
-                Some(Value::Column(c)) => c.clone(),
-                _ => default.to_owned(),
-            };
-            let Some(Value::Name(table)) = call.args.get("table") else {
-                return Err("no table".into());
-            };
-            let table = &state.tables[table];
-            let (by, layer, head) = (
-                column("by", "score"),
-                column("layer", "layer"),
-                column("head", "head"),
-            );
-            let index = |c: &str| {
-                table
-                    .column(c)
-                    .ok_or_else(|| format!("table `{}` has no column `{c}`", table.name))
-            };
-            let (by, layer, head) = (index(&by)?, index(&layer)?, index(&head)?);
-            let best = table
-                .rows
-                .iter()
-                .filter(|row| {
-                    matches!(row[by], Cell::Number(x) if x.is_finite())
-                        || matches!(row[by], Cell::Integer(_))
-                })
-                .max_by(|a, b| cell_f64(&a[by]).total_cmp(&cell_f64(&b[by])))
-                .ok_or_else(|| format!("table `{}` is empty", table.name))?;
-            match (&best[layer], &best[head]) {
-                (Cell::Integer(l), Cell::Integer(h)) => Ok(Value::Head {
-                    layer: *l as usize,
-                    head: *h as usize,
-                }),
-                _ => Err("the layer and head columns must hold whole numbers".into()),
-            }
-        }
-        other => unreachable!("support() refused `{other}`"),
-    }
-}
-
-fn cell_f64(cell: &Cell) -> f64 {
-    match cell {
-        Cell::Integer(n) => *n as f64,
-        Cell::Number(x) => *x,
-        _ => f64::NAN,
-    }
-}
-
-fn str_arg<'a>(call: &'a Call, name: &str) -> Option<&'a str> {
-    match call.args.get(name) {
-        Some(Value::Str(s)) => Some(s),
-        _ => None,
-    }
-}
-
-fn int_arg(call: &Call, name: &str) -> Option<i64> {
-    match call.args.get(name) {
-        Some(Value::Integer(n)) => Some(*n),
-        _ => None,
-    }
-}
-
-fn num_arg(call: &Call, name: &str) -> Option<f64> {
-    match call.args.get(name) {
-        Some(Value::Number(n)) => Some(*n),
-        Some(Value::Integer(n)) => Some(*n as f64),
-        _ => None,
-    }
-}
-
-fn make_table(model: &mut HookedModel<'_>, name: &str, call: &Call) -> Result<Table, RuntimeError> {
-    let prepend = model.manifest.special_tokens.prepend_bos;
-    match call.function {
-        "sanity_check" => {
-            let text = str_arg(call, "text").unwrap_or(SANITY_CHECK_TEXT);
-            let losses = model.loss_per_token(&[text])?;
-            let losses = &losses[0];
-            let loss =
-                losses.iter().map(|&l| f64::from(l)).sum::<f64>() / losses.len().max(1) as f64;
-            let mut table = Table::new(name, &["text", "tokens", "loss"]);
-            table.rows.push(vec![
-                Cell::Str(text.to_owned()),
-                Cell::Integer(losses.len() as i64 + 1),
-                Cell::Number(loss),
-            ]);
-            Ok(table)
-        }
-        "generate" => {
-            let prompt = str_arg(call, "prompt").unwrap_or_default();
-            let max_new_tokens = int_arg(call, "max_new_tokens").unwrap_or(20).max(0) as usize;
-            let temperature = num_arg(call, "temperature").unwrap_or(0.0);
-            let sampling = if temperature > 0.0 {
-                Sampling::Temperature {
-                    temperature: temperature as f32,
-                    seed: int_arg(call, "seed").unwrap_or(0) as u64,
-                }
-            } else {
-                Sampling::Greedy
-            };
-            let tokens = model.to_tokens(prompt, prepend)?;
-            let new = model.generate(&tokens, max_new_tokens, sampling, false)?;
-            let mut table = Table::new(name, &["prompt", "continuation", "new_tokens"]);
-            table.rows.push(vec![
-                Cell::Str(prompt.to_owned()),
-                Cell::Str(model.to_string(&new)?),
-                Cell::Integer(new.len() as i64),
-            ]);
-            Ok(table)
-        }
-        "composition_scores" => {
-            let mode = match call.args.get("mode") {
-                Some(Value::Choice(m)) if m == "K" => Mode::K,
-                Some(Value::Choice(m)) if m == "V" => Mode::V,
-                _ => Mode::Q,
-            };
-            let fold_ln = matches!(call.args.get("fold_ln"), Some(Value::Bool(true)));
-            let config = model.manifest.config.clone();
-            let scores =
-                composition::composition_scores(&config, mode, fold_ln, |w| model.weight(w))?;
-            let mut table = Table::new(name, &["layer1", "head1", "layer2", "head2", "score"]);
-            table.rows = scores
-                .iter()
-                .map(|s| {
-                    vec![
-                        Cell::Integer(s.layer1 as i64),
-                        Cell::Integer(s.head1 as i64),
-                        Cell::Integer(s.layer2 as i64),
-                        Cell::Integer(s.head2 as i64),
-                        Cell::Number(s.score),
-                    ]
-                })
-                .collect();
-            Ok(table)
-        }
-        other => unreachable!("support() refused `{other}`"),
-    }
 }

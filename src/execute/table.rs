@@ -25,7 +25,7 @@ pub enum Cell {
 }
 
 impl Cell {
-    fn number(&self) -> Option<f64> {
+    pub fn number(&self) -> Option<f64> {
         match self {
             Cell::Integer(n) => Some(*n as f64),
             Cell::Number(x) => Some(*x),

@@ -81,6 +81,19 @@ impl HookedModel<'_> {
         sampling: Sampling,
         stop_at_eos: bool,
     ) -> Result<Vec<u32>, RuntimeError> {
+        self.generate_with(tokens, max_new_tokens, sampling, stop_at_eos, None)
+    }
+
+    /// [`Self::generate`] under a compiled variant graph (`(key, graph)`, as for
+    /// [`HookedModel::forward_graph`]); `None` runs the clean model.
+    pub fn generate_with(
+        &mut self,
+        tokens: &[u32],
+        max_new_tokens: usize,
+        sampling: Sampling,
+        stop_at_eos: bool,
+        variant: Option<(&str, &crate::onnx::ModelProto)>,
+    ) -> Result<Vec<u32>, RuntimeError> {
         let mut rng = match sampling {
             Sampling::Temperature { seed, .. } => Some(StdRng::seed_from_u64(seed)),
             Sampling::Greedy => None,
@@ -89,7 +102,10 @@ impl HookedModel<'_> {
         let eos = self.manifest.special_tokens.eos;
         for _ in 0..max_new_tokens {
             let batch = self.batch(std::slice::from_ref(&sequence))?;
-            let forward = self.forward(&batch, true, &[])?;
+            let forward = match variant {
+                Some((key, graph)) => self.forward_graph(key, graph, &batch)?,
+                None => self.forward(&batch, true, &[])?,
+            };
             let logits = forward.logits.expect("logits requested");
             let last = logits.slice(ndarray::s![0, sequence.len() - 1, ..]);
             let next = match (sampling, rng.as_mut()) {

@@ -1,0 +1,744 @@
+//! The model-side work of a run: datasets loaded on first use, variants compiled on
+//! first use, and each measurement as a function from its checked call to a table.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use ndarray::{Array3, ArrayD, Axis, s};
+
+use super::table::{Cell, Table};
+use crate::analysis::composition::{self, Mode};
+use crate::check::SANITY_CHECK_TEXT;
+use crate::compile::{self, Intervention, Target, interventions};
+use crate::dataset;
+use crate::onnx::ModelProto;
+use crate::plan::{Call, HookRef, Plan, Value};
+use crate::runtime::{
+    Batch, Forward, HookedModel, RuntimeError, Sampling, log_softmax_row, token_losses,
+};
+
+/// Logits are `tokens x d_vocab` floats; keeping a forward pass under this many tokens
+/// keeps each batch's logits to a few hundred MB on a 50k vocabulary.
+const TOKENS_PER_FORWARD: usize = 2048;
+
+pub(super) struct Runner<'p, 'm, 'r> {
+    pub plan: &'p Plan,
+    pub model: &'m mut HookedModel<'r>,
+    /// Where relative dataset paths start: the folder qexp runs in.
+    pub root: PathBuf,
+    pub tables: BTreeMap<String, Table>,
+    pub values: BTreeMap<String, Value>,
+    datasets: BTreeMap<String, Vec<Vec<u32>>>,
+    prompts: BTreeMap<String, Vec<String>>,
+    variants: BTreeMap<String, Vec<Intervention>>,
+}
+
+type Failure = String;
+
+impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
+    pub fn new(plan: &'p Plan, model: &'m mut HookedModel<'r>, root: PathBuf) -> Self {
+        Self {
+            plan,
+            model,
+            root,
+            tables: BTreeMap::new(),
+            values: BTreeMap::new(),
+            datasets: BTreeMap::new(),
+            prompts: BTreeMap::new(),
+            variants: BTreeMap::new(),
+        }
+    }
+
+    fn runtime(error: RuntimeError) -> Failure {
+        error_chain(&error)
+    }
+
+    /// A dataset's prompts as token ids (BOS as the model expects, cut to the context and
+    /// to `max_tokens`).
+    fn dataset(&mut self, name: &str) -> Result<Vec<Vec<u32>>, Failure> {
+        if let Some(tokens) = self.datasets.get(name) {
+            return Ok(tokens.clone());
+        }
+        let call = &self
+            .plan
+            .datasets
+            .iter()
+            .find(|d| d.name == name)
+            .expect("the checker resolved it")
+            .value;
+        let prompts =
+            dataset::load(call, &self.root).map_err(|e| format!("dataset `{name}`: {e}"))?;
+        let limit = dataset::max_tokens(call)
+            .unwrap_or(usize::MAX)
+            .min(self.model.manifest.config.n_ctx);
+        let prepend = self.model.manifest.special_tokens.prepend_bos;
+        let mut all = Vec::with_capacity(prompts.len());
+        for prompt in &prompts {
+            let mut tokens = self
+                .model
+                .to_tokens(prompt, prepend)
+                .map_err(Self::runtime)?;
+            tokens.truncate(limit);
+            all.push(tokens);
+        }
+        self.prompts.insert(name.to_owned(), prompts);
+        self.datasets.insert(name.to_owned(), all.clone());
+        Ok(all)
+    }
+
+    fn text(&self, value: Option<&Value>) -> Option<String> {
+        match value? {
+            Value::Str(s) => Some(s.clone()),
+            Value::Computed(name) => match self.values.get(name) {
+                Some(Value::Str(s)) => Some(s.clone()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn head(&self, value: Option<&Value>) -> Option<(usize, usize)> {
+        match value? {
+            Value::Head { layer, head } => Some((*layer, *head)),
+            Value::Computed(name) => match self.values.get(name) {
+                Some(Value::Head { layer, head }) => Some((*layer, *head)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn target(&self, hook: &HookRef) -> Result<Target, Failure> {
+        let head = match &hook.head_from {
+            Some(name) => match self.values.get(name) {
+                Some(Value::Head { layer, head }) => {
+                    if crate::check::hook_layer(&hook.name) != Some(*layer) {
+                        return Err(format!(
+                            "{name} is L{layer}H{head}, which is not in the layer of `{}`",
+                            hook.name
+                        ));
+                    }
+                    Some(*head)
+                }
+                _ => return Err(format!("`{name}` has no value")),
+            },
+            None => hook.head,
+        };
+        Ok(Target {
+            hook: hook.name.clone(),
+            head,
+            pos: hook.pos,
+        })
+    }
+
+    /// A variant's interventions, resolved (heads chosen, means computed) once.
+    fn interventions(&mut self, variant: &str) -> Result<Vec<Intervention>, Failure> {
+        if let Some(done) = self.variants.get(variant) {
+            return Ok(done.clone());
+        }
+        let calls = self
+            .plan
+            .variants
+            .iter()
+            .find(|v| v.name == variant)
+            .expect("the checker resolved it")
+            .value
+            .clone();
+        let mut resolved = Vec::new();
+        for call in &calls {
+            let Some(Value::Hook(hook)) = call.args.get("hook") else {
+                return Err(format!(
+                    "`{}` is not supported by this version",
+                    call.function
+                ));
+            };
+            let target = self.target(hook)?;
+            resolved.push(match call.function {
+                "zero" => Intervention::Zero(target),
+                "mean" => {
+                    let Some(Value::Name(dataset)) = call.args.get("dataset") else {
+                        unreachable!("checked")
+                    };
+                    let value = self.mean_activation(&hook.name, dataset)?;
+                    Intervention::Constant { target, value }
+                }
+                other => return Err(format!("`{other}` is not supported by this version")),
+            });
+        }
+        self.variants.insert(variant.to_owned(), resolved.clone());
+        Ok(resolved)
+    }
+
+    /// The mean of a hook over every real token of a dataset, from a graph pruned to the hook.
+    fn mean_activation(&mut self, hook: &str, dataset: &str) -> Result<ArrayD<f32>, Failure> {
+        if hook.ends_with("hook_pattern") || hook.ends_with("hook_attn_scores") {
+            return Err(format!(
+                "mean ablation of `{hook}` is not defined: its shape depends on the prompt length"
+            ));
+        }
+        let sequences = self.dataset(dataset)?;
+        let mut sum: Option<ArrayD<f64>> = None;
+        let mut count = 0usize;
+        for chunk in chunks(&sequences, self.plan.model.batch_size) {
+            let batch = self.model.batch(chunk).map_err(Self::runtime)?;
+            let forward = self
+                .model
+                .forward(&batch, false, &[hook])
+                .map_err(Self::runtime)?;
+            let activation = &forward.hooks[hook];
+            for (row, &len) in batch.lengths.iter().enumerate() {
+                for pos in 0..len {
+                    let value = activation
+                        .index_axis(Axis(0), row)
+                        .index_axis(Axis(0), pos)
+                        .mapv(f64::from);
+                    match &mut sum {
+                        Some(total) => *total += &value,
+                        None => sum = Some(value),
+                    }
+                    count += 1;
+                }
+            }
+        }
+        let sum = sum.ok_or_else(|| format!("dataset `{dataset}` has no tokens"))?;
+        Ok(sum.mapv(|x| (x / count as f64) as f32))
+    }
+
+    /// Runs `batch` under a variant (`None`: the clean model), returning `outputs`.
+    fn forward(
+        &mut self,
+        variant: Option<&str>,
+        batch: &Batch,
+        outputs: &[&str],
+    ) -> Result<Forward, Failure> {
+        let Some(variant) = variant else {
+            let logits = outputs.contains(&"logits");
+            let hooks: Vec<&str> = outputs.iter().copied().filter(|o| *o != "logits").collect();
+            return self
+                .model
+                .forward(batch, logits, &hooks)
+                .map_err(Self::runtime);
+        };
+        let graph = self.variant_graph(variant, outputs)?;
+        let key = format!("{variant}|{}", outputs.join(","));
+        self.model
+            .forward_graph(&key, &graph, batch)
+            .map_err(Self::runtime)
+    }
+
+    fn variant_graph(&mut self, variant: &str, outputs: &[&str]) -> Result<ModelProto, Failure> {
+        let edits = self.interventions(variant)?;
+        let manifest = &self.model.manifest;
+        let heads = |hook: &str| {
+            let config = &manifest.config;
+            if hook.ends_with("hook_k") || hook.ends_with("hook_v") || hook.ends_with("hook_rot_k")
+            {
+                config.n_kv_heads
+            } else {
+                config.n_heads
+            }
+        };
+        let edited =
+            interventions::apply(self.model.graph(), &edits, heads).map_err(|e| e.to_string())?;
+        compile::select_outputs(&edited, outputs).map_err(|e| e.to_string())
+    }
+
+    fn str_tokens(&self, tokens: &[u32]) -> Result<Vec<String>, Failure> {
+        self.model.to_str_tokens(tokens).map_err(Self::runtime)
+    }
+
+    pub fn compute(&mut self, call: &Call) -> Result<Value, Failure> {
+        match call.function {
+            "best_head" => {
+                let column = |key: &str, default: &str| match call.args.get(key) {
+                    Some(Value::Column(c)) => c.clone(),
+                    _ => default.to_owned(),
+                };
+                let Some(Value::Name(table)) = call.args.get("table") else {
+                    return Err("no table".into());
+                };
+                let table = &self.tables[table];
+                let index = |c: &str| {
+                    table
+                        .column(c)
+                        .ok_or_else(|| format!("table `{}` has no column `{c}`", table.name))
+                };
+                let (by, layer, head) = (
+                    index(&column("by", "score"))?,
+                    index(&column("layer", "layer"))?,
+                    index(&column("head", "head"))?,
+                );
+                let best = table
+                    .rows
+                    .iter()
+                    .filter(|row| row[by].number().is_some_and(f64::is_finite))
+                    .max_by(|a, b| {
+                        a[by]
+                            .number()
+                            .unwrap_or(f64::NAN)
+                            .total_cmp(&b[by].number().unwrap_or(f64::NAN))
+                    })
+                    .ok_or_else(|| format!("table `{}` has no rows", table.name))?;
+                match (&best[layer], &best[head]) {
+                    (Cell::Integer(l), Cell::Integer(h)) => Ok(Value::Head {
+                        layer: *l as usize,
+                        head: *h as usize,
+                    }),
+                    _ => Err("the layer and head columns must hold whole numbers".into()),
+                }
+            }
+            "row" => {
+                let Some(Value::Name(dataset)) = call.args.get("dataset") else {
+                    unreachable!("checked")
+                };
+                let sequences = self.dataset(dataset)?;
+                let index = int(call, "index").unwrap_or(0);
+                let tokens = sequences.get(index as usize).ok_or_else(|| {
+                    format!(
+                        "dataset `{dataset}` has {} prompts; there is no prompt {index}",
+                        sequences.len()
+                    )
+                })?;
+                let tokens = match int(call, "until") {
+                    Some(until) if (until as usize) < tokens.len() => &tokens[..=until as usize],
+                    Some(until) => {
+                        return Err(format!(
+                            "prompt {index} of `{dataset}` has {} tokens; `until = {until}` is past its end",
+                            tokens.len()
+                        ));
+                    }
+                    None => &tokens[..],
+                };
+                // Drop BOS: running the prompt adds it again when the model wants it.
+                let skip = usize::from(
+                    self.model.manifest.special_tokens.prepend_bos
+                        && tokens.first().copied() == self.model.manifest.special_tokens.bos,
+                );
+                Ok(Value::Str(
+                    self.model
+                        .to_string(&tokens[skip..])
+                        .map_err(Self::runtime)?,
+                ))
+            }
+            other => unreachable!("support() refused `{other}`"),
+        }
+    }
+
+    pub fn table(&mut self, name: &str, call: &Call) -> Result<Table, Failure> {
+        match call.function {
+            "sanity_check" => self.sanity_check(name, call),
+            "generate" => self.generate(name, call),
+            "composition_scores" => self.composition_scores(name, call),
+            "per_token" => self.per_token(name, call),
+            "test_prompt" => self.test_prompt(name, call),
+            "attention" => self.attention(name, call),
+            other => unreachable!("support() refused `{other}`"),
+        }
+    }
+
+    fn sanity_check(&mut self, name: &str, call: &Call) -> Result<Table, Failure> {
+        let text = self
+            .text(call.args.get("text"))
+            .unwrap_or_else(|| SANITY_CHECK_TEXT.to_owned());
+        let losses = self.model.loss_per_token(&[&text]).map_err(Self::runtime)?;
+        let losses = &losses[0];
+        let loss = losses.iter().map(|&l| f64::from(l)).sum::<f64>() / losses.len().max(1) as f64;
+        let mut table = Table::new(name, &["text", "tokens", "loss"]);
+        table.rows.push(vec![
+            Cell::Str(text),
+            Cell::Integer(losses.len() as i64 + 1),
+            Cell::Number(loss),
+        ]);
+        Ok(table)
+    }
+
+    fn generate(&mut self, name: &str, call: &Call) -> Result<Table, Failure> {
+        let prompt = self.text(call.args.get("prompt")).unwrap_or_default();
+        let max_new_tokens = int(call, "max_new_tokens").unwrap_or(20).max(0) as usize;
+        let temperature = number(call, "temperature").unwrap_or(0.0);
+        let sampling = if temperature > 0.0 {
+            Sampling::Temperature {
+                temperature: temperature as f32,
+                seed: int(call, "seed").unwrap_or(0) as u64,
+            }
+        } else {
+            Sampling::Greedy
+        };
+        let prepend = self.model.manifest.special_tokens.prepend_bos;
+        let tokens = self
+            .model
+            .to_tokens(&prompt, prepend)
+            .map_err(Self::runtime)?;
+        let new = match call.args.get("variant") {
+            Some(Value::Name(variant)) => {
+                let graph = self.variant_graph(variant, &["logits"])?;
+                let key = format!("{variant}|logits");
+                self.model.generate_with(
+                    &tokens,
+                    max_new_tokens,
+                    sampling,
+                    false,
+                    Some((&key, &graph)),
+                )
+            }
+            _ => self
+                .model
+                .generate(&tokens, max_new_tokens, sampling, false),
+        }
+        .map_err(Self::runtime)?;
+        let mut table = Table::new(name, &["prompt", "continuation", "new_tokens"]);
+        table.rows.push(vec![
+            Cell::Str(prompt),
+            Cell::Str(self.model.to_string(&new).map_err(Self::runtime)?),
+            Cell::Integer(new.len() as i64),
+        ]);
+        Ok(table)
+    }
+
+    fn composition_scores(&mut self, name: &str, call: &Call) -> Result<Table, Failure> {
+        let mode = match call.args.get("mode") {
+            Some(Value::Choice(m)) if m == "K" => Mode::K,
+            Some(Value::Choice(m)) if m == "V" => Mode::V,
+            _ => Mode::Q,
+        };
+        let fold_ln = matches!(call.args.get("fold_ln"), Some(Value::Bool(true)));
+        let config = self.model.manifest.config.clone();
+        let model = &*self.model;
+        let scores = composition::composition_scores(&config, mode, fold_ln, |w| model.weight(w))
+            .map_err(Self::runtime)?;
+        let mut table = Table::new(name, &["layer1", "head1", "layer2", "head2", "score"]);
+        table.rows = scores
+            .iter()
+            .map(|s| {
+                vec![
+                    Cell::Integer(s.layer1 as i64),
+                    Cell::Integer(s.head1 as i64),
+                    Cell::Integer(s.layer2 as i64),
+                    Cell::Integer(s.head2 as i64),
+                    Cell::Number(s.score),
+                ]
+            })
+            .collect();
+        Ok(table)
+    }
+
+    /// One row per token that has a next token, over a dataset, as the seed's
+    /// `eval_prompt` makes them.
+    fn per_token(&mut self, name: &str, call: &Call) -> Result<Table, Failure> {
+        let Some(Value::Name(dataset)) = call.args.get("dataset") else {
+            unreachable!("checked")
+        };
+        let sequences = self.dataset(dataset)?;
+        let head = self.head(call.args.get("head"));
+        let variants = names(call.args.get("variants"));
+        let context_width = int(call, "context").unwrap_or(3).max(0) as usize;
+        let pattern_hook = head.map(|(l, _)| format!("blocks.{l}.attn.hook_pattern"));
+        let q_hook = head.map(|(l, _)| format!("blocks.{l}.attn.hook_q"));
+
+        let mut columns: Vec<String> = [
+            "str_tokens",
+            "unique_token",
+            "context",
+            "batch",
+            "pos",
+            "label",
+            "loss",
+        ]
+        .iter()
+        .map(|c| (*c).to_owned())
+        .collect();
+        for v in &variants {
+            columns.push(format!("{v}_loss"));
+            columns.push(format!("{v}_kl_divergence"));
+        }
+        if head.is_some() {
+            columns.extend(
+                ["max_idx_pos", "max_idx_tok", "max_idx_tok_value", "q_norm"]
+                    .iter()
+                    .map(|c| (*c).to_owned()),
+            );
+        }
+        let mut table = Table {
+            name: name.to_owned(),
+            columns,
+            rows: Vec::new(),
+        };
+
+        let mut first_prompt = 0;
+        for chunk in token_chunks(&sequences, self.plan.model.batch_size) {
+            let batch = self.model.batch(chunk).map_err(Self::runtime)?;
+            let mut clean_outputs = vec!["logits"];
+            clean_outputs.extend(pattern_hook.as_deref());
+            clean_outputs.extend(q_hook.as_deref());
+            let clean = self.forward(None, &batch, &clean_outputs)?;
+            let clean_logits = clean.logits.as_ref().expect("logits requested");
+            let clean_losses = token_losses(clean_logits, &batch);
+            let mut variant_columns: Vec<VariantColumns> = Vec::new();
+            for v in &variants {
+                let forward = self.forward(Some(v), &batch, &["logits"])?;
+                let logits = forward.logits.as_ref().expect("logits requested");
+                variant_columns.push(VariantColumns {
+                    losses: token_losses(logits, &batch),
+                    kls: kl_divergences(clean_logits, logits, &batch),
+                });
+            }
+            for (row, tokens) in chunk.iter().enumerate() {
+                let strs = self.str_tokens(tokens)?;
+                let index = first_prompt + row;
+                for pos in 0..tokens.len().saturating_sub(1) {
+                    let mut cells = vec![
+                        Cell::Str(strs[pos].clone()),
+                        Cell::Str(format!("{}/{pos}", strs[pos])),
+                        Cell::Str(context(&strs, pos, context_width)),
+                        Cell::Integer(index as i64),
+                        Cell::Integer(pos as i64),
+                        Cell::Str(format!("{index}/{pos}")),
+                        Cell::Number(f64::from(clean_losses[row][pos])),
+                    ];
+                    for v in &variant_columns {
+                        cells.push(Cell::Number(f64::from(v.losses[row][pos])));
+                        cells.push(Cell::Number(v.kls[row][pos]));
+                    }
+                    if let (Some((_, h)), Some(pattern_hook), Some(q_hook)) =
+                        (head, &pattern_hook, &q_hook)
+                    {
+                        let pattern = clean.hooks[pattern_hook]
+                            .slice(s![row, h, pos, ..=pos])
+                            .to_owned();
+                        let (argmax, value) = pattern.iter().enumerate().fold(
+                            (0, f32::NEG_INFINITY),
+                            |best, (i, &p)| {
+                                if p > best.1 { (i, p) } else { best }
+                            },
+                        );
+                        let q = clean.hooks[q_hook].slice(s![row, pos, h, ..]).to_owned();
+                        cells.push(Cell::Integer(argmax as i64));
+                        cells.push(Cell::Str(strs[argmax].clone()));
+                        cells.push(Cell::Number(f64::from(value)));
+                        cells.push(Cell::Number(
+                            q.iter()
+                                .map(|&x| f64::from(x) * f64::from(x))
+                                .sum::<f64>()
+                                .sqrt(),
+                        ));
+                    }
+                    table.rows.push(cells);
+                }
+            }
+            first_prompt += chunk.len();
+        }
+        Ok(table)
+    }
+
+    /// TransformerLens' `test_prompt`: the top next tokens after a prompt, and the
+    /// answer's rank, for the clean model and each variant.
+    fn test_prompt(&mut self, name: &str, call: &Call) -> Result<Table, Failure> {
+        let prompt = self.text(call.args.get("prompt")).unwrap_or_default();
+        let answer = self.text(call.args.get("answer")).unwrap_or_default();
+        let top_k = int(call, "top_k").unwrap_or(10).max(1) as usize;
+        let prepend = self.model.manifest.special_tokens.prepend_bos;
+        let tokens = self
+            .model
+            .to_tokens(&prompt, prepend)
+            .map_err(Self::runtime)?;
+        let answer_token = *self
+            .model
+            .to_tokens(&answer, false)
+            .map_err(Self::runtime)?
+            .first()
+            .ok_or_else(|| "the answer is empty".to_owned())?;
+        let batch = self
+            .model
+            .batch(std::slice::from_ref(&tokens))
+            .map_err(Self::runtime)?;
+        let mut table = Table::new(
+            name,
+            &["variant", "rank", "token", "logit", "prob", "answer_rank"],
+        );
+        let mut runs: Vec<Option<String>> = vec![None];
+        runs.extend(names(call.args.get("variants")).into_iter().map(Some));
+        for variant in runs {
+            let forward = self.forward(variant.as_deref(), &batch, &["logits"])?;
+            let logits = forward.logits.expect("logits requested");
+            let last = logits.slice(s![0, tokens.len() - 1, ..]);
+            let log_probs = log_softmax_row(last);
+            let mut order: Vec<usize> = (0..last.len()).collect();
+            order.sort_by(|&a, &b| last[b].total_cmp(&last[a]).then(a.cmp(&b)));
+            let answer_rank = order
+                .iter()
+                .position(|&t| t == answer_token as usize)
+                .unwrap_or(order.len());
+            for (rank, &token) in order.iter().take(top_k).enumerate() {
+                table.rows.push(vec![
+                    Cell::Str(variant.clone().unwrap_or_else(|| "clean".into())),
+                    Cell::Integer(rank as i64),
+                    Cell::Str(self.str_tokens(&[token as u32])?.remove(0)),
+                    Cell::Number(f64::from(last[token])),
+                    Cell::Number(log_probs[token].exp()),
+                    Cell::Integer(answer_rank as i64),
+                ]);
+            }
+        }
+        Ok(table)
+    }
+
+    /// A head's attention from one query position to every earlier position, clean and
+    /// under each variant.
+    fn attention(&mut self, name: &str, call: &Call) -> Result<Table, Failure> {
+        let prompt = self.text(call.args.get("prompt")).unwrap_or_default();
+        let (layer, head) = self
+            .head(call.args.get("head"))
+            .ok_or_else(|| "the head has no value".to_owned())?;
+        let prepend = self.model.manifest.special_tokens.prepend_bos;
+        let tokens = self
+            .model
+            .to_tokens(&prompt, prepend)
+            .map_err(Self::runtime)?;
+        let pos = int(call, "pos").unwrap_or(-1);
+        let query = if pos < 0 {
+            tokens.len() as i64 + pos
+        } else {
+            pos
+        };
+        if query < 0 || query as usize >= tokens.len() {
+            return Err(format!(
+                "position {pos} is outside the prompt's {} tokens",
+                tokens.len()
+            ));
+        }
+        let query = query as usize;
+        let batch = self
+            .model
+            .batch(std::slice::from_ref(&tokens))
+            .map_err(Self::runtime)?;
+        let hook = format!("blocks.{layer}.attn.hook_pattern");
+        let variants = names(call.args.get("variants"));
+        let mut columns = vec!["pos", "str_tokens", "context", "attn"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        columns.extend(variants.iter().map(|v| format!("{v}_attn")));
+        let mut patterns = Vec::new();
+        let mut runs: Vec<Option<&str>> = vec![None];
+        runs.extend(variants.iter().map(|v| Some(v.as_str())));
+        for variant in runs {
+            let forward = self.forward(variant, &batch, &[&hook])?;
+            patterns.push(
+                forward.hooks[&hook]
+                    .slice(s![0, head, query, ..=query])
+                    .to_owned(),
+            );
+        }
+        let strs = self.str_tokens(&tokens)?;
+        let mut table = Table {
+            name: name.to_owned(),
+            columns,
+            rows: Vec::new(),
+        };
+        for key in 0..=query {
+            let mut cells = vec![
+                Cell::Integer(key as i64),
+                Cell::Str(strs[key].clone()),
+                Cell::Str(context(&strs, key, 3)),
+            ];
+            cells.extend(patterns.iter().map(|p| Cell::Number(f64::from(p[key]))));
+            table.rows.push(cells);
+        }
+        Ok(table)
+    }
+}
+
+/// A variant's per-token columns for one batch: `[row][pos]`.
+struct VariantColumns {
+    losses: Vec<Vec<f32>>,
+    kls: Vec<Vec<f64>>,
+}
+
+/// `KL(clean || variant)` of the next-token distributions at every real position.
+pub fn kl_divergences(clean: &Array3<f32>, variant: &Array3<f32>, batch: &Batch) -> Vec<Vec<f64>> {
+    batch
+        .lengths
+        .iter()
+        .enumerate()
+        .map(|(row, &len)| {
+            (0..len.saturating_sub(1))
+                .map(|pos| {
+                    let p = log_softmax_row(clean.slice(s![row, pos, ..]));
+                    let q = log_softmax_row(variant.slice(s![row, pos, ..]));
+                    p.iter()
+                        .zip(&q)
+                        .map(|(lp, lq)| lp.exp() * (lp - lq))
+                        .sum::<f64>()
+                        .max(0.0)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A few tokens each side of `pos`, the token itself between bars: `says Mom|.| "`.
+fn context(strs: &[String], pos: usize, width: usize) -> String {
+    let before: String = strs[pos.saturating_sub(width)..pos].concat();
+    let after: String = strs[pos + 1..(pos + 1 + width).min(strs.len())].concat();
+    format!("{before}|{}|{after}", strs[pos])
+}
+
+fn chunks(sequences: &[Vec<u32>], batch_size: usize) -> std::slice::Chunks<'_, Vec<u32>> {
+    sequences.chunks(batch_size.max(1))
+}
+
+/// Consecutive prompts grouped so a batch holds at most `batch_size` prompts and about
+/// [`TOKENS_PER_FORWARD`] padded tokens.
+fn token_chunks(sequences: &[Vec<u32>], batch_size: usize) -> Vec<&[Vec<u32>]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < sequences.len() {
+        let mut end = start + 1;
+        let mut width = sequences[start].len();
+        while end < sequences.len() && end - start < batch_size.max(1) {
+            let wider = width.max(sequences[end].len());
+            if wider * (end - start + 1) > TOKENS_PER_FORWARD {
+                break;
+            }
+            width = wider;
+            end += 1;
+        }
+        out.push(&sequences[start..end]);
+        start = end;
+    }
+    out
+}
+
+fn names(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::List(items)) => items.iter().map(ToString::to_string).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn int(call: &Call, name: &str) -> Option<i64> {
+    match call.args.get(name) {
+        Some(Value::Integer(n)) => Some(*n),
+        _ => None,
+    }
+}
+
+fn number(call: &Call, name: &str) -> Option<f64> {
+    match call.args.get(name) {
+        Some(Value::Number(n)) => Some(*n),
+        Some(Value::Integer(n)) => Some(*n as f64),
+        _ => None,
+    }
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,161 @@
+//! Measurements through the whole pipeline (source -> plan -> run) on the tiny Llama,
+//! each column checked against a direct computation.
+
+mod common;
+
+use std::path::Path;
+
+use common::{export_to_temp, fixture, runtime};
+use ndarray::s;
+use qexp::checkpoint::Checkpoint;
+use qexp::execute::{self, Cell, Section, Table};
+use qexp::runtime::{HookedModel, log_softmax_row, token_losses};
+
+const PROMPTS: [&str; 2] = ["the cat sat on the mat", "a dog"];
+
+fn run(model_dir: &Path, body: &str) -> Vec<Table> {
+    let source = format!(
+        "experiment m\nmodel \"{}\"\ndataset d = prompts([\"{}\", \"{}\"])\n{body}\n",
+        model_dir.display(),
+        PROMPTS[0],
+        PROMPTS[1]
+    );
+    let file = qexp::syntax::parse(&source).unwrap();
+    let context = qexp::check::Context {
+        manifest: qexp::manifest::Manifest::read(model_dir).ok(),
+        ..Default::default()
+    };
+    let plan = qexp::check::check(&file, &context)
+        .unwrap_or_else(|d| panic!("{}", qexp::syntax::render(&d, "t", &source)));
+    assert!(
+        execute::unsupported(&plan).is_empty(),
+        "{:?}",
+        execute::unsupported(&plan)
+    );
+    let results = execute::execute(&plan, &runtime()).unwrap();
+    results
+        .sections
+        .into_iter()
+        .filter_map(|s| match s {
+            Section::Table(t) => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+fn number(table: &Table, row: usize, column: &str) -> f64 {
+    match &table.rows[row][table
+        .column(column)
+        .unwrap_or_else(|| panic!("no column {column}"))]
+    {
+        Cell::Number(x) => *x,
+        Cell::Integer(n) => *n as f64,
+        other => panic!("{column}: {other:?}"),
+    }
+}
+
+#[test]
+fn per_token_losses_kl_and_argmax_attention_match_direct_computation() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let tables = run(
+        &model_dir,
+        "variant ablated {\n zero(blocks.1.attn.hook_z[head = 2])\n}\ntable t = per_token(d, head = L1H2, variants = [ablated]) | derive(loss_diff = ablated_loss - loss)",
+    );
+    let t = &tables[0];
+
+    // The same numbers, computed directly: clean, and with W_O's rows for head 2 zeroed.
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let mut checkpoint = Checkpoint::load(&fixture("tiny_llama/model.gguf")).unwrap();
+    checkpoint
+        .transformer
+        .weights
+        .get_mut("blocks.1.attn.W_O")
+        .unwrap()
+        .slice_mut(s![32..48, ..])
+        .fill(0.0);
+    let edited_dir = tempfile::tempdir().unwrap();
+    qexp::export::export_checkpoint(&checkpoint, &edited_dir.path().join("m")).unwrap();
+    let mut edited = HookedModel::load(&runtime, &edited_dir.path().join("m")).unwrap();
+    let sequences: Vec<Vec<u32>> = PROMPTS
+        .iter()
+        .map(|p| model.to_tokens(p, false).unwrap())
+        .collect();
+    let batch = model.batch(&sequences).unwrap();
+    let clean = model
+        .forward(&batch, true, &["blocks.1.attn.hook_pattern"])
+        .unwrap();
+    let ablated = edited.forward(&batch, true, &[]).unwrap().logits.unwrap();
+    let clean_logits = clean.logits.unwrap();
+    let (clean_losses, ablated_losses) = (
+        token_losses(&clean_logits, &batch),
+        token_losses(&ablated, &batch),
+    );
+
+    let mut row = 0;
+    for (b, tokens) in sequences.iter().enumerate() {
+        for pos in 0..tokens.len() - 1 {
+            assert_eq!(number(t, row, "batch"), b as f64);
+            assert_eq!(number(t, row, "pos"), pos as f64);
+            assert!((number(t, row, "loss") - f64::from(clean_losses[b][pos])).abs() < 1e-6);
+            assert!(
+                (number(t, row, "ablated_loss") - f64::from(ablated_losses[b][pos])).abs() < 1e-4
+            );
+            let diff = number(t, row, "ablated_loss") - number(t, row, "loss");
+            assert!((number(t, row, "loss_diff") - diff).abs() < 1e-12);
+
+            let p = log_softmax_row(clean_logits.slice(s![b, pos, ..]));
+            let q = log_softmax_row(ablated.slice(s![b, pos, ..]));
+            let kl: f64 = p.iter().zip(&q).map(|(lp, lq)| lp.exp() * (lp - lq)).sum();
+            assert!(
+                (number(t, row, "ablated_kl_divergence") - kl).abs() < 1e-4,
+                "KL at {b}/{pos}"
+            );
+
+            let pattern = clean.hooks["blocks.1.attn.hook_pattern"]
+                .slice(s![b, 2, pos, ..=pos])
+                .to_owned();
+            let best = pattern
+                .iter()
+                .enumerate()
+                .max_by(|x, y| x.1.total_cmp(y.1))
+                .unwrap();
+            assert_eq!(number(t, row, "max_idx_pos"), best.0 as f64);
+            assert!((number(t, row, "max_idx_tok_value") - f64::from(*best.1)).abs() < 1e-7);
+            row += 1;
+        }
+    }
+    assert_eq!(row, t.rows.len());
+}
+
+#[test]
+fn test_prompt_ranks_tokens_and_attention_reads_the_pattern_row() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let tables = run(
+        &model_dir,
+        "variant ablated {\n zero(blocks.1.attn.hook_z[head = 2])\n}\ntable next = test_prompt(\"the cat\", \" sat\", variants = [ablated], top_k = 5)\ntable attn = attention(\"the cat sat\", L1H2, pos = -1, variants = [ablated])",
+    );
+    let (next, attn) = (&tables[0], &tables[1]);
+    assert_eq!(next.rows.len(), 10, "top 5 for clean and for the variant");
+    for rows in next.rows.chunks(5) {
+        let logits: Vec<f64> = (0..5)
+            .map(|i| match &rows[i][3] {
+                Cell::Number(x) => *x,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(
+            logits.windows(2).all(|w| w[0] >= w[1]),
+            "sorted by logit: {logits:?}"
+        );
+    }
+    let probabilities: f64 = (0..attn.rows.len()).map(|r| number(attn, r, "attn")).sum();
+    assert!(
+        (probabilities - 1.0).abs() < 1e-5,
+        "the last query's pattern row sums to 1"
+    );
+    // Zeroing the head's output leaves its own pattern unchanged.
+    for r in 0..attn.rows.len() {
+        assert!((number(attn, r, "attn") - number(attn, r, "ablated_attn")).abs() < 1e-7);
+    }
+}
