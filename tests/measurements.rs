@@ -159,3 +159,84 @@ fn test_prompt_ranks_tokens_and_attention_reads_the_pattern_row() {
         assert!((number(attn, r, "attn") - number(attn, r, "ablated_attn")).abs() < 1e-7);
     }
 }
+
+#[test]
+fn direct_logits_of_every_component_sum_to_the_logits() {
+    use ndarray::{Array1, Ix1, Ix2};
+    use qexp::analysis::logit_attribution::{Unembed, direct_logits};
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let batch = model.batch(&[vec![1, 70, 71, 72, 73]]).unwrap();
+    let hooks = [
+        "hook_embed",
+        "blocks.0.attn.hook_result",
+        "blocks.1.attn.hook_result",
+        "blocks.0.hook_mlp_out",
+        "blocks.1.hook_mlp_out",
+        "ln_final.hook_scale",
+    ];
+    let f = model.forward(&batch, true, &hooks).unwrap();
+    let (ln_w, w_e) = (
+        model.weight("ln_final.w").unwrap(),
+        model.weight("embed.W_E").unwrap(),
+    );
+    let (ln_w, w_e) = (
+        ln_w.into_dimensionality::<Ix1>().unwrap(),
+        w_e.into_dimensionality::<Ix2>().unwrap(),
+    );
+    let unembed = Unembed::TiedEmbedding(w_e.view());
+    let last = 4;
+    let scale = f.hooks["ln_final.hook_scale"][[0, last, 0]];
+    let normalization = model.manifest.config.normalization;
+    let mut total = Array1::<f64>::zeros(w_e.nrows());
+    let mut add = |component: ndarray::ArrayView1<'_, f32>| {
+        total += &direct_logits(component, scale, ln_w.view(), normalization, &unembed)
+    };
+    add(f.hooks["hook_embed"].slice(s![0, last, ..]));
+    for layer in 0..2 {
+        for head in 0..4 {
+            add(f.hooks[&format!("blocks.{layer}.attn.hook_result")].slice(s![0, last, head, ..]));
+        }
+        add(f.hooks[&format!("blocks.{layer}.hook_mlp_out")].slice(s![0, last, ..]));
+    }
+    let logits = f.logits.unwrap();
+    for v in 0..total.len() {
+        assert!(
+            (total[v] - f64::from(logits[[0, last, v]])).abs() < 1e-3,
+            "token {v}: {} vs {}",
+            total[v],
+            logits[[0, last, v]]
+        );
+    }
+}
+
+#[test]
+fn direct_logit_attribution_table_ranks_the_top_tokens_by_ablation_effect() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let tables = run(
+        &model_dir,
+        "variant ablated {\n zero(blocks.1.attn.hook_z[head = 2])\n}\ntable dla = direct_logit_attribution(\"the cat sat\", L1H2, ablation = ablated, top = 5)",
+    );
+    let t = &tables[0];
+    assert_eq!(
+        t.columns,
+        [
+            "token",
+            "direct_logit_attribution",
+            "ablation_effect",
+            "rank"
+        ]
+    );
+    assert!(
+        (5..=10).contains(&t.rows.len()),
+        "the clean and ablated top 5, merged"
+    );
+    let effects: Vec<f64> = (0..t.rows.len())
+        .map(|r| number(t, r, "ablation_effect"))
+        .collect();
+    assert!(
+        effects.windows(2).all(|w| w[0] >= w[1]),
+        "sorted by the ablation's effect: {effects:?}"
+    );
+}

@@ -76,6 +76,7 @@ const RUNNABLE: &[&str] = &[
     "per_token",
     "test_prompt",
     "attention",
+    "direct_logit_attribution",
 ];
 /// Interventions this version compiles.
 const INTERVENTIONS: &[&str] = &["zero", "mean"];

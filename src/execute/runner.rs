@@ -332,6 +332,7 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
             "per_token" => self.per_token(name, call),
             "test_prompt" => self.test_prompt(name, call),
             "attention" => self.attention(name, call),
+            "direct_logit_attribution" => self.direct_logit_attribution(name, call),
             other => unreachable!("support() refused `{other}`"),
         }
     }
@@ -643,6 +644,122 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
             ];
             cells.extend(patterns.iter().map(|p| Cell::Number(f64::from(p[key]))));
             table.rows.push(cells);
+        }
+        Ok(table)
+    }
+}
+
+impl Runner<'_, '_, '_> {
+    /// The head's direct effect on each token's logit at the prompt's last position,
+    /// against the total effect of ablating it (the seed's "is the effect direct?"), for
+    /// the tokens in the top `top` of the clean or the ablated run.
+    fn direct_logit_attribution(&mut self, name: &str, call: &Call) -> Result<Table, Failure> {
+        use crate::analysis::logit_attribution::{Unembed, direct_logits};
+        let prompt = self.text(call.args.get("prompt")).unwrap_or_default();
+        let (layer, head) = self
+            .head(call.args.get("head"))
+            .ok_or_else(|| "the head has no value".to_owned())?;
+        let Some(Value::Name(ablation)) = call.args.get("ablation") else {
+            unreachable!("checked")
+        };
+        let top = int(call, "top").unwrap_or(10).max(1) as usize;
+        let prepend = self.model.manifest.special_tokens.prepend_bos;
+        let tokens = self
+            .model
+            .to_tokens(&prompt, prepend)
+            .map_err(Self::runtime)?;
+        let batch = self
+            .model
+            .batch(std::slice::from_ref(&tokens))
+            .map_err(Self::runtime)?;
+        let result_hook = format!("blocks.{layer}.attn.hook_result");
+        let clean = self.forward(
+            None,
+            &batch,
+            &["logits", &result_hook, "ln_final.hook_scale"],
+        )?;
+        let ablated = self.forward(Some(ablation), &batch, &["logits"])?;
+        let last = tokens.len() - 1;
+
+        let config = self.model.manifest.config.clone();
+        let ln_w = self.model.weight("ln_final.w").map_err(Self::runtime)?;
+        let ln_w = ln_w
+            .view()
+            .into_dimensionality::<ndarray::Ix1>()
+            .map_err(|e| e.to_string())?;
+        let unembed_weight = if config.tied_embeddings {
+            self.model.weight("embed.W_E")
+        } else {
+            self.model.weight("unembed.W_U")
+        }
+        .map_err(Self::runtime)?;
+        let matrix = unembed_weight
+            .view()
+            .into_dimensionality::<ndarray::Ix2>()
+            .map_err(|e| e.to_string())?;
+        let unembed = if config.tied_embeddings {
+            Unembed::TiedEmbedding(matrix)
+        } else {
+            Unembed::Matrix(matrix)
+        };
+        let scale = clean.hooks["ln_final.hook_scale"][[0, last, 0]];
+        let component = clean.hooks[&result_hook]
+            .slice(s![0, last, head, ..])
+            .to_owned();
+        let direct = direct_logits(
+            component.view(),
+            scale,
+            ln_w,
+            config.normalization,
+            &unembed,
+        );
+
+        let clean_logits = clean.logits.expect("logits requested");
+        let ablated_logits = ablated.logits.expect("logits requested");
+        let effect: Vec<f64> = (0..direct.len())
+            .map(|v| f64::from(clean_logits[[0, last, v]] - ablated_logits[[0, last, v]]))
+            .collect();
+        let mut by_direct: Vec<usize> = (0..direct.len()).collect();
+        by_direct.sort_by(|&a, &b| direct[b].total_cmp(&direct[a]).then(a.cmp(&b)));
+        let mut rank = vec![0usize; direct.len()];
+        for (r, &v) in by_direct.iter().enumerate() {
+            rank[v] = r + 1;
+        }
+        // As the seed: the tokens either run ranks in its top `top`, by how much the
+        // ablation lowers them.
+        let top_of = |logits: &ndarray::Array3<f32>| {
+            let mut order: Vec<usize> = (0..direct.len()).collect();
+            order.sort_by(|&a, &b| {
+                logits[[0, last, b]]
+                    .total_cmp(&logits[[0, last, a]])
+                    .then(a.cmp(&b))
+            });
+            order.truncate(top);
+            order
+        };
+        let mut by_effect = top_of(&clean_logits);
+        let from_ablated: Vec<usize> = top_of(&ablated_logits)
+            .into_iter()
+            .filter(|v| !by_effect.contains(v))
+            .collect();
+        by_effect.extend(from_ablated);
+        by_effect.sort_by(|&a, &b| effect[b].total_cmp(&effect[a]).then(a.cmp(&b)));
+        let mut table = Table::new(
+            name,
+            &[
+                "token",
+                "direct_logit_attribution",
+                "ablation_effect",
+                "rank",
+            ],
+        );
+        for &v in &by_effect {
+            table.rows.push(vec![
+                Cell::Str(self.str_tokens(&[v as u32])?.remove(0)),
+                Cell::Number(direct[v]),
+                Cell::Number(effect[v]),
+                Cell::Integer(rank[v] as i64),
+            ]);
         }
         Ok(table)
     }
