@@ -240,3 +240,90 @@ fn direct_logit_attribution_table_ranks_the_top_tokens_by_ablation_effect() {
         "sorted by the ablation's effect: {effects:?}"
     );
 }
+
+#[test]
+fn mean_ablation_uses_the_mean_over_the_datasets_real_tokens() {
+    use qexp::compile::{self, Intervention, Target, interventions};
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let tables = run(
+        &model_dir,
+        "variant mean_ablated {\n mean(blocks.1.attn.hook_z[head = 2], d)\n}\ntable t = per_token(d, variants = [mean_ablated])",
+    );
+    let t = &tables[0];
+
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let sequences: Vec<Vec<u32>> = PROMPTS
+        .iter()
+        .map(|p| model.to_tokens(p, false).unwrap())
+        .collect();
+    let batch = model.batch(&sequences).unwrap();
+    let z = model
+        .forward(&batch, false, &["blocks.1.attn.hook_z"])
+        .unwrap()
+        .hooks
+        .remove("blocks.1.attn.hook_z")
+        .unwrap();
+    let mut mean = ndarray::Array2::<f64>::zeros((4, 16));
+    let mut count = 0.0;
+    for (row, &len) in batch.lengths.iter().enumerate() {
+        for pos in 0..len {
+            mean += &z.slice(s![row, pos, .., ..]).mapv(f64::from);
+            count += 1.0;
+        }
+    }
+    let mean = (mean / count).mapv(|x| x as f32).into_dyn();
+    let edit = Intervention::Constant {
+        target: Target {
+            hook: "blocks.1.attn.hook_z".into(),
+            head: Some(2),
+            pos: None,
+        },
+        value: mean,
+    };
+    let graph = compile::select_outputs(
+        &interventions::apply(model.graph(), &[edit], |_| 4).unwrap(),
+        &["logits"],
+    )
+    .unwrap();
+    let logits = model
+        .forward_graph("manual-mean", &graph, &batch)
+        .unwrap()
+        .logits
+        .unwrap();
+    let losses = token_losses(&logits, &batch);
+    let mut row = 0;
+    for (b, tokens) in sequences.iter().enumerate() {
+        for pos in 0..tokens.len() - 1 {
+            assert!((number(t, row, "mean_ablated_loss") - f64::from(losses[b][pos])).abs() < 1e-4);
+            row += 1;
+        }
+    }
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_an_error_unless_the_dataset_cuts_it() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let long = "x ".repeat(100);
+    let source = |max: &str| {
+        format!(
+            "experiment m\nmodel \"{}\"\ndataset d = prompts([\"{long}\"]{max})\ntable t = per_token(d)\n",
+            model_dir.display()
+        )
+    };
+    let plan = |text: String| {
+        qexp::check::check(&qexp::syntax::parse(&text).unwrap(), &Default::default()).unwrap()
+    };
+    let error = execute::execute(&plan(source("")), &runtime()).unwrap_err();
+    let message = format!("{error}");
+    assert!(
+        message.contains("more than the model's context of 128"),
+        "{message}"
+    );
+    assert!(message.contains("table t"), "names the step: {message}");
+    let results = execute::execute(&plan(source(", max_tokens = 64")), &runtime()).unwrap();
+    let Section::Table(t) = &results.sections[0] else {
+        panic!()
+    };
+    assert_eq!(t.rows.len(), 63);
+}

@@ -68,17 +68,25 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
             .value;
         let prompts =
             dataset::load(call, &self.root).map_err(|e| format!("dataset `{name}`: {e}"))?;
-        let limit = dataset::max_tokens(call)
-            .unwrap_or(usize::MAX)
-            .min(self.model.manifest.config.n_ctx);
+        let max_tokens = dataset::max_tokens(call);
+        let n_ctx = self.model.manifest.config.n_ctx;
         let prepend = self.model.manifest.special_tokens.prepend_bos;
         let mut all = Vec::with_capacity(prompts.len());
-        for prompt in &prompts {
+        for (index, prompt) in prompts.iter().enumerate() {
             let mut tokens = self
                 .model
                 .to_tokens(prompt, prepend)
                 .map_err(Self::runtime)?;
-            tokens.truncate(limit);
+            match max_tokens {
+                Some(limit) => tokens.truncate(limit.min(n_ctx)),
+                None if tokens.len() > n_ctx => {
+                    return Err(format!(
+                        "prompt {index} of dataset `{name}` has {} tokens, more than the model's context of {n_ctx}; give the dataset `max_tokens = {n_ctx}` (or less) to cut prompts",
+                        tokens.len()
+                    ));
+                }
+                None => {}
+            }
             all.push(tokens);
         }
         self.prompts.insert(name.to_owned(), prompts);
