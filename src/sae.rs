@@ -1,17 +1,66 @@
-//! Sparse autoencoders in SAELens' folder layout. For now: reading the shape a checker
-//! needs from `cfg.json` (both the current `metadata` layout and pre-6.0 flat configs).
+//! Sparse autoencoders in SAELens' folder layout: `cfg.json` (6.x with `metadata`, or the
+//! pre-6.0 flat form) and `sae_weights.safetensors` (`W_enc [d_in, d_sae]`, `b_enc`,
+//! `W_dec [d_sae, d_in]`, `b_dec`, and `threshold` for JumpReLU).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use ndarray::{Array1, Array2, ArrayView2, Axis, Ix1, Ix2};
+use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
 use crate::check::SaeShape;
 use crate::plan::HookRef;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// ReLU of the pre-activation.
+    Standard,
+    /// ReLU of the `k` largest pre-activations, zero elsewhere.
+    TopK { k: usize },
+    /// The pre-activation where it exceeds the feature's threshold, zero elsewhere.
+    JumpRelu,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sae {
+    pub d_in: usize,
+    pub d_sae: usize,
+    pub architecture: Architecture,
+    pub apply_b_dec_to_input: bool,
+    pub hook: Option<HookRef>,
+    pub w_enc: Array2<f32>,
+    pub b_enc: Array1<f32>,
+    pub w_dec: Array2<f32>,
+    pub b_dec: Array1<f32>,
+    pub threshold: Option<Array1<f32>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SaeError {
+    #[error("cannot read {}: {message}", path.display())]
+    Read { path: PathBuf, message: String },
+    #[error("{} is not an SAELens SAE: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
 #[derive(Debug, Deserialize)]
 struct Config {
     d_in: usize,
     d_sae: usize,
+    #[serde(default)]
+    architecture: Option<String>,
+    #[serde(default = "default_true")]
+    apply_b_dec_to_input: bool,
+    #[serde(default)]
+    normalize_activations: Option<String>,
+    #[serde(default)]
+    reshape_activations: Option<String>,
+    #[serde(default)]
+    k: Option<usize>,
+    #[serde(default)]
+    activation_fn_str: Option<String>,
+    #[serde(default)]
+    activation_fn_kwargs: Option<serde_json::Value>,
     #[serde(default)]
     hook_name: Option<String>,
     #[serde(default)]
@@ -33,30 +82,216 @@ struct Metadata {
     hook_head_index: Option<usize>,
 }
 
-/// d_in, d_sae and the hook of the SAE folder `dir`, or why they cannot be read.
-pub fn read_shape(dir: &Path) -> Result<SaeShape, String> {
-    let path = dir.join("cfg.json");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let config: Config = serde_json::from_str(&text)
-        .map_err(|e| format!("{} is not an SAELens config: {e}", path.display()))?;
-    let metadata = config.metadata.as_ref();
-    let hook = metadata
-        .and_then(|m| m.hook_name.clone())
-        .or(config.hook_name)
-        .or(config.hook_point)
-        .map(|name| HookRef {
+fn default_true() -> bool {
+    true
+}
+
+impl Config {
+    fn read(dir: &Path) -> Result<Self, SaeError> {
+        let path = dir.join("cfg.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| SaeError::Read {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        serde_json::from_str(&text).map_err(|e| SaeError::Invalid {
+            path,
+            message: e.to_string(),
+        })
+    }
+
+    fn hook(&self) -> Option<HookRef> {
+        let metadata = self.metadata.as_ref();
+        let name = metadata
+            .and_then(|m| m.hook_name.clone())
+            .or_else(|| self.hook_name.clone())
+            .or_else(|| self.hook_point.clone())?;
+        Some(HookRef {
             name,
             head: metadata
                 .and_then(|m| m.hook_head_index)
-                .or(config.hook_head_index)
-                .or(config.hook_point_head_index),
+                .or(self.hook_head_index)
+                .or(self.hook_point_head_index),
             head_from: None,
             pos: None,
-        });
+        })
+    }
+
+    fn architecture(&self, path: &Path) -> Result<Architecture, SaeError> {
+        let invalid = |message: String| SaeError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let k_from_kwargs = || {
+            self.activation_fn_kwargs
+                .as_ref()
+                .and_then(|kw| kw.get("k"))
+                .and_then(serde_json::Value::as_u64)
+                .map(|k| k as usize)
+        };
+        match (
+            self.architecture.as_deref(),
+            self.activation_fn_str.as_deref(),
+        ) {
+            (Some("standard") | None, None | Some("relu")) => Ok(Architecture::Standard),
+            (Some("topk"), _) | (None, Some("topk")) => {
+                let k = self
+                    .k
+                    .or_else(k_from_kwargs)
+                    .ok_or_else(|| invalid("a TopK SAE's config has no `k`".into()))?;
+                Ok(Architecture::TopK { k })
+            }
+            (Some("jumprelu"), _) => Ok(Architecture::JumpRelu),
+            (architecture, activation) => Err(invalid(format!(
+                "architecture {architecture:?} with activation {activation:?}; qexp reads standard (ReLU), topk and jumprelu SAEs"
+            ))),
+        }
+    }
+}
+
+/// d_in, d_sae and the hook of the SAE folder `dir` (what the checker needs), or why they
+/// cannot be read.
+pub fn read_shape(dir: &Path) -> Result<SaeShape, String> {
+    let config = Config::read(dir).map_err(|e| e.to_string())?;
     Ok(SaeShape {
         d_in: config.d_in,
         d_sae: config.d_sae,
-        hook,
+        hook: config.hook(),
     })
+}
+
+pub fn load(dir: &Path) -> Result<Sae, SaeError> {
+    let config = Config::read(dir)?;
+    let cfg_path = dir.join("cfg.json");
+    let invalid = |message: String| SaeError::Invalid {
+        path: cfg_path.clone(),
+        message,
+    };
+    if let Some(n) = config
+        .normalize_activations
+        .as_deref()
+        .filter(|n| *n != "none")
+    {
+        return Err(invalid(format!(
+            "normalize_activations `{n}` is not supported yet (only `none`)"
+        )));
+    }
+    if let Some(r) = config
+        .reshape_activations
+        .as_deref()
+        .filter(|r| *r != "none")
+    {
+        return Err(invalid(format!(
+            "reshape_activations `{r}` is not supported yet (only `none`)"
+        )));
+    }
+    let architecture = config.architecture(&cfg_path)?;
+    let weights_path = dir.join("sae_weights.safetensors");
+    let bytes = std::fs::read(&weights_path).map_err(|e| SaeError::Read {
+        path: weights_path.clone(),
+        message: e.to_string(),
+    })?;
+    let tensors = SafeTensors::deserialize(&bytes).map_err(|e| SaeError::Invalid {
+        path: weights_path.clone(),
+        message: e.to_string(),
+    })?;
+    let read = |name: &str, shape: &[usize]| -> Result<ndarray::ArrayD<f32>, SaeError> {
+        let bad = |message: String| SaeError::Invalid {
+            path: weights_path.clone(),
+            message,
+        };
+        let view = tensors
+            .tensor(name)
+            .map_err(|_| bad(format!("no tensor `{name}`")))?;
+        if view.shape() != shape {
+            return Err(bad(format!(
+                "`{name}` has shape {:?}, the config says {shape:?}",
+                view.shape()
+            )));
+        }
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => view
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => view
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => return Err(bad(format!("`{name}` has dtype {other:?}"))),
+        };
+        Ok(ndarray::ArrayD::from_shape_vec(shape.to_vec(), values).expect("shape checked"))
+    };
+    let (d_in, d_sae) = (config.d_in, config.d_sae);
+    let matrix =
+        |a: ndarray::ArrayD<f32>| a.into_dimensionality::<Ix2>().expect("two dims checked");
+    let vector = |a: ndarray::ArrayD<f32>| a.into_dimensionality::<Ix1>().expect("one dim checked");
+    Ok(Sae {
+        d_in,
+        d_sae,
+        architecture,
+        apply_b_dec_to_input: config.apply_b_dec_to_input,
+        hook: config.hook(),
+        w_enc: matrix(read("W_enc", &[d_in, d_sae])?),
+        b_enc: vector(read("b_enc", &[d_sae])?),
+        w_dec: matrix(read("W_dec", &[d_sae, d_in])?),
+        b_dec: vector(read("b_dec", &[d_in])?),
+        threshold: match architecture {
+            Architecture::JumpRelu => Some(vector(read("threshold", &[d_sae])?)),
+            _ => None,
+        },
+    })
+}
+
+impl Sae {
+    /// Feature activations of rows of `x` (`[n, d_in]` -> `[n, d_sae]`), as SAELens'
+    /// `encode` computes them.
+    pub fn encode(&self, x: ArrayView2<'_, f32>) -> Array2<f32> {
+        let input = if self.apply_b_dec_to_input {
+            &x - &self.b_dec
+        } else {
+            x.to_owned()
+        };
+        let mut pre = input.dot(&self.w_enc) + &self.b_enc;
+        match self.architecture {
+            Architecture::Standard => pre.mapv_inplace(|v| v.max(0.0)),
+            Architecture::JumpRelu => {
+                let threshold = self
+                    .threshold
+                    .as_ref()
+                    .expect("JumpReLU SAEs load a threshold");
+                for mut row in pre.axis_iter_mut(Axis(0)) {
+                    row.zip_mut_with(threshold, |v, &t| {
+                        *v = if *v > t { v.max(0.0) } else { 0.0 }
+                    });
+                }
+            }
+            Architecture::TopK { k } => {
+                for mut row in pre.axis_iter_mut(Axis(0)) {
+                    let mut order: Vec<usize> = (0..row.len()).collect();
+                    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                    let keep: Vec<(usize, f32)> = order
+                        .iter()
+                        .take(k)
+                        .map(|&i| (i, row[i].max(0.0)))
+                        .collect();
+                    row.fill(0.0);
+                    for (i, v) in keep {
+                        row[i] = v;
+                    }
+                }
+            }
+        }
+        pre
+    }
+
+    pub fn decode(&self, acts: ArrayView2<'_, f32>) -> Array2<f32> {
+        acts.dot(&self.w_dec) + &self.b_dec
+    }
 }
