@@ -159,3 +159,119 @@ fn a_constant_replaces_exactly_the_chosen_head() {
         }
     }
 }
+
+fn sae_edit(error_term: bool, scale: Vec<(usize, f32)>, scale_pos: Option<i64>) -> Intervention {
+    Intervention::Sae(qexp::compile::SaeEdit {
+        target: target("blocks.1.attn.hook_q", Some(HEAD), None),
+        sae: std::sync::Arc::new(qexp::sae::load(&fixture("saes/standard")).unwrap()),
+        error_term,
+        scale,
+        scale_pos,
+        acts_output: "sae.acts".into(),
+    })
+}
+
+#[test]
+fn an_sae_in_the_graph_computes_what_saelens_computes_and_splices_as_asked() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let batch = model
+        .batch(&[vec![1, 70, 71, 72, 73], vec![1, 90]])
+        .unwrap();
+    let clean = model
+        .forward(&batch, true, &["blocks.1.attn.hook_q"])
+        .unwrap();
+    let q = &clean.hooks["blocks.1.attn.hook_q"];
+    let sae = qexp::sae::load(&fixture("saes/standard")).unwrap();
+
+    // With the error term and no edit the model is unchanged; the activations are SAELens'.
+    let graph = variant(
+        &model,
+        &[sae_edit(true, vec![], None)],
+        &["logits", "sae.acts"],
+    );
+    let spliced = model.forward_graph("error-term", &graph, &batch).unwrap();
+    assert_close(
+        "logits with the error term",
+        spliced.logits.as_ref().unwrap().view().into_dyn(),
+        clean.logits.as_ref().unwrap().view().into_dyn(),
+        1e-5,
+    );
+    let acts = &spliced.hooks["sae.acts"];
+    for (row, &len) in batch.lengths.iter().enumerate() {
+        let x = q.slice(s![row, ..len, HEAD, ..]).to_owned();
+        let expected = sae.encode(x.view());
+        assert_close(
+            "feature activations",
+            acts.slice(s![row, ..len, ..]).into_dyn(),
+            expected.view().into_dyn(),
+            1e-5,
+        );
+    }
+
+    // Removing every feature without the error term leaves b_dec.
+    let all_removed: Vec<(usize, f32)> = (0..32).map(|f| (f, 0.0)).collect();
+    let graph = variant(
+        &model,
+        &[sae_edit(false, all_removed, None)],
+        &["blocks.1.attn.hook_q"],
+    );
+    let edited = model.forward_graph("all-removed", &graph, &batch).unwrap();
+    let head_q = edited.hooks["blocks.1.attn.hook_q"]
+        .slice(s![0, .., HEAD, ..])
+        .to_owned();
+    for row in head_q.rows() {
+        assert_close(
+            "b_dec only",
+            row.into_dyn(),
+            sae.b_dec.view().into_dyn(),
+            1e-6,
+        );
+    }
+
+    // Removing the two most active features at the last position, keeping the error
+    // term: x - sum act_f W_dec[f] there, and nothing elsewhere.
+    let x = q.slice(s![0, .., HEAD, ..]).to_owned();
+    let acts = sae.encode(x.view());
+    let last = 4;
+    let mut order: Vec<usize> = (0..32).collect();
+    order.sort_by(|&a, &b| acts[[last, b]].total_cmp(&acts[[last, a]]));
+    let chosen = [order[0], order[1]];
+    assert!(
+        acts[[last, chosen[1]]] > 0.0,
+        "the test removes active features"
+    );
+    let graph = variant(
+        &model,
+        &[sae_edit(
+            true,
+            chosen.iter().map(|&f| (f, 0.0)).collect(),
+            Some(-1),
+        )],
+        &["blocks.1.attn.hook_q"],
+    );
+    let edited = model.forward_graph("two-removed", &graph, &batch).unwrap();
+    let mut expected = x.row(last).to_owned();
+    for f in chosen {
+        expected -= &(&sae.w_dec.row(f) * acts[[last, f]]);
+    }
+    let got = edited.hooks["blocks.1.attn.hook_q"]
+        .slice(s![0, last, HEAD, ..])
+        .to_owned();
+    assert_close(
+        "features removed at the last position",
+        got.view().into_dyn(),
+        expected.view().into_dyn(),
+        1e-5,
+    );
+    let earlier = edited.hooks["blocks.1.attn.hook_q"]
+        .slice(s![0, ..last, HEAD, ..])
+        .to_owned();
+    assert_close(
+        "earlier positions untouched",
+        earlier.view().into_dyn(),
+        q.slice(s![0, ..last, HEAD, ..]).into_dyn(),
+        1e-6,
+    );
+}

@@ -325,3 +325,43 @@ fn a_prompt_longer_than_the_context_is_an_error_unless_the_dataset_cuts_it() {
     };
     assert_eq!(t.rows.len(), 63);
 }
+
+#[test]
+fn loaded_saes_give_feature_activations_and_splice_into_variants() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let sae_dir = fixture("saes/standard");
+    let tables = run(
+        &model_dir,
+        &format!(
+            "sae s = load(\"{}\")\nvariant spliced {{\n splice(s)\n}}\nvariant removed {{\n remove_features(s, [0, 1, 2], pos = -1)\n}}\ntable acts = feature_activations(s, \"the cat sat\", pos = -1)\ntable next = test_prompt(\"the cat sat\", \" on\", variants = [spliced, removed], top_k = 3)",
+            sae_dir.display()
+        ),
+    );
+    let acts = &tables[0];
+    assert_eq!(acts.rows.len(), 32);
+
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let tokens = model.to_tokens("the cat sat", false).unwrap();
+    let batch = model.batch(std::slice::from_ref(&tokens)).unwrap();
+    let q = model
+        .forward(&batch, false, &["blocks.1.attn.hook_q"])
+        .unwrap()
+        .hooks
+        .remove("blocks.1.attn.hook_q")
+        .unwrap();
+    let x = q
+        .slice(s![0, tokens.len() - 1, 2, ..])
+        .to_owned()
+        .insert_axis(ndarray::Axis(0));
+    let expected = qexp::sae::load(&sae_dir).unwrap().encode(x.view());
+    for f in 0..32 {
+        assert!((number(acts, f, "activation") - f64::from(expected[[0, f]])).abs() < 1e-5);
+    }
+    let next = &tables[1];
+    assert_eq!(
+        next.rows.len(),
+        9,
+        "clean, spliced and removed, three tokens each"
+    );
+}

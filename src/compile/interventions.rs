@@ -19,13 +19,31 @@ pub struct Target {
     pub pos: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Intervention {
     /// Replace the target with zeros.
     Zero(Target),
     /// Replace the target with a constant (a mean activation), broadcast over batch and
     /// positions: its shape is the hook's shape without those two axes.
     Constant { target: Target, value: ArrayD<f32> },
+    /// Run an SAE on the target (a head's slice, or the hook's last axis) inside the graph.
+    Sae(SaeEdit),
+}
+
+/// An SAE at a hook: its activations exposed as `acts_output`; optionally chosen features
+/// scaled (0 removes them) at chosen positions; the hook replaced by the reconstruction,
+/// or, with `error_term`, by the activation plus the change the edit makes
+/// (`x + (edited_acts - acts) @ W_dec`), so an SAE with no edit changes nothing.
+#[derive(Debug, Clone)]
+pub struct SaeEdit {
+    pub target: Target,
+    pub sae: std::sync::Arc<crate::sae::Sae>,
+    pub error_term: bool,
+    /// `(feature, factor)` pairs.
+    pub scale: Vec<(usize, f32)>,
+    /// Where the scaling applies; `None` for every position.
+    pub scale_pos: Option<i64>,
+    pub acts_output: String,
 }
 
 /// Axes of a hook's tensor that an intervention selects on.
@@ -74,6 +92,7 @@ pub fn apply(
         let graph = model.graph.as_mut().ok_or(CompileError::NoGraph)?;
         let target = match intervention {
             Intervention::Zero(t) | Intervention::Constant { target: t, .. } => t,
+            Intervention::Sae(edit) => &edit.target,
         };
         let position = graph
             .node
@@ -95,6 +114,19 @@ pub fn apply(
             counter: 0,
         };
         let axes = axes(&target.hook);
+        if let Intervention::Sae(edit) = intervention {
+            let edited = pass.sae(edit, &clean, &axes, n_heads_of(&target.hook))?;
+            pass.nodes
+                .push(node("Identity", &[&edited], &target.hook, vec![]));
+            let Pass {
+                nodes,
+                initializers,
+                ..
+            } = pass;
+            graph.node.splice(position + 1..position + 1, nodes);
+            graph.initializer.extend(initializers);
+            continue;
+        }
         let selected = pass.selection(target, &axes, n_heads_of(&target.hook));
         let edited = match intervention {
             Intervention::Zero(_) => match &selected {
@@ -122,6 +154,7 @@ pub fn apply(
                     Some(mask) => pass.op("Where", &[mask, &constant, &clean]),
                 }
             }
+            Intervention::Sae(_) => unreachable!("handled above"),
         };
         pass.nodes
             .push(node("Identity", &[&edited], &target.hook, vec![]));
@@ -199,6 +232,159 @@ impl Pass {
             ..Default::default()
         });
         name
+    }
+
+    fn matrix_const(&mut self, m: &ndarray::Array2<f32>) -> String {
+        let standard = m.as_standard_layout();
+        self.float_const(
+            &[m.nrows() as i64, m.ncols() as i64],
+            standard.as_slice().expect("standard layout"),
+        )
+    }
+
+    fn vector_const(&mut self, v: &ndarray::Array1<f32>) -> String {
+        self.float_const(&[v.len() as i64], &v.to_vec())
+    }
+
+    /// The SAE's encoder, edit and decoder on the target slice; returns the new hook value.
+    fn sae(
+        &mut self,
+        edit: &SaeEdit,
+        clean: &str,
+        axes: &Axes,
+        n_heads: usize,
+    ) -> Result<String, CompileError> {
+        use crate::sae::Architecture;
+        let sae = &edit.sae;
+        let head_axis = match (edit.target.head, axes.head) {
+            (Some(head), Some(axis)) if axis == 2 => Some((head, axis)),
+            (Some(_), _) => {
+                return Err(CompileError::Unsupported(format!(
+                    "an SAE on a head of `{}`",
+                    edit.target.hook
+                )));
+            }
+            (None, _) if axes.rank != 3 => {
+                return Err(CompileError::Unsupported(format!(
+                    "an SAE on all heads of `{}`; choose a head",
+                    edit.target.hook
+                )));
+            }
+            (None, _) => None,
+        };
+        let x = match head_axis {
+            Some((head, axis)) => {
+                let index = self.int_const(&[], &[head as i64]);
+                self.op_with(
+                    "Gather",
+                    &[clean, &index],
+                    vec![attr_int("axis", axis as i64)],
+                )
+            }
+            None => clean.to_owned(),
+        };
+        let input = if sae.apply_b_dec_to_input {
+            let b_dec = self.vector_const(&sae.b_dec);
+            self.op("Sub", &[&x, &b_dec])
+        } else {
+            x.clone()
+        };
+        let w_enc = self.matrix_const(&sae.w_enc);
+        let b_enc = self.vector_const(&sae.b_enc);
+        let pre = self.op("MatMul", &[&input, &w_enc]);
+        let pre = self.op("Add", &[&pre, &b_enc]);
+        let acts = match sae.architecture {
+            Architecture::Standard => self.op("Relu", &[&pre]),
+            Architecture::JumpRelu => {
+                let threshold = self.vector_const(
+                    sae.threshold
+                        .as_ref()
+                        .expect("JumpReLU SAEs load a threshold"),
+                );
+                let above = self.op("Greater", &[&pre, &threshold]);
+                let relu = self.op("Relu", &[&pre]);
+                let zero = self.float_const(&[], &[0.0]);
+                self.op("Where", &[&above, &relu, &zero])
+            }
+            Architecture::TopK { k } => {
+                let k = self.int_const(&[1], &[k as i64]);
+                let values = self.name("TopK_values");
+                let indices = self.name("TopK_indices");
+                self.nodes.push(NodeProto {
+                    input: vec![pre.clone(), k],
+                    output: vec![values.clone(), indices.clone()],
+                    name: Some(values.clone()),
+                    op_type: Some("TopK".into()),
+                    attribute: vec![attr_int("axis", -1)],
+                    ..Default::default()
+                });
+                let values = self.op("Relu", &[&values]);
+                let zero = self.float_const(&[], &[0.0]);
+                let zeros = self.op("Mul", &[&pre, &zero]);
+                self.op_with(
+                    "ScatterElements",
+                    &[&zeros, &indices, &values],
+                    vec![attr_int("axis", -1)],
+                )
+            }
+        };
+        self.nodes
+            .push(node("Identity", &[&acts], &edit.acts_output, vec![]));
+
+        let edited_acts = if edit.scale.is_empty() {
+            acts.clone()
+        } else {
+            let mut factors = vec![1.0f32; sae.d_sae];
+            for &(feature, factor) in &edit.scale {
+                factors[feature] = factor;
+            }
+            let factors = self.float_const(&[sae.d_sae as i64], &factors);
+            let scaled = self.op("Mul", &[&acts, &factors]);
+            match edit.scale_pos {
+                None => scaled,
+                Some(pos) => {
+                    let rows = Target {
+                        hook: String::new(),
+                        head: None,
+                        pos: Some(pos),
+                    };
+                    let mask = self
+                        .selection(
+                            &rows,
+                            &Axes {
+                                rank: 3,
+                                head: None,
+                                pos: 1,
+                            },
+                            1,
+                        )
+                        .expect("a position selects");
+                    self.op("Where", &[&mask, &scaled, &acts])
+                }
+            }
+        };
+        let w_dec = self.matrix_const(&sae.w_dec);
+        let out = if edit.error_term {
+            let change = self.op("Sub", &[&edited_acts, &acts]);
+            let change = self.op("MatMul", &[&change, &w_dec]);
+            self.op("Add", &[&x, &change])
+        } else {
+            let b_dec = self.vector_const(&sae.b_dec);
+            let recon = self.op("MatMul", &[&edited_acts, &w_dec]);
+            self.op("Add", &[&recon, &b_dec])
+        };
+        Ok(match head_axis {
+            Some((head, axis)) => {
+                let axis_const = self.int_const(&[1], &[axis as i64]);
+                let out = self.op("Unsqueeze", &[&out, &axis_const]);
+                let mut shape = vec![1i64; axes.rank];
+                shape[axis] = n_heads as i64;
+                let values: Vec<bool> = (0..n_heads).map(|h| h == head).collect();
+                let mask = self.bool_const(&shape, &values);
+                self.op("Where", &[&mask, &out, clean])
+            }
+            None => out,
+        })
     }
 
     /// A boolean tensor, broadcastable to the hook, true where the intervention applies;

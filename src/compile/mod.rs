@@ -8,5 +8,5 @@
 pub mod interventions;
 mod prune;
 
-pub use interventions::{Intervention, Target};
+pub use interventions::{Intervention, SaeEdit, Target};
 pub use prune::{CompileError, select_outputs};

@@ -10,6 +10,8 @@ pub enum CompileError {
     UnknownTensor { name: String },
     #[error("the model file has no graph (is model.onnx truncated?)")]
     NoGraph,
+    #[error("{0} is not supported")]
+    Unsupported(String),
 }
 
 /// A copy of `model` whose outputs are exactly `outputs` (in that order), with every node,

@@ -77,9 +77,16 @@ const RUNNABLE: &[&str] = &[
     "test_prompt",
     "attention",
     "direct_logit_attribution",
+    "feature_activations",
 ];
 /// Interventions this version compiles.
-const INTERVENTIONS: &[&str] = &["zero", "mean"];
+const INTERVENTIONS: &[&str] = &[
+    "zero",
+    "mean",
+    "splice",
+    "remove_features",
+    "scale_features",
+];
 
 /// Steps of `plan` this version cannot execute, each with the reason.
 pub fn unsupported(plan: &Plan) -> Vec<(String, String)> {
@@ -89,7 +96,20 @@ pub fn unsupported(plan: &Plan) -> Vec<(String, String)> {
         .filter(|v| v.value.iter().any(|c| !INTERVENTIONS.contains(&c.function)))
         .map(|v| v.name.clone())
         .collect();
-    unavailable.extend(plan.saes.iter().map(|s| s.name.clone()));
+    // SAEs are read from SAELens folders; training them is issue #5.
+    unavailable.extend(
+        plan.saes
+            .iter()
+            .filter(|s| s.value.function != "load")
+            .map(|s| s.name.clone()),
+    );
+    let sae_unavailable: BTreeSet<String> = unavailable.clone();
+    unavailable.extend(
+        plan.variants
+            .iter()
+            .filter(|v| v.value.iter().any(|c| matches!(c.args.get("sae"), Some(Value::Name(s)) if sae_unavailable.contains(s))))
+            .map(|v| v.name.clone()),
+    );
     let mut out = Vec::new();
     for step in &plan.steps {
         if let Err(reason) = support(step, &unavailable) {
@@ -152,6 +172,9 @@ fn support(step: &Step, unavailable: &BTreeSet<String>) -> Result<(), String> {
     };
     if !RUNNABLE.contains(&call.function) {
         return Err(format!("`{}` {LATER}", call.function));
+    }
+    if call.function == "per_token" && call.args.contains_key("sae") {
+        return Err(format!("`per_token` with an SAE's columns {LATER}"));
     }
     match references(call)
         .into_iter()

@@ -9,7 +9,7 @@ use ndarray::{Array3, ArrayD, Axis, s};
 use super::table::{Cell, Table};
 use crate::analysis::composition::{self, Mode};
 use crate::check::SANITY_CHECK_TEXT;
-use crate::compile::{self, Intervention, Target, interventions};
+use crate::compile::{self, Intervention, SaeEdit, Target, interventions};
 use crate::dataset;
 use crate::onnx::ModelProto;
 use crate::plan::{Call, HookRef, Plan, Value};
@@ -31,6 +31,7 @@ pub(super) struct Runner<'p, 'm, 'r> {
     datasets: BTreeMap<String, Vec<Vec<u32>>>,
     prompts: BTreeMap<String, Vec<String>>,
     variants: BTreeMap<String, Vec<Intervention>>,
+    saes: BTreeMap<String, std::sync::Arc<crate::sae::Sae>>,
 }
 
 type Failure = String;
@@ -46,6 +47,7 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
             datasets: BTreeMap::new(),
             prompts: BTreeMap::new(),
             variants: BTreeMap::new(),
+            saes: BTreeMap::new(),
         }
     }
 
@@ -139,7 +141,34 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
         })
     }
 
-    /// A variant's interventions, resolved (heads chosen, means computed) once.
+    /// An SAE declared with `load`, read once.
+    fn sae(&mut self, name: &str) -> Result<std::sync::Arc<crate::sae::Sae>, Failure> {
+        if let Some(sae) = self.saes.get(name) {
+            return Ok(sae.clone());
+        }
+        let call = &self
+            .plan
+            .saes
+            .iter()
+            .find(|s| s.name == name)
+            .expect("the checker resolved it")
+            .value;
+        let Some(Value::Str(path)) = call.args.get("path") else {
+            return Err(format!(
+                "`{}` SAEs are not in this version yet (issue #5)",
+                call.function
+            ));
+        };
+        let sae = std::sync::Arc::new(
+            crate::sae::load(&self.root.join(path)).map_err(|e| e.to_string())?,
+        );
+        self.saes.insert(name.to_owned(), sae.clone());
+        Ok(sae)
+    }
+
+    /// A variant's interventions, resolved (heads chosen, means computed, SAEs loaded)
+    /// once. All of one SAE's calls in a variant become one edit: `splice` decides
+    /// whether the error term is dropped; feature removals and scalings ride along.
     fn interventions(&mut self, variant: &str) -> Result<Vec<Intervention>, Failure> {
         if let Some(done) = self.variants.get(variant) {
             return Ok(done.clone());
@@ -153,7 +182,66 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
             .value
             .clone();
         let mut resolved = Vec::new();
+        let mut sae_edits: Vec<(String, SaeEdit)> = Vec::new();
         for call in &calls {
+            if let Some(Value::Name(sae_name)) = call.args.get("sae") {
+                let sae = self.sae(sae_name)?;
+                let hook = sae
+                    .hook
+                    .clone()
+                    .ok_or_else(|| format!("SAE `{sae_name}` names no hook in its cfg.json"))?;
+                let index = match sae_edits.iter().position(|(n, _)| n == sae_name) {
+                    Some(i) => i,
+                    None => {
+                        sae_edits.push((
+                            sae_name.clone(),
+                            SaeEdit {
+                                target: self.target(&hook)?,
+                                sae: sae.clone(),
+                                error_term: true,
+                                scale: Vec::new(),
+                                scale_pos: None,
+                                acts_output: format!("{sae_name}.hook_sae_acts_post"),
+                            },
+                        ));
+                        sae_edits.len() - 1
+                    }
+                };
+                let edit = &mut sae_edits[index].1;
+                match call.function {
+                    "splice" => {
+                        edit.error_term =
+                            matches!(call.args.get("error_term"), Some(Value::Bool(true)))
+                    }
+                    "remove_features" | "scale_features" => {
+                        let factor = if call.function == "remove_features" {
+                            0.0
+                        } else {
+                            number(call, "factor").unwrap_or(1.0) as f32
+                        };
+                        let features: Vec<usize> = match call.args.get("features") {
+                            Some(Value::All) => (0..sae.d_sae).collect(),
+                            Some(Value::List(items)) => items
+                                .iter()
+                                .filter_map(|v| {
+                                    if let Value::Integer(f) = v {
+                                        Some(*f as usize)
+                                    } else {
+                                        None
+                                    }
+                                })
+                                .collect(),
+                            _ => Vec::new(),
+                        };
+                        edit.scale.extend(features.into_iter().map(|f| (f, factor)));
+                        if let Some(pos) = int(call, "pos") {
+                            edit.scale_pos = Some(pos);
+                        }
+                    }
+                    other => return Err(format!("`{other}` is not supported by this version")),
+                }
+                continue;
+            }
             let Some(Value::Hook(hook)) = call.args.get("hook") else {
                 return Err(format!(
                     "`{}` is not supported by this version",
@@ -173,6 +261,11 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
                 other => return Err(format!("`{other}` is not supported by this version")),
             });
         }
+        resolved.extend(
+            sae_edits
+                .into_iter()
+                .map(|(_, edit)| Intervention::Sae(edit)),
+        );
         self.variants.insert(variant.to_owned(), resolved.clone());
         Ok(resolved)
     }
@@ -341,6 +434,7 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
             "test_prompt" => self.test_prompt(name, call),
             "attention" => self.attention(name, call),
             "direct_logit_attribution" => self.direct_logit_attribution(name, call),
+            "feature_activations" => self.feature_activations(name, call),
             other => unreachable!("support() refused `{other}`"),
         }
     }
@@ -658,6 +752,57 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
 }
 
 impl Runner<'_, '_, '_> {
+    /// Every feature's activation at one position of a prompt (the seed's
+    /// `plot_line_with_top_10_labels(feature_acts)`).
+    fn feature_activations(&mut self, name: &str, call: &Call) -> Result<Table, Failure> {
+        let Some(Value::Name(sae_name)) = call.args.get("sae") else {
+            unreachable!("checked")
+        };
+        let sae = self.sae(sae_name)?;
+        let hook = sae
+            .hook
+            .clone()
+            .ok_or_else(|| format!("SAE `{sae_name}` names no hook in its cfg.json"))?;
+        let target = self.target(&hook)?;
+        let prompt = self.text(call.args.get("prompt")).unwrap_or_default();
+        let prepend = self.model.manifest.special_tokens.prepend_bos;
+        let tokens = self
+            .model
+            .to_tokens(&prompt, prepend)
+            .map_err(Self::runtime)?;
+        let pos = int(call, "pos").unwrap_or(-1);
+        let at = if pos < 0 {
+            tokens.len() as i64 + pos
+        } else {
+            pos
+        };
+        if at < 0 || at as usize >= tokens.len() {
+            return Err(format!(
+                "position {pos} is outside the prompt's {} tokens",
+                tokens.len()
+            ));
+        }
+        let batch = self
+            .model
+            .batch(std::slice::from_ref(&tokens))
+            .map_err(Self::runtime)?;
+        let forward = self.forward(None, &batch, &[&target.hook])?;
+        let activation = &forward.hooks[&target.hook];
+        let x = match target.head {
+            Some(head) => activation.slice(s![0, at as usize, head, ..]).to_owned(),
+            None => activation.slice(s![0, at as usize, ..]).to_owned(),
+        };
+        let acts = sae.encode(x.view().insert_axis(Axis(0)));
+        let mut table = Table::new(name, &["feature", "activation"]);
+        table.rows = acts
+            .row(0)
+            .iter()
+            .enumerate()
+            .map(|(f, &a)| vec![Cell::Integer(f as i64), Cell::Number(f64::from(a))])
+            .collect();
+        Ok(table)
+    }
+
     /// The head's direct effect on each token's logit at the prompt's last position,
     /// against the total effect of ablating it (the seed's "is the effect direct?"), for
     /// the tokens in the top `top` of the clean or the ablated run.
