@@ -275,3 +275,45 @@ fn an_sae_in_the_graph_computes_what_saelens_computes_and_splices_as_asked() {
         1e-6,
     );
 }
+
+#[test]
+fn steering_adds_the_scaled_decoder_direction_to_one_head() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let batch = model.batch(&[vec![1, 70, 71, 72]]).unwrap();
+    let sae = qexp::sae::load(&fixture("saes/standard")).unwrap();
+    let direction = sae.w_dec.row(5).mapv(|w| w * 3.0);
+    let edit = Intervention::Add {
+        target: target("blocks.1.attn.hook_q", Some(HEAD), None),
+        vector: direction.clone(),
+    };
+    let graph = variant(&model, &[edit], &["blocks.1.attn.hook_q"]);
+    let steered = model
+        .forward_graph("steer", &graph, &batch)
+        .unwrap()
+        .hooks
+        .remove("blocks.1.attn.hook_q")
+        .unwrap();
+    let clean = model
+        .forward(&batch, false, &["blocks.1.attn.hook_q"])
+        .unwrap()
+        .hooks
+        .remove("blocks.1.attn.hook_q")
+        .unwrap();
+    for pos in 0..4 {
+        let expected = &clean.slice(s![0, pos, HEAD, ..]) + &direction;
+        assert_close(
+            "steered head",
+            steered.slice(s![0, pos, HEAD, ..]).into_dyn(),
+            expected.view().into_dyn(),
+            1e-6,
+        );
+        assert_close(
+            "other head",
+            steered.slice(s![0, pos, 0, ..]).into_dyn(),
+            clean.slice(s![0, pos, 0, ..]).into_dyn(),
+            0.0,
+        );
+    }
+}

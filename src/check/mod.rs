@@ -1159,6 +1159,34 @@ impl Checker<'_> {
                 }
             }
         }
+        if call.function == "steer"
+            && let (Some(Value::Name(sae)), Some(Value::Hook(hook))) =
+                (call.args.get("sae"), call.args.get("hook"))
+            && let Some((Binding::Sae(Some(shape)), _)) = self.scope.get(sae).cloned()
+        {
+            if let Some(Value::Integer(f)) = call.args.get("feature")
+                && (*f < 0 || *f as usize >= shape.d_sae)
+            {
+                self.error(
+                    span,
+                    format!(
+                        "feature {f} is out of range: `{sae}` has features 0..{}",
+                        shape.d_sae - 1
+                    ),
+                );
+            }
+            if let Some(width) = hooks::width(hook, self.manifest())
+                && width != shape.d_in
+            {
+                self.error(
+                    span,
+                    format!(
+                        "`{sae}` writes vectors of {} but `{}` has width {width}",
+                        shape.d_in, hook.name
+                    ),
+                );
+            }
+        }
         if call.function == "patch"
             && call.args.contains_key("from_variant") == call.args.contains_key("from_prompt")
         {

@@ -28,6 +28,12 @@ pub enum Intervention {
     Constant { target: Target, value: ArrayD<f32> },
     /// Run an SAE on the target (a head's slice, or the hook's last axis) inside the graph.
     Sae(SaeEdit),
+    /// Add a vector (a steering direction) along the hook's last axis, at the target's
+    /// head and positions.
+    Add {
+        target: Target,
+        vector: ndarray::Array1<f32>,
+    },
 }
 
 /// An SAE at a hook: its activations exposed as `acts_output`; optionally chosen features
@@ -91,7 +97,9 @@ pub fn apply(
     for (index, intervention) in interventions.iter().enumerate() {
         let graph = model.graph.as_mut().ok_or(CompileError::NoGraph)?;
         let target = match intervention {
-            Intervention::Zero(t) | Intervention::Constant { target: t, .. } => t,
+            Intervention::Zero(t)
+            | Intervention::Constant { target: t, .. }
+            | Intervention::Add { target: t, .. } => t,
             Intervention::Sae(edit) => &edit.target,
         };
         let position = graph
@@ -152,6 +160,14 @@ pub fn apply(
                         pass.op("Expand", &[&constant, &shape_of])
                     }
                     Some(mask) => pass.op("Where", &[mask, &constant, &clean]),
+                }
+            }
+            Intervention::Add { vector, .. } => {
+                let added = pass.vector_const(vector);
+                let steered = pass.op("Add", &[&clean, &added]);
+                match &selected {
+                    None => steered,
+                    Some(mask) => pass.op("Where", &[mask, &steered, &clean]),
                 }
             }
             Intervention::Sae(_) => unreachable!("handled above"),

@@ -184,6 +184,25 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
         let mut resolved = Vec::new();
         let mut sae_edits: Vec<(String, SaeEdit)> = Vec::new();
         for call in &calls {
+            if call.function == "steer" {
+                let (Some(Value::Hook(hook)), Some(Value::Name(sae_name))) =
+                    (call.args.get("hook"), call.args.get("sae"))
+                else {
+                    unreachable!("checked")
+                };
+                let sae = self.sae(sae_name)?;
+                let feature = int(call, "feature").unwrap_or(0) as usize;
+                let scale = number(call, "scale").unwrap_or(1.0) as f32;
+                let direction = sae
+                    .w_dec
+                    .row(feature.min(sae.d_sae - 1))
+                    .mapv(|w| w * scale);
+                resolved.push(Intervention::Add {
+                    target: self.target(hook)?,
+                    vector: direction,
+                });
+                continue;
+            }
             if let Some(Value::Name(sae_name)) = call.args.get("sae") {
                 let sae = self.sae(sae_name)?;
                 let hook = sae
