@@ -119,7 +119,7 @@ fn steps_this_version_cannot_run_are_refused_or_listed_as_not_run() {
     let dir = setup();
     std::fs::write(
         dir.path().join("later.qexp"),
-        "experiment later\nmodel \"models/tiny\"\ntable sanity = sanity_check(\"the the the\")\ndataset d = prompts([\"a b\"])\nsae s = train(hook = blocks.0.hook_resid_post, dataset = d, d_sae = 8)\ntable comp = sae_metrics(s, d)\n",
+        "experiment later\nmodel \"models/tiny\"\ntable sanity = sanity_check(\"the the the\")\nplot comp = histogram(sanity, x = loss)\n",
     )
     .unwrap();
     let output = qexp(dir.path())
@@ -129,7 +129,7 @@ fn steps_this_version_cannot_run_are_refused_or_listed_as_not_run() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(
-        stderr.contains("table comp: `sae_metrics` is not in this version yet"),
+        stderr.contains("plot comp = histogram: plots come with the report issue"),
         "{stderr}"
     );
     assert!(!dir.path().join("reports").exists());
@@ -140,7 +140,7 @@ fn steps_this_version_cannot_run_are_refused_or_listed_as_not_run() {
         .success();
     let html = std::fs::read_to_string(dir.path().join("reports/later/index.html")).unwrap();
     assert!(
-        html.contains("Not run:</strong> <code>table comp</code>"),
+        html.contains("Not run:</strong> <code>plot comp = histogram</code>"),
         "{html}"
     );
     assert!(dir.path().join("reports/later/results/sanity.csv").exists());

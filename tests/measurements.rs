@@ -365,3 +365,119 @@ fn loaded_saes_give_feature_activations_and_splice_into_variants() {
         "clean, spliced and removed, three tokens each"
     );
 }
+
+#[test]
+fn sae_metrics_match_a_direct_computation() {
+    use qexp::compile::{self, Intervention, SaeEdit, Target, interventions};
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let sae_dir = fixture("saes/standard");
+    let tables = run(
+        &model_dir,
+        &format!(
+            "sae s = load(\"{}\")\ntable m = sae_metrics(s, d)",
+            sae_dir.display()
+        ),
+    );
+    let m = &tables[0];
+
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let sae = std::sync::Arc::new(qexp::sae::load(&sae_dir).unwrap());
+    let sequences: Vec<Vec<u32>> = PROMPTS
+        .iter()
+        .map(|p| model.to_tokens(p, false).unwrap())
+        .collect();
+    let batch = model.batch(&sequences).unwrap();
+    let clean = model
+        .forward(&batch, true, &["blocks.1.attn.hook_q"])
+        .unwrap();
+    let q = &clean.hooks["blocks.1.attn.hook_q"];
+    let mut rows = Vec::new();
+    for (row, &len) in batch.lengths.iter().enumerate() {
+        for pos in 0..len {
+            rows.extend(q.slice(s![row, pos, 2, ..]).iter().copied());
+        }
+    }
+    let x = ndarray::Array2::from_shape_vec((rows.len() / 16, 16), rows).unwrap();
+    let acts = sae.encode(x.view());
+    let recon = sae.decode(acts.view());
+    let n = x.nrows() as f64;
+    let mse = (&recon - &x).mapv(|e| f64::from(e * e)).sum() / n;
+    let l0 = acts.iter().filter(|&&a| a > 0.0).count() as f64 / n;
+    assert!((number(m, 0, "mse") - mse).abs() < 1e-4 * mse.max(1.0));
+    assert!((number(m, 0, "l0") - l0).abs() < 1e-9);
+
+    let target = Target {
+        hook: "blocks.1.attn.hook_q".into(),
+        head: Some(2),
+        pos: None,
+    };
+    let splice = Intervention::Sae(SaeEdit {
+        target: target.clone(),
+        sae,
+        error_term: false,
+        scale: vec![],
+        scale_pos: None,
+        acts_output: "a".into(),
+    });
+    let mut loss = |edit: Intervention, key: &str| {
+        let graph = compile::select_outputs(
+            &interventions::apply(model.graph(), &[edit], |_| 4).unwrap(),
+            &["logits"],
+        )
+        .unwrap();
+        let logits = model
+            .forward_graph(key, &graph, &batch)
+            .unwrap()
+            .logits
+            .unwrap();
+        token_losses(&logits, &batch)
+            .iter()
+            .flatten()
+            .map(|&l| f64::from(l))
+            .sum::<f64>()
+    };
+    let (spliced, zeroed) = (
+        loss(splice, "spliced"),
+        loss(Intervention::Zero(target), "zeroed"),
+    );
+    let clean_loss: f64 = token_losses(clean.logits.as_ref().unwrap(), &batch)
+        .iter()
+        .flatten()
+        .map(|&l| f64::from(l))
+        .sum();
+    let recovered = (zeroed - spliced) / (zeroed - clean_loss);
+    assert!(
+        (number(m, 0, "ce_loss_recovered") - recovered).abs() < 1e-4,
+        "{} vs {recovered}",
+        number(m, 0, "ce_loss_recovered")
+    );
+}
+
+#[test]
+fn an_sae_trained_in_the_pipeline_reports_its_training_and_repeats_with_its_seed() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let body = "sae s = train(hook = blocks.1.attn.hook_q[head = 2], dataset = d, d_sae = 32, l1_coefficient = 1e-3, lr = 1e-2, tokens = 2000, batch_size = 16, seed = 5)\ntable m = sae_metrics(s, d)";
+    let first = run(&model_dir, body);
+    assert_eq!(first[0].name, "s_training");
+    assert_eq!(
+        first[0].columns,
+        [
+            "activations",
+            "steps",
+            "tokens",
+            "mse",
+            "l0",
+            "explained_variance",
+            "dead_fraction"
+        ]
+    );
+    assert_eq!(number(&first[0], 0, "steps"), 125.0);
+    assert!(
+        number(&first[1], 0, "explained_variance") > 0.0,
+        "training helped: {:?}",
+        first[1].rows
+    );
+    let again = run(&model_dir, body);
+    assert_eq!(first, again, "same seed, same SAE, same numbers");
+}

@@ -78,6 +78,7 @@ const RUNNABLE: &[&str] = &[
     "attention",
     "direct_logit_attribution",
     "feature_activations",
+    "sae_metrics",
 ];
 /// Interventions this version compiles.
 const INTERVENTIONS: &[&str] = &[
@@ -96,20 +97,6 @@ pub fn unsupported(plan: &Plan) -> Vec<(String, String)> {
         .filter(|v| v.value.iter().any(|c| !INTERVENTIONS.contains(&c.function)))
         .map(|v| v.name.clone())
         .collect();
-    // SAEs are read from SAELens folders; training them is issue #5.
-    unavailable.extend(
-        plan.saes
-            .iter()
-            .filter(|s| s.value.function != "load")
-            .map(|s| s.name.clone()),
-    );
-    let sae_unavailable: BTreeSet<String> = unavailable.clone();
-    unavailable.extend(
-        plan.variants
-            .iter()
-            .filter(|v| v.value.iter().any(|c| matches!(c.args.get("sae"), Some(Value::Name(s)) if sae_unavailable.contains(s))))
-            .map(|v| v.name.clone()),
-    );
     let mut out = Vec::new();
     for step in &plan.steps {
         if let Err(reason) = support(step, &unavailable) {
@@ -224,6 +211,10 @@ pub fn execute(plan: &Plan, runtime: &Runtime) -> Result<Results, ExecuteError> 
                 message,
             })?
         };
+        for table in runner.pending.drain(..) {
+            sections.push(Section::Table(table));
+            seconds.push(0.0);
+        }
         if let Section::Table(table) = &section {
             let finite = table.rows.iter().flatten().all(|c| match c {
                 Cell::Number(x) => x.is_finite(),

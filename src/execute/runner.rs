@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use ndarray::{Array3, ArrayD, Axis, s};
+use ndarray::{Array2, Array3, ArrayD, Axis, s};
 
 use super::table::{Cell, Table};
 use crate::analysis::composition::{self, Mode};
@@ -32,6 +32,9 @@ pub(super) struct Runner<'p, 'm, 'r> {
     prompts: BTreeMap<String, Vec<String>>,
     variants: BTreeMap<String, Vec<Intervention>>,
     saes: BTreeMap<String, std::sync::Arc<crate::sae::Sae>>,
+    /// Tables made along the way (an SAE's training summary), shown before the step
+    /// that caused them.
+    pub pending: Vec<Table>,
 }
 
 type Failure = String;
@@ -48,6 +51,7 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
             prompts: BTreeMap::new(),
             variants: BTreeMap::new(),
             saes: BTreeMap::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -153,15 +157,17 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
             .find(|s| s.name == name)
             .expect("the checker resolved it")
             .value;
-        let Some(Value::Str(path)) = call.args.get("path") else {
-            return Err(format!(
-                "`{}` SAEs are not in this version yet (issue #5)",
-                call.function
-            ));
+        let call = call.clone();
+        let sae = match call.function {
+            "load" => {
+                let Some(Value::Str(path)) = call.args.get("path") else {
+                    unreachable!("checked")
+                };
+                crate::sae::load(&self.root.join(path)).map_err(|e| e.to_string())?
+            }
+            _ => self.train_sae(name, &call)?,
         };
-        let sae = std::sync::Arc::new(
-            crate::sae::load(&self.root.join(path)).map_err(|e| e.to_string())?,
-        );
+        let sae = std::sync::Arc::new(sae);
         self.saes.insert(name.to_owned(), sae.clone());
         Ok(sae)
     }
@@ -348,9 +354,13 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
 
     fn variant_graph(&mut self, variant: &str, outputs: &[&str]) -> Result<ModelProto, Failure> {
         let edits = self.interventions(variant)?;
-        let manifest = &self.model.manifest;
+        self.edits_graph(&edits, outputs)
+    }
+
+    /// The exported graph with `edits` applied, pruned to `outputs`.
+    fn edits_graph(&self, edits: &[Intervention], outputs: &[&str]) -> Result<ModelProto, Failure> {
+        let config = &self.model.manifest.config;
         let heads = |hook: &str| {
-            let config = &manifest.config;
             if hook.ends_with("hook_k") || hook.ends_with("hook_v") || hook.ends_with("hook_rot_k")
             {
                 config.n_kv_heads
@@ -359,8 +369,23 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
             }
         };
         let edited =
-            interventions::apply(self.model.graph(), &edits, heads).map_err(|e| e.to_string())?;
+            interventions::apply(self.model.graph(), edits, heads).map_err(|e| e.to_string())?;
         compile::select_outputs(&edited, outputs).map_err(|e| e.to_string())
+    }
+
+    /// Runs `batch` with ad-hoc `edits` (not a declared variant), cached under `key`.
+    fn forward_edits(
+        &mut self,
+        key: &str,
+        edits: &[Intervention],
+        batch: &Batch,
+        outputs: &[&str],
+    ) -> Result<Forward, Failure> {
+        let graph = self.edits_graph(edits, outputs)?;
+        let key = format!("{key}|{}", outputs.join(","));
+        self.model
+            .forward_graph(&key, &graph, batch)
+            .map_err(Self::runtime)
     }
 
     fn str_tokens(&self, tokens: &[u32]) -> Result<Vec<String>, Failure> {
@@ -454,6 +479,7 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
             "attention" => self.attention(name, call),
             "direct_logit_attribution" => self.direct_logit_attribution(name, call),
             "feature_activations" => self.feature_activations(name, call),
+            "sae_metrics" => self.sae_metrics(name, call),
             other => unreachable!("support() refused `{other}`"),
         }
     }
@@ -771,6 +797,226 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
 }
 
 impl Runner<'_, '_, '_> {
+    /// The activations an SAE reads: every real token of a dataset at its hook (a head's
+    /// slice when it has one), from a graph pruned right after the hook.
+    fn hook_activations(&mut self, target: &Target, dataset: &str) -> Result<Array2<f32>, Failure> {
+        let sequences = self.dataset(dataset)?;
+        let mut rows: Vec<f32> = Vec::new();
+        let mut width = 0;
+        for chunk in token_chunks(&sequences, self.plan.model.batch_size) {
+            let batch = self.model.batch(chunk).map_err(Self::runtime)?;
+            let forward = self.forward(None, &batch, &[&target.hook])?;
+            let activation = &forward.hooks[&target.hook];
+            for (row, &len) in batch.lengths.iter().enumerate() {
+                for pos in 0..len {
+                    let x = match target.head {
+                        Some(head) => activation.slice(s![row, pos, head, ..]).to_owned(),
+                        None => activation.slice(s![row, pos, ..]).to_owned(),
+                    };
+                    width = x.len();
+                    rows.extend(x.iter());
+                }
+            }
+        }
+        Array2::from_shape_vec((rows.len() / width.max(1), width), rows).map_err(|e| e.to_string())
+    }
+
+    fn train_sae(&mut self, name: &str, call: &Call) -> Result<crate::sae::Sae, Failure> {
+        use crate::sae::Architecture;
+        use crate::sae::train::{TrainConfig, train};
+        let (Some(Value::Hook(hook)), Some(Value::Name(dataset))) =
+            (call.args.get("hook"), call.args.get("dataset"))
+        else {
+            unreachable!("checked")
+        };
+        let target = self.target(hook)?;
+        let activations = self.hook_activations(&target, dataset)?;
+        let architecture = match call.args.get("architecture") {
+            Some(Value::Choice(a)) if a == "topk" => Architecture::TopK {
+                k: int(call, "k").unwrap_or(32) as usize,
+            },
+            Some(Value::Choice(a)) if a == "jumprelu" => Architecture::JumpRelu,
+            _ => Architecture::Standard,
+        };
+        let config = TrainConfig {
+            d_sae: int(call, "d_sae").unwrap_or(4096) as usize,
+            architecture,
+            l1_coefficient: number(call, "l1_coefficient").unwrap_or(5e-4) as f32,
+            lr: number(call, "lr").unwrap_or(3e-4) as f32,
+            batch_size: int(call, "batch_size").unwrap_or(4096) as usize,
+            tokens: int(call, "tokens").unwrap_or(1_000_000) as usize,
+            seed: int(call, "seed").unwrap_or(0) as u64,
+        };
+        let bar =
+            indicatif::ProgressBar::new(config.tokens.div_ceil(config.batch_size.max(1)) as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "training {msg} [{bar:30}] {pos}/{len} steps, {eta} left",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        let (mut sae, summary) = train(&activations, &config, |step, _, mse, l0| {
+            bar.set_position(step as u64);
+            if step % 10 == 0 {
+                bar.set_message(format!("{name}: MSE {mse:.4}, L0 {l0:.1}"));
+            }
+        })
+        .map_err(|e| format!("training `{name}`: {e}"))?;
+        bar.finish_and_clear();
+        sae.hook = Some(HookRef {
+            name: target.hook.clone(),
+            head: target.head,
+            head_from: None,
+            pos: None,
+        });
+        let mut table = Table::new(
+            &format!("{name}_training"),
+            &[
+                "activations",
+                "steps",
+                "tokens",
+                "mse",
+                "l0",
+                "explained_variance",
+                "dead_fraction",
+            ],
+        );
+        table.rows.push(vec![
+            Cell::Integer(activations.nrows() as i64),
+            Cell::Integer(summary.steps as i64),
+            Cell::Integer(summary.tokens as i64),
+            Cell::Number(summary.mse),
+            Cell::Number(summary.l0),
+            Cell::Number(summary.explained_variance),
+            Cell::Number(summary.dead_fraction),
+        ]);
+        self.pending.push(table);
+        Ok(sae)
+    }
+
+    /// SAELens' quality metrics over a dataset: L0, MSE, explained variance, CE loss
+    /// recovered and KL score (against `baseline`, or zero-ablating the SAE's target),
+    /// dead and dense (firing on over 10% of tokens) feature fractions.
+    fn sae_metrics(&mut self, name: &str, call: &Call) -> Result<Table, Failure> {
+        let (Some(Value::Name(sae_name)), Some(Value::Name(dataset))) =
+            (call.args.get("sae"), call.args.get("dataset"))
+        else {
+            unreachable!("checked")
+        };
+        let sae = self.sae(sae_name)?;
+        let hook = sae
+            .hook
+            .clone()
+            .ok_or_else(|| format!("SAE `{sae_name}` names no hook"))?;
+        let target = self.target(&hook)?;
+        let x = self.hook_activations(&target, dataset)?;
+        let acts = sae.encode(x.view());
+        let recon = sae.decode(acts.view());
+        let n = x.nrows() as f64;
+        let squared_error = (&recon - &x).mapv(|e| f64::from(e * e)).sum();
+        let centred = &x - &x.mean_axis(Axis(0)).ok_or("no activations")?;
+        let variance = centred.mapv(|v| f64::from(v * v)).sum();
+        let firing: Vec<usize> = (0..sae.d_sae)
+            .map(|f| acts.column(f).iter().filter(|&&a| a > 0.0).count())
+            .collect();
+
+        let splice = Intervention::Sae(SaeEdit {
+            target: target.clone(),
+            sae: sae.clone(),
+            error_term: false,
+            scale: Vec::new(),
+            scale_pos: None,
+            acts_output: format!("{sae_name}.hook_sae_acts_post"),
+        });
+        let baseline = match call.args.get("baseline") {
+            Some(Value::Name(variant)) => self.interventions(variant)?,
+            _ => vec![Intervention::Zero(target.clone())],
+        };
+        let sequences = self.dataset(dataset)?;
+        let (
+            mut clean_loss,
+            mut spliced_loss,
+            mut baseline_loss,
+            mut kl_spliced,
+            mut kl_baseline,
+            mut tokens,
+        ) = (0.0, 0.0, 0.0, 0.0, 0.0, 0usize);
+        for chunk in token_chunks(&sequences, self.plan.model.batch_size) {
+            let batch = self.model.batch(chunk).map_err(Self::runtime)?;
+            let clean = self
+                .forward(None, &batch, &["logits"])?
+                .logits
+                .expect("logits requested");
+            let spliced = self
+                .forward_edits(
+                    &format!("sae-splice:{sae_name}"),
+                    std::slice::from_ref(&splice),
+                    &batch,
+                    &["logits"],
+                )?
+                .logits
+                .expect("logits");
+            let base = self
+                .forward_edits(
+                    &format!("sae-baseline:{name}"),
+                    &baseline,
+                    &batch,
+                    &["logits"],
+                )?
+                .logits
+                .expect("logits");
+            let sum = |v: Vec<Vec<f32>>| v.iter().flatten().map(|&l| f64::from(l)).sum::<f64>();
+            clean_loss += sum(token_losses(&clean, &batch));
+            spliced_loss += sum(token_losses(&spliced, &batch));
+            baseline_loss += sum(token_losses(&base, &batch));
+            kl_spliced += kl_divergences(&clean, &spliced, &batch)
+                .iter()
+                .flatten()
+                .sum::<f64>();
+            kl_baseline += kl_divergences(&clean, &base, &batch)
+                .iter()
+                .flatten()
+                .sum::<f64>();
+            tokens += batch
+                .lengths
+                .iter()
+                .map(|l| l.saturating_sub(1))
+                .sum::<usize>();
+        }
+        let per = |x: f64| x / tokens.max(1) as f64;
+        let mut table = Table::new(
+            name,
+            &[
+                "l0",
+                "mse",
+                "explained_variance",
+                "ce_loss_recovered",
+                "kl_score",
+                "dead_fraction",
+                "dense_fraction",
+                "clean_loss",
+                "spliced_loss",
+                "baseline_loss",
+            ],
+        );
+        table.rows.push(vec![
+            Cell::Number(acts.iter().filter(|&&a| a > 0.0).count() as f64 / n),
+            Cell::Number(squared_error / n),
+            Cell::Number(1.0 - squared_error / variance.max(f64::MIN_POSITIVE)),
+            Cell::Number((baseline_loss - spliced_loss) / (baseline_loss - clean_loss)),
+            Cell::Number(1.0 - kl_spliced / kl_baseline.max(f64::MIN_POSITIVE)),
+            Cell::Number(firing.iter().filter(|&&c| c == 0).count() as f64 / sae.d_sae as f64),
+            Cell::Number(
+                firing.iter().filter(|&&c| c as f64 > 0.1 * n).count() as f64 / sae.d_sae as f64,
+            ),
+            Cell::Number(per(clean_loss)),
+            Cell::Number(per(spliced_loss)),
+            Cell::Number(per(baseline_loss)),
+        ]);
+        Ok(table)
+    }
+
     /// Every feature's activation at one position of a prompt (the seed's
     /// `plot_line_with_top_10_labels(feature_acts)`).
     fn feature_activations(&mut self, name: &str, call: &Call) -> Result<Table, Failure> {

@@ -2,6 +2,8 @@
 //! pre-6.0 flat form) and `sae_weights.safetensors` (`W_enc [d_in, d_sae]`, `b_enc`,
 //! `W_dec [d_sae, d_in]`, `b_dec`, and `threshold` for JumpReLU).
 
+pub mod train;
+
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, Ix1, Ix2};
