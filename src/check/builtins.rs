@@ -356,6 +356,12 @@ pub const BUILTINS: &[Builtin] = &[
         ],
     },
     Builtin {
+        name: "values",
+        produces: Produces::Value(Type::ListOf(&Type::Integer)),
+        summary: "the whole numbers in one column of a table, in row order (e.g. the top features)",
+        params: &[req("table", Type::Table), req("column", Type::Column)],
+    },
+    Builtin {
         name: "best_head",
         produces: Produces::Value(Type::Head),
         summary: "the head in the row with the largest value of a column",

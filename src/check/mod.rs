@@ -630,7 +630,9 @@ impl Checker<'_> {
             match binding {
                 Binding::Literal(bound) => return self.value(&bound, ty, columns),
                 Binding::Computed(computed)
-                    if computed == ty || (ty == Type::Number && computed == Type::Integer) =>
+                    if computed == ty
+                        || (ty == Type::Number && computed == Type::Integer)
+                        || (ty == Type::Features && computed == Type::ListOf(&Type::Integer)) =>
                 {
                     return Some(Value::Computed(path.clone()));
                 }

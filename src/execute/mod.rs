@@ -72,6 +72,7 @@ const RUNNABLE: &[&str] = &[
     "generate",
     "composition_scores",
     "best_head",
+    "values",
     "row",
     "per_token",
     "test_prompt",

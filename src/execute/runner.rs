@@ -244,7 +244,11 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
                         } else {
                             number(call, "factor").unwrap_or(1.0) as f32
                         };
-                        let features: Vec<usize> = match call.args.get("features") {
+                        let features_value = match call.args.get("features") {
+                            Some(Value::Computed(name)) => self.values.get(name).cloned(),
+                            other => other.cloned(),
+                        };
+                        let features: Vec<usize> = match features_value.as_ref() {
                             Some(Value::All) => (0..sae.d_sae).collect(),
                             Some(Value::List(items)) => items
                                 .iter()
@@ -431,6 +435,28 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
                     }),
                     _ => Err("the layer and head columns must hold whole numbers".into()),
                 }
+            }
+            "values" => {
+                let (Some(Value::Name(table)), Some(Value::Column(column))) =
+                    (call.args.get("table"), call.args.get("column"))
+                else {
+                    unreachable!("checked")
+                };
+                let table = &self.tables[table];
+                let index = table
+                    .column(column)
+                    .ok_or_else(|| format!("table `{}` has no column `{column}`", table.name))?;
+                table
+                    .rows
+                    .iter()
+                    .map(|row| match &row[index] {
+                        Cell::Integer(n) => Ok(Value::Integer(*n)),
+                        other => Err(format!(
+                            "column `{column}` holds {other:?}, not whole numbers"
+                        )),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Value::List)
             }
             "row" => {
                 let Some(Value::Name(dataset)) = call.args.get("dataset") else {

@@ -10,6 +10,8 @@ use rand_distr::{Distribution, StandardNormal};
 
 use super::{Architecture, Sae};
 
+const DECODER_INIT_NORM: f32 = 0.1;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
     pub d_sae: usize,
@@ -99,12 +101,14 @@ pub fn train(
     let d_sae = config.d_sae;
     let mut rng = StdRng::seed_from_u64(config.seed);
 
-    // Decoder rows random unit vectors, encoder their transpose, b_dec the data mean.
+    // Decoder rows random directions of norm 0.1 (SAELens' `decoder_init_norm`), the
+    // encoder their transpose, b_dec the data mean: at the start, thousands of active
+    // features must not add up to a reconstruction far larger than the data.
     let mut w_dec: Array2<f32> =
         Array2::from_shape_fn((d_sae, d_in), |_| StandardNormal.sample(&mut rng));
     for mut row in w_dec.rows_mut() {
         let norm = row.dot(&row).sqrt().max(1e-12);
-        row /= norm;
+        row /= norm / DECODER_INIT_NORM;
     }
     let mut w_enc = w_dec.t().to_owned();
     let mut b_enc = Array1::<f32>::zeros(d_sae);
@@ -273,7 +277,7 @@ mod tests {
         TrainConfig {
             d_sae: 32,
             architecture,
-            l1_coefficient: 1e-3,
+            l1_coefficient: 3e-2,
             lr: 1e-2,
             batch_size: 256,
             tokens: 256 * 300,
