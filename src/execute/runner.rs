@@ -14,7 +14,8 @@ use crate::dataset;
 use crate::onnx::ModelProto;
 use crate::plan::{Call, HookRef, Plan, Value};
 use crate::runtime::{
-    Batch, Forward, HookedModel, RuntimeError, Sampling, log_softmax_row, token_losses,
+    Batch, Forward, HookedModel, RuntimeError, Sampling, log_softmax_row, per_next_token,
+    token_losses,
 };
 
 /// Logits are `tokens x d_vocab` floats; keeping a forward pass under this many tokens
@@ -392,6 +393,12 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
             .map_err(Self::runtime)
     }
 
+    /// A prompt's tokens, with BOS when the model expects it.
+    fn prompt_tokens(&self, prompt: &str) -> Result<Vec<u32>, Failure> {
+        let prepend = self.model.manifest.special_tokens.prepend_bos;
+        self.model.to_tokens(prompt, prepend).map_err(Self::runtime)
+    }
+
     fn str_tokens(&self, tokens: &[u32]) -> Result<Vec<String>, Failure> {
         self.model.to_str_tokens(tokens).map_err(Self::runtime)
     }
@@ -538,11 +545,7 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
         } else {
             Sampling::Greedy
         };
-        let prepend = self.model.manifest.special_tokens.prepend_bos;
-        let tokens = self
-            .model
-            .to_tokens(&prompt, prepend)
-            .map_err(Self::runtime)?;
+        let tokens = self.prompt_tokens(&prompt)?;
         let new = match call.args.get("variant") {
             Some(Value::Name(variant)) => {
                 let graph = self.variant_graph(variant, &["logits"])?;
@@ -710,11 +713,7 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
         let prompt = self.text(call.args.get("prompt")).unwrap_or_default();
         let answer = self.text(call.args.get("answer")).unwrap_or_default();
         let top_k = int(call, "top_k").unwrap_or(10).max(1) as usize;
-        let prepend = self.model.manifest.special_tokens.prepend_bos;
-        let tokens = self
-            .model
-            .to_tokens(&prompt, prepend)
-            .map_err(Self::runtime)?;
+        let tokens = self.prompt_tokens(&prompt)?;
         let answer_token = *self
             .model
             .to_tokens(&answer, false)
@@ -763,24 +762,8 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
         let (layer, head) = self
             .head(call.args.get("head"))
             .ok_or_else(|| "the head has no value".to_owned())?;
-        let prepend = self.model.manifest.special_tokens.prepend_bos;
-        let tokens = self
-            .model
-            .to_tokens(&prompt, prepend)
-            .map_err(Self::runtime)?;
-        let pos = int(call, "pos").unwrap_or(-1);
-        let query = if pos < 0 {
-            tokens.len() as i64 + pos
-        } else {
-            pos
-        };
-        if query < 0 || query as usize >= tokens.len() {
-            return Err(format!(
-                "position {pos} is outside the prompt's {} tokens",
-                tokens.len()
-            ));
-        }
-        let query = query as usize;
+        let tokens = self.prompt_tokens(&prompt)?;
+        let query = position(&tokens, call)?;
         let batch = self
             .model
             .batch(std::slice::from_ref(&tokens))
@@ -1056,23 +1039,8 @@ impl Runner<'_, '_, '_> {
             .ok_or_else(|| format!("SAE `{sae_name}` names no hook in its cfg.json"))?;
         let target = self.target(&hook)?;
         let prompt = self.text(call.args.get("prompt")).unwrap_or_default();
-        let prepend = self.model.manifest.special_tokens.prepend_bos;
-        let tokens = self
-            .model
-            .to_tokens(&prompt, prepend)
-            .map_err(Self::runtime)?;
-        let pos = int(call, "pos").unwrap_or(-1);
-        let at = if pos < 0 {
-            tokens.len() as i64 + pos
-        } else {
-            pos
-        };
-        if at < 0 || at as usize >= tokens.len() {
-            return Err(format!(
-                "position {pos} is outside the prompt's {} tokens",
-                tokens.len()
-            ));
-        }
+        let tokens = self.prompt_tokens(&prompt)?;
+        let at = position(&tokens, call)?;
         let batch = self
             .model
             .batch(std::slice::from_ref(&tokens))
@@ -1080,8 +1048,8 @@ impl Runner<'_, '_, '_> {
         let forward = self.forward(None, &batch, &[&target.hook])?;
         let activation = &forward.hooks[&target.hook];
         let x = match target.head {
-            Some(head) => activation.slice(s![0, at as usize, head, ..]).to_owned(),
-            None => activation.slice(s![0, at as usize, ..]).to_owned(),
+            Some(head) => activation.slice(s![0, at, head, ..]).to_owned(),
+            None => activation.slice(s![0, at, ..]).to_owned(),
         };
         let acts = sae.encode(x.view().insert_axis(Axis(0)));
         let mut table = Table::new(name, &["feature", "activation"]);
@@ -1107,11 +1075,7 @@ impl Runner<'_, '_, '_> {
             unreachable!("checked")
         };
         let top = int(call, "top").unwrap_or(10).max(1) as usize;
-        let prepend = self.model.manifest.special_tokens.prepend_bos;
-        let tokens = self
-            .model
-            .to_tokens(&prompt, prepend)
-            .map_err(Self::runtime)?;
+        let tokens = self.prompt_tokens(&prompt)?;
         let batch = self
             .model
             .batch(std::slice::from_ref(&tokens))
@@ -1217,24 +1181,33 @@ struct VariantColumns {
 
 /// `KL(clean || variant)` of the next-token distributions at every real position.
 pub fn kl_divergences(clean: &Array3<f32>, variant: &Array3<f32>, batch: &Batch) -> Vec<Vec<f64>> {
-    batch
-        .lengths
-        .iter()
-        .enumerate()
-        .map(|(row, &len)| {
-            (0..len.saturating_sub(1))
-                .map(|pos| {
-                    let p = log_softmax_row(clean.slice(s![row, pos, ..]));
-                    let q = log_softmax_row(variant.slice(s![row, pos, ..]));
-                    p.iter()
-                        .zip(&q)
-                        .map(|(lp, lq)| lp.exp() * (lp - lq))
-                        .sum::<f64>()
-                        .max(0.0)
-                })
-                .collect()
-        })
-        .collect()
+    per_next_token(batch, |row, pos| {
+        let p = log_softmax_row(clean.slice(s![row, pos, ..]));
+        let q = log_softmax_row(variant.slice(s![row, pos, ..]));
+        p.iter()
+            .zip(&q)
+            .map(|(lp, lq)| lp.exp() * (lp - lq))
+            .sum::<f64>()
+            .max(0.0)
+    })
+}
+
+/// The position a call's `pos` names in `tokens` (negative counts from the end; the last
+/// token when absent).
+fn position(tokens: &[u32], call: &Call) -> Result<usize, Failure> {
+    let pos = int(call, "pos").unwrap_or(-1);
+    let at = if pos < 0 {
+        tokens.len() as i64 + pos
+    } else {
+        pos
+    };
+    if at < 0 || at as usize >= tokens.len() {
+        return Err(format!(
+            "position {pos} is outside the prompt's {} tokens",
+            tokens.len()
+        ));
+    }
+    Ok(at as usize)
 }
 
 /// A few tokens each side of `pos`, the token itself between bars: `says Mom|.| "`.

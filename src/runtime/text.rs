@@ -28,19 +28,21 @@ pub fn log_softmax_row(logits: ArrayView1<'_, f32>) -> Vec<f64> {
 /// given tokens `0..=t` (TransformerLens' `loss_per_token=True`). Padding is skipped, so
 /// a sequence of n tokens has n - 1 losses.
 pub fn token_losses(logits: &Array3<f32>, batch: &Batch) -> Vec<Vec<f32>> {
+    per_next_token(batch, |row, pos| {
+        let target = batch.input_ids[[row, pos + 1]] as usize;
+        let logits = logits.slice(ndarray::s![row, pos, ..]);
+        (log_sum_exp(logits) - logits[target] as f64) as f32
+    })
+}
+
+/// `f(row, pos)` at every real position that has a next token, per row: the shape of
+/// every per-token measurement.
+pub fn per_next_token<T>(batch: &Batch, mut f: impl FnMut(usize, usize) -> T) -> Vec<Vec<T>> {
     batch
         .lengths
         .iter()
         .enumerate()
-        .map(|(row, &len)| {
-            (0..len.saturating_sub(1))
-                .map(|pos| {
-                    let target = batch.input_ids[[row, pos + 1]] as usize;
-                    let logits = logits.slice(ndarray::s![row, pos, ..]);
-                    (log_sum_exp(logits) - logits[target] as f64) as f32
-                })
-                .collect()
-        })
+        .map(|(row, &len)| (0..len.saturating_sub(1)).map(|pos| f(row, pos)).collect())
         .collect()
 }
 
