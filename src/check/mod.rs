@@ -1141,6 +1141,18 @@ impl Checker<'_> {
         }
     }
 
+    fn feature_in_range(&mut self, span: Span, sae: &str, shape: &SaeShape, feature: i64) {
+        if feature < 0 || feature as usize >= shape.d_sae {
+            self.error(
+                span,
+                format!(
+                    "feature {feature} is out of range: `{sae}` has features 0..{}",
+                    shape.d_sae - 1
+                ),
+            );
+        }
+    }
+
     /// Checks that need several arguments at once.
     fn post_check(&mut self, call: &Call, span: Span) {
         if let (Some(Value::Name(sae)), Some(Value::List(features))) =
@@ -1148,16 +1160,8 @@ impl Checker<'_> {
             && let Some((Binding::Sae(Some(shape)), _)) = self.scope.get(sae).cloned()
         {
             for feature in features {
-                if let Value::Integer(f) = feature
-                    && (*f < 0 || *f as usize >= shape.d_sae)
-                {
-                    self.error(
-                        span,
-                        format!(
-                            "feature {f} is out of range: `{sae}` has features 0..{}",
-                            shape.d_sae - 1
-                        ),
-                    );
+                if let Value::Integer(f) = feature {
+                    self.feature_in_range(span, sae, &shape, *f);
                 }
             }
         }
@@ -1166,16 +1170,8 @@ impl Checker<'_> {
                 (call.args.get("sae"), call.args.get("hook"))
             && let Some((Binding::Sae(Some(shape)), _)) = self.scope.get(sae).cloned()
         {
-            if let Some(Value::Integer(f)) = call.args.get("feature")
-                && (*f < 0 || *f as usize >= shape.d_sae)
-            {
-                self.error(
-                    span,
-                    format!(
-                        "feature {f} is out of range: `{sae}` has features 0..{}",
-                        shape.d_sae - 1
-                    ),
-                );
+            if let Some(Value::Integer(f)) = call.args.get("feature") {
+                self.feature_in_range(span, sae, &shape, *f);
             }
             if let Some(width) = hooks::width(hook, self.manifest())
                 && width != shape.d_in

@@ -214,40 +214,39 @@ impl Pass {
         output
     }
 
-    fn float_const(&mut self, shape: &[i64], values: &[f32]) -> String {
+    /// An initializer named under this pass, of `data_type`, filled in by `fill`.
+    fn constant(
+        &mut self,
+        shape: &[i64],
+        data_type: i32,
+        fill: impl FnOnce(&mut TensorProto),
+    ) -> String {
         let name = self.name("const");
-        self.initializers.push(TensorProto {
+        let mut tensor = TensorProto {
             name: Some(name.clone()),
             dims: shape.to_vec(),
-            data_type: Some(FLOAT),
-            float_data: values.to_vec(),
+            data_type: Some(data_type),
             ..Default::default()
-        });
+        };
+        fill(&mut tensor);
+        self.initializers.push(tensor);
         name
+    }
+
+    fn float_const(&mut self, shape: &[i64], values: &[f32]) -> String {
+        self.constant(shape, FLOAT, |t| t.float_data = values.to_vec())
     }
 
     fn int_const(&mut self, shape: &[i64], values: &[i64]) -> String {
-        let name = self.name("const");
-        self.initializers.push(TensorProto {
-            name: Some(name.clone()),
-            dims: shape.to_vec(),
-            data_type: Some(crate::onnx::INT64),
-            int64_data: values.to_vec(),
-            ..Default::default()
-        });
-        name
+        self.constant(shape, crate::onnx::INT64, |t| {
+            t.int64_data = values.to_vec()
+        })
     }
 
     fn bool_const(&mut self, shape: &[i64], values: &[bool]) -> String {
-        let name = self.name("const");
-        self.initializers.push(TensorProto {
-            name: Some(name.clone()),
-            dims: shape.to_vec(),
-            data_type: Some(crate::onnx::BOOL),
-            int32_data: values.iter().map(|&b| i32::from(b)).collect(),
-            ..Default::default()
-        });
-        name
+        self.constant(shape, crate::onnx::BOOL, |t| {
+            t.int32_data = values.iter().map(|&b| i32::from(b)).collect()
+        })
     }
 
     fn matrix_const(&mut self, m: &ndarray::Array2<f32>) -> String {
