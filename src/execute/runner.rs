@@ -307,32 +307,19 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
                 "mean ablation of `{hook}` is not defined: its shape depends on the prompt length"
             ));
         }
-        let sequences = self.dataset(dataset)?;
-        let mut sum: Option<ArrayD<f64>> = None;
-        let mut count = 0usize;
-        for chunk in chunks(&sequences, self.plan.model.batch_size) {
-            let batch = self.model.batch(chunk).map_err(Self::runtime)?;
-            let forward = self
-                .model
-                .forward(&batch, false, &[hook])
-                .map_err(Self::runtime)?;
-            let activation = &forward.hooks[hook];
-            for (row, &len) in batch.lengths.iter().enumerate() {
-                for pos in 0..len {
-                    let value = activation
-                        .index_axis(Axis(0), row)
-                        .index_axis(Axis(0), pos)
-                        .mapv(f64::from);
-                    match &mut sum {
-                        Some(total) => *total += &value,
-                        None => sum = Some(value),
-                    }
-                    count += 1;
-                }
-            }
-        }
-        let sum = sum.ok_or_else(|| format!("dataset `{dataset}` has no tokens"))?;
-        Ok(sum.mapv(|x| (x / count as f64) as f32))
+        let whole_hook = Target {
+            hook: hook.to_owned(),
+            head: None,
+            pos: None,
+        };
+        let (rows, shape) = self.hook_activations(&whole_hook, dataset)?;
+        let mean = rows
+            .mapv(f64::from)
+            .mean_axis(Axis(0))
+            .ok_or_else(|| format!("dataset `{dataset}` has no tokens"))?;
+        mean.mapv(|x| x as f32)
+            .into_shape_with_order(shape)
+            .map_err(|e| e.to_string())
     }
 
     /// Runs `batch` under a variant (`None`: the clean model), returning `outputs`.
@@ -350,8 +337,11 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
                 .forward(batch, logits, &hooks)
                 .map_err(Self::runtime);
         };
-        let graph = self.variant_graph(variant, outputs)?;
         let key = format!("{variant}|{}", outputs.join(","));
+        if let Some(forward) = self.model.forward_cached(&key, batch) {
+            return forward.map_err(Self::runtime);
+        }
+        let graph = self.variant_graph(variant, outputs)?;
         self.model
             .forward_graph(&key, &graph, batch)
             .map_err(Self::runtime)
@@ -364,14 +354,11 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
 
     /// The exported graph with `edits` applied, pruned to `outputs`.
     fn edits_graph(&self, edits: &[Intervention], outputs: &[&str]) -> Result<ModelProto, Failure> {
-        let config = &self.model.manifest.config;
+        let manifest = &self.model.manifest;
         let heads = |hook: &str| {
-            if hook.ends_with("hook_k") || hook.ends_with("hook_v") || hook.ends_with("hook_rot_k")
-            {
-                config.n_kv_heads
-            } else {
-                config.n_heads
-            }
+            crate::check::head_count(hook, Some(manifest))
+                .flatten()
+                .unwrap_or(manifest.config.n_heads)
         };
         let edited =
             interventions::apply(self.model.graph(), edits, heads).map_err(|e| e.to_string())?;
@@ -386,8 +373,11 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
         batch: &Batch,
         outputs: &[&str],
     ) -> Result<Forward, Failure> {
-        let graph = self.edits_graph(edits, outputs)?;
         let key = format!("{key}|{}", outputs.join(","));
+        if let Some(forward) = self.model.forward_cached(&key, batch) {
+            return forward.map_err(Self::runtime);
+        }
+        let graph = self.edits_graph(edits, outputs)?;
         self.model
             .forward_graph(&key, &graph, batch)
             .map_err(Self::runtime)
@@ -808,26 +798,37 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
 impl Runner<'_, '_, '_> {
     /// The activations an SAE reads: every real token of a dataset at its hook (a head's
     /// slice when it has one), from a graph pruned right after the hook.
-    fn hook_activations(&mut self, target: &Target, dataset: &str) -> Result<Array2<f32>, Failure> {
+    /// Also returns the shape of one token's value (`[d_head]` for a head, `[n_heads, d_head]`
+    /// for a whole per-head hook), since the rows are flattened.
+    fn hook_activations(
+        &mut self,
+        target: &Target,
+        dataset: &str,
+    ) -> Result<(Array2<f32>, Vec<usize>), Failure> {
         let sequences = self.dataset(dataset)?;
         let mut rows: Vec<f32> = Vec::new();
-        let mut width = 0;
+        let mut shape = Vec::new();
         for chunk in token_chunks(&sequences, self.plan.model.batch_size) {
             let batch = self.model.batch(chunk).map_err(Self::runtime)?;
             let forward = self.forward(None, &batch, &[&target.hook])?;
             let activation = &forward.hooks[&target.hook];
             for (row, &len) in batch.lengths.iter().enumerate() {
                 for pos in 0..len {
+                    let token = activation.index_axis(Axis(0), row);
+                    let token = token.index_axis(Axis(0), pos);
                     let x = match target.head {
-                        Some(head) => activation.slice(s![row, pos, head, ..]).to_owned(),
-                        None => activation.slice(s![row, pos, ..]).to_owned(),
+                        Some(head) => token.index_axis(Axis(0), head).to_owned(),
+                        None => token.to_owned(),
                     };
-                    width = x.len();
+                    shape = x.shape().to_vec();
                     rows.extend(x.iter());
                 }
             }
         }
-        Array2::from_shape_vec((rows.len() / width.max(1), width), rows).map_err(|e| e.to_string())
+        let width: usize = shape.iter().product();
+        let rows = Array2::from_shape_vec((rows.len() / width.max(1), width), rows)
+            .map_err(|e| e.to_string())?;
+        Ok((rows, shape))
     }
 
     fn train_sae(&mut self, name: &str, call: &Call) -> Result<crate::sae::Sae, Failure> {
@@ -839,7 +840,7 @@ impl Runner<'_, '_, '_> {
             unreachable!("checked")
         };
         let target = self.target(hook)?;
-        let activations = self.hook_activations(&target, dataset)?;
+        let (activations, _) = self.hook_activations(&target, dataset)?;
         let architecture = match call.args.get("architecture") {
             Some(Value::Choice(a)) if a == "topk" => Architecture::TopK {
                 k: int(call, "k").unwrap_or(32) as usize,
@@ -919,7 +920,7 @@ impl Runner<'_, '_, '_> {
             .clone()
             .ok_or_else(|| format!("SAE `{sae_name}` names no hook"))?;
         let target = self.target(&hook)?;
-        let x = self.hook_activations(&target, dataset)?;
+        let (x, _) = self.hook_activations(&target, dataset)?;
         let acts = sae.encode(x.view());
         let recon = sae.decode(acts.view());
         let n = x.nrows() as f64;
@@ -1215,10 +1216,6 @@ fn context(strs: &[String], pos: usize, width: usize) -> String {
     let before: String = strs[pos.saturating_sub(width)..pos].concat();
     let after: String = strs[pos + 1..(pos + 1 + width).min(strs.len())].concat();
     format!("{before}|{}|{after}", strs[pos])
-}
-
-fn chunks(sequences: &[Vec<u32>], batch_size: usize) -> std::slice::Chunks<'_, Vec<u32>> {
-    sequences.chunks(batch_size.max(1))
 }
 
 /// Consecutive prompts grouped so a batch holds at most `batch_size` prompts and about

@@ -168,6 +168,17 @@ impl<'r> HookedModel<'r> {
         super::read_weight(&self.dir, &self.graph, name)
     }
 
+    /// Runs `batch` on the session a previous [`Self::forward_graph`] built under `key`,
+    /// or `None` when there is none yet: callers compile a variant's graph only then.
+    pub fn forward_cached(
+        &mut self,
+        key: &str,
+        batch: &Batch,
+    ) -> Option<Result<Forward, RuntimeError>> {
+        let session = self.sessions.get_mut(&format!("graph:{key}"))?;
+        Some(run_session(session, batch))
+    }
+
     /// The exported graph, for passes that compile variants from it.
     pub fn graph(&self) -> &ModelProto {
         &self.graph
