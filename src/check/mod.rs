@@ -264,7 +264,7 @@ impl Checker<'_> {
 
     fn let_statement(&mut self, name: &Name, value: &Expr) {
         let binding = match &value.kind {
-            ExprKind::Call { function, .. } => {
+            ExprKind::Call { .. } => {
                 let Some((call, builtin)) =
                     self.call(value, None, &|p| matches!(p, Produces::Value(_)), "a value")
                 else {
@@ -276,7 +276,6 @@ impl Checker<'_> {
                 let Some(full) = self.bind(name, Binding::Computed(ty)) else {
                     return;
                 };
-                let _ = function;
                 self.steps.push(Step::Compute { name: full, call });
                 return;
             }
@@ -373,18 +372,7 @@ impl Checker<'_> {
     }
 
     fn table(&mut self, name: &Name, value: &Expr) {
-        let mut stages = Vec::new();
-        let mut source = value;
-        while let ExprKind::Binary {
-            op: BinaryOp::Pipe,
-            lhs,
-            rhs,
-        } = &source.kind
-        {
-            stages.push(rhs.as_ref());
-            source = lhs;
-        }
-        stages.reverse();
+        let (source, stages) = value.pipeline();
         let (source, mut columns) = match &source.kind {
             ExprKind::Ref {
                 path,

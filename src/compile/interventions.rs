@@ -122,55 +122,13 @@ pub fn apply(
             counter: 0,
         };
         let axes = axes(&target.hook);
-        if let Intervention::Sae(edit) = intervention {
-            let edited = pass.sae(edit, &clean, &axes, n_heads_of(&target.hook))?;
-            pass.nodes
-                .push(node("Identity", &[&edited], &target.hook, vec![]));
-            let Pass {
-                nodes,
-                initializers,
-                ..
-            } = pass;
-            graph.node.splice(position + 1..position + 1, nodes);
-            graph.initializer.extend(initializers);
-            continue;
-        }
-        let selected = pass.selection(target, &axes, n_heads_of(&target.hook));
+        let n_heads = n_heads_of(&target.hook);
         let edited = match intervention {
-            Intervention::Zero(_) => match &selected {
-                None => {
-                    let zero = pass.float_const(&[], &[0.0]);
-                    pass.op("Mul", &[&clean, &zero])
-                }
-                Some(mask) => {
-                    let keep = pass.op("Not", &[mask]);
-                    let zeros = pass.float_const(&[], &[0.0]);
-                    pass.op("Where", &[&keep, &clean, &zeros])
-                }
-            },
-            Intervention::Constant { value, .. } => {
-                let mut shape = vec![1, 1];
-                shape.extend(value.shape().iter().map(|&d| d as i64));
-                let standard = value.as_standard_layout();
-                let constant =
-                    pass.float_const(&shape, standard.as_slice().expect("standard layout"));
-                match &selected {
-                    None => {
-                        let shape_of = pass.op("Shape", &[&clean]);
-                        pass.op("Expand", &[&constant, &shape_of])
-                    }
-                    Some(mask) => pass.op("Where", &[mask, &constant, &clean]),
-                }
+            Intervention::Sae(edit) => pass.sae(edit, &clean, &axes, n_heads)?,
+            other => {
+                let selected = pass.selection(target, &axes, n_heads);
+                pass.masked_edit(other, &clean, selected.as_deref())
             }
-            Intervention::Add { vector, .. } => {
-                let added = pass.vector_const(vector);
-                let steered = pass.op("Add", &[&clean, &added]);
-                match &selected {
-                    None => steered,
-                    Some(mask) => pass.op("Where", &[mask, &steered, &clean]),
-                }
-            }
-            Intervention::Sae(_) => unreachable!("handled above"),
         };
         pass.nodes
             .push(node("Identity", &[&edited], &target.hook, vec![]));
@@ -247,6 +205,52 @@ impl Pass {
         self.constant(shape, crate::onnx::BOOL, |t| {
             t.int32_data = values.iter().map(|&b| i32::from(b)).collect()
         })
+    }
+
+    /// A zero, constant or added vector, applied where `selected` is true (everywhere
+    /// when it is `None`).
+    fn masked_edit(
+        &mut self,
+        intervention: &Intervention,
+        clean: &str,
+        selected: Option<&str>,
+    ) -> String {
+        match intervention {
+            Intervention::Zero(_) => match selected {
+                None => {
+                    let zero = self.float_const(&[], &[0.0]);
+                    self.op("Mul", &[clean, &zero])
+                }
+                Some(mask) => {
+                    let keep = self.op("Not", &[mask]);
+                    let zeros = self.float_const(&[], &[0.0]);
+                    self.op("Where", &[&keep, clean, &zeros])
+                }
+            },
+            Intervention::Constant { value, .. } => {
+                let mut shape = vec![1, 1];
+                shape.extend(value.shape().iter().map(|&d| d as i64));
+                let standard = value.as_standard_layout();
+                let constant =
+                    self.float_const(&shape, standard.as_slice().expect("standard layout"));
+                match selected {
+                    None => {
+                        let shape_of = self.op("Shape", &[clean]);
+                        self.op("Expand", &[&constant, &shape_of])
+                    }
+                    Some(mask) => self.op("Where", &[mask, &constant, clean]),
+                }
+            }
+            Intervention::Add { vector, .. } => {
+                let added = self.vector_const(vector);
+                let steered = self.op("Add", &[clean, &added]);
+                match selected {
+                    None => steered,
+                    Some(mask) => self.op("Where", &[mask, &steered, clean]),
+                }
+            }
+            Intervention::Sae(_) => unreachable!("SAEs have their own pass"),
+        }
     }
 
     fn matrix_const(&mut self, m: &ndarray::Array2<f32>) -> String {

@@ -130,6 +130,26 @@ pub enum ExprKind {
     },
 }
 
+impl Expr {
+    /// `source | stage1 | stage2` as the source and its stages in order; an expression
+    /// with no pipe is its own source with no stages.
+    pub fn pipeline(&self) -> (&Expr, Vec<&Expr>) {
+        let mut stages = Vec::new();
+        let mut source = self;
+        while let ExprKind::Binary {
+            op: BinaryOp::Pipe,
+            lhs,
+            rhs,
+        } = &source.kind
+        {
+            stages.push(rhs.as_ref());
+            source = lhs;
+        }
+        stages.reverse();
+        (source, stages)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Arg {
     pub name: Option<Name>,

@@ -203,23 +203,8 @@ fn expr_at(e: &Expr, column: usize, depth: usize) -> String {
     if column + flat.len() <= WIDTH && !flat.contains('\n') {
         return flat;
     }
-    if let ExprKind::Binary {
-        op: super::ast::BinaryOp::Pipe,
-        ..
-    } = &e.kind
-    {
-        let mut stages = Vec::new();
-        let mut source = e;
-        while let ExprKind::Binary {
-            op: super::ast::BinaryOp::Pipe,
-            lhs,
-            rhs,
-        } = &source.kind
-        {
-            stages.push(rhs.as_ref());
-            source = lhs;
-        }
-        stages.reverse();
+    let (source, stages) = e.pipeline();
+    if !stages.is_empty() {
         let inner = INDENT.repeat(depth + 1);
         let mut out = expr_at(source, column, depth);
         for stage in stages {
