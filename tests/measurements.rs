@@ -481,3 +481,224 @@ fn an_sae_trained_in_the_pipeline_reports_its_training_and_repeats_with_its_seed
     let again = run(&model_dir, body);
     assert_eq!(first, again, "same seed, same SAE, same numbers");
 }
+
+#[test]
+fn per_token_sae_columns_match_a_direct_computation() {
+    use qexp::compile::{self, Intervention, SaeEdit, Target, interventions};
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let sae_dir = fixture("saes/standard");
+    let tables = run(
+        &model_dir,
+        &format!(
+            "sae s = load(\"{}\")\ntable t = per_token(d, head = L1H2, sae = s, top_k = 3)",
+            sae_dir.display()
+        ),
+    );
+    let t = &tables[0];
+
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let sae = std::sync::Arc::new(qexp::sae::load(&sae_dir).unwrap());
+    let sequences: Vec<Vec<u32>> = PROMPTS
+        .iter()
+        .map(|p| model.to_tokens(p, false).unwrap())
+        .collect();
+    let batch = model.batch(&sequences).unwrap();
+    let (q_hook, pattern_hook) = ("blocks.1.attn.hook_q", "blocks.1.attn.hook_pattern");
+    let clean = model.forward(&batch, true, &[q_hook]).unwrap();
+    let splice = Intervention::Sae(SaeEdit {
+        target: Target {
+            hook: q_hook.into(),
+            head: Some(2),
+            pos: None,
+        },
+        sae: sae.clone(),
+        error_term: false,
+        scale: vec![],
+        scale_pos: None,
+        acts_output: "a".into(),
+    });
+    let graph = compile::select_outputs(
+        &interventions::apply(model.graph(), &[splice], |_| 4).unwrap(),
+        &["logits", pattern_hook],
+    )
+    .unwrap();
+    let spliced = model.forward_graph("spliced", &graph, &batch).unwrap();
+
+    // Every real token's query, for the dataset mean explained variance is measured against.
+    let mut queries = Vec::new();
+    for (b, tokens) in sequences.iter().enumerate() {
+        for pos in 0..tokens.len() {
+            queries.push(clean.hooks[q_hook].slice(s![b, pos, 2, ..]).to_owned());
+        }
+    }
+    let mean = queries
+        .iter()
+        .fold(ndarray::Array1::<f32>::zeros(16), |m, q| m + q)
+        / queries.len() as f32;
+
+    let mut row = 0;
+    for (b, tokens) in sequences.iter().enumerate() {
+        for pos in 0..tokens.len() - 1 {
+            let x = clean.hooks[q_hook].slice(s![b, pos, 2, ..]).to_owned();
+            let acts = sae.encode(x.view().insert_axis(ndarray::Axis(0)));
+            let recon = sae.decode(acts.view()).row(0).to_owned();
+            let squared_error: f64 = (&recon - &x).iter().map(|e| f64::from(e * e)).sum();
+            let variance: f64 = (&x - &mean).iter().map(|e| f64::from(e * e)).sum();
+            let close = |column: &str, expected: f64| {
+                let got = number(t, row, column);
+                assert!(
+                    (got - expected).abs() < 1e-4 * expected.abs().max(1.0),
+                    "{column} at {b}/{pos}: {got} vs {expected}"
+                );
+            };
+            let norm =
+                |v: &ndarray::Array1<f32>| v.iter().map(|a| f64::from(a * a)).sum::<f64>().sqrt();
+            close("q_norm", norm(&x));
+            close("rec_q_norm", norm(&recon));
+            close("mse_loss", squared_error / 16.0);
+            close("explained_variance", 1.0 - squared_error / variance);
+            let mut active: Vec<(usize, f32)> = acts
+                .row(0)
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| **a > 0.0)
+                .map(|(f, a)| (f, *a))
+                .collect();
+            close("num_active_features", active.len() as f64);
+            active.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let column = t.column("top_k_features").unwrap();
+            let expected: Vec<i64> = active.iter().take(3).map(|(f, _)| *f as i64).collect();
+            assert_eq!(t.rows[row][column], Cell::IntegerList(expected));
+
+            let p = log_softmax_row(clean.logits.as_ref().unwrap().slice(s![b, pos, ..]));
+            let q = log_softmax_row(spliced.logits.as_ref().unwrap().slice(s![b, pos, ..]));
+            close(
+                "kl_divergence",
+                p.iter().zip(&q).map(|(lp, lq)| lp.exp() * (lp - lq)).sum(),
+            );
+            let pattern = spliced.hooks[pattern_hook]
+                .slice(s![b, 2, pos, ..=pos])
+                .to_owned();
+            let best = pattern
+                .iter()
+                .enumerate()
+                .max_by(|x, y| x.1.total_cmp(y.1))
+                .unwrap();
+            close("rec_q_max_idx_pos", best.0 as f64);
+            close("rec_q_max_idx_tok_value", f64::from(*best.1));
+            row += 1;
+        }
+    }
+    assert_eq!(row, t.rows.len());
+}
+
+#[test]
+fn feature_attributions_sum_to_the_score_the_features_add_to_the_query() {
+    use qexp::compile::{self, Intervention, SaeEdit, Target, interventions};
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let sae_dir = fixture("saes/standard");
+    let prompt = "the cat sat on the mat";
+    let tables = run(
+        &model_dir,
+        &format!(
+            "sae s = load(\"{}\")\ntable a = feature_attribution(s, L1H2, \"{prompt}\", pos = -1, key_pos = 2)",
+            sae_dir.display()
+        ),
+    );
+    let a = &tables[0];
+    assert!(!a.rows.is_empty());
+    let sum: f64 = (0..a.rows.len())
+        .map(|r| number(a, r, "score_contribution"))
+        .sum();
+
+    // The same through the graph, rotary and all: the score with the SAE's reconstruction
+    // as the query, minus the score with only its decoder bias (every feature removed).
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let sae = std::sync::Arc::new(qexp::sae::load(&sae_dir).unwrap());
+    let tokens = model.to_tokens(prompt, false).unwrap();
+    let batch = model.batch(std::slice::from_ref(&tokens)).unwrap();
+    let mut score = |scale: Vec<(usize, f32)>, key: &str| {
+        let edit = Intervention::Sae(SaeEdit {
+            target: Target {
+                hook: "blocks.1.attn.hook_q".into(),
+                head: Some(2),
+                pos: None,
+            },
+            sae: sae.clone(),
+            error_term: false,
+            scale,
+            scale_pos: None,
+            acts_output: "a".into(),
+        });
+        let graph = compile::select_outputs(
+            &interventions::apply(model.graph(), &[edit], |_| 4).unwrap(),
+            &["blocks.1.attn.hook_attn_scores"],
+        )
+        .unwrap();
+        let forward = model.forward_graph(key, &graph, &batch).unwrap();
+        f64::from(forward.hooks["blocks.1.attn.hook_attn_scores"][[0, 2, tokens.len() - 1, 2]])
+    };
+    let reconstructed = score(vec![], "reconstructed");
+    let bias_only = score((0..32).map(|f| (f, 0.0)).collect(), "bias-only");
+    assert!(
+        (sum - (reconstructed - bias_only)).abs() < 1e-4,
+        "{sum} vs {}",
+        reconstructed - bias_only
+    );
+    assert!(sum.abs() > 1e-3, "a score the features move: {sum}");
+    assert_eq!(number(a, 0, "key_pos"), 2.0);
+}
+
+#[test]
+fn patching_restores_a_clean_value_takes_a_variants_and_transplants_another_prompts() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let (a, b) = ("the cat sat on the mat", "the dog sat on the mat");
+    let runtime = runtime();
+    let model = HookedModel::load(&runtime, &model_dir).unwrap();
+    assert_eq!(
+        model.to_tokens(a, false).unwrap().len(),
+        model.to_tokens(b, false).unwrap().len(),
+        "the prompts must tokenize to the same length"
+    );
+    let tables = run(
+        &model_dir,
+        &format!(
+            "variant zeroed {{\n zero(blocks.0.attn.hook_z[head = 1])\n}}
+variant restored {{\n zero(blocks.0.attn.hook_z)\n patch(blocks.0.hook_resid_post)\n}}
+variant head_from_zeroed {{\n patch(blocks.0.attn.hook_z[head = 1], from_variant = zeroed)\n}}
+variant transplanted {{\n patch(blocks.0.hook_resid_post, from_prompt = \"{b}\")\n}}
+table t = per_token(d, variants = [zeroed, restored, head_from_zeroed])
+table pa = test_prompt(\"{a}\", \" on\", variants = [transplanted], top_k = 5)
+table pb = test_prompt(\"{b}\", \" on\", top_k = 5)"
+        ),
+    );
+    let t = &tables[0];
+    let mut moved = 0.0f64;
+    for row in 0..t.rows.len() {
+        let loss = number(t, row, "loss");
+        assert!((number(t, row, "restored_loss") - loss).abs() < 1e-5);
+        assert!(number(t, row, "restored_kl_divergence") < 1e-6);
+        assert!(
+            (number(t, row, "head_from_zeroed_loss") - number(t, row, "zeroed_loss")).abs() < 1e-5
+        );
+        moved = moved.max((number(t, row, "zeroed_loss") - loss).abs());
+    }
+    assert!(moved > 1e-3, "zeroing the head changes some loss: {moved}");
+
+    // Prompt a with b's whole residual stream after layer 0 is prompt b.
+    let (pa, pb) = (&tables[1], &tables[2]);
+    let variant = pa.column("variant").unwrap();
+    let transplanted: Vec<usize> = (0..pa.rows.len())
+        .filter(|&r| pa.rows[r][variant] == Cell::Str("transplanted".into()))
+        .collect();
+    assert_eq!(transplanted.len(), 5);
+    for (i, &r) in transplanted.iter().enumerate() {
+        assert_eq!(
+            pa.rows[r][pa.column("token").unwrap()],
+            pb.rows[i][pb.column("token").unwrap()]
+        );
+        assert!((number(pa, r, "logit") - number(pb, i, "logit")).abs() < 1e-4);
+    }
+}

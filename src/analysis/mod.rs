@@ -2,3 +2,4 @@
 
 pub mod composition;
 pub mod logit_attribution;
+pub mod score_attribution;

@@ -611,6 +611,8 @@ pub fn table_columns(
             ("feature", Integer),
             ("activation", Number),
             ("score_contribution", Number),
+            ("key_pos", Integer),
+            ("key_token", Str),
         ]),
         "sae_metrics" => cols(&[
             ("l0", Number),
@@ -620,6 +622,9 @@ pub fn table_columns(
             ("kl_score", Number),
             ("dead_fraction", Number),
             ("dense_fraction", Number),
+            ("clean_loss", Number),
+            ("spliced_loss", Number),
+            ("baseline_loss", Number),
         ]),
         "feature_stats" => cols(&[
             ("feature", Integer),

@@ -1173,14 +1173,6 @@ impl Checker<'_> {
                 );
             }
         }
-        if call.function == "patch"
-            && call.args.contains_key("from_variant") == call.args.contains_key("from_prompt")
-        {
-            self.error(
-                span,
-                "`patch` takes exactly one of `from_variant` and `from_prompt`",
-            );
-        }
         if call.function == "train" {
             let architecture = match call.args.get("architecture") {
                 Some(Value::Choice(a)) => a.as_str(),

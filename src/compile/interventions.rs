@@ -34,6 +34,10 @@ pub enum Intervention {
         target: Target,
         vector: ndarray::Array1<f32>,
     },
+    /// Replace the target with a value fed at run time through a new graph input named
+    /// `input`, with the hook's full shape: the hook's value from another run (activation
+    /// patching). Only the target's head and positions are taken from it.
+    Patch { target: Target, input: String },
 }
 
 /// An SAE at a hook: its activations exposed as `acts_output`; optionally chosen features
@@ -99,7 +103,8 @@ pub fn apply(
         let target = match intervention {
             Intervention::Zero(t)
             | Intervention::Constant { target: t, .. }
-            | Intervention::Add { target: t, .. } => t,
+            | Intervention::Add { target: t, .. }
+            | Intervention::Patch { target: t, .. } => t,
             Intervention::Sae(edit) => &edit.target,
         };
         let position = graph
@@ -139,6 +144,14 @@ pub fn apply(
         } = pass;
         graph.node.splice(position + 1..position + 1, nodes);
         graph.initializer.extend(initializers);
+        if let Intervention::Patch { input, .. } = intervention {
+            let rank = axes.rank;
+            let dims: Vec<String> = (0..rank).map(|d| format!("{input}_dim{d}")).collect();
+            let dims: Vec<&str> = dims.iter().map(String::as_str).collect();
+            graph
+                .input
+                .push(crate::export::graph::value_info(input, FLOAT, &dims));
+        }
     }
     Ok(model)
 }
@@ -249,6 +262,10 @@ impl Pass {
                     Some(mask) => self.op("Where", &[mask, &steered, clean]),
                 }
             }
+            Intervention::Patch { input, .. } => match selected {
+                None => self.op("Identity", &[input]),
+                Some(mask) => self.op("Where", &[mask, input, clean]),
+            },
             Intervention::Sae(_) => unreachable!("SAEs have their own pass"),
         }
     }

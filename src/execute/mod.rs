@@ -79,6 +79,7 @@ const RUNNABLE: &[&str] = &[
     "attention",
     "direct_logit_attribution",
     "feature_activations",
+    "feature_attribution",
     "sae_metrics",
 ];
 /// Interventions this version compiles.
@@ -88,6 +89,8 @@ const INTERVENTIONS: &[&str] = &[
     "splice",
     "remove_features",
     "scale_features",
+    "steer",
+    "patch",
 ];
 
 /// Steps of `plan` this version cannot execute, each with the reason.
@@ -160,9 +163,6 @@ fn support(step: &Step, unavailable: &BTreeSet<String>) -> Result<(), String> {
     };
     if !RUNNABLE.contains(&call.function) {
         return Err(format!("`{}` {LATER}", call.function));
-    }
-    if call.function == "per_token" && call.args.contains_key("sae") {
-        return Err(format!("`per_token` with an SAE's columns {LATER}"));
     }
     match references(call)
         .into_iter()

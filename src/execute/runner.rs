@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use ndarray::{Array2, Array3, ArrayD, Axis, s};
+use ndarray::{Array1, Array2, Array3, ArrayD, Axis, s};
 
 use super::table::{Cell, Table};
 use crate::analysis::composition::{self, Mode};
@@ -32,6 +32,8 @@ pub(super) struct Runner<'p, 'm, 'r> {
     datasets: BTreeMap<String, Vec<Vec<u32>>>,
     prompts: BTreeMap<String, Vec<String>>,
     variants: BTreeMap<String, Vec<Intervention>>,
+    /// Each variant's `patch` sources, in the order of its graph inputs.
+    patches: BTreeMap<String, Vec<PatchSource>>,
     saes: BTreeMap<String, std::sync::Arc<crate::sae::Sae>>,
     /// Tables made along the way (an SAE's training summary), shown before the step
     /// that caused them.
@@ -51,6 +53,7 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
             datasets: BTreeMap::new(),
             prompts: BTreeMap::new(),
             variants: BTreeMap::new(),
+            patches: BTreeMap::new(),
             saes: BTreeMap::new(),
             pending: Vec::new(),
         }
@@ -173,6 +176,30 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
         Ok(sae)
     }
 
+    /// Splicing an SAE into the model in place of its hook, without the error term (what
+    /// "reconstructed" means in the seed's columns and SAELens' metrics).
+    fn sae_splice(&mut self, sae_name: &str) -> Result<SaeSplice, Failure> {
+        let sae = self.sae(sae_name)?;
+        let hook = sae
+            .hook
+            .clone()
+            .ok_or_else(|| format!("SAE `{sae_name}` names no hook in its cfg.json"))?;
+        let target = self.target(&hook)?;
+        Ok(SaeSplice {
+            edit: Intervention::Sae(SaeEdit {
+                target: target.clone(),
+                sae: sae.clone(),
+                error_term: false,
+                scale: Vec::new(),
+                scale_pos: None,
+                acts_output: format!("{sae_name}.hook_sae_acts_post"),
+            }),
+            key: format!("sae-splice:{sae_name}"),
+            sae,
+            target,
+        })
+    }
+
     /// A variant's interventions, resolved (heads chosen, means computed, SAEs loaded)
     /// once. All of one SAE's calls in a variant become one edit: `splice` decides
     /// whether the error term is dropped; feature removals and scalings ride along.
@@ -189,6 +216,7 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
             .value
             .clone();
         let mut resolved = Vec::new();
+        let mut patches = Vec::new();
         let mut sae_edits: Vec<(String, SaeEdit)> = Vec::new();
         for call in &calls {
             if call.function == "steer" {
@@ -281,6 +309,23 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
             let target = self.target(hook)?;
             resolved.push(match call.function {
                 "zero" => Intervention::Zero(target),
+                "patch" => {
+                    let input = format!("patch{}:{}", patches.len(), hook.name);
+                    let from_prompt = match self.text(call.args.get("from_prompt")) {
+                        Some(prompt) => Some(self.prompt_tokens(&prompt)?),
+                        None => None,
+                    };
+                    patches.push(PatchSource {
+                        input: input.clone(),
+                        hook: hook.name.clone(),
+                        from_variant: match call.args.get("from_variant") {
+                            Some(Value::Name(v)) => Some(v.clone()),
+                            _ => None,
+                        },
+                        from_prompt,
+                    });
+                    Intervention::Patch { target, input }
+                }
                 "mean" => {
                     let Some(Value::Name(dataset)) = call.args.get("dataset") else {
                         unreachable!("checked")
@@ -297,6 +342,7 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
                 .map(|(_, edit)| Intervention::Sae(edit)),
         );
         self.variants.insert(variant.to_owned(), resolved.clone());
+        self.patches.insert(variant.to_owned(), patches);
         Ok(resolved)
     }
 
@@ -332,19 +378,61 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
         let Some(variant) = variant else {
             let logits = outputs.contains(&"logits");
             let hooks: Vec<&str> = outputs.iter().copied().filter(|o| *o != "logits").collect();
-            return self
-                .model
-                .forward(batch, logits, &hooks)
-                .map_err(Self::runtime);
+            let forward = self.model.forward(batch, logits, &hooks);
+            return finite(None, forward);
         };
         let key = format!("{variant}|{}", outputs.join(","));
-        if let Some(forward) = self.model.forward_cached(&key, batch) {
-            return forward.map_err(Self::runtime);
+        let feeds = self.patch_feeds(variant, batch)?;
+        if let Some(forward) = self.model.forward_cached(&key, batch, &feeds) {
+            return finite(Some(variant), forward);
         }
         let graph = self.variant_graph(variant, outputs)?;
-        self.model
-            .forward_graph(&key, &graph, batch)
-            .map_err(Self::runtime)
+        let forward = self.model.forward_graph_fed(&key, &graph, batch, &feeds);
+        finite(Some(variant), forward)
+    }
+
+    /// The values a variant's `patch` interventions feed into its graph for `batch`: each
+    /// patched hook run in its source (recursively, so a source may itself patch).
+    fn patch_feeds(
+        &mut self,
+        variant: &str,
+        batch: &Batch,
+    ) -> Result<Vec<(String, ArrayD<f32>)>, Failure> {
+        self.interventions(variant)?;
+        let sources = self.patches.get(variant).cloned().unwrap_or_default();
+        let mut feeds = Vec::with_capacity(sources.len());
+        for source in sources {
+            let value = match &source.from_prompt {
+                None => {
+                    let mut forward =
+                        self.forward(source.from_variant.as_deref(), batch, &[&source.hook])?;
+                    forward.hooks.remove(&source.hook).expect("requested")
+                }
+                Some(tokens) => {
+                    if let Some(len) = batch.lengths.iter().find(|&&l| l != tokens.len()) {
+                        return Err(format!(
+                            "variant `{variant}` patches `{}` from a prompt of {} tokens into one of {len}; patching between prompts needs prompts of the same length",
+                            source.hook,
+                            tokens.len()
+                        ));
+                    }
+                    let source_batch = self
+                        .model
+                        .batch(std::slice::from_ref(tokens))
+                        .map_err(Self::runtime)?;
+                    let mut forward = self.forward(
+                        source.from_variant.as_deref(),
+                        &source_batch,
+                        &[&source.hook],
+                    )?;
+                    let one = forward.hooks.remove(&source.hook).expect("requested");
+                    let views = vec![one.view(); batch.lengths.len()];
+                    ndarray::concatenate(Axis(0), &views).map_err(|e| e.to_string())?
+                }
+            };
+            feeds.push((source.input, value));
+        }
+        Ok(feeds)
     }
 
     fn variant_graph(&mut self, variant: &str, outputs: &[&str]) -> Result<ModelProto, Failure> {
@@ -374,13 +462,11 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
         outputs: &[&str],
     ) -> Result<Forward, Failure> {
         let key = format!("{key}|{}", outputs.join(","));
-        if let Some(forward) = self.model.forward_cached(&key, batch) {
-            return forward.map_err(Self::runtime);
+        if let Some(forward) = self.model.forward_cached(&key, batch, &[]) {
+            return finite(None, forward);
         }
         let graph = self.edits_graph(edits, outputs)?;
-        self.model
-            .forward_graph(&key, &graph, batch)
-            .map_err(Self::runtime)
+        finite(None, self.model.forward_graph(&key, &graph, batch))
     }
 
     /// A prompt's tokens, with BOS when the model expects it.
@@ -502,6 +588,7 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
             "attention" => self.attention(name, call),
             "direct_logit_attribution" => self.direct_logit_attribution(name, call),
             "feature_activations" => self.feature_activations(name, call),
+            "feature_attribution" => self.feature_attribution(name, call),
             "sae_metrics" => self.sae_metrics(name, call),
             other => unreachable!("support() refused `{other}`"),
         }
@@ -538,6 +625,13 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
         let tokens = self.prompt_tokens(&prompt)?;
         let new = match call.args.get("variant") {
             Some(Value::Name(variant)) => {
+                self.interventions(variant)?;
+                if let Some(patch) = self.patches[variant.as_str()].first() {
+                    return Err(format!(
+                        "variant `{variant}` patches `{}`, whose value comes from another run of the same tokens; generation makes new tokens, so it cannot run under it",
+                        patch.hook
+                    ));
+                }
                 let graph = self.variant_graph(variant, &["logits"])?;
                 let key = format!("{variant}|logits");
                 self.model.generate_with(
@@ -590,7 +684,8 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
     }
 
     /// One row per token that has a next token, over a dataset, as the seed's
-    /// `eval_prompt` makes them.
+    /// `eval_prompt` makes them. With an SAE, also its per-token reconstruction columns,
+    /// the KL of splicing it in (no error term), and the head's argmax attention then.
     fn per_token(&mut self, name: &str, call: &Call) -> Result<Table, Failure> {
         let Some(Value::Name(dataset)) = call.args.get("dataset") else {
             unreachable!("checked")
@@ -599,37 +694,34 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
         let head = self.head(call.args.get("head"));
         let variants = names(call.args.get("variants"));
         let context_width = int(call, "context").unwrap_or(3).max(0) as usize;
+        let top_k = int(call, "top_k").unwrap_or(10).max(1) as usize;
         let pattern_hook = head.map(|(l, _)| format!("blocks.{l}.attn.hook_pattern"));
         let q_hook = head.map(|(l, _)| format!("blocks.{l}.attn.hook_q"));
+        let sae = match call.args.get("sae") {
+            Some(Value::Name(sae_name)) => Some(self.sae_splice(sae_name)?),
+            _ => None,
+        };
 
-        let mut columns: Vec<String> = [
-            "str_tokens",
-            "unique_token",
-            "context",
-            "batch",
-            "pos",
-            "label",
-            "loss",
-        ]
-        .iter()
-        .map(|c| (*c).to_owned())
+        let columns = crate::check::builtins::table_columns(
+            "per_token",
+            head.is_some(),
+            sae.is_some(),
+            &variants,
+        )
+        .into_iter()
+        .map(|(column, _)| column)
         .collect();
-        for v in &variants {
-            columns.push(format!("{v}_loss"));
-            columns.push(format!("{v}_kl_divergence"));
-        }
-        if head.is_some() {
-            columns.extend(
-                ["max_idx_pos", "max_idx_tok", "max_idx_tok_value", "q_norm"]
-                    .iter()
-                    .map(|c| (*c).to_owned()),
-            );
-        }
         let mut table = Table {
             name: name.to_owned(),
             columns,
             rows: Vec::new(),
         };
+        // Explained variance needs the mean input over the whole dataset: rows keep their
+        // squared error and input until the end, then the column is filled in.
+        let mut sae_inputs: Vec<(Array1<f32>, f64)> = Vec::new();
+        let mut input_sum: Option<Array1<f64>> = None;
+        let mut input_count = 0usize;
+        let explained_variance_column = table.column("explained_variance");
 
         let mut first_prompt = 0;
         for chunk in token_chunks(&sequences, self.plan.model.batch_size) {
@@ -637,6 +729,10 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
             let mut clean_outputs = vec!["logits"];
             clean_outputs.extend(pattern_hook.as_deref());
             clean_outputs.extend(q_hook.as_deref());
+            if let Some(splice) = &sae {
+                clean_outputs.push(&splice.target.hook);
+            }
+            clean_outputs.dedup();
             let clean = self.forward(None, &batch, &clean_outputs)?;
             let clean_logits = clean.logits.as_ref().expect("logits requested");
             let clean_losses = token_losses(clean_logits, &batch);
@@ -649,10 +745,48 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
                     kls: kl_divergences(clean_logits, logits, &batch),
                 });
             }
+            let sae_batch = match &sae {
+                Some(splice) => {
+                    let mut outputs = vec!["logits"];
+                    outputs.extend(pattern_hook.as_deref());
+                    let spliced = self.forward_edits(
+                        &splice.key,
+                        std::slice::from_ref(&splice.edit),
+                        &batch,
+                        &outputs,
+                    )?;
+                    let x = head_rows(
+                        &clean.hooks[&splice.target.hook],
+                        &batch,
+                        splice.target.head,
+                    );
+                    let sum = x.mapv(f64::from).sum_axis(Axis(0));
+                    input_sum = Some(match input_sum.take() {
+                        Some(total) => total + sum,
+                        None => sum,
+                    });
+                    input_count += x.nrows();
+                    let acts = splice.sae.encode(x.view());
+                    let recon = splice.sae.decode(acts.view());
+                    let kls = kl_divergences(
+                        clean_logits,
+                        spliced.logits.as_ref().expect("logits requested"),
+                        &batch,
+                    );
+                    Some((x, acts, recon, kls, spliced))
+                }
+                None => None,
+            };
+            let mut sae_row = 0;
             for (row, tokens) in chunk.iter().enumerate() {
                 let strs = self.str_tokens(tokens)?;
                 let index = first_prompt + row;
-                for pos in 0..tokens.len().saturating_sub(1) {
+                for pos in 0..tokens.len() {
+                    let token_row = sae_row;
+                    sae_row += 1;
+                    if pos + 1 == tokens.len() {
+                        continue;
+                    }
                     let mut cells = vec![
                         Cell::Str(strs[pos].clone()),
                         Cell::Str(format!("{}/{pos}", strs[pos])),
@@ -669,30 +803,70 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
                     if let (Some((_, h)), Some(pattern_hook), Some(q_hook)) =
                         (head, &pattern_hook, &q_hook)
                     {
-                        let pattern = clean.hooks[pattern_hook]
-                            .slice(s![row, h, pos, ..=pos])
-                            .to_owned();
-                        let (argmax, value) = pattern.iter().enumerate().fold(
-                            (0, f32::NEG_INFINITY),
-                            |best, (i, &p)| {
-                                if p > best.1 { (i, p) } else { best }
-                            },
-                        );
-                        let q = clean.hooks[q_hook].slice(s![row, pos, h, ..]).to_owned();
+                        let (argmax, value) =
+                            argmax_attention(&clean.hooks[pattern_hook], row, h, pos);
                         cells.push(Cell::Integer(argmax as i64));
                         cells.push(Cell::Str(strs[argmax].clone()));
                         cells.push(Cell::Number(f64::from(value)));
-                        cells.push(Cell::Number(
-                            q.iter()
-                                .map(|&x| f64::from(x) * f64::from(x))
-                                .sum::<f64>()
-                                .sqrt(),
+                        cells.push(Cell::Number(norm(clean.hooks[q_hook].slice(s![
+                            row,
+                            pos,
+                            h,
+                            ..
+                        ]))));
+                    }
+                    if let Some((x, acts, recon, kls, spliced)) = &sae_batch {
+                        let (x, acts, recon) =
+                            (x.row(token_row), acts.row(token_row), recon.row(token_row));
+                        let squared_error: f64 = x
+                            .iter()
+                            .zip(recon)
+                            .map(|(&a, &b)| f64::from(a - b).powi(2))
+                            .sum();
+                        let mut active: Vec<(usize, f32)> = acts
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, a)| **a > 0.0)
+                            .map(|(f, &a)| (f, a))
+                            .collect();
+                        let num_active = active.len();
+                        active.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                        active.truncate(top_k);
+                        cells.push(Cell::Number(norm(recon)));
+                        cells.push(Cell::Number(squared_error / x.len().max(1) as f64));
+                        cells.push(Cell::Number(f64::NAN)); // explained variance, below
+                        cells.push(Cell::Integer(num_active as i64));
+                        cells.push(Cell::IntegerList(
+                            active.iter().map(|(f, _)| *f as i64).collect(),
                         ));
+                        cells.push(Cell::NumberList(
+                            active.iter().map(|(_, a)| f64::from(*a)).collect(),
+                        ));
+                        cells.push(Cell::Number(kls[row][pos]));
+                        sae_inputs.push((x.to_owned(), squared_error));
+                        if let (Some((_, h)), Some(pattern_hook)) = (head, &pattern_hook) {
+                            let (argmax, value) =
+                                argmax_attention(&spliced.hooks[pattern_hook], row, h, pos);
+                            cells.push(Cell::Integer(argmax as i64));
+                            cells.push(Cell::Str(strs[argmax].clone()));
+                            cells.push(Cell::Number(f64::from(value)));
+                        }
                     }
                     table.rows.push(cells);
                 }
             }
             first_prompt += chunk.len();
+        }
+        if let (Some(column), Some(sum)) = (explained_variance_column, input_sum) {
+            let mean = sum / input_count.max(1) as f64;
+            for (row, (x, squared_error)) in table.rows.iter_mut().zip(&sae_inputs) {
+                let variance: f64 = x
+                    .iter()
+                    .zip(&mean)
+                    .map(|(&a, &m)| (f64::from(a) - m).powi(2))
+                    .sum();
+                row[column] = Cell::Number(1.0 - squared_error / variance.max(f64::MIN_POSITIVE));
+            }
         }
         Ok(table)
     }
@@ -806,28 +980,18 @@ impl Runner<'_, '_, '_> {
         dataset: &str,
     ) -> Result<(Array2<f32>, Vec<usize>), Failure> {
         let sequences = self.dataset(dataset)?;
-        let mut rows: Vec<f32> = Vec::new();
+        let mut blocks = Vec::new();
         let mut shape = Vec::new();
         for chunk in token_chunks(&sequences, self.plan.model.batch_size) {
             let batch = self.model.batch(chunk).map_err(Self::runtime)?;
             let forward = self.forward(None, &batch, &[&target.hook])?;
             let activation = &forward.hooks[&target.hook];
-            for (row, &len) in batch.lengths.iter().enumerate() {
-                for pos in 0..len {
-                    let token = activation.index_axis(Axis(0), row);
-                    let token = token.index_axis(Axis(0), pos);
-                    let x = match target.head {
-                        Some(head) => token.index_axis(Axis(0), head).to_owned(),
-                        None => token.to_owned(),
-                    };
-                    shape = x.shape().to_vec();
-                    rows.extend(x.iter());
-                }
-            }
+            // One token's value: [d_head] for a head, [n_heads, d_head] for a whole hook.
+            shape = activation.shape()[2 + usize::from(target.head.is_some())..].to_vec();
+            blocks.push(head_rows(activation, &batch, target.head));
         }
-        let width: usize = shape.iter().product();
-        let rows = Array2::from_shape_vec((rows.len() / width.max(1), width), rows)
-            .map_err(|e| e.to_string())?;
+        let views: Vec<_> = blocks.iter().map(|b| b.view()).collect();
+        let rows = ndarray::concatenate(Axis(0), &views).map_err(|e| e.to_string())?;
         Ok((rows, shape))
     }
 
@@ -914,12 +1078,12 @@ impl Runner<'_, '_, '_> {
         else {
             unreachable!("checked")
         };
-        let sae = self.sae(sae_name)?;
-        let hook = sae
-            .hook
-            .clone()
-            .ok_or_else(|| format!("SAE `{sae_name}` names no hook"))?;
-        let target = self.target(&hook)?;
+        let SaeSplice {
+            sae,
+            target,
+            edit: splice,
+            key: splice_key,
+        } = self.sae_splice(sae_name)?;
         let (x, _) = self.hook_activations(&target, dataset)?;
         let acts = sae.encode(x.view());
         let recon = sae.decode(acts.view());
@@ -931,17 +1095,9 @@ impl Runner<'_, '_, '_> {
             .map(|f| acts.column(f).iter().filter(|&&a| a > 0.0).count())
             .collect();
 
-        let splice = Intervention::Sae(SaeEdit {
-            target: target.clone(),
-            sae: sae.clone(),
-            error_term: false,
-            scale: Vec::new(),
-            scale_pos: None,
-            acts_output: format!("{sae_name}.hook_sae_acts_post"),
-        });
         let baseline = match call.args.get("baseline") {
-            Some(Value::Name(variant)) => self.interventions(variant)?,
-            _ => vec![Intervention::Zero(target.clone())],
+            Some(Value::Name(variant)) => Baseline::Variant(variant.clone()),
+            _ => Baseline::Zero(Intervention::Zero(target.clone())),
         };
         let sequences = self.dataset(dataset)?;
         let (
@@ -960,22 +1116,24 @@ impl Runner<'_, '_, '_> {
                 .expect("logits requested");
             let spliced = self
                 .forward_edits(
-                    &format!("sae-splice:{sae_name}"),
+                    &splice_key,
                     std::slice::from_ref(&splice),
                     &batch,
                     &["logits"],
                 )?
                 .logits
                 .expect("logits");
-            let base = self
-                .forward_edits(
+            let base = match &baseline {
+                Baseline::Variant(variant) => self.forward(Some(variant), &batch, &["logits"])?,
+                Baseline::Zero(edit) => self.forward_edits(
                     &format!("sae-baseline:{name}"),
-                    &baseline,
+                    std::slice::from_ref(edit),
                     &batch,
                     &["logits"],
-                )?
-                .logits
-                .expect("logits");
+                )?,
+            }
+            .logits
+            .expect("logits requested");
             let sum = |v: Vec<Vec<f32>>| v.iter().flatten().map(|&l| f64::from(l)).sum::<f64>();
             clean_loss += sum(token_losses(&clean, &batch));
             spliced_loss += sum(token_losses(&spliced, &batch));
@@ -1059,6 +1217,103 @@ impl Runner<'_, '_, '_> {
             .iter()
             .enumerate()
             .map(|(f, &a)| vec![Cell::Integer(f as i64), Cell::Number(f64::from(a))])
+            .collect();
+        Ok(table)
+    }
+
+    /// Each active feature of a query SAE, with its share of the head's attention score
+    /// from `pos` to `key_pos` (by default where the head attends most from `pos`): the
+    /// seed's "which features make the head attend to `says`", read off linearly.
+    fn feature_attribution(&mut self, name: &str, call: &Call) -> Result<Table, Failure> {
+        use crate::analysis::score_attribution::{Rotation, feature_contributions};
+        let Some(Value::Name(sae_name)) = call.args.get("sae") else {
+            unreachable!("checked")
+        };
+        let (layer, head) = self
+            .head(call.args.get("head"))
+            .ok_or_else(|| "the head has no value".to_owned())?;
+        let SaeSplice { sae, target, .. } = self.sae_splice(sae_name)?;
+        let q_hook = format!("blocks.{layer}.attn.hook_q");
+        if target.hook != q_hook || target.head != Some(head) {
+            return Err(format!(
+                "SAE `{sae_name}` reads `{}`{}; feature_attribution needs an SAE on L{layer}H{head}'s query (`{q_hook}[head = {head}]`)",
+                target.hook,
+                target
+                    .head
+                    .map(|h| format!("[head = {h}]"))
+                    .unwrap_or_default(),
+            ));
+        }
+        let prompt = self.text(call.args.get("prompt")).unwrap_or_default();
+        let tokens = self.prompt_tokens(&prompt)?;
+        let query = position(&tokens, call)?;
+        let config = self.model.manifest.config.clone();
+        let rotary = matches!(config.positional, crate::model::Positional::Rotary { .. });
+        let key_hook = format!(
+            "blocks.{layer}.attn.hook_{}",
+            if rotary { "rot_k" } else { "k" }
+        );
+        let pattern_hook = format!("blocks.{layer}.attn.hook_pattern");
+        let batch = self
+            .model
+            .batch(std::slice::from_ref(&tokens))
+            .map_err(Self::runtime)?;
+        let clean = self.forward(None, &batch, &[&q_hook, &key_hook, &pattern_hook])?;
+        let key_pos = match int(call, "key_pos") {
+            Some(k) if k >= 0 && k as usize <= query => k as usize,
+            Some(k) => {
+                return Err(format!(
+                    "key_pos {k} is not a position the query at {query} can attend to (0 to {query})"
+                ));
+            }
+            None => argmax_attention(&clean.hooks[&pattern_hook], 0, head, query).0,
+        };
+        let x = clean.hooks[&q_hook]
+            .slice(s![0, query, head, ..])
+            .to_owned();
+        let acts = sae.encode(x.view().insert_axis(Axis(0)));
+        let kv_head = head / config.gqa_group();
+        let key = clean.hooks[&key_hook].slice(s![0, key_pos, kv_head, ..]);
+        let (cos, sin);
+        let rotation = if rotary {
+            cos = self.model.weight("rotary.cos").map_err(Self::runtime)?;
+            sin = self.model.weight("rotary.sin").map_err(Self::runtime)?;
+            Some(Rotation {
+                cos: cos.slice(s![query, ..]),
+                sin: sin.slice(s![query, ..]),
+            })
+        } else {
+            None
+        };
+        let contributions = feature_contributions(
+            acts.row(0),
+            sae.w_dec.view(),
+            rotation.as_ref(),
+            key,
+            config.attn_scale,
+        );
+        let key_token = self.str_tokens(&tokens[key_pos..=key_pos])?.remove(0);
+        let mut table = Table::new(
+            name,
+            &[
+                "feature",
+                "activation",
+                "score_contribution",
+                "key_pos",
+                "key_token",
+            ],
+        );
+        table.rows = contributions
+            .into_iter()
+            .map(|(feature, activation, contribution)| {
+                vec![
+                    Cell::Integer(feature as i64),
+                    Cell::Number(f64::from(activation)),
+                    Cell::Number(contribution),
+                    Cell::Integer(key_pos as i64),
+                    Cell::Str(key_token.clone()),
+                ]
+            })
             .collect();
         Ok(table)
     }
@@ -1174,6 +1429,32 @@ impl Runner<'_, '_, '_> {
     }
 }
 
+/// What `sae_metrics` compares a splice against: a declared variant, or zero-ablating
+/// the SAE's hook.
+enum Baseline {
+    Variant(String),
+    Zero(Intervention),
+}
+
+/// Where a patched hook's value comes from: the hook in `from_variant`'s run (`None`: the
+/// clean model) on the same tokens, or on `from_prompt`'s tokens.
+#[derive(Debug, Clone)]
+struct PatchSource {
+    input: String,
+    hook: String,
+    from_variant: Option<String>,
+    from_prompt: Option<Vec<u32>>,
+}
+
+/// An SAE, the hook it reads, and the edit that splices it in.
+struct SaeSplice {
+    sae: std::sync::Arc<crate::sae::Sae>,
+    target: Target,
+    edit: Intervention,
+    /// Names the spliced graph in the session cache.
+    key: String,
+}
+
 /// A variant's per-token columns for one batch: `[row][pos]`.
 struct VariantColumns {
     losses: Vec<Vec<f32>>,
@@ -1191,6 +1472,74 @@ pub fn kl_divergences(clean: &Array3<f32>, variant: &Array3<f32>, batch: &Batch)
             .sum::<f64>()
             .max(0.0)
     })
+}
+
+/// A forward pass's result, or an error naming the run (a variant or the clean model) and,
+/// for NaNs, the output they came out of.
+fn finite(
+    variant: Option<&str>,
+    forward: Result<Forward, RuntimeError>,
+) -> Result<Forward, Failure> {
+    let run = match variant {
+        Some(variant) => format!("variant `{variant}`"),
+        None => "the clean model".to_owned(),
+    };
+    let forward = forward.map_err(|e| format!("{run}: {}", error_chain(&e)))?;
+    let logits = forward
+        .logits
+        .iter()
+        .map(|l| ("logits", l.as_slice_memory_order()));
+    let hooks = forward
+        .hooks
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_slice_memory_order()));
+    for (output, values) in logits.chain(hooks) {
+        if values.is_some_and(|v| v.iter().any(|x| x.is_nan())) {
+            return Err(format!(
+                "{run}: `{output}` came out with NaN; the model's weights or the variant's edit is broken there"
+            ));
+        }
+    }
+    Ok(forward)
+}
+
+/// The head's argmax attention from `pos` in batch row `row`: (key position, weight).
+fn argmax_attention(pattern: &ArrayD<f32>, row: usize, head: usize, pos: usize) -> (usize, f32) {
+    pattern
+        .slice(s![row, head, pos, ..=pos])
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &p)| {
+            if p > best.1 { (i, p) } else { best }
+        })
+}
+
+fn norm<'a>(x: impl IntoIterator<Item = &'a f32>) -> f64 {
+    x.into_iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Every real token's value of a `[batch, pos, ...]` hook as one row each, in batch order
+/// (a head's slice when `head` is given).
+fn head_rows(activation: &ArrayD<f32>, batch: &Batch, head: Option<usize>) -> Array2<f32> {
+    let mut values = Vec::new();
+    let mut width = 0;
+    for (row, &len) in batch.lengths.iter().enumerate() {
+        let sequence = activation.index_axis(Axis(0), row);
+        for pos in 0..len {
+            let token = sequence.index_axis(Axis(0), pos);
+            let x = match head {
+                Some(head) => token.index_axis(Axis(0), head),
+                None => token,
+            };
+            width = x.len();
+            values.extend(x.iter());
+        }
+    }
+    Array2::from_shape_vec((values.len() / width.max(1), width), values)
+        .expect("every token has the same width")
 }
 
 /// The position a call's `pos` names in `tokens` (negative counts from the end; the last

@@ -4,7 +4,7 @@
 //! The folder is written under a temporary name beside its destination and renamed into
 //! place at the end, so a failed export never leaves a half-written model behind.
 
-mod graph;
+pub(crate) mod graph;
 mod transformer;
 
 use std::io::Read;

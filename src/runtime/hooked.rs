@@ -142,7 +142,7 @@ impl<'r> HookedModel<'r> {
                 .insert(key.clone(), self.build_session(&compiled)?);
         }
         let session = self.sessions.get_mut(&key).expect("inserted above");
-        run_session(session, batch)
+        run_session(session, batch, &[])
     }
 
     /// Runs a graph compiled from this model's `model.onnx` (a variant: pruned, with
@@ -154,13 +154,25 @@ impl<'r> HookedModel<'r> {
         graph: &ModelProto,
         batch: &Batch,
     ) -> Result<Forward, RuntimeError> {
+        self.forward_graph_fed(key, graph, batch, &[])
+    }
+
+    /// [`Self::forward_graph`] for a graph with inputs of its own besides the tokens (a
+    /// patched hook's value), fed from `extra`.
+    pub fn forward_graph_fed(
+        &mut self,
+        key: &str,
+        graph: &ModelProto,
+        batch: &Batch,
+        extra: &[(String, ArrayD<f32>)],
+    ) -> Result<Forward, RuntimeError> {
         let key = format!("graph:{key}");
         if !self.sessions.contains_key(&key) {
             self.sessions
                 .insert(key.clone(), self.build_session(graph)?);
         }
         let session = self.sessions.get_mut(&key).expect("inserted above");
-        run_session(session, batch)
+        run_session(session, batch, extra)
     }
 
     /// A weight by its TransformerLens name, laid out `[in, out]`.
@@ -174,9 +186,10 @@ impl<'r> HookedModel<'r> {
         &mut self,
         key: &str,
         batch: &Batch,
+        extra: &[(String, ArrayD<f32>)],
     ) -> Option<Result<Forward, RuntimeError>> {
         let session = self.sessions.get_mut(&format!("graph:{key}"))?;
-        Some(run_session(session, batch))
+        Some(run_session(session, batch, extra))
     }
 
     /// The exported graph, for passes that compile variants from it.
@@ -210,9 +223,13 @@ impl<'r> HookedModel<'r> {
     }
 }
 
-/// Feeds the inputs the session's graph still has (pruning may drop the mask) and reads
-/// every output as f32.
-fn run_session(session: &mut Session, batch: &Batch) -> Result<Forward, RuntimeError> {
+/// Feeds the inputs the session's graph still has (pruning may drop the mask, or a patched
+/// hook's input) and reads every output as f32.
+fn run_session(
+    session: &mut Session,
+    batch: &Batch,
+    extra: &[(String, ArrayD<f32>)],
+) -> Result<Forward, RuntimeError> {
     let wanted_inputs: Vec<String> = session
         .inputs()
         .iter()
@@ -228,6 +245,11 @@ fn run_session(session: &mut Session, batch: &Batch) -> Result<Forward, RuntimeE
     let mask = TensorRef::from_array_view(&batch.attention_mask)
         .map_err(RuntimeError::ort("preparing attention_mask"))?;
     let mut inputs = ort::inputs![INPUT_IDS => ids, ATTENTION_MASK => mask];
+    for (name, value) in extra {
+        let value = TensorRef::from_array_view(value.view())
+            .map_err(RuntimeError::ort(format!("preparing input `{name}`")))?;
+        inputs.push((name.clone().into(), value.into()));
+    }
     inputs.retain(|(name, _)| wanted_inputs.iter().any(|w| w == name));
     let results = session
         .run(inputs)
