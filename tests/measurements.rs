@@ -455,10 +455,15 @@ fn sae_metrics_match_a_direct_computation() {
 }
 
 #[test]
-fn an_sae_trained_in_the_pipeline_reports_its_training_and_repeats_with_its_seed() {
+fn an_sae_trained_in_the_pipeline_reports_its_training_saves_and_repeats_with_its_seed() {
     let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
-    let body = "sae s = train(hook = blocks.1.attn.hook_q[head = 2], dataset = d, d_sae = 32, l1_coefficient = 1e-3, lr = 1e-2, tokens = 2000, batch_size = 16, seed = 5)\ntable m = sae_metrics(s, d)";
-    let first = run(&model_dir, body);
+    let saves = tempfile::tempdir().unwrap();
+    let saved = saves.path().join("s");
+    let body = format!(
+        "sae s = train(hook = blocks.1.attn.hook_q[head = 2], dataset = d, d_sae = 32, l1_coefficient = 1e-3, lr = 1e-2, tokens = 2000, batch_size = 16, seed = 5, save = \"{}\", checkpoint_every = 50)\ntable m = sae_metrics(s, d)",
+        saved.display()
+    );
+    let first = run(&model_dir, &body);
     assert_eq!(first[0].name, "s_training");
     assert_eq!(
         first[0].columns,
@@ -469,7 +474,8 @@ fn an_sae_trained_in_the_pipeline_reports_its_training_and_repeats_with_its_seed
             "mse",
             "l0",
             "explained_variance",
-            "dead_fraction"
+            "dead_fraction",
+            "resampled"
         ]
     );
     assert_eq!(number(&first[0], 0, "steps"), 125.0);
@@ -478,8 +484,33 @@ fn an_sae_trained_in_the_pipeline_reports_its_training_and_repeats_with_its_seed
         "training helped: {:?}",
         first[1].rows
     );
-    let again = run(&model_dir, body);
-    assert_eq!(first, again, "same seed, same SAE, same numbers");
+    assert!(
+        saves
+            .path()
+            .join("s.checkpoints/step_000000125/cfg.json")
+            .exists(),
+        "the last checkpoint is kept beside the SAE"
+    );
+
+    // The saved folder is the SAE the run measured.
+    let loaded = run(
+        &model_dir,
+        &format!(
+            "sae s = load(\"{}\")\ntable m = sae_metrics(s, d)",
+            saved.display()
+        ),
+    );
+    assert_eq!(loaded[0].rows, first[1].rows);
+
+    // Again: it resumes from the final checkpoint and reports the same numbers; and
+    // from scratch the same seed gives the same SAE.
+    assert_eq!(first, run(&model_dir, &body), "resumed");
+    std::fs::remove_dir_all(saves.path().join("s.checkpoints")).unwrap();
+    assert_eq!(
+        first,
+        run(&model_dir, &body),
+        "same seed, same SAE, same numbers"
+    );
 }
 
 #[test]

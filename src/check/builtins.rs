@@ -170,6 +170,11 @@ pub const BUILTINS: &[Builtin] = &[
             opt("lr", Type::Number),
             opt("batch_size", Type::Integer),
             opt("seed", Type::Integer),
+            opt("normalize_activations", Type::Bool),
+            opt("resample_dead", Type::Bool),
+            opt("save", Type::Str),
+            opt("checkpoint_every", Type::Integer),
+            opt("resume", Type::Bool),
         ],
     },
     // Interventions (inside `variant`).

@@ -1181,6 +1181,16 @@ impl Checker<'_> {
             if architecture == "topk" && !call.args.contains_key("k") {
                 self.error(span, "a TopK SAE needs `k`, the number of active features");
             }
+            for needs_save in ["checkpoint_every", "resume"] {
+                if call.args.contains_key(needs_save) && !call.args.contains_key("save") {
+                    self.error(
+                        span,
+                        format!(
+                            "`{needs_save}` needs `save`: checkpoints are kept beside the saved SAE"
+                        ),
+                    );
+                }
+            }
         }
     }
 }

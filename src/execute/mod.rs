@@ -6,6 +6,7 @@
 //! `qexp run` refuses a plan with such steps unless asked to skip them, in which case
 //! the report says so. A step that needs a skipped step is skipped too.
 
+mod progress;
 mod runner;
 mod table;
 
@@ -228,6 +229,23 @@ pub fn execute(plan: &Plan, runtime: &Runtime) -> Result<Results, ExecuteError> 
         }
         sections.push(section);
         seconds.push(started.elapsed().as_secs_f64());
+    }
+    // An SAE trained to be saved is made even when no step reads it.
+    for sae in &plan.saes {
+        if sae.value.args.contains_key("save")
+            && !skipped.contains_key(&format!("sae {}", sae.name))
+        {
+            runner
+                .ensure_sae(&sae.name)
+                .map_err(|message| ExecuteError::Invalid {
+                    step: format!("sae {}", sae.name),
+                    message,
+                })?;
+            for table in runner.pending.drain(..) {
+                sections.push(Section::Table(table));
+                seconds.push(0.0);
+            }
+        }
     }
     Ok(Results {
         sections,

@@ -14,8 +14,8 @@ use crate::dataset;
 use crate::onnx::ModelProto;
 use crate::plan::{Call, HookRef, Plan, Value};
 use crate::runtime::{
-    Batch, Forward, HookedModel, RuntimeError, Sampling, log_softmax_row, per_next_token,
-    token_losses,
+    Batch, Forward, HookedModel, RuntimeError, Sampling, kl_divergence, log_softmax_row,
+    per_next_token, token_losses,
 };
 
 /// Logits are `tokens x d_vocab` floats; keeping a forward pass under this many tokens
@@ -147,6 +147,11 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
             head,
             pos: hook.pos,
         })
+    }
+
+    /// Makes the SAE `name` (trains and saves it) unless a step already did.
+    pub fn ensure_sae(&mut self, name: &str) -> Result<(), Failure> {
+        self.sae(name).map(|_| ())
     }
 
     /// An SAE declared with `load`, read once.
@@ -723,6 +728,12 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
         let mut input_count = 0usize;
         let explained_variance_column = table.column("explained_variance");
 
+        let bar = super::progress::bar(
+            sequences.iter().map(|s| s.len() as u64).sum(),
+            "tokens",
+            &format!("{name} ="),
+        );
+        bar.set_message(format!("per_token({dataset})"));
         let mut first_prompt = 0;
         for chunk in token_chunks(&sequences, self.plan.model.batch_size) {
             let batch = self.model.batch(chunk).map_err(Self::runtime)?;
@@ -856,7 +867,9 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
                 }
             }
             first_prompt += chunk.len();
+            bar.inc(chunk.iter().map(|s| s.len() as u64).sum());
         }
+        bar.finish_and_clear();
         if let (Some(column), Some(sum)) = (explained_variance_column, input_sum) {
             let mean = sum / input_count.max(1) as f64;
             for (row, (x, squared_error)) in table.rows.iter_mut().zip(&sae_inputs) {
@@ -997,7 +1010,7 @@ impl Runner<'_, '_, '_> {
 
     fn train_sae(&mut self, name: &str, call: &Call) -> Result<crate::sae::Sae, Failure> {
         use crate::sae::Architecture;
-        use crate::sae::train::{TrainConfig, train};
+        use crate::sae::train::{Checkpointing, TrainConfig, train};
         let (Some(Value::Hook(hook)), Some(Value::Name(dataset))) =
             (call.args.get("hook"), call.args.get("dataset"))
         else {
@@ -1012,6 +1025,10 @@ impl Runner<'_, '_, '_> {
             Some(Value::Choice(a)) if a == "jumprelu" => Architecture::JumpRelu,
             _ => Architecture::Standard,
         };
+        let flag = |key: &str, default: bool| match call.args.get(key) {
+            Some(Value::Bool(b)) => *b,
+            _ => default,
+        };
         let config = TrainConfig {
             d_sae: int(call, "d_sae").unwrap_or(4096) as usize,
             architecture,
@@ -1020,20 +1037,30 @@ impl Runner<'_, '_, '_> {
             batch_size: int(call, "batch_size").unwrap_or(4096) as usize,
             tokens: int(call, "tokens").unwrap_or(1_000_000) as usize,
             seed: int(call, "seed").unwrap_or(0) as u64,
+            normalize_activations: flag("normalize_activations", false),
+            resample_dead: flag("resample_dead", true),
         };
-        let bar =
-            indicatif::ProgressBar::new(config.tokens.div_ceil(config.batch_size.max(1)) as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "training {msg} [{bar:30}] {pos}/{len} steps, {eta} left",
-            )
-            .expect("a valid template")
-            .progress_chars("=> "),
+        let save_to = self.text(call.args.get("save")).map(|p| self.root.join(p));
+        let checkpointing = save_to.as_ref().map(|dir| Checkpointing {
+            dir: checkpoints_dir(dir),
+            every: int(call, "checkpoint_every").unwrap_or(0).max(0) as usize,
+            resume: flag("resume", true),
+        });
+        let bar = super::progress::bar(
+            config.tokens.div_ceil(config.batch_size.max(1)) as u64,
+            "steps",
+            &format!("training {name}"),
         );
-        let (mut sae, summary) = train(&activations, &config, |step, _, mse, l0| {
-            bar.set_position(step as u64);
-            if step % 10 == 0 {
-                bar.set_message(format!("{name}: MSE {mse:.4}, L0 {l0:.1}"));
+        let (mut sae, summary) = train(&activations, &config, checkpointing.as_ref(), |p| {
+            bar.set_position(p.step as u64);
+            if p.step % 10 == 0 || p.step == p.steps {
+                bar.set_message(format!(
+                    "MSE {:.4}, L0 {:.1}, EV {:.3}, dead {:.1}%",
+                    p.mse,
+                    p.l0,
+                    p.explained_variance,
+                    100.0 * p.dead_fraction
+                ));
             }
         })
         .map_err(|e| format!("training `{name}`: {e}"))?;
@@ -1054,6 +1081,7 @@ impl Runner<'_, '_, '_> {
                 "l0",
                 "explained_variance",
                 "dead_fraction",
+                "resampled",
             ],
         );
         table.rows.push(vec![
@@ -1064,8 +1092,12 @@ impl Runner<'_, '_, '_> {
             Cell::Number(summary.l0),
             Cell::Number(summary.explained_variance),
             Cell::Number(summary.dead_fraction),
+            Cell::Integer(summary.resampled as i64),
         ]);
         self.pending.push(table);
+        if let Some(dir) = &save_to {
+            crate::sae::save(&sae, dir).map_err(|e| format!("saving `{name}`: {e}"))?;
+        }
         Ok(sae)
     }
 
@@ -1464,13 +1496,10 @@ struct VariantColumns {
 /// `KL(clean || variant)` of the next-token distributions at every real position.
 pub fn kl_divergences(clean: &Array3<f32>, variant: &Array3<f32>, batch: &Batch) -> Vec<Vec<f64>> {
     per_next_token(batch, |row, pos| {
-        let p = log_softmax_row(clean.slice(s![row, pos, ..]));
-        let q = log_softmax_row(variant.slice(s![row, pos, ..]));
-        p.iter()
-            .zip(&q)
-            .map(|(lp, lq)| lp.exp() * (lp - lq))
-            .sum::<f64>()
-            .max(0.0)
+        kl_divergence(
+            clean.slice(s![row, pos, ..]),
+            variant.slice(s![row, pos, ..]),
+        )
     })
 }
 
@@ -1609,6 +1638,15 @@ fn number(call: &Call, name: &str) -> Option<f64> {
         Some(Value::Integer(n)) => Some(*n as f64),
         _ => None,
     }
+}
+
+/// Where a saved SAE's training checkpoints go: beside it, so saving the finished SAE
+/// (which replaces its folder whole) leaves them alone.
+fn checkpoints_dir(sae_dir: &std::path::Path) -> PathBuf {
+    let name = sae_dir
+        .file_name()
+        .map_or_else(|| "sae".into(), |n| n.to_string_lossy().into_owned());
+    sae_dir.with_file_name(format!("{name}.checkpoints"))
 }
 
 /// An error and its causes on one line.

@@ -2,7 +2,11 @@
 //! pre-6.0 flat form) and `sae_weights.safetensors` (`W_enc [d_in, d_sae]`, `b_enc`,
 //! `W_dec [d_sae, d_in]`, `b_dec`, and `threshold` for JumpReLU).
 
+mod save;
+mod tensors;
 pub mod train;
+
+pub use save::save;
 
 use std::path::{Path, PathBuf};
 
@@ -41,6 +45,8 @@ pub struct Sae {
 pub enum SaeError {
     #[error("cannot read {}: {message}", path.display())]
     Read { path: PathBuf, message: String },
+    #[error("cannot write {}: {message}", path.display())]
+    Write { path: PathBuf, message: String },
     #[error("{} is not an SAELens SAE: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
 }

@@ -1,0 +1,127 @@
+//! Writing an SAE in SAELens' layout (6.x `cfg.json` with `metadata`, and
+//! `sae_weights.safetensors` in f32), so SAELens' `SAE.load_from_disk` and qexp both read
+//! it. The folder is written beside the target and swapped in whole.
+
+use std::path::Path;
+
+use super::{Architecture, Sae, SaeError, tensors};
+use crate::fsutil;
+
+pub fn save(sae: &Sae, dir: &Path) -> Result<(), SaeError> {
+    let failed = |message: String| SaeError::Write {
+        path: dir.to_owned(),
+        message,
+    };
+    let staging = fsutil::staging_dir_for(dir).map_err(|e| failed(e.to_string()))?;
+    let mut weights = vec![
+        ("W_enc", sae.w_enc.clone().into_dyn()),
+        ("b_enc", sae.b_enc.clone().into_dyn()),
+        ("W_dec", sae.w_dec.clone().into_dyn()),
+        ("b_dec", sae.b_dec.clone().into_dyn()),
+    ];
+    if let Some(threshold) = &sae.threshold {
+        weights.push(("threshold", threshold.clone().into_dyn()));
+    }
+    tensors::write(&staging.path().join("sae_weights.safetensors"), &weights).map_err(failed)?;
+    let text = serde_json::to_string_pretty(&config_json(sae)).expect("JSON values serialize");
+    std::fs::write(staging.path().join("cfg.json"), text + "\n")
+        .map_err(|e| failed(e.to_string()))?;
+    fsutil::replace_dir(staging, dir).map_err(|e| failed(e.to_string()))
+}
+
+/// SAELens 6.x's config for this SAE.
+fn config_json(sae: &Sae) -> serde_json::Value {
+    let architecture = match sae.architecture {
+        Architecture::Standard => "standard",
+        Architecture::TopK { .. } => "topk",
+        Architecture::JumpRelu => "jumprelu",
+    };
+    let mut cfg = serde_json::json!({
+        "architecture": architecture,
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": sae.apply_b_dec_to_input,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        // SAELens reads `metadata` only from configs that say they are 6.x; this is the
+        // oldest layout the file follows, not a claim about who wrote it.
+        "metadata": {
+            "sae_lens_version": "6.0.0",
+            "hook_name": sae.hook.as_ref().map(|h| h.name.clone()),
+            "hook_head_index": sae.hook.as_ref().and_then(|h| h.head),
+            "trained_with": format!("qexp {}", env!("CARGO_PKG_VERSION")),
+        },
+    });
+    if let Architecture::TopK { k } = sae.architecture {
+        cfg["k"] = k.into();
+    }
+    cfg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::HookRef;
+    use ndarray::{Array1, Array2};
+
+    fn sae(architecture: Architecture) -> Sae {
+        let (d_in, d_sae) = (3, 5);
+        Sae {
+            d_in,
+            d_sae,
+            architecture,
+            apply_b_dec_to_input: true,
+            hook: Some(HookRef {
+                name: "blocks.1.attn.hook_q".into(),
+                head: Some(4),
+                head_from: None,
+                pos: None,
+            }),
+            w_enc: Array2::from_shape_fn((d_in, d_sae), |(i, j)| (i * 7 + j) as f32 * 0.1 - 0.5),
+            b_enc: Array1::from_shape_fn(d_sae, |j| j as f32 * -0.01),
+            w_dec: Array2::from_shape_fn((d_sae, d_in), |(i, j)| (i + 3 * j) as f32 * 0.05),
+            b_dec: Array1::from_shape_fn(d_in, |i| i as f32),
+            threshold: (architecture == Architecture::JumpRelu)
+                .then(|| Array1::from_elem(d_sae, 0.2)),
+        }
+    }
+
+    #[test]
+    fn a_saved_sae_loads_back_the_same() {
+        for architecture in [
+            Architecture::Standard,
+            Architecture::TopK { k: 2 },
+            Architecture::JumpRelu,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("sae");
+            let original = sae(architecture);
+            save(&original, &path).unwrap();
+            let loaded = super::super::load(&path).unwrap();
+            assert_eq!(loaded.architecture, architecture);
+            assert_eq!(loaded.hook, original.hook);
+            assert_eq!(loaded.w_enc, original.w_enc);
+            assert_eq!(loaded.b_enc, original.b_enc);
+            assert_eq!(loaded.w_dec, original.w_dec);
+            assert_eq!(loaded.b_dec, original.b_dec);
+            assert_eq!(loaded.threshold, original.threshold);
+        }
+    }
+
+    #[test]
+    fn saving_over_an_sae_replaces_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sae");
+        save(&sae(Architecture::Standard), &path).unwrap();
+        save(&sae(Architecture::TopK { k: 3 }), &path).unwrap();
+        let loaded = super::super::load(&path).unwrap();
+        assert_eq!(loaded.architecture, Architecture::TopK { k: 3 });
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no staging left"
+        );
+    }
+}
