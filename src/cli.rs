@@ -58,6 +58,11 @@ enum Command {
         #[arg(long)]
         skip_unsupported: bool,
     },
+    /// Sparse autoencoders.
+    Sae {
+        #[command(subcommand)]
+        command: SaeCommand,
+    },
     /// List a model folder's hook points with their shapes.
     Hooks { model: PathBuf },
     /// Continue a prompt.
@@ -73,6 +78,23 @@ enum Command {
         seed: u64,
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SaeCommand {
+    /// Train one SAE an experiment declares with `train(...)` and save it in SAELens'
+    /// layout, without running the rest of the experiment. Resumes from its last
+    /// checkpoint when there is one.
+    Train {
+        experiment: PathBuf,
+        /// The SAE's name in the experiment.
+        name: String,
+        /// Where to save it (default: the experiment's `save`, else saes/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        device: Option<Device>,
     },
 }
 
@@ -249,6 +271,73 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 summary.graph_nodes,
                 m.hooks.len()
             );
+        }
+        Command::Sae {
+            command:
+                SaeCommand::Train {
+                    experiment,
+                    name,
+                    out,
+                    device,
+                },
+        } => {
+            let (mut plan, _) = load_plan(&experiment)?;
+            if let Some(device) = device {
+                plan.model.device = device;
+            }
+            let Some(sae) = plan.saes.iter().find(|s| s.name == name) else {
+                let declared: Vec<&str> = plan.saes.iter().map(|s| s.name.as_str()).collect();
+                return Err(Failure::Other(anyhow::anyhow!(
+                    "{} declares no SAE `{name}` (it declares: {})",
+                    experiment.display(),
+                    if declared.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        declared.join(", ")
+                    }
+                )));
+            };
+            if sae.value.function != "train" {
+                return Err(Failure::Other(anyhow::anyhow!(
+                    "`{name}` is made with `{}`, not trained, in {}",
+                    sae.value.function,
+                    experiment.display()
+                )));
+            }
+            let out = out
+                .or_else(|| match sae.value.args.get("save") {
+                    Some(crate::plan::Value::Str(path)) => Some(PathBuf::from(path)),
+                    _ => None,
+                })
+                .unwrap_or_else(|| Path::new("saes").join(&name));
+            // Only this SAE is made: nothing else runs, no other SAE is saved.
+            plan.steps.clear();
+            for other in &mut plan.saes {
+                if other.name == name {
+                    other
+                        .value
+                        .args
+                        .insert("save", crate::plan::Value::Str(out.display().to_string()));
+                } else {
+                    other.value.args.remove("save");
+                }
+            }
+            let runtime = Runtime::new(plan.model.device)?;
+            let results = execute::execute(&plan, &runtime)?;
+            for section in &results.sections {
+                if let execute::Section::Table(table) = section {
+                    for row in &table.rows {
+                        let cells: Vec<String> = table
+                            .columns
+                            .iter()
+                            .zip(row)
+                            .map(|(c, v)| format!("{c}: {}", v.text()))
+                            .collect();
+                        println!("{}", cells.join(", "));
+                    }
+                }
+            }
+            println!("saved {name} to {}", out.display());
         }
         Command::Hooks { model } => {
             let manifest = Manifest::read(&model)?;

@@ -169,3 +169,44 @@ fn fmt_rewrites_to_the_canonical_layout_and_check_mode_reports_it() {
         .assert()
         .success();
 }
+
+#[test]
+fn sae_train_trains_one_declared_sae_and_saves_it_in_saelens_layout() {
+    let dir = setup();
+    let loaded = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/saes/standard");
+    std::fs::write(
+        dir.path().join("sae.qexp"),
+        format!(
+            "experiment sae_only\nmodel \"models/tiny\"\ndataset d = prompts([\"the cat sat on the mat\", \"a dog ran\"])\nsae s = train(hook = blocks.1.attn.hook_q[head = 2], dataset = d, d_sae = 16, tokens = 500, batch_size = 8)\nsae other = load(\"{}\")\n",
+            loaded.display()
+        ),
+    )
+    .unwrap();
+    let output = qexp(dir.path())
+        .args(["sae", "train", "sae.qexp", "s", "--out", "saes/q"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .contains("saved s to saes/q")
+    );
+    let cfg = std::fs::read_to_string(dir.path().join("saes/q/cfg.json")).unwrap();
+    assert!(
+        cfg.contains("\"hook_name\": \"blocks.1.attn.hook_q\""),
+        "{cfg}"
+    );
+    assert!(dir.path().join("saes/q/sae_weights.safetensors").exists());
+    assert!(
+        !dir.path().join("reports").exists(),
+        "training an SAE writes no report"
+    );
+    let output = qexp(dir.path())
+        .args(["sae", "train", "sae.qexp", "other"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("made with `load`, not trained"), "{stderr}");
+}

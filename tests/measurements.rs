@@ -733,3 +733,69 @@ table pb = test_prompt(\"{b}\", \" on\", top_k = 5)"
         assert!((number(pa, r, "logit") - number(pb, i, "logit")).abs() < 1e-4);
     }
 }
+
+#[test]
+fn feature_stats_match_a_direct_computation() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let sae_dir = fixture("saes/standard");
+    let tables = run(
+        &model_dir,
+        &format!(
+            "sae s = load(\"{}\")\ntable f = feature_stats(s, d)",
+            sae_dir.display()
+        ),
+    );
+    let f = &tables[0];
+    assert_eq!(f.rows.len(), 32);
+
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let sae = qexp::sae::load(&sae_dir).unwrap();
+    let mut acts = Vec::new();
+    let mut where_ = Vec::new();
+    for prompt in PROMPTS {
+        let tokens = model.to_tokens(prompt, false).unwrap();
+        let batch = model.batch(std::slice::from_ref(&tokens)).unwrap();
+        let q = model
+            .forward(&batch, false, &["blocks.1.attn.hook_q"])
+            .unwrap()
+            .hooks
+            .remove("blocks.1.attn.hook_q")
+            .unwrap();
+        for pos in 0..tokens.len() {
+            let x = q
+                .slice(s![0, pos, 2, ..])
+                .to_owned()
+                .insert_axis(ndarray::Axis(0));
+            acts.push(sae.encode(x.view()).row(0).to_owned());
+            where_.push(model.to_str_tokens(&tokens[pos..=pos]).unwrap().remove(0));
+        }
+    }
+    let mut fired_somewhere = 0;
+    for feature in 0..32 {
+        let column: Vec<f32> = acts.iter().map(|a| a[feature]).collect();
+        let firing: Vec<f32> = column.iter().copied().filter(|&a| a > 0.0).collect();
+        let density = firing.len() as f64 / column.len() as f64;
+        assert!((number(f, feature, "density") - density).abs() < 1e-12);
+        if firing.is_empty() {
+            assert_eq!(number(f, feature, "max_activation"), 0.0);
+            continue;
+        }
+        fired_somewhere += 1;
+        let (argmax, max) = column
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap();
+        assert!((number(f, feature, "max_activation") - f64::from(*max)).abs() < 1e-5);
+        let mean = firing.iter().map(|&a| f64::from(a)).sum::<f64>() / firing.len() as f64;
+        assert!((number(f, feature, "mean_activation") - mean).abs() < 1e-5);
+        assert!(number(f, feature, "q50") <= number(f, feature, "q90"));
+        assert!(number(f, feature, "q90") <= number(f, feature, "max_activation") + 1e-12);
+        assert_eq!(
+            f.rows[feature][f.column("top_token").unwrap()],
+            Cell::Str(where_[argmax].clone())
+        );
+    }
+    assert!(fired_somewhere > 5, "a test that sees features fire");
+}

@@ -347,7 +347,7 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "feature_stats",
         produces: Produces::Table,
-        summary: "per-feature density, max and mean activation",
+        summary: "per feature: density, max and mean activation, quantiles, where it peaks",
         params: &[req("sae", Type::Sae), req("dataset", Type::Dataset)],
     },
     Builtin {
@@ -636,6 +636,11 @@ pub fn table_columns(
             ("density", Number),
             ("max_activation", Number),
             ("mean_activation", Number),
+            ("q50", Number),
+            ("q90", Number),
+            ("q99", Number),
+            ("top_token", Str),
+            ("top_context", Str),
         ]),
         _ => Vec::new(),
     }

@@ -81,6 +81,7 @@ const RUNNABLE: &[&str] = &[
     "direct_logit_attribution",
     "feature_activations",
     "feature_attribution",
+    "feature_stats",
     "sae_metrics",
 ];
 /// Interventions this version compiles.

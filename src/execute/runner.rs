@@ -594,6 +594,7 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
             "direct_logit_attribution" => self.direct_logit_attribution(name, call),
             "feature_activations" => self.feature_activations(name, call),
             "feature_attribution" => self.feature_attribution(name, call),
+            "feature_stats" => self.feature_stats(name, call),
             "sae_metrics" => self.sae_metrics(name, call),
             other => unreachable!("support() refused `{other}`"),
         }
@@ -1214,6 +1215,98 @@ impl Runner<'_, '_, '_> {
             Cell::Number(per(spliced_loss)),
             Cell::Number(per(baseline_loss)),
         ]);
+        Ok(table)
+    }
+
+    /// Per feature over a dataset: how often it fires, how strongly (max, mean over the
+    /// tokens it fires on, quantiles of those activations), and the token where it fires
+    /// most with its context. The numbers behind a feature dashboard.
+    fn feature_stats(&mut self, name: &str, call: &Call) -> Result<Table, Failure> {
+        let (Some(Value::Name(sae_name)), Some(Value::Name(dataset))) =
+            (call.args.get("sae"), call.args.get("dataset"))
+        else {
+            unreachable!("checked")
+        };
+        let SaeSplice { sae, target, .. } = self.sae_splice(sae_name)?;
+        let sequences = self.dataset(dataset)?;
+        let bar = super::progress::bar(
+            sequences.iter().map(|s| s.len() as u64).sum(),
+            "tokens",
+            &format!("{name} ="),
+        );
+        bar.set_message(format!("feature_stats({sae_name}, {dataset})"));
+        // Firing activations per feature (for the quantiles) and where each peaked.
+        let mut firing: Vec<Vec<f32>> = vec![Vec::new(); sae.d_sae];
+        let mut peak: Vec<Option<(f32, usize, usize)>> = vec![None; sae.d_sae];
+        let mut tokens = 0usize;
+        let mut first_prompt = 0;
+        for chunk in token_chunks(&sequences, self.plan.model.batch_size) {
+            let batch = self.model.batch(chunk).map_err(Self::runtime)?;
+            let forward = self.forward(None, &batch, &[&target.hook])?;
+            let x = head_rows(&forward.hooks[&target.hook], &batch, target.head);
+            let acts = sae.encode(x.view());
+            let mut token = 0;
+            for (row, &len) in batch.lengths.iter().enumerate() {
+                for pos in 0..len {
+                    for (f, &a) in acts.row(token).iter().enumerate() {
+                        if a > 0.0 {
+                            firing[f].push(a);
+                            if peak[f].is_none_or(|(best, _, _)| a > best) {
+                                peak[f] = Some((a, first_prompt + row, pos));
+                            }
+                        }
+                    }
+                    token += 1;
+                }
+            }
+            tokens += token;
+            first_prompt += chunk.len();
+            bar.inc(chunk.iter().map(|s| s.len() as u64).sum());
+        }
+        bar.finish_and_clear();
+        let mut table = Table::new(
+            name,
+            &[
+                "feature",
+                "density",
+                "max_activation",
+                "mean_activation",
+                "q50",
+                "q90",
+                "q99",
+                "top_token",
+                "top_context",
+            ],
+        );
+        for (f, values) in firing.iter_mut().enumerate() {
+            values.sort_by(f32::total_cmp);
+            let quantile = |q: f64| match values.len() {
+                0 => 0.0,
+                n => f64::from(values[((n - 1) as f64 * q).round() as usize]),
+            };
+            let (top_token, top_context) = match peak[f] {
+                Some((_, prompt, pos)) => {
+                    let strs = self.str_tokens(&sequences[prompt])?;
+                    (strs[pos].clone(), context(&strs, pos, 3))
+                }
+                None => (String::new(), String::new()),
+            };
+            table.rows.push(vec![
+                Cell::Integer(f as i64),
+                Cell::Number(values.len() as f64 / tokens.max(1) as f64),
+                Cell::Number(values.last().map_or(0.0, |&v| f64::from(v))),
+                Cell::Number(if values.is_empty() {
+                    0.0
+                } else {
+                    values.iter().map(|&v| f64::from(v)).sum::<f64>() / values.len() as f64
+                }),
+                Cell::Number(quantile(0.5)),
+                Cell::Number(quantile(0.9)),
+                Cell::Number(quantile(0.99)),
+                Cell::Str(top_token),
+                Cell::Str(top_context),
+            ]);
+        }
         Ok(table)
     }
 
