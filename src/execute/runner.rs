@@ -1039,7 +1039,7 @@ impl Runner<'_, '_, '_> {
             tokens: int(call, "tokens").unwrap_or(1_000_000) as usize,
             seed: int(call, "seed").unwrap_or(0) as u64,
             normalize_activations: flag("normalize_activations", false),
-            resample_dead: flag("resample_dead", true),
+            resample_dead: flag("resample_dead", false),
         };
         let save_to = self.text(call.args.get("save")).map(|p| self.root.join(p));
         let checkpointing = save_to.as_ref().map(|dir| Checkpointing {

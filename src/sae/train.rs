@@ -280,18 +280,23 @@ pub fn train(
             ..
         } = &mut state;
 
-        // Forward.
+        // Forward. The [batch, d_sae] arrays dominate the time outside the matmuls, so
+        // they are made once and updated in place.
         let input = &x - &*b_dec;
-        let pre = input.dot(&*w_enc) + &*b_enc;
-        let mut acts = pre.mapv(|v| v.max(0.0));
-        if let Some(k) = topk {
-            keep_top_k(&mut acts, &pre, k);
+        let mut acts = input.dot(&*w_enc);
+        let pre = topk.map(|_| acts.clone() + &*b_enc);
+        acts.zip_mut_with(&b_enc.view().insert_axis(Axis(0)), |a, &bias| {
+            *a = (*a + bias).max(0.0)
+        });
+        if let (Some(k), Some(pre)) = (topk, &pre) {
+            keep_top_k(&mut acts, pre, k);
         }
         let recon = acts.dot(&*w_dec) + &*b_dec;
         let error = &recon - &x;
         let dec_norms: Array1<f32> = w_dec.rows().into_iter().map(|r| r.dot(&r).sqrt()).collect();
+        let act_sums = acts.sum_axis(Axis(0));
         let mse = error.mapv(|e| f64::from(e * e)).sum() / f64::from(b);
-        let l1_term = f64::from(l1) * (&acts * &dec_norms).mapv(f64::from).sum() / f64::from(b);
+        let l1_term = f64::from(l1) * f64::from(act_sums.dot(&dec_norms)) / f64::from(b);
         if !(mse + l1_term).is_finite() {
             return Err(TrainError::Diverged {
                 step,
@@ -299,9 +304,10 @@ pub fn train(
             });
         }
 
-        // Backward: d(recon) = 2 e / B; the L1 term adds l1 * |W_dec[f]| to d(acts) and
-        // l1 * sum_b acts_f * W_dec[f] / |W_dec[f]| / B to d(W_dec[f]).
-        let grads = gradients(&input, &acts, &error, w_enc, w_dec, &dec_norms, l1);
+        let l0 = acts.iter().filter(|&&a| a > 0.0).count() as f64 / f64::from(b);
+        let grads = gradients(
+            &input, acts, &act_sums, &error, w_enc, w_dec, &dec_norms, l1,
+        );
 
         let lr = config.lr * ((step + 1) as f32 / warmup as f32).min(1.0);
         let t = (step + 1) as i32;
@@ -316,12 +322,8 @@ pub fn train(
             }
         }
 
-        let mut fired = vec![false; d_sae];
-        for row in acts.rows() {
-            for (f, &a) in row.iter().enumerate() {
-                fired[f] |= a > 0.0;
-            }
-        }
+        // Activations are non-negative: a feature fired iff its column sums above zero.
+        let fired: Vec<bool> = act_sums.iter().map(|&sum| sum > 0.0).collect();
         for (f, &did) in fired.iter().enumerate() {
             if did {
                 state.last_fired[f] = step + 1;
@@ -338,7 +340,6 @@ pub fn train(
             resample(&mut state, &dead, &x, &error, config.seed, step);
         }
 
-        let l0 = acts.iter().filter(|&&a| a > 0.0).count() as f64 / f64::from(b);
         let centred = &x - &x.mean_axis(Axis(0)).expect("b > 0");
         let variance = centred.mapv(|v| f64::from(v * v)).sum() / f64::from(b);
         if step >= tail_from {
@@ -388,10 +389,13 @@ struct Gradients {
 }
 
 /// Gradients of `mean_b |recon - x|^2 + l1 * mean_b sum_f acts_f |W_dec[f]|` for one batch
-/// (`input = x - b_dec`, `error = recon - x`).
+/// (`input = x - b_dec`, `error = recon - x`, `act_sums` the column sums of `acts`).
+/// `acts` is consumed: its buffer becomes d(pre-activation).
+#[allow(clippy::too_many_arguments)]
 fn gradients(
     input: &Array2<f32>,
-    acts: &Array2<f32>,
+    acts: Array2<f32>,
+    act_sums: &Array1<f32>,
     error: &Array2<f32>,
     w_enc: &Array2<f32>,
     w_dec: &Array2<f32>,
@@ -399,24 +403,31 @@ fn gradients(
     l1: f32,
 ) -> Gradients {
     let b = input.nrows() as f32;
+    // d(recon) = 2 e / B.
     let d_recon = error.mapv(|e| 2.0 * e / b);
     let mut d_w_dec = acts.t().dot(&d_recon);
-    let mut d_acts = d_recon.dot(&w_dec.t());
+    // The L1 term adds l1 |W_dec[f]| / B to d(acts) and l1 sum_b acts_f W_dec[f] /
+    // |W_dec[f]| / B to d(W_dec[f]).
     if l1 > 0.0 {
-        d_acts += &dec_norms.mapv(|n| l1 * n / b);
-        let act_sums = acts.sum_axis(Axis(0));
         for (f, mut row) in d_w_dec.rows_mut().into_iter().enumerate() {
             let scale = l1 * act_sums[f] / b / dec_norms[f].max(1e-12);
             row.scaled_add(scale, &w_dec.row(f));
         }
     }
-    let d_pre = ndarray::Zip::from(&d_acts)
-        .and(acts)
-        .map_collect(|&d, &a| if a > 0.0 { d } else { 0.0 });
+    let l1_grad = dec_norms.mapv(|n| l1 * n / b);
+    let mut d_pre = d_recon.dot(&w_dec.t());
+    // Through the ReLU: zero where the feature was off.
+    ndarray::Zip::from(&mut d_pre)
+        .and(&acts)
+        .and_broadcast(&l1_grad.view().insert_axis(Axis(0)))
+        .for_each(|d, &a, &g| *d = if a > 0.0 { *d + g } else { 0.0 });
+    drop(acts);
+    let d_b_enc = d_pre.sum_axis(Axis(0));
     Gradients {
         w_enc: input.t().dot(&d_pre),
-        b_enc: d_pre.sum_axis(Axis(0)),
-        b_dec: d_recon.sum_axis(Axis(0)) - d_pre.dot(&w_enc.t()).sum_axis(Axis(0)),
+        // b_dec enters as `x - b_dec` in the encoder and `+ b_dec` in the decoder.
+        b_dec: d_recon.sum_axis(Axis(0)) - w_enc.dot(&d_b_enc),
+        b_enc: d_b_enc,
         w_dec: d_w_dec,
     }
 }
@@ -773,20 +784,36 @@ mod tests {
     }
 
     #[test]
-    fn resampling_revives_dead_features() {
-        let x = sparse_data(4096, 6);
+    fn resampled_features_fire_on_the_inputs_they_were_pointed_at() {
+        let x = sparse_data(256, 6);
         let mut c = config(Architecture::Standard);
-        c.d_sae = 256;
-        c.l1_coefficient = 3.0;
-        c.tokens = 256 * 400;
-        let (_, without) = train(&x, &c, None, |_| {}).unwrap();
-        c.resample_dead = true;
-        let (_, with) = train(&x, &c, None, |_| {}).unwrap();
-        assert!(with.resampled > 0, "{with:?}");
-        assert!(
-            with.dead_fraction < without.dead_fraction,
-            "with {with:?}, without {without:?}"
-        );
+        c.d_sae = 16;
+        let mut state = State::new(&x, 1.0, &c);
+        // Kill features 3 and 7: encoder columns pointing away from everything.
+        for f in [3, 7] {
+            state.w_enc.column_mut(f).fill(0.0);
+            state.b_enc[f] = -100.0;
+            state.adam_w_enc.m.column_mut(f).fill(1.0);
+        }
+        let input = &x - &state.b_dec;
+        let recon = (input.dot(&state.w_enc) + &state.b_enc)
+            .mapv(|v| v.max(0.0))
+            .dot(&state.w_dec)
+            + &state.b_dec;
+        let error = &recon - &x;
+        resample(&mut state, &[3, 7], &x, &error, 1, 10);
+        assert_eq!(state.resampled, 2);
+        let acts = (input.dot(&state.w_enc) + &state.b_enc).mapv(|v| v.max(0.0));
+        for f in [3, 7] {
+            let norm = state.w_dec.row(f).dot(&state.w_dec.row(f)).sqrt();
+            assert!((norm - DECODER_INIT_NORM).abs() < 1e-5);
+            assert!(
+                acts.column(f).iter().any(|&a| a > 0.0),
+                "feature {f} fires again"
+            );
+            assert!(state.adam_w_enc.m.column(f).iter().all(|&m| m == 0.0));
+            assert_eq!(state.last_fired[f], 11);
+        }
     }
 
     #[test]
@@ -846,7 +873,8 @@ mod tests {
         let acts = (input.dot(&w_enc) + &b_enc).mapv(|v| v.max(0.0));
         let error = acts.dot(&w_dec) + &b_dec - &x;
         let norms: Array1<f32> = w_dec.rows().into_iter().map(|r| r.dot(&r).sqrt()).collect();
-        let g = gradients(&input, &acts, &error, &w_enc, &w_dec, &norms, l1);
+        let sums = acts.sum_axis(Axis(0));
+        let g = gradients(&input, acts, &sums, &error, &w_enc, &w_dec, &norms, l1);
         let h = 1e-2f32;
         let check = |analytic: f32, plus: f64, minus: f64, what: &str| {
             let numeric = (plus - minus) / (2.0 * f64::from(h));
