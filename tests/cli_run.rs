@@ -21,7 +21,7 @@ fn setup() -> tempfile::TempDir {
         .success();
     std::fs::write(
         dir.path().join("exp.qexp"),
-        "experiment tiny_run\nmodel \"models/tiny\"\nparagraph \"<b>not bold</b>\"\ntable sanity = sanity_check(\"the the the\")\ntable continued = generate(\"<script>alert(1)</script>\", max_new_tokens = 4)\n",
+        "experiment tiny_run\nmodel \"models/tiny\"\nparagraph \"<b>not bold</b>\"\ntable sanity = sanity_check(\"the the the\")\ntable continued = generate(\"<script>alert(1)</script>\", max_new_tokens = 4)\ntable comp = composition_scores(mode = Q)\nplot heat = heatmap(comp, rows = [layer1, head1], columns = [layer2, head2], value = score)\n",
     )
     .unwrap();
     dir
@@ -39,6 +39,7 @@ fn run_writes_a_report_that_reruns_byte_identically() {
         "results/results.json",
         "results/sanity.csv",
         "results/continued.csv",
+        "plots/heat.svg",
         "index.html",
     ];
     let first: Vec<Vec<u8>> = files
@@ -117,9 +118,13 @@ fn a_report_folder_that_is_not_a_report_is_left_alone() {
 #[test]
 fn steps_this_version_cannot_run_are_refused_or_listed_as_not_run() {
     let dir = setup();
+    let sae = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/saes/standard");
     std::fs::write(
         dir.path().join("later.qexp"),
-        "experiment later\nmodel \"models/tiny\"\ntable sanity = sanity_check(\"the the the\")\nplot comp = histogram(sanity, x = loss)\n",
+        format!(
+            "experiment later\nmodel \"models/tiny\"\ndataset d = prompts([\"the cat\"])\nsae s = load(\"{}\")\ntable sanity = sanity_check(\"the the the\")\ndashboards dash = feature_dashboards(s, [0, 1], d)\n",
+            sae.display()
+        ),
     )
     .unwrap();
     let output = qexp(dir.path())
@@ -129,7 +134,7 @@ fn steps_this_version_cannot_run_are_refused_or_listed_as_not_run() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(
-        stderr.contains("plot comp = histogram: plots come with the report issue"),
+        stderr.contains("dashboards dash: feature dashboards come with the report issue"),
         "{stderr}"
     );
     assert!(!dir.path().join("reports").exists());
@@ -140,7 +145,7 @@ fn steps_this_version_cannot_run_are_refused_or_listed_as_not_run() {
         .success();
     let html = std::fs::read_to_string(dir.path().join("reports/later/index.html")).unwrap();
     assert!(
-        html.contains("Not run:</strong> <code>plot comp = histogram</code>"),
+        html.contains("Not run:</strong> <code>dashboards dash</code>"),
         "{html}"
     );
     assert!(dir.path().join("reports/later/results/sanity.csv").exists());

@@ -6,6 +6,7 @@
 //! `qexp run` refuses a plan with such steps unless asked to skip them, in which case
 //! the report says so. A step that needs a skipped step is skipped too.
 
+mod plots;
 mod progress;
 mod runner;
 mod table;
@@ -13,6 +14,7 @@ mod table;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
+pub use plots::{Plot, PlotKind};
 pub use table::{Cell, Table};
 
 use runner::Runner;
@@ -42,6 +44,7 @@ pub enum Section {
         text: String,
     },
     Table(Table),
+    Plot(Plot),
     /// A value computed at run time (`let HEAD = best_head(...)`).
     Value {
         name: String,
@@ -158,7 +161,15 @@ fn support(step: &Step, unavailable: &BTreeSet<String>) -> Result<(), String> {
             ..
         }
         | Step::Compute { call, .. } => call,
-        Step::Plot { .. } => return Err("plots come with the report issue (#6)".into()),
+        Step::Plot { call, .. } => {
+            return match references(call)
+                .into_iter()
+                .find(|r| unavailable.contains(r))
+            {
+                Some(name) => Err(format!("it reads table `{name}`, which is not computed")),
+                None => Ok(()),
+            };
+        }
         Step::Dashboards { .. } => {
             return Err("feature dashboards come with the report issue (#6)".into());
         }
@@ -296,6 +307,12 @@ fn run_step(runner: &mut Runner<'_, '_, '_>, step: &Step) -> Result<Section, Str
                 value: shown,
             }
         }
-        Step::Plot { .. } | Step::Dashboards { .. } => unreachable!("support() refuses these"),
+        Step::Plot { name, call } => {
+            let Some(Value::Name(table)) = call.args.get("table") else {
+                unreachable!("checked: a plot reads a table")
+            };
+            Section::Plot(plots::plot(name, call, &runner.tables[table])?)
+        }
+        Step::Dashboards { .. } => unreachable!("support() refuses these"),
     })
 }

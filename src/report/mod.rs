@@ -2,6 +2,9 @@
 //! `results/results.json` (stable order, fixed float formatting, no timestamps: they
 //! diff cleanly in git), and `run.json` (versions, hashes, timings).
 
+mod plots;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use minijinja::{Environment, UndefinedBehavior, context};
@@ -24,6 +27,8 @@ pub enum ReportError {
     Template(#[from] minijinja::Error),
     #[error("cannot write a CSV file: {0}")]
     Csv(#[from] csv::Error),
+    #[error("cannot draw {0}")]
+    Plot(String),
 }
 
 /// Everything `run.json` records about how the results were made.
@@ -75,7 +80,16 @@ pub fn write(
         dir.join(RUN_FILE),
         serde_json::to_string_pretty(&record).expect("record serializes") + "\n",
     )?;
-    std::fs::write(dir.join("index.html"), render_html(plan, results)?)?;
+    let mut svgs = BTreeMap::new();
+    for section in &results.sections {
+        if let Section::Plot(plot) = section {
+            let svg = plots::svg(plot).map_err(ReportError::Plot)?;
+            std::fs::create_dir_all(dir.join("plots"))?;
+            std::fs::write(dir.join("plots").join(format!("{}.svg", plot.name)), &svg)?;
+            svgs.insert(plot.name.clone(), svg);
+        }
+    }
+    std::fs::write(dir.join("index.html"), render_html(plan, results, &svgs)?)?;
 
     fsutil::replace_dir(staging, &target)?;
     Ok(target)
@@ -113,7 +127,11 @@ fn write_csvs(dir: &Path, results: &Results) -> Result<(), ReportError> {
     Ok(())
 }
 
-fn render_html(plan: &Plan, results: &Results) -> Result<String, ReportError> {
+fn render_html(
+    plan: &Plan,
+    results: &Results,
+    svgs: &BTreeMap<String, String>,
+) -> Result<String, ReportError> {
     let mut env = Environment::new();
     // A misspelt variable in a template is a bug to catch, not an empty string to ship.
     env.set_undefined_behavior(UndefinedBehavior::Strict);
@@ -127,6 +145,13 @@ fn render_html(plan: &Plan, results: &Results) -> Result<String, ReportError> {
                 "name": table.name,
                 "columns": table.columns,
                 "rows": table.rows.iter().map(|row| row.iter().map(Cell::text).collect::<Vec<_>>()).collect::<Vec<_>>(),
+            }),
+            // The SVG is plotters' output with every text escaped: safe to inline.
+            Section::Plot(plot) => serde_json::json!({
+                "kind": "plot",
+                "name": plot.name,
+                "title": plot.title,
+                "svg": svgs[&plot.name],
             }),
             other => serde_json::to_value(other).expect("section serializes"),
         })
