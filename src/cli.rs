@@ -58,6 +58,20 @@ enum Command {
         #[arg(long)]
         skip_unsupported: bool,
     },
+    /// Which numbers changed between two reports (their results/*.csv), and by how much.
+    Diff {
+        a: PathBuf,
+        b: PathBuf,
+        /// Numbers closer than this count as equal.
+        #[arg(long, default_value_t = 0.0)]
+        tolerance: f64,
+        /// Changed cells listed per table (every changed column is summarised).
+        #[arg(long, default_value_t = 10)]
+        examples: usize,
+        /// Exit with 1 when the reports differ.
+        #[arg(long)]
+        exit_code: bool,
+    },
     /// Sparse autoencoders.
     Sae {
         #[command(subcommand)]
@@ -111,6 +125,7 @@ pub fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+        Err(Failure::Differ) => ExitCode::FAILURE,
     }
 }
 
@@ -118,6 +133,8 @@ enum Failure {
     /// Rendered diagnostics of an experiment file.
     Source(String),
     Other(anyhow::Error),
+    /// `qexp diff --exit-code` found differences (already printed).
+    Differ,
 }
 
 impl<E: Into<anyhow::Error>> From<E> for Failure {
@@ -338,6 +355,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
             println!("saved {name} to {}", out.display());
+        }
+        Command::Diff {
+            a,
+            b,
+            tolerance,
+            examples,
+            exit_code,
+        } => {
+            let text = report::diff(&a, &b, tolerance, examples)?;
+            if text.is_empty() {
+                println!("no differences in the result files");
+            } else {
+                print!("{text}");
+                if exit_code {
+                    return Err(Failure::Differ);
+                }
+            }
         }
         Command::Hooks { model } => {
             let manifest = Manifest::read(&model)?;

@@ -2,7 +2,10 @@
 //! `results/results.json` (stable order, fixed float formatting, no timestamps: they
 //! diff cleanly in git), and `run.json` (versions, hashes, timings).
 
+mod diff;
 mod plots;
+
+pub use diff::{DiffError, diff};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -127,6 +130,14 @@ fn write_csvs(dir: &Path, results: &Results) -> Result<(), ReportError> {
     Ok(())
 }
 
+/// JSON to put inside `<script type="application/json">`: `<` written as `\u003c`, so no
+/// text from a prompt can close the script element.
+fn script_json(value: &serde_json::Value) -> String {
+    serde_json::to_string(value)
+        .expect("JSON values serialize")
+        .replace('<', "\\u003c")
+}
+
 fn render_html(
     plan: &Plan,
     results: &Results,
@@ -144,7 +155,11 @@ fn render_html(
                 "kind": "table",
                 "name": table.name,
                 "columns": table.columns,
-                "rows": table.rows.iter().map(|row| row.iter().map(Cell::text).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                "row_count": table.rows.len(),
+                "data_json": script_json(&serde_json::json!({
+                    "columns": table.columns,
+                    "rows": table.rows.iter().map(|row| row.iter().map(Cell::text).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                })),
             }),
             // The SVG is plotters' output with every text escaped: safe to inline.
             Section::Plot(plot) => serde_json::json!({
