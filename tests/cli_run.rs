@@ -121,39 +121,33 @@ fn a_report_folder_that_is_not_a_report_is_left_alone() {
 }
 
 #[test]
-fn steps_this_version_cannot_run_are_refused_or_listed_as_not_run() {
+fn feature_dashboards_write_one_escaped_page_per_feature_and_an_index() {
     let dir = setup();
     let sae = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/saes/standard");
     std::fs::write(
-        dir.path().join("later.qexp"),
+        dir.path().join("pages.qexp"),
         format!(
-            "experiment later\nmodel \"models/tiny\"\ndataset d = prompts([\"the cat\"])\nsae s = load(\"{}\")\ntable sanity = sanity_check(\"the the the\")\ndashboards dash = feature_dashboards(s, [0, 1], d)\n",
+            "experiment pages\nmodel \"models/tiny\"\ndataset d = prompts([\"the cat <b>sat</b>\", \"a dog ran\"])\nsae s = load(\"{}\")\ndashboards dash = feature_dashboards(s, [0, 1, 5], d)\n",
             sae.display()
         ),
     )
     .unwrap();
-    let output = qexp(dir.path())
-        .args(["run", "later.qexp"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(
-        stderr.contains("dashboards dash: feature dashboards come with the report issue"),
-        "{stderr}"
-    );
-    assert!(!dir.path().join("reports").exists());
-
     qexp(dir.path())
-        .args(["run", "--skip-unsupported", "later.qexp"])
+        .args(["run", "pages.qexp"])
         .assert()
         .success();
-    let html = std::fs::read_to_string(dir.path().join("reports/later/index.html")).unwrap();
-    assert!(
-        html.contains("Not run:</strong> <code>dashboards dash</code>"),
-        "{html}"
-    );
-    assert!(dir.path().join("reports/later/results/sanity.csv").exists());
+    let pages = dir.path().join("reports/pages/dashboards/dash");
+    let index = std::fs::read_to_string(pages.join("index.html")).unwrap();
+    for f in [0, 1, 5] {
+        assert!(
+            index.contains(&format!("href=\"feature_{f}.html\"")),
+            "{index}"
+        );
+        let page = std::fs::read_to_string(pages.join(format!("feature_{f}.html"))).unwrap();
+        assert!(!page.contains("<b>"), "prompt text is escaped");
+    }
+    let report = std::fs::read_to_string(dir.path().join("reports/pages/index.html")).unwrap();
+    assert!(report.contains("dashboards/dash/index.html"));
 }
 
 #[test]

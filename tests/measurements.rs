@@ -799,3 +799,139 @@ fn feature_stats_match_a_direct_computation() {
     }
     assert!(fired_somewhere > 5, "a test that sees features fire");
 }
+
+#[test]
+fn dashboards_agree_with_feature_stats_and_keep_the_strongest_examples() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let sae_dir = fixture("saes/standard");
+    let source = format!(
+        "experiment m\nmodel \"{}\"\ndataset d = prompts([\"{}\", \"{}\"])\nsae s = load(\"{}\")\ntable f = feature_stats(s, d)\ndashboards pages = feature_dashboards(s, all, d)\n",
+        model_dir.display(),
+        PROMPTS[0],
+        PROMPTS[1],
+        sae_dir.display()
+    );
+    let file = qexp::syntax::parse(&source).unwrap();
+    let context = qexp::check::Context {
+        manifest: qexp::manifest::Manifest::read(&model_dir).ok(),
+        ..Default::default()
+    };
+    let plan = qexp::check::check(&file, &context).unwrap();
+    assert!(execute::unsupported(&plan).is_empty());
+    let results = execute::execute(&plan, &runtime()).unwrap();
+    let (mut stats, mut pages) = (None, None);
+    for section in results.sections {
+        match section {
+            Section::Table(t) => stats = Some(t),
+            Section::Dashboards(d) => pages = Some(d),
+            _ => {}
+        }
+    }
+    let (stats, pages) = (stats.unwrap(), pages.unwrap());
+    assert_eq!(pages.features.len(), 32);
+    for (f, page) in pages.features.iter().enumerate() {
+        assert_eq!(page.feature, f);
+        assert!((page.density - number(&stats, f, "density")).abs() < 1e-12);
+        assert!((page.max_activation - number(&stats, f, "max_activation")).abs() < 1e-6);
+        if let Some(best) = page.top.first() {
+            assert!((f64::from(best.activation) - page.max_activation).abs() < 1e-6);
+            let at = best.pos - best.pos.saturating_sub(qexp::execute::WINDOW);
+            assert_eq!(
+                best.window[at], best.activation,
+                "the window is centred on it"
+            );
+            assert!(
+                best.attends_to.is_some(),
+                "a query SAE says where the feature looks"
+            );
+        }
+        assert!(
+            page.top
+                .windows(2)
+                .all(|w| w[0].activation >= w[1].activation)
+        );
+    }
+}
+
+#[test]
+fn dashboards_of_a_residual_sae_list_the_tokens_its_directions_promote() {
+    let (dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let runtime = runtime();
+    let model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let config = &model.manifest.config;
+    let d_model = config.d_model;
+    let unembed = if config.tied_embeddings {
+        model.weight("embed.W_E").unwrap().reversed_axes()
+    } else {
+        model.weight("unembed.W_U").unwrap()
+    }
+    .into_dimensionality::<ndarray::Ix2>()
+    .unwrap();
+    // An SAE on the residual stream whose feature f reads and writes basis direction f.
+    let d_sae = 3;
+    let eye =
+        ndarray::Array2::from_shape_fn((d_sae, d_model), |(f, i)| f32::from(u8::from(f == i)));
+    let sae = qexp::sae::Sae {
+        d_in: d_model,
+        d_sae,
+        architecture: qexp::sae::Architecture::Standard,
+        apply_b_dec_to_input: false,
+        hook: Some(qexp::plan::HookRef {
+            name: "blocks.0.hook_resid_post".into(),
+            head: None,
+            head_from: None,
+            pos: None,
+        }),
+        w_enc: eye.t().to_owned(),
+        b_enc: ndarray::Array1::zeros(d_sae),
+        w_dec: eye,
+        b_dec: ndarray::Array1::zeros(d_model),
+        threshold: None,
+    };
+    let sae_dir = dir.path().join("resid_sae");
+    qexp::sae::save(&sae, &sae_dir).unwrap();
+    let source = format!(
+        "experiment m\nmodel \"{}\"\ndataset d = prompts([\"{}\"])\nsae s = load(\"{}\")\ndashboards pages = feature_dashboards(s, all, d)\n",
+        model_dir.display(),
+        PROMPTS[0],
+        sae_dir.display()
+    );
+    let file = qexp::syntax::parse(&source).unwrap();
+    let plan = qexp::check::check(
+        &file,
+        &qexp::check::Context {
+            manifest: qexp::manifest::Manifest::read(&model_dir).ok(),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|d| panic!("{}", qexp::syntax::render(&d, "t", &source)));
+    let results = execute::execute(&plan, &runtime).unwrap();
+    let pages = results
+        .sections
+        .into_iter()
+        .find_map(|s| match s {
+            Section::Dashboards(d) => Some(d),
+            _ => None,
+        })
+        .unwrap();
+    for page in &pages.features {
+        let effects = page
+            .logit_effects
+            .as_ref()
+            .expect("a residual SAE has logit effects");
+        let row = unembed.row(page.feature);
+        let best = (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap();
+        let worst = (0..row.len())
+            .min_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap();
+        let text = |t: usize| model.to_str_tokens(&[t as u32]).unwrap().remove(0);
+        assert_eq!(effects.promoted[0], (text(best), f64::from(row[best])));
+        assert_eq!(effects.suppressed[0], (text(worst), f64::from(row[worst])));
+        assert!(
+            page.top.iter().all(|e| e.attends_to.is_none()),
+            "no attention for a residual SAE"
+        );
+    }
+}

@@ -1,11 +1,12 @@
 //! Runs a checked plan on its model and collects the results. The only stage besides
 //! the report that touches ONNX Runtime and the file system.
 //!
-//! Not every step the language can express runs yet (interventions, SAEs and most
-//! measurements are later work): [`unsupported`] lists them with the reason, and
-//! `qexp run` refuses a plan with such steps unless asked to skip them, in which case
-//! the report says so. A step that needs a skipped step is skipped too.
+//! Every built-in of this version runs. The language may grow faster than the runner:
+//! [`unsupported`] lists steps this binary cannot execute with the reason, and `qexp run`
+//! refuses a plan with such steps unless asked to skip them, in which case the report
+//! says so. A step that needs a skipped step is skipped too.
 
+mod dashboards;
 mod plots;
 mod progress;
 mod runner;
@@ -14,6 +15,7 @@ mod table;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
+pub use dashboards::{Dashboards, Example, FeatureDashboard, QuantileBand, WINDOW};
 pub use plots::{Plot, PlotKind};
 pub use table::{Cell, Table};
 
@@ -45,6 +47,7 @@ pub enum Section {
     },
     Table(Table),
     Plot(Plot),
+    Dashboards(Dashboards),
     /// A value computed at run time (`let HEAD = best_head(...)`).
     Value {
         name: String,
@@ -67,8 +70,7 @@ pub enum ExecuteError {
     Invalid { step: String, message: String },
 }
 
-const LATER: &str =
-    "is not in this version yet (SAEs are issue #5, the remaining measurements issue #4)";
+const LATER: &str = "is not in this version of qexp";
 
 /// Built-ins this version runs.
 const RUNNABLE: &[&str] = &[
@@ -86,6 +88,7 @@ const RUNNABLE: &[&str] = &[
     "feature_attribution",
     "feature_stats",
     "sae_metrics",
+    "feature_dashboards",
 ];
 /// Interventions this version compiles.
 const INTERVENTIONS: &[&str] = &[
@@ -170,9 +173,7 @@ fn support(step: &Step, unavailable: &BTreeSet<String>) -> Result<(), String> {
                 None => Ok(()),
             };
         }
-        Step::Dashboards { .. } => {
-            return Err("feature dashboards come with the report issue (#6)".into());
-        }
+        Step::Dashboards { call, .. } => call,
     };
     if !RUNNABLE.contains(&call.function) {
         return Err(format!("`{}` {LATER}", call.function));
@@ -313,6 +314,8 @@ fn run_step(runner: &mut Runner<'_, '_, '_>, step: &Step) -> Result<Section, Str
             };
             Section::Plot(plots::plot(name, call, &runner.tables[table])?)
         }
-        Step::Dashboards { .. } => unreachable!("support() refuses these"),
+        Step::Dashboards { name, call } => {
+            Section::Dashboards(runner.feature_dashboards(name, call)?)
+        }
     })
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use ndarray::{Array1, Array2, Array3, ArrayD, Axis, s};
 
+use super::dashboards::Dashboards;
 use super::table::{Cell, Table};
 use crate::analysis::composition::{self, Mode};
 use crate::check::SANITY_CHECK_TEXT;
@@ -102,6 +103,14 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
         self.prompts.insert(name.to_owned(), prompts);
         self.datasets.insert(name.to_owned(), all.clone());
         Ok(all)
+    }
+
+    /// A value, with a `let` name replaced by what it computed.
+    fn resolve(&self, value: Option<&Value>) -> Option<Value> {
+        match value? {
+            Value::Computed(name) => self.values.get(name).cloned(),
+            other => Some(other.clone()),
+        }
     }
 
     fn text(&self, value: Option<&Value>) -> Option<String> {
@@ -1308,6 +1317,284 @@ impl Runner<'_, '_, '_> {
             ]);
         }
         Ok(table)
+    }
+
+    /// sae_vis-style dashboards for `features` of an SAE over (up to `tokens` tokens of)
+    /// a dataset, in one streaming pass; for a query SAE also the key each example's
+    /// feature pushes the head's attention to, and for a residual-stream SAE the tokens
+    /// its decoder direction promotes and suppresses.
+    pub fn feature_dashboards(&mut self, name: &str, call: &Call) -> Result<Dashboards, Failure> {
+        use super::dashboards::{Collector, WINDOW};
+        let (Some(Value::Name(sae_name)), Some(Value::Name(dataset))) =
+            (call.args.get("sae"), call.args.get("dataset"))
+        else {
+            unreachable!("checked")
+        };
+        let SaeSplice { sae, target, .. } = self.sae_splice(sae_name)?;
+        let features: Vec<usize> = match self.resolve(call.args.get("features")) {
+            Some(Value::All) => (0..sae.d_sae).collect(),
+            Some(Value::List(items)) => items
+                .iter()
+                .filter_map(|v| match v {
+                    Value::Integer(f) => Some(*f as usize),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let budget = int(call, "tokens").unwrap_or(200_000).max(1) as usize;
+        let mut slot_of = vec![None; sae.d_sae];
+        let mut collectors: Vec<Collector> = Vec::with_capacity(features.len());
+        for &f in &features {
+            if f < sae.d_sae && slot_of[f].is_none() {
+                slot_of[f] = Some(collectors.len());
+                collectors.push(Collector::new(f));
+            }
+        }
+        let sequences = self.dataset(dataset)?;
+        let bar = super::progress::bar(budget as u64, "tokens", &format!("{name} ="));
+        bar.set_message(format!("feature_dashboards({sae_name}, {dataset})"));
+        let mut tokens = 0usize;
+        let mut first_prompt = 0;
+        let mut used_prompts = 0;
+        for chunk in token_chunks(&sequences, self.plan.model.batch_size) {
+            if tokens >= budget {
+                break;
+            }
+            let batch = self.model.batch(chunk).map_err(Self::runtime)?;
+            let forward = self.forward(None, &batch, &[&target.hook])?;
+            let x = head_rows(&forward.hooks[&target.hook], &batch, target.head);
+            let acts = sae.encode(x.view());
+            let mut row_start = 0;
+            for (row, &len) in batch.lengths.iter().enumerate() {
+                for pos in 0..len {
+                    let token = acts.row(row_start + pos);
+                    for (f, &a) in token.iter().enumerate() {
+                        if a <= 0.0 {
+                            continue;
+                        }
+                        let Some(slot) = slot_of[f] else { continue };
+                        let collector = &mut collectors[slot];
+                        let (top, keep) = collector.wants(a);
+                        if top || keep.is_some() {
+                            let (from, to) =
+                                (pos.saturating_sub(WINDOW), (pos + WINDOW).min(len - 1));
+                            let window = (from..=to).map(|p| acts[[row_start + p, f]]).collect();
+                            collector.keep(
+                                super::dashboards::Example {
+                                    activation: a,
+                                    prompt: first_prompt + row,
+                                    pos,
+                                    window,
+                                    attends_to: None,
+                                },
+                                top,
+                                keep,
+                            );
+                        }
+                    }
+                }
+                row_start += len;
+                tokens += len;
+            }
+            first_prompt += chunk.len();
+            used_prompts = first_prompt;
+            bar.set_position(tokens.min(budget) as u64);
+        }
+        bar.finish_and_clear();
+        let mut features: Vec<_> = collectors
+            .into_iter()
+            .map(|mut c| {
+                c.tokens = tokens;
+                c.finish()
+            })
+            .collect();
+
+        // Text of the prompts the pages show.
+        let mut str_tokens = vec![Vec::new(); used_prompts];
+        for feature in &features {
+            for example in feature
+                .top
+                .iter()
+                .chain(feature.quantiles.iter().flat_map(|q| &q.examples))
+            {
+                if str_tokens[example.prompt].is_empty() {
+                    str_tokens[example.prompt] = self.str_tokens(&sequences[example.prompt])?;
+                }
+            }
+        }
+        if let Some(layer) = crate::check::hook_layer(&target.hook)
+            && target.hook == format!("blocks.{layer}.attn.hook_q")
+            && let Some(head) = target.head
+        {
+            self.attach_attention_targets(
+                &mut features,
+                &sequences[..used_prompts],
+                layer,
+                head,
+                &sae,
+            )?;
+        }
+        if let Some(effects) = self.logit_effects(&target, &sae, &features)? {
+            for (feature, effect) in features.iter_mut().zip(effects) {
+                feature.logit_effects = Some(effect);
+            }
+        }
+        Ok(Dashboards {
+            name: name.to_owned(),
+            sae: sae_name.clone(),
+            hook: match target.head {
+                Some(h) => format!("{}[head = {h}]", target.hook),
+                None => target.hook.clone(),
+            },
+            tokens,
+            features,
+            str_tokens,
+        })
+    }
+
+    /// For a query SAE at `head`: each shown example's key position that the feature's
+    /// share of the query scores highest (rotary applied), from one more pass over the
+    /// prompts that hold examples, pruned to the layer's keys.
+    fn attach_attention_targets(
+        &mut self,
+        features: &mut [super::dashboards::FeatureDashboard],
+        sequences: &[Vec<u32>],
+        layer: usize,
+        head: usize,
+        sae: &crate::sae::Sae,
+    ) -> Result<(), Failure> {
+        use crate::analysis::score_attribution::{Rotation, score_of};
+        let config = self.model.manifest.config.clone();
+        let rotary = matches!(config.positional, crate::model::Positional::Rotary { .. });
+        let key_hook = format!(
+            "blocks.{layer}.attn.hook_{}",
+            if rotary { "rot_k" } else { "k" }
+        );
+        let tables = if rotary {
+            Some((
+                self.model.weight("rotary.cos").map_err(Self::runtime)?,
+                self.model.weight("rotary.sin").map_err(Self::runtime)?,
+            ))
+        } else {
+            None
+        };
+        let kv_head = head / config.gqa_group();
+        let mut wanted = vec![false; sequences.len()];
+        for feature in features.iter() {
+            for e in feature
+                .top
+                .iter()
+                .chain(feature.quantiles.iter().flat_map(|q| &q.examples))
+            {
+                wanted[e.prompt] = true;
+            }
+        }
+        let mut keys: std::collections::HashMap<usize, Array2<f32>> =
+            std::collections::HashMap::new();
+        for (prompt, tokens) in sequences.iter().enumerate() {
+            if !wanted[prompt] {
+                continue;
+            }
+            let batch = self
+                .model
+                .batch(std::slice::from_ref(tokens))
+                .map_err(Self::runtime)?;
+            let forward = self.forward(None, &batch, &[&key_hook])?;
+            keys.insert(
+                prompt,
+                forward.hooks[&key_hook]
+                    .slice(s![0, .., kv_head, ..])
+                    .to_owned(),
+            );
+        }
+        for feature in features.iter_mut() {
+            let f = feature.feature;
+            let examples = feature.top.iter_mut().chain(
+                feature
+                    .quantiles
+                    .iter_mut()
+                    .flat_map(|q| q.examples.iter_mut()),
+            );
+            for e in examples {
+                let key = &keys[&e.prompt];
+                let direction = sae.w_dec.row(f).mapv(|w| w * e.activation);
+                let rotation = tables.as_ref().map(|(cos, sin)| Rotation {
+                    cos: cos.slice(s![e.pos, ..]),
+                    sin: sin.slice(s![e.pos, ..]),
+                });
+                e.attends_to = (0..=e.pos)
+                    .map(|j| {
+                        (
+                            j,
+                            score_of(
+                                direction.view(),
+                                rotation.as_ref(),
+                                key.row(j),
+                                config.attn_scale,
+                            ),
+                        )
+                    })
+                    .max_by(|a, b| a.1.total_cmp(&b.1));
+            }
+        }
+        Ok(())
+    }
+
+    /// For SAEs on the residual stream (or an attention/MLP output): the ten tokens each
+    /// feature's decoder direction raises most and lowers most through the unembedding
+    /// (the final norm's scale left out, as sae_vis does).
+    fn logit_effects(
+        &mut self,
+        target: &Target,
+        sae: &crate::sae::Sae,
+        features: &[super::dashboards::FeatureDashboard],
+    ) -> Result<Option<Vec<super::dashboards::LogitEffects>>, Failure> {
+        let writes_residual = [
+            "hook_resid_pre",
+            "hook_resid_mid",
+            "hook_resid_post",
+            "hook_attn_out",
+            "hook_mlp_out",
+        ]
+        .iter()
+        .any(|h| target.hook.ends_with(h));
+        if !writes_residual || target.head.is_some() {
+            return Ok(None);
+        }
+        let config = self.model.manifest.config.clone();
+        let unembed = if config.tied_embeddings {
+            self.model
+                .weight("embed.W_E")
+                .map_err(Self::runtime)?
+                .reversed_axes()
+        } else {
+            self.model.weight("unembed.W_U").map_err(Self::runtime)?
+        };
+        let unembed = unembed
+            .into_dimensionality::<ndarray::Ix2>()
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::with_capacity(features.len());
+        for feature in features {
+            let logits = sae.w_dec.row(feature.feature).dot(&unembed);
+            let mut order: Vec<usize> = (0..logits.len()).collect();
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+            let pick = |ids: Vec<usize>| -> Result<Vec<(String, f64)>, Failure> {
+                ids.into_iter()
+                    .map(|t| {
+                        Ok((
+                            self.str_tokens(&[t as u32])?.remove(0),
+                            f64::from(logits[t]),
+                        ))
+                    })
+                    .collect()
+            };
+            out.push(super::dashboards::LogitEffects {
+                promoted: pick(order.iter().take(10).copied().collect())?,
+                suppressed: pick(order.iter().rev().take(10).copied().collect())?,
+            });
+        }
+        Ok(Some(out))
     }
 
     /// Every feature's activation at one position of a prompt (the seed's

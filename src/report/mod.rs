@@ -2,6 +2,7 @@
 //! `results/results.json` (stable order, fixed float formatting, no timestamps: they
 //! diff cleanly in git), and `run.json` (versions, hashes, timings).
 
+mod dashboards;
 mod diff;
 mod plots;
 
@@ -92,6 +93,11 @@ pub fn write(
             svgs.insert(plot.name.clone(), svg);
         }
     }
+    for section in &results.sections {
+        if let Section::Dashboards(d) = section {
+            dashboards::write(&dir.join("dashboards").join(&d.name), d)?;
+        }
+    }
     std::fs::write(dir.join("index.html"), render_html(plan, results, &svgs)?)?;
 
     fsutil::replace_dir(staging, &target)?;
@@ -162,6 +168,17 @@ fn render_html(
                 })),
             }),
             // The SVG is plotters' output with every text escaped: safe to inline.
+            Section::Dashboards(d) => serde_json::json!({
+                "kind": "dashboards",
+                "name": d.name,
+                "sae": d.sae,
+                "tokens": d.tokens,
+                "features": d.features.iter().map(|f| serde_json::json!({
+                    "feature": f.feature,
+                    "density": format!("{:.6}", f.density),
+                    "max": format!("{:.4}", f.max_activation),
+                })).collect::<Vec<_>>(),
+            }),
             Section::Plot(plot) => serde_json::json!({
                 "kind": "plot",
                 "name": plot.name,

@@ -246,6 +246,40 @@ fn draw(root: &Area<'_>, plot: &Plot) -> Result<(), Box<dyn std::error::Error>> 
     Ok(())
 }
 
+/// A histogram of already-counted bins `(lo, hi, count)` as a small SVG (the dashboards').
+pub fn svg_bars(title: &str, bins: &[(f64, f64, usize)]) -> Result<String, String> {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (640, 220)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let draw = || -> Result<(), Box<dyn std::error::Error>> {
+            let high = bins.last().map_or(1.0, |b| b.1);
+            let top = bins.iter().map(|b| b.2).max().unwrap_or(1).max(1) as f64;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(title, (FONT, 14))
+                .margin(6)
+                .x_label_area_size(30)
+                .y_label_area_size(50)
+                .build_cartesian_2d(0.0..high, 0.0..top * 1.05)?;
+            chart
+                .configure_mesh()
+                .y_desc("sampled firings")
+                .light_line_style(WHITE)
+                .draw()?;
+            chart.draw_series(bins.iter().map(|&(lo, hi, n)| {
+                Rectangle::new(
+                    [(lo, 0.0), (hi, n as f64)],
+                    RGBColor(255, 140, 0).mix(0.8).filled(),
+                )
+            }))?;
+            Ok(())
+        };
+        draw().map_err(|e| format!("{title}: {e}"))?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
 /// The key a tick at `v` stands for: cells span `[i, i + 1)`, labelled at their middle.
 fn key_at(keys: &[String], v: f64) -> String {
     let middle = v - 0.5;

@@ -1,0 +1,124 @@
+//! Feature dashboard pages: `dashboards/<name>/index.html` (every feature with its
+//! density and strength) and one `feature_<f>.html` per feature (activation histogram,
+//! promoted/suppressed tokens where defined, top examples and examples by quantile band,
+//! each a window of tokens shaded by the feature's activation). Self-contained, escaped.
+
+use std::path::Path;
+
+use minijinja::{Environment, UndefinedBehavior, context};
+
+use super::ReportError;
+use crate::execute::{Dashboards, Example, FeatureDashboard, WINDOW};
+
+fn environment() -> Result<Environment<'static>, ReportError> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.add_template("dashboard.css", include_str!("templates/dashboard.css"))?;
+    env.add_template(
+        "dashboard_index.html",
+        include_str!("templates/dashboard_index.html"),
+    )?;
+    env.add_template(
+        "dashboard_feature.html",
+        include_str!("templates/dashboard_feature.html"),
+    )?;
+    env.add_template(
+        "dashboard_example.html",
+        include_str!("templates/dashboard_example.html"),
+    )?;
+    Ok(env)
+}
+
+/// Writes the pages of `dashboards` under `dir` (the report's `dashboards/<name>`).
+pub fn write(dir: &Path, dashboards: &Dashboards) -> Result<(), ReportError> {
+    std::fs::create_dir_all(dir)?;
+    let env = environment()?;
+    let summary: Vec<_> = dashboards
+        .features
+        .iter()
+        .map(|f| {
+            context! {
+                feature => f.feature,
+                density => format!("{:.6}", f.density),
+                max => format!("{:.4}", f.max_activation),
+                mean => format!("{:.4}", f.mean_activation),
+            }
+        })
+        .collect();
+    let common = context! {
+        name => dashboards.name,
+        sae => dashboards.sae,
+        hook => dashboards.hook,
+        tokens => dashboards.tokens,
+    };
+    std::fs::write(
+        dir.join("index.html"),
+        env.get_template("dashboard_index.html")?
+            .render(context! { features => summary, ..common.clone() })?,
+    )?;
+    let page = env.get_template("dashboard_feature.html")?;
+    for feature in &dashboards.features {
+        let html =
+            page.render(context! { f => feature_context(dashboards, feature)?, ..common.clone() })?;
+        std::fs::write(dir.join(format!("feature_{}.html", feature.feature)), html)?;
+    }
+    Ok(())
+}
+
+fn feature_context(
+    dashboards: &Dashboards,
+    f: &FeatureDashboard,
+) -> Result<minijinja::Value, ReportError> {
+    let histogram_svg = super::plots::svg_bars(
+        &format!(
+            "activations of feature {} when it fires (a sample)",
+            f.feature
+        ),
+        &f.histogram,
+    )
+    .map_err(ReportError::Plot)?;
+    let example = |e: &Example| example_context(dashboards, f, e);
+    Ok(context! {
+        feature => f.feature,
+        density_percent => format!("{:.3}", 100.0 * f.density),
+        max => format!("{:.4}", f.max_activation),
+        mean => format!("{:.4}", f.mean_activation),
+        histogram_svg,
+        logits => f.logit_effects.as_ref().map(|effects| {
+            let rows = |list: &[(String, f64)]| list.iter().map(|(t, v)| (t.clone(), format!("{v:+.3}"))).collect::<Vec<_>>();
+            context! { up => rows(&effects.promoted), down => rows(&effects.suppressed) }
+        }),
+        top => f.top.iter().map(example).collect::<Vec<_>>(),
+        bands => f.quantiles.iter().map(|band| context! {
+            label => band.label,
+            examples => band.examples.iter().map(example).collect::<Vec<_>>(),
+        }).collect::<Vec<_>>(),
+    })
+}
+
+fn example_context(dashboards: &Dashboards, f: &FeatureDashboard, e: &Example) -> minijinja::Value {
+    let strs = &dashboards.str_tokens[e.prompt];
+    let from = e.pos.saturating_sub(WINDOW);
+    let peak = f.max_activation.max(1e-12);
+    let tokens: Vec<_> = e
+        .window
+        .iter()
+        .enumerate()
+        .map(|(i, &act)| {
+            let p = from + i;
+            context! {
+                text => strs.get(p).cloned().unwrap_or_default(),
+                act => format!("{act:.3}"),
+                shade => format!("{:.2}", (f64::from(act) / peak).clamp(0.0, 1.0)),
+                here => p == e.pos,
+            }
+        })
+        .collect();
+    context! {
+        activation => format!("{:.3}", e.activation),
+        prompt => e.prompt,
+        pos => e.pos,
+        attends_to => e.attends_to.map(|(j, score)| format!("{:?} at {j} (score {score:+.3})", strs.get(j).cloned().unwrap_or_default())),
+        tokens,
+    }
+}
