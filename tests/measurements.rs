@@ -43,6 +43,37 @@ fn run(model_dir: &Path, body: &str) -> Vec<Table> {
         .collect()
 }
 
+/// A forward pass with the SAE spliced into L1H2's query (no error term), features in
+/// `scale` scaled: the graph the pipeline compiles for `splice`, built by hand.
+fn spliced(
+    model: &mut HookedModel,
+    sae: &std::sync::Arc<qexp::sae::Sae>,
+    scale: Vec<(usize, f32)>,
+    batch: &qexp::runtime::Batch,
+    outputs: &[&str],
+    key: &str,
+) -> qexp::runtime::Forward {
+    use qexp::compile::{self, Intervention, SaeEdit, Target, interventions};
+    let edit = Intervention::Sae(SaeEdit {
+        target: Target {
+            hook: "blocks.1.attn.hook_q".into(),
+            head: Some(2),
+            pos: None,
+        },
+        sae: sae.clone(),
+        error_term: false,
+        scale,
+        scale_pos: None,
+        acts_output: "a".into(),
+    });
+    let graph = compile::select_outputs(
+        &interventions::apply(model.graph(), &[edit], |_| 4).unwrap(),
+        outputs,
+    )
+    .unwrap();
+    model.forward_graph(key, &graph, batch).unwrap()
+}
+
 fn number(table: &Table, row: usize, column: &str) -> f64 {
     match &table.rows[row][table
         .column(column)
@@ -515,7 +546,6 @@ fn an_sae_trained_in_the_pipeline_reports_its_training_saves_and_repeats_with_it
 
 #[test]
 fn per_token_sae_columns_match_a_direct_computation() {
-    use qexp::compile::{self, Intervention, SaeEdit, Target, interventions};
     let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
     let sae_dir = fixture("saes/standard");
     let tables = run(
@@ -537,24 +567,14 @@ fn per_token_sae_columns_match_a_direct_computation() {
     let batch = model.batch(&sequences).unwrap();
     let (q_hook, pattern_hook) = ("blocks.1.attn.hook_q", "blocks.1.attn.hook_pattern");
     let clean = model.forward(&batch, true, &[q_hook]).unwrap();
-    let splice = Intervention::Sae(SaeEdit {
-        target: Target {
-            hook: q_hook.into(),
-            head: Some(2),
-            pos: None,
-        },
-        sae: sae.clone(),
-        error_term: false,
-        scale: vec![],
-        scale_pos: None,
-        acts_output: "a".into(),
-    });
-    let graph = compile::select_outputs(
-        &interventions::apply(model.graph(), &[splice], |_| 4).unwrap(),
+    let spliced = spliced(
+        &mut model,
+        &sae,
+        vec![],
+        &batch,
         &["logits", pattern_hook],
-    )
-    .unwrap();
-    let spliced = model.forward_graph("spliced", &graph, &batch).unwrap();
+        "spliced",
+    );
 
     // Every real token's query, for the dataset mean explained variance is measured against.
     let mut queries = Vec::new();
@@ -626,7 +646,6 @@ fn per_token_sae_columns_match_a_direct_computation() {
 
 #[test]
 fn feature_attributions_sum_to_the_score_the_features_add_to_the_query() {
-    use qexp::compile::{self, Intervention, SaeEdit, Target, interventions};
     let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
     let sae_dir = fixture("saes/standard");
     let prompt = "the cat sat on the mat";
@@ -651,25 +670,9 @@ fn feature_attributions_sum_to_the_score_the_features_add_to_the_query() {
     let tokens = model.to_tokens(prompt, false).unwrap();
     let batch = model.batch(std::slice::from_ref(&tokens)).unwrap();
     let mut score = |scale: Vec<(usize, f32)>, key: &str| {
-        let edit = Intervention::Sae(SaeEdit {
-            target: Target {
-                hook: "blocks.1.attn.hook_q".into(),
-                head: Some(2),
-                pos: None,
-            },
-            sae: sae.clone(),
-            error_term: false,
-            scale,
-            scale_pos: None,
-            acts_output: "a".into(),
-        });
-        let graph = compile::select_outputs(
-            &interventions::apply(model.graph(), &[edit], |_| 4).unwrap(),
-            &["blocks.1.attn.hook_attn_scores"],
-        )
-        .unwrap();
-        let forward = model.forward_graph(key, &graph, &batch).unwrap();
-        f64::from(forward.hooks["blocks.1.attn.hook_attn_scores"][[0, 2, tokens.len() - 1, 2]])
+        let scores = "blocks.1.attn.hook_attn_scores";
+        let forward = spliced(&mut model, &sae, scale, &batch, &[scores], key);
+        f64::from(forward.hooks[scores][[0, 2, tokens.len() - 1, 2]])
     };
     let reconstructed = score(vec![], "reconstructed");
     let bias_only = score((0..32).map(|f| (f, 0.0)).collect(), "bias-only");

@@ -1227,6 +1227,29 @@ impl Runner<'_, '_, '_> {
         Ok(table)
     }
 
+    /// An SAE's activations over a dataset, batch by batch, from a graph pruned to its
+    /// hook: `visit(index of the batch's first prompt, batch, [tokens, d_sae])` for each
+    /// batch until it returns false.
+    fn for_each_sae_batch(
+        &mut self,
+        sae: &crate::sae::Sae,
+        target: &Target,
+        sequences: &[Vec<u32>],
+        mut visit: impl FnMut(usize, &Batch, &Array2<f32>) -> bool,
+    ) -> Result<(), Failure> {
+        let mut first_prompt = 0;
+        for chunk in token_chunks(sequences, self.plan.model.batch_size) {
+            let batch = self.model.batch(chunk).map_err(Self::runtime)?;
+            let forward = self.forward(None, &batch, &[&target.hook])?;
+            let x = head_rows(&forward.hooks[&target.hook], &batch, target.head);
+            if !visit(first_prompt, &batch, &sae.encode(x.view())) {
+                break;
+            }
+            first_prompt += chunk.len();
+        }
+        Ok(())
+    }
+
     /// Per feature over a dataset: how often it fires, how strongly (max, mean over the
     /// tokens it fires on, quantiles of those activations), and the token where it fires
     /// most with its context. The numbers behind a feature dashboard.
@@ -1248,12 +1271,7 @@ impl Runner<'_, '_, '_> {
         let mut firing: Vec<Vec<f32>> = vec![Vec::new(); sae.d_sae];
         let mut peak: Vec<Option<(f32, usize, usize)>> = vec![None; sae.d_sae];
         let mut tokens = 0usize;
-        let mut first_prompt = 0;
-        for chunk in token_chunks(&sequences, self.plan.model.batch_size) {
-            let batch = self.model.batch(chunk).map_err(Self::runtime)?;
-            let forward = self.forward(None, &batch, &[&target.hook])?;
-            let x = head_rows(&forward.hooks[&target.hook], &batch, target.head);
-            let acts = sae.encode(x.view());
+        self.for_each_sae_batch(&sae, &target, &sequences, |first_prompt, batch, acts| {
             let mut token = 0;
             for (row, &len) in batch.lengths.iter().enumerate() {
                 for pos in 0..len {
@@ -1269,9 +1287,9 @@ impl Runner<'_, '_, '_> {
                 }
             }
             tokens += token;
-            first_prompt += chunk.len();
-            bar.inc(chunk.iter().map(|s| s.len() as u64).sum());
-        }
+            bar.inc(token as u64);
+            true
+        })?;
         bar.finish_and_clear();
         let mut table = Table::new(
             name,
@@ -1355,16 +1373,8 @@ impl Runner<'_, '_, '_> {
         let bar = super::progress::bar(budget as u64, "tokens", &format!("{name} ="));
         bar.set_message(format!("feature_dashboards({sae_name}, {dataset})"));
         let mut tokens = 0usize;
-        let mut first_prompt = 0;
         let mut used_prompts = 0;
-        for chunk in token_chunks(&sequences, self.plan.model.batch_size) {
-            if tokens >= budget {
-                break;
-            }
-            let batch = self.model.batch(chunk).map_err(Self::runtime)?;
-            let forward = self.forward(None, &batch, &[&target.hook])?;
-            let x = head_rows(&forward.hooks[&target.hook], &batch, target.head);
-            let acts = sae.encode(x.view());
+        self.for_each_sae_batch(&sae, &target, &sequences, |first_prompt, batch, acts| {
             let mut row_start = 0;
             for (row, &len) in batch.lengths.iter().enumerate() {
                 for pos in 0..len {
@@ -1397,10 +1407,10 @@ impl Runner<'_, '_, '_> {
                 row_start += len;
                 tokens += len;
             }
-            first_prompt += chunk.len();
-            used_prompts = first_prompt;
+            used_prompts = first_prompt + batch.lengths.len();
             bar.set_position(tokens.min(budget) as u64);
-        }
+            tokens < budget
+        })?;
         bar.finish_and_clear();
         let mut features: Vec<_> = collectors
             .into_iter()

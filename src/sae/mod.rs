@@ -11,7 +11,6 @@ pub use save::save;
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, Ix1, Ix2};
-use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
 use crate::check::SaeShape;
@@ -194,47 +193,25 @@ pub fn load(dir: &Path) -> Result<Sae, SaeError> {
     }
     let architecture = config.architecture(&cfg_path)?;
     let weights_path = dir.join("sae_weights.safetensors");
-    let bytes = std::fs::read(&weights_path).map_err(|e| SaeError::Read {
+    let mut tensors = tensors::read(&weights_path).map_err(|message| SaeError::Invalid {
         path: weights_path.clone(),
-        message: e.to_string(),
+        message,
     })?;
-    let tensors = SafeTensors::deserialize(&bytes).map_err(|e| SaeError::Invalid {
-        path: weights_path.clone(),
-        message: e.to_string(),
-    })?;
-    let read = |name: &str, shape: &[usize]| -> Result<ndarray::ArrayD<f32>, SaeError> {
+    let mut read = |name: &str, shape: &[usize]| -> Result<ndarray::ArrayD<f32>, SaeError> {
         let bad = |message: String| SaeError::Invalid {
             path: weights_path.clone(),
             message,
         };
-        let view = tensors
-            .tensor(name)
-            .map_err(|_| bad(format!("no tensor `{name}`")))?;
-        if view.shape() != shape {
+        let tensor = tensors
+            .remove(name)
+            .ok_or_else(|| bad(format!("no tensor `{name}`")))?;
+        if tensor.shape() != shape {
             return Err(bad(format!(
                 "`{name}` has shape {:?}, the config says {shape:?}",
-                view.shape()
+                tensor.shape()
             )));
         }
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => view
-                .data()
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => view
-                .data()
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => return Err(bad(format!("`{name}` has dtype {other:?}"))),
-        };
-        Ok(ndarray::ArrayD::from_shape_vec(shape.to_vec(), values).expect("shape checked"))
+        Ok(tensor)
     };
     let (d_in, d_sae) = (config.d_in, config.d_sae);
     let matrix =

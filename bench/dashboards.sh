@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Dashboards for all 4096 features of the flagship's query SAE over 200k tokens, end to
+# end (model load, forward passes, collection, 4097 pages written), in tokens per minute.
+# Needs the SAE the flagship saves (bash scripts/run.sh, or
+# `qexp sae train experiments/query_composition.qexp query_sae`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+if [ ! -f saes/query_sae/cfg.json ]; then
+  target/release/qexp sae train experiments/query_composition.qexp query_sae
+fi
+start=$(date +%s.%N)
+target/release/qexp run bench/dashboards.qexp --reports bench/.reports > /dev/null
+seconds=$(echo "$(date +%s.%N) - $start" | bc)
+tokens=$(python3 -c "import json; print(next(s for s in json.load(open('bench/.reports/dashboards_bench/results/results.json')) if s['kind'] == 'dashboards')['tokens'])")
+pages=$(ls bench/.reports/dashboards_bench/dashboards/all_features | wc -l)
+python3 -c "print(f'dashboards: {$pages} pages over {$tokens} tokens in {$seconds:.1f} s: {$tokens / $seconds * 60:,.0f} tokens per minute')"
