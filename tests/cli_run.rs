@@ -214,3 +214,37 @@ fn sae_train_trains_one_declared_sae_and_saves_it_in_saelens_layout() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("made with `load`, not trained"), "{stderr}");
 }
+
+#[test]
+fn reports_outside_the_project_are_refused_and_run_json_records_saes_and_seeds() {
+    let dir = setup();
+    let output = qexp(dir.path())
+        .args(["run", "exp.qexp", "--reports", "../elsewhere"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("outside the project"), "{stderr}");
+    assert!(!dir.path().parent().unwrap().join("elsewhere").exists());
+
+    let sae = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/saes/standard");
+    std::fs::write(
+        dir.path().join("seeded.qexp"),
+        format!(
+            "experiment seeded\nmodel \"models/tiny\"\ndataset d = prompts([\"the cat sat\"])\nsae s = load(\"{}\")\ntable a = feature_activations(s, \"the cat\")\ntable g = generate(\"the\", max_new_tokens = 2, temperature = 1.0, seed = 7)\n",
+            sae.display()
+        ),
+    )
+    .unwrap();
+    qexp(dir.path())
+        .args(["run", "seeded.qexp"])
+        .assert()
+        .success();
+    let run: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("reports/seeded/run.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(run["seeds"]["g.seed"], 7);
+    assert_eq!(run["saes"][0]["name"], "s");
+    assert_eq!(run["saes"][0]["weights_sha256"].as_str().unwrap().len(), 64);
+}

@@ -938,3 +938,46 @@ fn dashboards_of_a_residual_sae_list_the_tokens_its_directions_promote() {
         );
     }
 }
+
+#[test]
+fn cooccurrence_counts_rows_listing_either_or_both_features() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let sae_dir = fixture("saes/standard");
+    let tables = run(
+        &model_dir,
+        &format!(
+            "sae s = load(\"{}\")\ntable t = per_token(d, sae = s, top_k = 4)\ntable first = t | top(1) | explode([top_k_features]) | top(3)\nlet F = values(first, top_k_features)\ntable pairs = feature_cooccurrence(t, top_k_features, F)",
+            sae_dir.display()
+        ),
+    );
+    let (t, pairs) = (&tables[0], &tables[2]);
+    let lists: Vec<Vec<i64>> = t
+        .rows
+        .iter()
+        .map(|r| match &r[t.column("top_k_features").unwrap()] {
+            Cell::IntegerList(l) => l.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(pairs.rows.len(), 3, "three features make three pairs");
+    for r in 0..3 {
+        let (a, b) = (
+            number(pairs, r, "feature_a") as i64,
+            number(pairs, r, "feature_b") as i64,
+        );
+        let count = |f: &dyn Fn(&Vec<i64>) -> bool| lists.iter().filter(|l| f(l)).count() as f64;
+        assert_eq!(number(pairs, r, "rows_with_a"), count(&|l| l.contains(&a)));
+        assert_eq!(
+            number(pairs, r, "both"),
+            count(&|l| l.contains(&a) && l.contains(&b))
+        );
+        assert_eq!(
+            number(pairs, r, "b_only"),
+            count(&|l| l.contains(&b) && !l.contains(&a))
+        );
+        assert!(
+            number(pairs, r, "both") >= 1.0,
+            "the first row lists all three"
+        );
+    }
+}

@@ -335,6 +335,16 @@ pub const BUILTINS: &[Builtin] = &[
         ],
     },
     Builtin {
+        name: "feature_cooccurrence",
+        produces: Produces::Table,
+        summary: "for each pair of features, how many rows list one, the other, or both in a list column",
+        params: &[
+            req("table", Type::Table),
+            req("column", Type::Column),
+            req("features", Type::Features),
+        ],
+    },
+    Builtin {
         name: "sae_metrics",
         produces: Produces::Table,
         summary: "L0, MSE, explained variance, CE loss recovered, KL, dead/dense fractions",
@@ -618,6 +628,15 @@ pub fn table_columns(
             ("score_contribution", Number),
             ("key_pos", Integer),
             ("key_token", Str),
+        ]),
+        "feature_cooccurrence" => cols(&[
+            ("feature_a", Integer),
+            ("feature_b", Integer),
+            ("rows_with_a", Integer),
+            ("rows_with_b", Integer),
+            ("both", Integer),
+            ("a_only", Integer),
+            ("b_only", Integer),
         ]),
         "sae_metrics" => cols(&[
             ("l0", Number),

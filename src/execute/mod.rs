@@ -36,6 +36,18 @@ pub struct Results {
     pub model_source: String,
     #[serde(skip)]
     pub weights_sha256: String,
+    /// The SAEs the run loaded or trained, for `run.json`.
+    #[serde(skip)]
+    pub saes: Vec<SaeRecord>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SaeRecord {
+    pub name: String,
+    /// `load <path>` or `train`.
+    pub origin: String,
+    /// SHA-256 of its weights as little-endian f32 (W_enc, b_enc, W_dec, b_dec, threshold).
+    pub weights_sha256: String,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -87,6 +99,7 @@ const RUNNABLE: &[&str] = &[
     "feature_activations",
     "feature_attribution",
     "feature_stats",
+    "feature_cooccurrence",
     "sae_metrics",
     "feature_dashboards",
 ];
@@ -260,11 +273,13 @@ pub fn execute(plan: &Plan, runtime: &Runtime) -> Result<Results, ExecuteError> 
             }
         }
     }
+    let saes = runner.sae_records();
     Ok(Results {
         sections,
         seconds,
         model_source,
         weights_sha256,
+        saes,
     })
 }
 

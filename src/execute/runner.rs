@@ -158,6 +158,42 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
         })
     }
 
+    /// What `run.json` records about each SAE the run made or read.
+    pub fn sae_records(&self) -> Vec<super::SaeRecord> {
+        use sha2::{Digest, Sha256};
+        self.saes
+            .iter()
+            .map(|(name, sae)| {
+                let mut hash = Sha256::new();
+                let tensors = [
+                    sae.w_enc.as_slice_memory_order(),
+                    sae.b_enc.as_slice_memory_order(),
+                    sae.w_dec.as_slice_memory_order(),
+                    sae.b_dec.as_slice_memory_order(),
+                    sae.threshold
+                        .as_ref()
+                        .and_then(|t| t.as_slice_memory_order()),
+                ];
+                for values in tensors.into_iter().flatten() {
+                    for v in values {
+                        hash.update(v.to_le_bytes());
+                    }
+                }
+                let declared = self.plan.saes.iter().find(|s| &s.name == name);
+                let origin = match declared.map(|s| (s.value.function, s.value.args.get("path"))) {
+                    Some(("load", Some(Value::Str(path)))) => format!("load {path}"),
+                    Some((function, _)) => function.to_owned(),
+                    None => String::new(),
+                };
+                super::SaeRecord {
+                    name: name.clone(),
+                    origin,
+                    weights_sha256: format!("{:x}", hash.finalize()),
+                }
+            })
+            .collect()
+    }
+
     /// Makes the SAE `name` (trains and saves it) unless a step already did.
     pub fn ensure_sae(&mut self, name: &str) -> Result<(), Failure> {
         self.sae(name).map(|_| ())
@@ -604,6 +640,7 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
             "feature_activations" => self.feature_activations(name, call),
             "feature_attribution" => self.feature_attribution(name, call),
             "feature_stats" => self.feature_stats(name, call),
+            "feature_cooccurrence" => self.feature_cooccurrence(name, call),
             "sae_metrics" => self.sae_metrics(name, call),
             other => unreachable!("support() refused `{other}`"),
         }
@@ -1248,6 +1285,76 @@ impl Runner<'_, '_, '_> {
             first_prompt += chunk.len();
         }
         Ok(())
+    }
+
+    /// The seed's co-occurrence counts (`df[df.top_k_features.apply(lambda x: 1669 in x)]`):
+    /// for every pair of `features`, the rows of `table` whose list `column` holds the first,
+    /// the second, both, or only one of them. One row per pair, in the order given.
+    fn feature_cooccurrence(&mut self, name: &str, call: &Call) -> Result<Table, Failure> {
+        let (Some(Value::Name(source)), Some(Value::Column(column))) =
+            (call.args.get("table"), call.args.get("column"))
+        else {
+            unreachable!("checked")
+        };
+        let source = &self.tables[source];
+        let index = source
+            .column(column)
+            .ok_or_else(|| format!("table `{}` has no column `{column}`", source.name))?;
+        let features: Vec<i64> = match self.resolve(call.args.get("features")) {
+            Some(Value::List(items)) => items
+                .iter()
+                .filter_map(|v| match v {
+                    Value::Integer(f) => Some(*f),
+                    _ => None,
+                })
+                .collect(),
+            _ => {
+                return Err("`feature_cooccurrence` needs a list of features, not `all`".into());
+            }
+        };
+        let lists: Vec<&Vec<i64>> = source
+            .rows
+            .iter()
+            .map(|row| match &row[index] {
+                Cell::IntegerList(list) => Ok(list),
+                other => Err(format!(
+                    "column `{column}` holds {other:?}, not lists of features"
+                )),
+            })
+            .collect::<Result<_, _>>()?;
+        let mut table = Table::new(
+            name,
+            &[
+                "feature_a",
+                "feature_b",
+                "rows_with_a",
+                "rows_with_b",
+                "both",
+                "a_only",
+                "b_only",
+            ],
+        );
+        for (i, &a) in features.iter().enumerate() {
+            for &b in &features[i + 1..] {
+                let (mut with_a, mut with_b, mut both) = (0, 0, 0);
+                for list in &lists {
+                    let (has_a, has_b) = (list.contains(&a), list.contains(&b));
+                    with_a += i64::from(has_a);
+                    with_b += i64::from(has_b);
+                    both += i64::from(has_a && has_b);
+                }
+                table.rows.push(vec![
+                    Cell::Integer(a),
+                    Cell::Integer(b),
+                    Cell::Integer(with_a),
+                    Cell::Integer(with_b),
+                    Cell::Integer(both),
+                    Cell::Integer(with_a - both),
+                    Cell::Integer(with_b - both),
+                ]);
+            }
+        }
+        Ok(table)
     }
 
     /// Per feature over a dataset: how often it fires, how strongly (max, mean over the

@@ -33,6 +33,8 @@ pub enum ReportError {
     Csv(#[from] csv::Error),
     #[error("cannot draw {0}")]
     Plot(String),
+    #[error("refusing to write a report to {}: it is outside the project ({}); give --reports a folder inside it", path.display(), project.display())]
+    OutsideProject { path: PathBuf, project: PathBuf },
 }
 
 /// Everything `run.json` records about how the results were made.
@@ -47,6 +49,10 @@ struct RunRecord<'a> {
     device: crate::runtime::Device,
     threads: usize,
     seconds_per_step: Vec<String>,
+    /// Every SAE the run used: where it came from and a hash of its weights.
+    saes: &'a [crate::execute::SaeRecord],
+    /// Every seed the experiment sets, by the statement it is in.
+    seeds: BTreeMap<String, i64>,
 }
 
 /// Writes `reports_root/<experiment>/`, replacing an earlier report of the same
@@ -57,6 +63,14 @@ pub fn write(
     source: &str,
     results: &Results,
 ) -> Result<PathBuf, ReportError> {
+    let project = std::env::current_dir()?;
+    let absolute = lexically_normal(&project.join(reports_root));
+    if !absolute.starts_with(&project) {
+        return Err(ReportError::OutsideProject {
+            path: absolute,
+            project,
+        });
+    }
     let target = reports_root.join(&plan.name);
     if target.exists() && !target.join(RUN_FILE).exists() {
         return Err(ReportError::Occupied { path: target });
@@ -79,6 +93,8 @@ pub fn write(
         device: plan.model.device,
         threads: std::thread::available_parallelism().map_or(1, usize::from),
         seconds_per_step: results.seconds.iter().map(|s| format!("{s:.3}")).collect(),
+        saes: &results.saes,
+        seeds: seeds(plan),
     };
     std::fs::write(
         dir.join(RUN_FILE),
@@ -102,6 +118,48 @@ pub fn write(
 
     fsutil::replace_dir(staging, &target)?;
     Ok(target)
+}
+
+/// `a/b/../c` -> `a/c`, without touching the file system (the folder may not exist yet).
+fn lexically_normal(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The seeds an experiment sets (`shuffle_seed` of datasets, `seed` of SAE training and
+/// sampling), keyed `statement.argument`.
+fn seeds(plan: &Plan) -> BTreeMap<String, i64> {
+    let mut calls: Vec<(&str, &crate::plan::Call)> = Vec::new();
+    calls.extend(plan.datasets.iter().map(|d| (d.name.as_str(), &d.value)));
+    calls.extend(plan.saes.iter().map(|s| (s.name.as_str(), &s.value)));
+    for step in &plan.steps {
+        if let crate::plan::Step::Table {
+            name,
+            source: crate::plan::TableSource::Call(call),
+            ..
+        } = step
+        {
+            calls.push((name.as_str(), call));
+        }
+    }
+    let mut seeds = BTreeMap::new();
+    for (name, call) in calls {
+        for key in ["seed", "shuffle_seed"] {
+            if let Some(crate::plan::Value::Integer(seed)) = call.args.get(key) {
+                seeds.insert(format!("{name}.{key}"), *seed);
+            }
+        }
+    }
+    seeds
 }
 
 fn rounded(results: &Results) -> serde_json::Value {
