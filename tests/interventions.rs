@@ -317,3 +317,75 @@ fn steering_adds_the_scaled_decoder_direction_to_one_head() {
         );
     }
 }
+
+#[test]
+fn normalized_saes_in_the_graph_match_their_cpu_reconstruction() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let batch = model
+        .batch(&[vec![1, 70, 71, 72, 73], vec![1, 90]])
+        .unwrap();
+    let q_hook = "blocks.1.attn.hook_q";
+    let clean = model.forward(&batch, true, &[q_hook]).unwrap();
+    for name in ["constant_norm_rescale", "layer_norm"] {
+        let sae = std::sync::Arc::new(qexp::sae::load(&fixture(&format!("saes/{name}"))).unwrap());
+        let edit = |error_term: bool, scale: Vec<(usize, f32)>| {
+            Intervention::Sae(qexp::compile::SaeEdit {
+                target: target(q_hook, Some(HEAD), None),
+                sae: sae.clone(),
+                error_term,
+                scale,
+                scale_pos: None,
+                acts_output: "sae.acts".into(),
+            })
+        };
+        // Spliced without the error term: the head's query is the reconstruction.
+        let graph = variant(&model, &[edit(false, vec![])], &[q_hook, "sae.acts"]);
+        let spliced = model
+            .forward_graph(&format!("{name}-splice"), &graph, &batch)
+            .unwrap();
+        // Removing feature 0 and 1 with the error term: x plus the change, scaled back.
+        let removed = vec![(0, 0.0), (1, 0.0)];
+        let graph = variant(&model, &[edit(true, removed.clone())], &[q_hook]);
+        let edited = model
+            .forward_graph(&format!("{name}-removed"), &graph, &batch)
+            .unwrap();
+        for (row, &len) in batch.lengths.iter().enumerate() {
+            let x = clean.hooks[q_hook]
+                .slice(s![row, ..len, HEAD, ..])
+                .to_owned();
+            let acts = sae.encode(x.view());
+            assert_close(
+                &format!("{name} activations"),
+                spliced.hooks["sae.acts"]
+                    .slice(s![row, ..len, ..])
+                    .into_dyn(),
+                acts.view().into_dyn(),
+                1e-4,
+            );
+            assert_close(
+                &format!("{name} reconstruction"),
+                spliced.hooks[q_hook]
+                    .slice(s![row, ..len, HEAD, ..])
+                    .into_dyn(),
+                sae.reconstruct(x.view(), acts.view()).view().into_dyn(),
+                1e-4,
+            );
+            let mut kept = acts.clone();
+            kept.column_mut(0).fill(0.0);
+            kept.column_mut(1).fill(0.0);
+            let expected = &x
+                + &(sae.reconstruct(x.view(), kept.view())
+                    - sae.reconstruct(x.view(), acts.view()));
+            assert_close(
+                &format!("{name} removal with the error term"),
+                edited.hooks[q_hook]
+                    .slice(s![row, ..len, HEAD, ..])
+                    .into_dyn(),
+                expected.view().into_dyn(),
+                1e-4,
+            );
+        }
+    }
+}

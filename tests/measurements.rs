@@ -879,6 +879,7 @@ fn dashboards_of_a_residual_sae_list_the_tokens_its_directions_promote() {
         d_sae,
         architecture: qexp::sae::Architecture::Standard,
         apply_b_dec_to_input: false,
+        normalization: qexp::sae::Normalization::None,
         hook: Some(qexp::plan::HookRef {
             name: "blocks.0.hook_resid_post".into(),
             head: None,

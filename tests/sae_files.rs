@@ -78,3 +78,32 @@ fn broken_sae_folders_are_named_errors() {
     let old = sae::load(dir.path()).unwrap();
     assert_eq!(old.hook.unwrap().head, Some(2), "pre-6.0 flat configs");
 }
+
+#[test]
+fn run_time_normalized_saes_encode_and_reconstruct_as_saelens_does() {
+    let mut reference = Reference::open(&fixture("saes/reference_normalized.npz"));
+    let x = reference.f32("x").into_dimensionality::<Ix2>().unwrap();
+    for (name, normalization) in [
+        (
+            "constant_norm_rescale",
+            sae::Normalization::ConstantNormRescale,
+        ),
+        ("layer_norm", sae::Normalization::LayerNorm),
+    ] {
+        let sae = sae::load(&fixture(&format!("saes/{name}"))).unwrap();
+        assert_eq!(sae.normalization, normalization);
+        let acts = sae.encode(x.view());
+        assert_close(
+            &format!("{name} activations"),
+            acts.view().into_dyn(),
+            reference.f32(&format!("{name}_acts")).view(),
+            1e-5,
+        );
+        assert_close(
+            &format!("{name} reconstruction"),
+            sae.reconstruct(x.view(), acts.view()).view().into_dyn(),
+            reference.f32(&format!("{name}_recon")).view(),
+            1e-5,
+        );
+    }
+}

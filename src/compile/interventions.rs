@@ -319,11 +319,24 @@ impl Pass {
             }
             None => clean.to_owned(),
         };
+        // Run-time normalization: `(x - shift) * in_scale` in, `y * out_scale + shift` out,
+        // per token (see `Sae::reconstruct`).
+        let normalization = self.normalization(sae, &x);
+        let normalized = match &normalization {
+            Some((in_scale, _, shift)) => {
+                let centred = match shift {
+                    Some(shift) => self.op("Sub", &[&x, shift]),
+                    None => x.clone(),
+                };
+                self.op("Mul", &[&centred, in_scale])
+            }
+            None => x.clone(),
+        };
         let input = if sae.apply_b_dec_to_input {
             let b_dec = self.vector_const(&sae.b_dec);
-            self.op("Sub", &[&x, &b_dec])
+            self.op("Sub", &[&normalized, &b_dec])
         } else {
-            x.clone()
+            normalized
         };
         let w_enc = self.matrix_const(&sae.w_enc);
         let b_enc = self.vector_const(&sae.b_enc);
@@ -403,11 +416,26 @@ impl Pass {
         let out = if edit.error_term {
             let change = self.op("Sub", &[&edited_acts, &acts]);
             let change = self.op("MatMul", &[&change, &w_dec]);
+            // A change in the SAE's space is a change of `out_scale` times it in x's.
+            let change = match &normalization {
+                Some((_, out_scale, _)) => self.op("Mul", &[&change, out_scale]),
+                None => change,
+            };
             self.op("Add", &[&x, &change])
         } else {
             let b_dec = self.vector_const(&sae.b_dec);
             let recon = self.op("MatMul", &[&edited_acts, &w_dec]);
-            self.op("Add", &[&recon, &b_dec])
+            let recon = self.op("Add", &[&recon, &b_dec]);
+            match &normalization {
+                Some((_, out_scale, shift)) => {
+                    let scaled = self.op("Mul", &[&recon, out_scale]);
+                    match shift {
+                        Some(shift) => self.op("Add", &[&scaled, shift]),
+                        None => scaled,
+                    }
+                }
+                None => recon,
+            }
         };
         Ok(match head_axis {
             Some((head, axis)) => {
@@ -421,6 +449,56 @@ impl Pass {
             }
             None => out,
         })
+    }
+
+    /// The per-token statistics of an SAE's run-time normalization of `x` (last axis):
+    /// `(in_scale, out_scale, shift)` as tensors with a kept last axis of 1, or `None`.
+    fn normalization(
+        &mut self,
+        sae: &crate::sae::Sae,
+        x: &str,
+    ) -> Option<(String, String, Option<String>)> {
+        use crate::sae::{LAYER_NORM_EPS, Normalization};
+        let last = self.int_const(&[1], &[-1]);
+        let keep = || vec![attr_int("keepdims", 1)];
+        let axes_last = || {
+            vec![
+                AttributeProto {
+                    name: Some("axes".into()),
+                    r#type: Some(attribute_proto::AttributeType::Ints as i32),
+                    ints: vec![-1],
+                    ..Default::default()
+                },
+                attr_int("keepdims", 1),
+            ]
+        };
+        match sae.normalization {
+            Normalization::None => None,
+            Normalization::ConstantNormRescale => {
+                // Opset 17: ReduceL2 and ReduceMean take their axes as an attribute,
+                // ReduceSum as an input.
+                let norm = self.op_with("ReduceL2", &[x], axes_last());
+                let root_d = self.float_const(&[], &[(sae.d_in as f32).sqrt()]);
+                let in_scale = self.op("Div", &[&root_d, &norm]);
+                let out_scale = self.op("Div", &[&norm, &root_d]);
+                Some((in_scale, out_scale, None))
+            }
+            Normalization::LayerNorm => {
+                let mean = self.op_with("ReduceMean", &[x], axes_last());
+                let centred = self.op("Sub", &[x, &mean]);
+                let squares = self.op("Mul", &[&centred, &centred]);
+                let sum = self.op_with("ReduceSum", &[&squares, &last], keep());
+                // The unbiased variance, as torch's `std` computes it.
+                let n_minus_one = self.float_const(&[], &[sae.d_in as f32 - 1.0]);
+                let variance = self.op("Div", &[&sum, &n_minus_one]);
+                let std = self.op("Sqrt", &[&variance]);
+                let eps = self.float_const(&[], &[LAYER_NORM_EPS]);
+                let denominator = self.op("Add", &[&std, &eps]);
+                let one = self.float_const(&[], &[1.0]);
+                let in_scale = self.op("Div", &[&one, &denominator]);
+                Some((in_scale, std, Some(mean)))
+            }
+        }
     }
 
     /// A boolean tensor, broadcastable to the hook, true where the intervention applies;

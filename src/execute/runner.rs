@@ -825,7 +825,7 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
                     });
                     input_count += x.nrows();
                     let acts = splice.sae.encode(x.view());
-                    let recon = splice.sae.decode(acts.view());
+                    let recon = splice.sae.reconstruct(x.view(), acts.view());
                     let kls = kl_divergences(
                         clean_logits,
                         spliced.logits.as_ref().expect("logits requested"),
@@ -1165,7 +1165,7 @@ impl Runner<'_, '_, '_> {
         } = self.sae_splice(sae_name)?;
         let (x, _) = self.hook_activations(&target, dataset)?;
         let acts = sae.encode(x.view());
-        let recon = sae.decode(acts.view());
+        let recon = sae.reconstruct(x.view(), acts.view());
         let n = x.nrows() as f64;
         let squared_error = (&recon - &x).mapv(|e| f64::from(e * e)).sum();
         let centred = &x - &x.mean_axis(Axis(0)).ok_or("no activations")?;
@@ -1635,6 +1635,8 @@ impl Runner<'_, '_, '_> {
             );
             for e in examples {
                 let key = &keys[&e.prompt];
+                // Without the token's query its normalization is unknown here; dashboards
+                // show the unnormalized direction (the same for SAEs without it).
                 let direction = sae.w_dec.row(f).mapv(|w| w * e.activation);
                 let rotation = tables.as_ref().map(|(cos, sin)| Rotation {
                     cos: cos.slice(s![e.pos, ..]),
@@ -1814,6 +1816,9 @@ impl Runner<'_, '_, '_> {
         } else {
             None
         };
+        // A feature's decoded direction is in the SAE's normalized space; in the query's
+        // space it is scaled by the token's output scale.
+        let output_scale = f64::from(sae.output_scale(x.view()));
         let contributions = feature_contributions(
             acts.row(0),
             sae.w_dec.view(),
@@ -1838,7 +1843,7 @@ impl Runner<'_, '_, '_> {
                 vec![
                     Cell::Integer(feature as i64),
                     Cell::Number(f64::from(activation)),
-                    Cell::Number(contribution),
+                    Cell::Number(contribution * output_scale),
                     Cell::Integer(key_pos as i64),
                     Cell::Str(key_token.clone()),
                 ]

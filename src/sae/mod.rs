@@ -26,12 +26,30 @@ pub enum Architecture {
     JumpRelu,
 }
 
+/// SAELens' run-time input normalization (`normalize_activations`): the input is
+/// normalized before encoding and the reconstruction mapped back with the same token's
+/// statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Normalization {
+    #[default]
+    None,
+    /// Scale each token to norm `sqrt(d_in)`; divide the output by the same factor.
+    ConstantNormRescale,
+    /// Subtract the token's mean, divide by its standard deviation (unbiased) + 1e-5;
+    /// the output is multiplied by the standard deviation and the mean added back.
+    LayerNorm,
+}
+
+/// Epsilon of SAELens' run-time layer norm.
+pub const LAYER_NORM_EPS: f32 = 1e-5;
+
 #[derive(Debug, Clone)]
 pub struct Sae {
     pub d_in: usize,
     pub d_sae: usize,
     pub architecture: Architecture,
     pub apply_b_dec_to_input: bool,
+    pub normalization: Normalization,
     pub hook: Option<HookRef>,
     pub w_enc: Array2<f32>,
     pub b_enc: Array1<f32>,
@@ -173,15 +191,16 @@ pub fn load(dir: &Path) -> Result<Sae, SaeError> {
         path: cfg_path.clone(),
         message,
     };
-    if let Some(n) = config
-        .normalize_activations
-        .as_deref()
-        .filter(|n| *n != "none")
-    {
-        return Err(invalid(format!(
-            "normalize_activations `{n}` is not supported yet (only `none`)"
-        )));
-    }
+    let normalization = match config.normalize_activations.as_deref() {
+        None | Some("none") => Normalization::None,
+        Some("constant_norm_rescale") => Normalization::ConstantNormRescale,
+        Some("layer_norm") => Normalization::LayerNorm,
+        Some(other) => {
+            return Err(invalid(format!(
+                "normalize_activations `{other}` is not supported (none, constant_norm_rescale and layer_norm are; SAELens folds `expected_average_only_in` into the weights when it saves)"
+            )));
+        }
+    };
     if let Some(r) = config
         .reshape_activations
         .as_deref()
@@ -222,6 +241,7 @@ pub fn load(dir: &Path) -> Result<Sae, SaeError> {
         d_sae,
         architecture,
         apply_b_dec_to_input: config.apply_b_dec_to_input,
+        normalization,
         hook: config.hook(),
         w_enc: matrix(read("W_enc", &[d_in, d_sae])?),
         b_enc: vector(read("b_enc", &[d_sae])?),
@@ -238,10 +258,11 @@ impl Sae {
     /// Feature activations of rows of `x` (`[n, d_in]` -> `[n, d_sae]`), as SAELens'
     /// `encode` computes them.
     pub fn encode(&self, x: ArrayView2<'_, f32>) -> Array2<f32> {
+        let x = self.normalize(x);
         let input = if self.apply_b_dec_to_input {
             &x - &self.b_dec
         } else {
-            x.to_owned()
+            x
         };
         let mut pre = input.dot(&self.w_enc) + &self.b_enc;
         match self.architecture {
@@ -276,7 +297,58 @@ impl Sae {
         pre
     }
 
+    /// `acts @ W_dec + b_dec`: the reconstruction in the SAE's own (normalized) space.
     pub fn decode(&self, acts: ArrayView2<'_, f32>) -> Array2<f32> {
         acts.dot(&self.w_dec) + &self.b_dec
+    }
+
+    /// The reconstruction of the rows `x` whose activations are `acts`, in the space of
+    /// `x`: the decoded output with `x`'s normalization undone (`decode` when the SAE
+    /// normalizes nothing).
+    pub fn reconstruct(&self, x: ArrayView2<'_, f32>, acts: ArrayView2<'_, f32>) -> Array2<f32> {
+        let mut out = self.decode(acts);
+        for (mut row, x) in out.rows_mut().into_iter().zip(x.rows()) {
+            let (_, out_scale, shift) = self.row_statistics(x);
+            row.mapv_inplace(|v| v * out_scale + shift);
+        }
+        out
+    }
+
+    /// How much a change of the decoded output moves the reconstruction of input row `x`
+    /// (1 without run-time normalization).
+    pub fn output_scale(&self, x: ndarray::ArrayView1<'_, f32>) -> f32 {
+        self.row_statistics(x).1
+    }
+
+    /// Rows of `x` normalized as the SAE expects its input.
+    fn normalize(&self, x: ArrayView2<'_, f32>) -> Array2<f32> {
+        let mut out = x.to_owned();
+        if self.normalization != Normalization::None {
+            for mut row in out.rows_mut() {
+                let (in_scale, _, shift) = self.row_statistics(row.view());
+                row.mapv_inplace(|v| (v - shift) * in_scale);
+            }
+        }
+        out
+    }
+
+    /// For one input row: `(in_scale, out_scale, shift)`; the input becomes
+    /// `(x - shift) * in_scale` and an output `y` becomes `y * out_scale + shift` (SAELens
+    /// divides by `std + eps` on the way in but multiplies by `std` on the way out).
+    fn row_statistics(&self, x: ndarray::ArrayView1<'_, f32>) -> (f32, f32, f32) {
+        match self.normalization {
+            Normalization::None => (1.0, 1.0, 0.0),
+            Normalization::ConstantNormRescale => {
+                let coefficient = (self.d_in as f32).sqrt() / x.dot(&x).sqrt();
+                (coefficient, 1.0 / coefficient, 0.0)
+            }
+            Normalization::LayerNorm => {
+                let n = x.len() as f32;
+                let mean = x.sum() / n;
+                let variance = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / (n - 1.0);
+                let std = variance.sqrt();
+                (1.0 / (std + LAYER_NORM_EPS), std, mean)
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::{Architecture, Sae, SaeError, tensors};
+use super::{Architecture, Normalization, Sae, SaeError, tensors};
 use crate::fsutil;
 
 pub fn save(sae: &Sae, dir: &Path) -> Result<(), SaeError> {
@@ -43,7 +43,11 @@ fn config_json(sae: &Sae) -> serde_json::Value {
         "dtype": "float32",
         "device": "cpu",
         "apply_b_dec_to_input": sae.apply_b_dec_to_input,
-        "normalize_activations": "none",
+        "normalize_activations": match sae.normalization {
+            Normalization::None => "none",
+            Normalization::ConstantNormRescale => "constant_norm_rescale",
+            Normalization::LayerNorm => "layer_norm",
+        },
         "reshape_activations": "none",
         // SAELens reads `metadata` only from configs that say they are 6.x; this is the
         // oldest layout the file follows, not a claim about who wrote it.
@@ -73,6 +77,7 @@ mod tests {
             d_sae,
             architecture,
             apply_b_dec_to_input: true,
+            normalization: Normalization::LayerNorm,
             hook: Some(HookRef {
                 name: "blocks.1.attn.hook_q".into(),
                 head: Some(4),
@@ -102,6 +107,7 @@ mod tests {
             let loaded = super::super::load(&path).unwrap();
             assert_eq!(loaded.architecture, architecture);
             assert_eq!(loaded.hook, original.hook);
+            assert_eq!(loaded.normalization, original.normalization);
             assert_eq!(loaded.w_enc, original.w_enc);
             assert_eq!(loaded.b_enc, original.b_enc);
             assert_eq!(loaded.w_dec, original.w_dec);

@@ -192,6 +192,7 @@ impl State {
             d_sae: config.d_sae,
             architecture: config.architecture,
             apply_b_dec_to_input: true,
+            normalization: super::Normalization::None,
             hook: None,
             w_enc: &self.w_enc * scale,
             b_enc: self.b_enc.clone(),
