@@ -982,3 +982,65 @@ fn cooccurrence_counts_rows_listing_either_or_both_features() {
         );
     }
 }
+
+#[test]
+fn attribution_over_positions_sums_the_attribution_at_each() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let sae_dir = fixture("saes/standard");
+    let tables = run(
+        &model_dir,
+        &format!(
+            "sae s = load(\"{}\")\ntable t = per_token(d, head = L1H2) | top(3)\ntable total = feature_attribution_at(s, L1H2, d, t)\nlet P = row(d, 0)\ntable a0 = feature_attribution(s, L1H2, P, pos = 0)\ntable a1 = feature_attribution(s, L1H2, P, pos = 1)\ntable a2 = feature_attribution(s, L1H2, P, pos = 2)",
+            sae_dir.display()
+        ),
+    );
+    let total = &tables[1];
+    let mut expected: std::collections::BTreeMap<i64, (f64, f64)> = Default::default();
+    for single in &tables[2..5] {
+        for r in 0..single.rows.len() {
+            let entry = expected
+                .entry(number(single, r, "feature") as i64)
+                .or_default();
+            entry.0 += 1.0;
+            entry.1 += number(single, r, "score_contribution");
+        }
+    }
+    assert_eq!(total.rows.len(), expected.len());
+    for r in 0..total.rows.len() {
+        let (n, share) = expected[&(number(total, r, "feature") as i64)];
+        assert_eq!(number(total, r, "positions"), n);
+        assert!((number(total, r, "score_contribution") - share).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn feature_lists_may_combine_let_lists() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let sae_dir = fixture("saes/standard");
+    let source = format!(
+        "experiment m\nmodel \"{}\"\ndataset d = prompts([\"{}\"])\nsae s = load(\"{}\")\ntable f = feature_stats(s, d) | sort(feature, asc)\ntable two = f | top(2)\ntable three = f | sort(feature, desc) | top(3)\nlet A = values(two, feature)\nlet B = values(three, feature)\ndashboards pages = feature_dashboards(s, [A, B, 0], d)\n",
+        model_dir.display(),
+        PROMPTS[0],
+        sae_dir.display()
+    );
+    let file = qexp::syntax::parse(&source).unwrap();
+    let plan = qexp::check::check(
+        &file,
+        &qexp::check::Context {
+            manifest: qexp::manifest::Manifest::read(&model_dir).ok(),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|d| panic!("{}", qexp::syntax::render(&d, "t", &source)));
+    let results = execute::execute(&plan, &runtime()).unwrap();
+    let pages = results
+        .sections
+        .into_iter()
+        .find_map(|s| match s {
+            Section::Dashboards(d) => Some(d),
+            _ => None,
+        })
+        .unwrap();
+    let features: Vec<usize> = pages.features.iter().map(|f| f.feature).collect();
+    assert_eq!(features, [0, 1, 31, 30, 29], "in order, without repeats");
+}

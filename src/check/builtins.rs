@@ -335,6 +335,17 @@ pub const BUILTINS: &[Builtin] = &[
         ],
     },
     Builtin {
+        name: "feature_attribution_at",
+        produces: Produces::Table,
+        summary: "feature attribution summed over the positions a per_token table lists",
+        params: &[
+            req("sae", Type::Sae),
+            req("head", Type::Head),
+            req("dataset", Type::Dataset),
+            req("positions", Type::Table),
+        ],
+    },
+    Builtin {
         name: "feature_cooccurrence",
         produces: Produces::Table,
         summary: "for each pair of features, how many rows list one, the other, or both in a list column",
@@ -628,6 +639,13 @@ pub fn table_columns(
             ("score_contribution", Number),
             ("key_pos", Integer),
             ("key_token", Str),
+        ]),
+        "feature_attribution_at" => cols(&[
+            ("feature", Integer),
+            ("positions", Integer),
+            ("mean_activation", Number),
+            ("score_contribution", Number),
+            ("mean_score_contribution", Number),
         ]),
         "feature_cooccurrence" => cols(&[
             ("feature_a", Integer),

@@ -636,7 +636,9 @@ impl Checker<'_> {
         };
         match ty {
             Type::Number | Type::Integer => {
-                let n = number(expr)?;
+                let Some(n) = number(expr) else {
+                    return mismatch(self);
+                };
                 if ty == Type::Integer {
                     if n.fract() != 0.0 {
                         self.error(expr.span, format!("expected a whole number, found {n}"));
@@ -745,7 +747,23 @@ impl Checker<'_> {
                     path,
                     selector: None,
                 } if path == "all" => Some(Value::All),
-                ExprKind::List(_) => self.value(expr, Type::ListOf(&Type::Integer), columns),
+                // Indices, and `let` lists of them: `[FEATURES, FEATURES_HERE, 7]`.
+                ExprKind::List(items) => {
+                    let mut values = Vec::with_capacity(items.len());
+                    for item in items {
+                        let is_list = matches!(
+                            &item.kind,
+                            ExprKind::Ref { path, selector: None }
+                                if matches!(
+                                    self.scope.get(path),
+                                    Some((Binding::Computed(Type::ListOf(_)), _))
+                                )
+                        );
+                        let item_type = if is_list { Type::Features } else { Type::Integer };
+                        values.push(self.value(item, item_type, columns));
+                    }
+                    values.into_iter().collect::<Option<Vec<_>>>().map(Value::List)
+                }
                 _ => mismatch(self),
             },
             Type::ListOf(inner) => match &expr.kind {

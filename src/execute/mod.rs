@@ -98,6 +98,7 @@ const RUNNABLE: &[&str] = &[
     "direct_logit_attribution",
     "feature_activations",
     "feature_attribution",
+    "feature_attribution_at",
     "feature_stats",
     "feature_cooccurrence",
     "sae_metrics",

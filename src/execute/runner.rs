@@ -113,6 +113,22 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
         }
     }
 
+    /// The whole numbers in a value: a number, a list, a `let` list, or lists of those
+    /// (`[FEATURES, FEATURES_HERE]`), flattened in order without repeats.
+    fn integers(&self, value: Option<&Value>) -> Vec<i64> {
+        let mut out = Vec::new();
+        let mut pending: Vec<Value> = value.cloned().into_iter().collect();
+        while let Some(v) = pending.pop() {
+            match v {
+                Value::Integer(n) if !out.contains(&n) => out.push(n),
+                Value::List(items) => pending.extend(items.into_iter().rev()),
+                Value::Computed(name) => pending.extend(self.values.get(&name).cloned()),
+                _ => {}
+            }
+        }
+        out
+    }
+
     fn text(&self, value: Option<&Value>) -> Option<String> {
         match value? {
             Value::Str(s) => Some(s.clone()),
@@ -639,6 +655,7 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
             "direct_logit_attribution" => self.direct_logit_attribution(name, call),
             "feature_activations" => self.feature_activations(name, call),
             "feature_attribution" => self.feature_attribution(name, call),
+            "feature_attribution_at" => self.feature_attribution_at(name, call),
             "feature_stats" => self.feature_stats(name, call),
             "feature_cooccurrence" => self.feature_cooccurrence(name, call),
             "sae_metrics" => self.sae_metrics(name, call),
@@ -1458,14 +1475,7 @@ impl Runner<'_, '_, '_> {
         let SaeSplice { sae, target, .. } = self.sae_splice(sae_name)?;
         let features: Vec<usize> = match self.resolve(call.args.get("features")) {
             Some(Value::All) => (0..sae.d_sae).collect(),
-            Some(Value::List(items)) => items
-                .iter()
-                .filter_map(|v| match v {
-                    Value::Integer(f) => Some(*f as usize),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
+            other => self.integers(other.as_ref()).into_iter().map(|f| f as usize).collect(),
         };
         let budget = int(call, "tokens").unwrap_or(200_000).max(1) as usize;
         let mut slot_of = vec![None; sae.d_sae];
@@ -1756,76 +1766,32 @@ impl Runner<'_, '_, '_> {
     /// from `pos` to `key_pos` (by default where the head attends most from `pos`): the
     /// seed's "which features make the head attend to `says`", read off linearly.
     fn feature_attribution(&mut self, name: &str, call: &Call) -> Result<Table, Failure> {
-        use crate::analysis::score_attribution::{Rotation, feature_contributions};
-        let Some(Value::Name(sae_name)) = call.args.get("sae") else {
-            unreachable!("checked")
-        };
         let (layer, head) = self
             .head(call.args.get("head"))
             .ok_or_else(|| "the head has no value".to_owned())?;
-        let SaeSplice { sae, target, .. } = self.sae_splice(sae_name)?;
-        let q_hook = format!("blocks.{layer}.attn.hook_q");
-        if target.hook != q_hook || target.head != Some(head) {
-            return Err(format!(
-                "SAE `{sae_name}` reads `{}`{}; feature_attribution needs an SAE on L{layer}H{head}'s query (`{q_hook}[head = {head}]`)",
-                target.hook,
-                target
-                    .head
-                    .map(|h| format!("[head = {h}]"))
-                    .unwrap_or_default(),
-            ));
-        }
+        let Some(Value::Name(sae_name)) = call.args.get("sae") else {
+            unreachable!("checked")
+        };
+        let sae = self.query_sae(sae_name, layer, head)?;
+        let context = self.score_context(layer, head)?;
         let prompt = self.text(call.args.get("prompt")).unwrap_or_default();
         let tokens = self.prompt_tokens(&prompt)?;
         let query = position(&tokens, call)?;
-        let config = self.model.manifest.config.clone();
-        let rotary = matches!(config.positional, crate::model::Positional::Rotary { .. });
-        let key_hook = format!(
-            "blocks.{layer}.attn.hook_{}",
-            if rotary { "rot_k" } else { "k" }
-        );
-        let pattern_hook = format!("blocks.{layer}.attn.hook_pattern");
         let batch = self
             .model
             .batch(std::slice::from_ref(&tokens))
             .map_err(Self::runtime)?;
-        let clean = self.forward(None, &batch, &[&q_hook, &key_hook, &pattern_hook])?;
+        let clean = self.forward(None, &batch, &context.outputs())?;
         let key_pos = match int(call, "key_pos") {
-            Some(k) if k >= 0 && k as usize <= query => k as usize,
+            Some(k) if k >= 0 && k as usize <= query => Some(k as usize),
             Some(k) => {
                 return Err(format!(
                     "key_pos {k} is not a position the query at {query} can attend to (0 to {query})"
                 ));
             }
-            None => argmax_attention(&clean.hooks[&pattern_hook], 0, head, query).0,
+            None => None,
         };
-        let x = clean.hooks[&q_hook]
-            .slice(s![0, query, head, ..])
-            .to_owned();
-        let acts = sae.encode(x.view().insert_axis(Axis(0)));
-        let kv_head = head / config.gqa_group();
-        let key = clean.hooks[&key_hook].slice(s![0, key_pos, kv_head, ..]);
-        let (cos, sin);
-        let rotation = if rotary {
-            cos = self.model.weight("rotary.cos").map_err(Self::runtime)?;
-            sin = self.model.weight("rotary.sin").map_err(Self::runtime)?;
-            Some(Rotation {
-                cos: cos.slice(s![query, ..]),
-                sin: sin.slice(s![query, ..]),
-            })
-        } else {
-            None
-        };
-        // A feature's decoded direction is in the SAE's normalized space; in the query's
-        // space it is scaled by the token's output scale.
-        let output_scale = f64::from(sae.output_scale(x.view()));
-        let contributions = feature_contributions(
-            acts.row(0),
-            sae.w_dec.view(),
-            rotation.as_ref(),
-            key,
-            config.attn_scale,
-        );
+        let (key_pos, shares) = context.shares(&sae, &clean, 0, query, key_pos);
         let key_token = self.str_tokens(&tokens[key_pos..=key_pos])?.remove(0);
         let mut table = Table::new(
             name,
@@ -1837,19 +1803,150 @@ impl Runner<'_, '_, '_> {
                 "key_token",
             ],
         );
-        table.rows = contributions
+        table.rows = shares
             .into_iter()
             .map(|(feature, activation, contribution)| {
                 vec![
                     Cell::Integer(feature as i64),
                     Cell::Number(f64::from(activation)),
-                    Cell::Number(contribution * output_scale),
+                    Cell::Number(contribution),
                     Cell::Integer(key_pos as i64),
                     Cell::Str(key_token.clone()),
                 ]
             })
             .collect();
         Ok(table)
+    }
+
+    /// Feature attribution summed over many positions: the rows of `positions` (a
+    /// per_token table of `dataset`, or any table with its `batch` and `pos` columns),
+    /// each query's score to the key its head attends to most. Per feature: how often it
+    /// is active there, its mean activation, and its total and mean share of the score.
+    fn feature_attribution_at(&mut self, name: &str, call: &Call) -> Result<Table, Failure> {
+        let (layer, head) = self
+            .head(call.args.get("head"))
+            .ok_or_else(|| "the head has no value".to_owned())?;
+        let (Some(Value::Name(sae_name)), Some(Value::Name(dataset)), Some(Value::Name(rows))) = (
+            call.args.get("sae"),
+            call.args.get("dataset"),
+            call.args.get("positions"),
+        ) else {
+            unreachable!("checked")
+        };
+        let sae = self.query_sae(sae_name, layer, head)?;
+        let context = self.score_context(layer, head)?;
+        let sequences = self.dataset(dataset)?;
+        let rows_table = &self.tables[rows];
+        let column = |c: &str| {
+            rows_table.column(c).ok_or_else(|| {
+                format!("table `{rows}` has no column `{c}` (a per_token table has one)")
+            })
+        };
+        let (batch_column, pos_column) = (column("batch")?, column("pos")?);
+        let mut wanted: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for row in &rows_table.rows {
+            let (Some(prompt), Some(pos)) = (row[batch_column].number(), row[pos_column].number())
+            else {
+                return Err(format!("`batch` and `pos` of `{rows}` must be numbers"));
+            };
+            let (prompt, pos) = (prompt as usize, pos as usize);
+            match sequences.get(prompt) {
+                Some(tokens) if pos < tokens.len() => wanted.entry(prompt).or_default().push(pos),
+                _ => {
+                    return Err(format!(
+                        "row {prompt}/{pos} of `{rows}` is not a token of dataset `{dataset}`; give the dataset the table was made from"
+                    ));
+                }
+            }
+        }
+        // feature -> (positions active, sum of activations, sum of shares)
+        let mut totals: BTreeMap<usize, (usize, f64, f64)> = BTreeMap::new();
+        for (prompt, positions) in wanted {
+            let batch = self
+                .model
+                .batch(std::slice::from_ref(&sequences[prompt]))
+                .map_err(Self::runtime)?;
+            let clean = self.forward(None, &batch, &context.outputs())?;
+            for pos in positions {
+                for (feature, activation, share) in context.shares(&sae, &clean, 0, pos, None).1 {
+                    let entry = totals.entry(feature).or_default();
+                    entry.0 += 1;
+                    entry.1 += f64::from(activation);
+                    entry.2 += share;
+                }
+            }
+        }
+        let mut table = Table::new(
+            name,
+            &[
+                "feature",
+                "positions",
+                "mean_activation",
+                "score_contribution",
+                "mean_score_contribution",
+            ],
+        );
+        table.rows = totals
+            .into_iter()
+            .map(|(feature, (n, activation, share))| {
+                vec![
+                    Cell::Integer(feature as i64),
+                    Cell::Integer(n as i64),
+                    Cell::Number(activation / n as f64),
+                    Cell::Number(share),
+                    Cell::Number(share / n as f64),
+                ]
+            })
+            .collect();
+        Ok(table)
+    }
+
+    /// The SAE `name`, which must read `head`'s query.
+    fn query_sae(
+        &mut self,
+        name: &str,
+        layer: usize,
+        head: usize,
+    ) -> Result<std::sync::Arc<crate::sae::Sae>, Failure> {
+        let SaeSplice { sae, target, .. } = self.sae_splice(name)?;
+        let q_hook = format!("blocks.{layer}.attn.hook_q");
+        if target.hook != q_hook || target.head != Some(head) {
+            return Err(format!(
+                "SAE `{name}` reads `{}`{}; attribution to features needs an SAE on L{layer}H{head}'s query (`{q_hook}[head = {head}]`)",
+                target.hook,
+                target
+                    .head
+                    .map(|h| format!("[head = {h}]"))
+                    .unwrap_or_default(),
+            ));
+        }
+        Ok(sae)
+    }
+
+    /// What splitting `head`'s attention scores needs: its hooks and the rotary tables.
+    fn score_context(&self, layer: usize, head: usize) -> Result<ScoreContext, Failure> {
+        let config = &self.model.manifest.config;
+        let rotary = matches!(config.positional, crate::model::Positional::Rotary { .. });
+        let rotation = if rotary {
+            Some((
+                self.model.weight("rotary.cos").map_err(Self::runtime)?,
+                self.model.weight("rotary.sin").map_err(Self::runtime)?,
+            ))
+        } else {
+            None
+        };
+        Ok(ScoreContext {
+            q_hook: format!("blocks.{layer}.attn.hook_q"),
+            key_hook: format!(
+                "blocks.{layer}.attn.hook_{}",
+                if rotary { "rot_k" } else { "k" }
+            ),
+            pattern_hook: format!("blocks.{layer}.attn.hook_pattern"),
+            head,
+            kv_head: head / config.gqa_group(),
+            rotation,
+            attn_scale: config.attn_scale,
+        })
     }
 
     /// The head's direct effect on each token's logit at the prompt's last position,
@@ -1978,6 +2075,63 @@ struct PatchSource {
     hook: String,
     from_variant: Option<String>,
     from_prompt: Option<Vec<u32>>,
+}
+
+/// A head's hooks and rotary tables, for splitting its attention scores over features.
+struct ScoreContext {
+    q_hook: String,
+    key_hook: String,
+    pattern_hook: String,
+    head: usize,
+    kv_head: usize,
+    rotation: Option<(ArrayD<f32>, ArrayD<f32>)>,
+    attn_scale: f32,
+}
+
+impl ScoreContext {
+    fn outputs(&self) -> [&str; 3] {
+        [&self.q_hook, &self.key_hook, &self.pattern_hook]
+    }
+
+    /// At batch row `row`, query `query`: the key position (given, or where the head
+    /// attends most) and each active feature's `(feature, activation, share of the
+    /// score)`, the share in the query's own space (the SAE's output scale applied).
+    fn shares(
+        &self,
+        sae: &crate::sae::Sae,
+        forward: &Forward,
+        row: usize,
+        query: usize,
+        key_pos: Option<usize>,
+    ) -> (usize, Vec<(usize, f32, f64)>) {
+        use crate::analysis::score_attribution::{Rotation, feature_contributions};
+        let key_pos = key_pos.unwrap_or_else(|| {
+            argmax_attention(&forward.hooks[&self.pattern_hook], row, self.head, query).0
+        });
+        let x = forward.hooks[&self.q_hook]
+            .slice(s![row, query, self.head, ..])
+            .to_owned();
+        let acts = sae.encode(x.view().insert_axis(Axis(0)));
+        let key = forward.hooks[&self.key_hook].slice(s![row, key_pos, self.kv_head, ..]);
+        let rotation = self.rotation.as_ref().map(|(cos, sin)| Rotation {
+            cos: cos.slice(s![query, ..]),
+            sin: sin.slice(s![query, ..]),
+        });
+        // A feature's decoded direction is in the SAE's normalized space; in the query's
+        // space it is scaled by the token's output scale.
+        let output_scale = f64::from(sae.output_scale(x.view()));
+        let shares = feature_contributions(
+            acts.row(0),
+            sae.w_dec.view(),
+            rotation.as_ref(),
+            key,
+            self.attn_scale,
+        )
+        .into_iter()
+        .map(|(f, a, share)| (f, a, share * output_scale))
+        .collect();
+        (key_pos, shares)
+    }
 }
 
 /// An SAE, the hook it reads, and the edit that splices it in.
