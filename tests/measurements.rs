@@ -13,7 +13,9 @@ use qexp::runtime::{HookedModel, log_softmax_row, token_losses};
 
 const PROMPTS: [&str; 2] = ["the cat sat on the mat", "a dog"];
 
-fn run(model_dir: &Path, body: &str) -> Vec<Table> {
+/// Runs `body` after a preamble declaring the tiny model and dataset `d` (the two
+/// prompts); every section of the results.
+fn run_sections(model_dir: &Path, body: &str) -> Vec<Section> {
     let source = format!(
         "experiment m\nmodel \"{}\"\ndataset d = prompts([\"{}\", \"{}\"])\n{body}\n",
         model_dir.display(),
@@ -32,15 +34,29 @@ fn run(model_dir: &Path, body: &str) -> Vec<Table> {
         "{:?}",
         execute::unsupported(&plan)
     );
-    let results = execute::execute(&plan, &runtime()).unwrap();
-    results
-        .sections
+    execute::execute(&plan, &runtime()).unwrap().sections
+}
+
+/// The tables `body` makes.
+fn run(model_dir: &Path, body: &str) -> Vec<Table> {
+    run_sections(model_dir, body)
         .into_iter()
         .filter_map(|s| match s {
             Section::Table(t) => Some(t),
             _ => None,
         })
         .collect()
+}
+
+/// The feature dashboards `body` makes (its only dashboards step).
+fn run_dashboards(model_dir: &Path, body: &str) -> qexp::execute::Dashboards {
+    run_sections(model_dir, body)
+        .into_iter()
+        .find_map(|s| match s {
+            Section::Dashboards(d) => Some(d),
+            _ => None,
+        })
+        .expect("a dashboards step")
 }
 
 /// A forward pass with the SAE spliced into L1H2's query (no error term), features in
@@ -807,23 +823,15 @@ fn feature_stats_match_a_direct_computation() {
 fn dashboards_agree_with_feature_stats_and_keep_the_strongest_examples() {
     let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
     let sae_dir = fixture("saes/standard");
-    let source = format!(
-        "experiment m\nmodel \"{}\"\ndataset d = prompts([\"{}\", \"{}\"])\nsae s = load(\"{}\")\ntable f = feature_stats(s, d)\ndashboards pages = feature_dashboards(s, all, d)\n",
-        model_dir.display(),
-        PROMPTS[0],
-        PROMPTS[1],
-        sae_dir.display()
+    let sections = run_sections(
+        &model_dir,
+        &format!(
+            "sae s = load(\"{}\")\ntable f = feature_stats(s, d)\ndashboards pages = feature_dashboards(s, all, d)",
+            sae_dir.display()
+        ),
     );
-    let file = qexp::syntax::parse(&source).unwrap();
-    let context = qexp::check::Context {
-        manifest: qexp::manifest::Manifest::read(&model_dir).ok(),
-        ..Default::default()
-    };
-    let plan = qexp::check::check(&file, &context).unwrap();
-    assert!(execute::unsupported(&plan).is_empty());
-    let results = execute::execute(&plan, &runtime()).unwrap();
     let (mut stats, mut pages) = (None, None);
-    for section in results.sections {
+    for section in sections {
         match section {
             Section::Table(t) => stats = Some(t),
             Section::Dashboards(d) => pages = Some(d),
@@ -894,30 +902,13 @@ fn dashboards_of_a_residual_sae_list_the_tokens_its_directions_promote() {
     };
     let sae_dir = dir.path().join("resid_sae");
     qexp::sae::save(&sae, &sae_dir).unwrap();
-    let source = format!(
-        "experiment m\nmodel \"{}\"\ndataset d = prompts([\"{}\"])\nsae s = load(\"{}\")\ndashboards pages = feature_dashboards(s, all, d)\n",
-        model_dir.display(),
-        PROMPTS[0],
-        sae_dir.display()
+    let pages = run_dashboards(
+        &model_dir,
+        &format!(
+            "sae s = load(\"{}\")\ndashboards pages = feature_dashboards(s, all, d)",
+            sae_dir.display()
+        ),
     );
-    let file = qexp::syntax::parse(&source).unwrap();
-    let plan = qexp::check::check(
-        &file,
-        &qexp::check::Context {
-            manifest: qexp::manifest::Manifest::read(&model_dir).ok(),
-            ..Default::default()
-        },
-    )
-    .unwrap_or_else(|d| panic!("{}", qexp::syntax::render(&d, "t", &source)));
-    let results = execute::execute(&plan, &runtime).unwrap();
-    let pages = results
-        .sections
-        .into_iter()
-        .find_map(|s| match s {
-            Section::Dashboards(d) => Some(d),
-            _ => None,
-        })
-        .unwrap();
     for page in &pages.features {
         let effects = page
             .logit_effects
@@ -1017,30 +1008,13 @@ fn attribution_over_positions_sums_the_attribution_at_each() {
 fn feature_lists_may_combine_let_lists() {
     let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
     let sae_dir = fixture("saes/standard");
-    let source = format!(
-        "experiment m\nmodel \"{}\"\ndataset d = prompts([\"{}\"])\nsae s = load(\"{}\")\ntable f = feature_stats(s, d) | sort(feature, asc)\ntable two = f | top(2)\ntable three = f | sort(feature, desc) | top(3)\nlet A = values(two, feature)\nlet B = values(three, feature)\ndashboards pages = feature_dashboards(s, [A, B, 0], d)\n",
-        model_dir.display(),
-        PROMPTS[0],
-        sae_dir.display()
+    let pages = run_dashboards(
+        &model_dir,
+        &format!(
+            "sae s = load(\"{}\")\ntable f = feature_stats(s, d) | sort(feature, asc)\ntable two = f | top(2)\ntable three = f | sort(feature, desc) | top(3)\nlet A = values(two, feature)\nlet B = values(three, feature)\ndashboards pages = feature_dashboards(s, [A, B, 0], d)",
+            sae_dir.display()
+        ),
     );
-    let file = qexp::syntax::parse(&source).unwrap();
-    let plan = qexp::check::check(
-        &file,
-        &qexp::check::Context {
-            manifest: qexp::manifest::Manifest::read(&model_dir).ok(),
-            ..Default::default()
-        },
-    )
-    .unwrap_or_else(|d| panic!("{}", qexp::syntax::render(&d, "t", &source)));
-    let results = execute::execute(&plan, &runtime()).unwrap();
-    let pages = results
-        .sections
-        .into_iter()
-        .find_map(|s| match s {
-            Section::Dashboards(d) => Some(d),
-            _ => None,
-        })
-        .unwrap();
     let features: Vec<usize> = pages.features.iter().map(|f| f.feature).collect();
     assert_eq!(features, [0, 1, 31, 30, 29], "in order, without repeats");
 }

@@ -759,10 +759,17 @@ impl Checker<'_> {
                                     Some((Binding::Computed(Type::ListOf(_)), _))
                                 )
                         );
-                        let item_type = if is_list { Type::Features } else { Type::Integer };
+                        let item_type = if is_list {
+                            Type::Features
+                        } else {
+                            Type::Integer
+                        };
                         values.push(self.value(item, item_type, columns));
                     }
-                    values.into_iter().collect::<Option<Vec<_>>>().map(Value::List)
+                    values
+                        .into_iter()
+                        .collect::<Option<Vec<_>>>()
+                        .map(Value::List)
                 }
                 _ => mismatch(self),
             },

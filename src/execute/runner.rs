@@ -1475,7 +1475,11 @@ impl Runner<'_, '_, '_> {
         let SaeSplice { sae, target, .. } = self.sae_splice(sae_name)?;
         let features: Vec<usize> = match self.resolve(call.args.get("features")) {
             Some(Value::All) => (0..sae.d_sae).collect(),
-            other => self.integers(other.as_ref()).into_iter().map(|f| f as usize).collect(),
+            other => self
+                .integers(other.as_ref())
+                .into_iter()
+                .map(|f| f as usize)
+                .collect(),
         };
         let budget = int(call, "tokens").unwrap_or(200_000).max(1) as usize;
         let mut slot_of = vec![None; sae.d_sae];
