@@ -113,6 +113,19 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
         }
     }
 
+    /// The features a `features` argument names: every one of `d_sae` for `all`, else the
+    /// whole numbers it lists (see [`Self::integers`]).
+    fn feature_list(&self, value: Option<&Value>, d_sae: usize) -> Vec<usize> {
+        match self.resolve(value) {
+            Some(Value::All) => (0..d_sae).collect(),
+            other => self
+                .integers(other.as_ref())
+                .into_iter()
+                .map(|f| f as usize)
+                .collect(),
+        }
+    }
+
     /// The whole numbers in a value: a number, a list, a `let` list, or lists of those
     /// (`[FEATURES, FEATURES_HERE]`), flattened in order without repeats.
     fn integers(&self, value: Option<&Value>) -> Vec<i64> {
@@ -339,24 +352,7 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
                         } else {
                             number(call, "factor").unwrap_or(1.0) as f32
                         };
-                        let features_value = match call.args.get("features") {
-                            Some(Value::Computed(name)) => self.values.get(name).cloned(),
-                            other => other.cloned(),
-                        };
-                        let features: Vec<usize> = match features_value.as_ref() {
-                            Some(Value::All) => (0..sae.d_sae).collect(),
-                            Some(Value::List(items)) => items
-                                .iter()
-                                .filter_map(|v| {
-                                    if let Value::Integer(f) = v {
-                                        Some(*f as usize)
-                                    } else {
-                                        None
-                                    }
-                                })
-                                .collect(),
-                            _ => Vec::new(),
-                        };
+                        let features = self.feature_list(call.args.get("features"), sae.d_sae);
                         edit.scale.extend(features.into_iter().map(|f| (f, factor)));
                         if let Some(pos) = int(call, "pos") {
                             edit.scale_pos = Some(pos);
@@ -1317,18 +1313,10 @@ impl Runner<'_, '_, '_> {
         let index = source
             .column(column)
             .ok_or_else(|| format!("table `{}` has no column `{column}`", source.name))?;
-        let features: Vec<i64> = match self.resolve(call.args.get("features")) {
-            Some(Value::List(items)) => items
-                .iter()
-                .filter_map(|v| match v {
-                    Value::Integer(f) => Some(*f),
-                    _ => None,
-                })
-                .collect(),
-            _ => {
-                return Err("`feature_cooccurrence` needs a list of features, not `all`".into());
-            }
-        };
+        if matches!(self.resolve(call.args.get("features")), Some(Value::All)) {
+            return Err("`feature_cooccurrence` needs a list of features, not `all`".into());
+        }
+        let features = self.integers(call.args.get("features"));
         let lists: Vec<&Vec<i64>> = source
             .rows
             .iter()
@@ -1473,14 +1461,7 @@ impl Runner<'_, '_, '_> {
             unreachable!("checked")
         };
         let SaeSplice { sae, target, .. } = self.sae_splice(sae_name)?;
-        let features: Vec<usize> = match self.resolve(call.args.get("features")) {
-            Some(Value::All) => (0..sae.d_sae).collect(),
-            other => self
-                .integers(other.as_ref())
-                .into_iter()
-                .map(|f| f as usize)
-                .collect(),
-        };
+        let features = self.feature_list(call.args.get("features"), sae.d_sae);
         let budget = int(call, "tokens").unwrap_or(200_000).max(1) as usize;
         let mut slot_of = vec![None; sae.d_sae];
         let mut collectors: Vec<Collector> = Vec::with_capacity(features.len());
@@ -1596,21 +1577,7 @@ impl Runner<'_, '_, '_> {
         sae: &crate::sae::Sae,
     ) -> Result<(), Failure> {
         use crate::analysis::score_attribution::{Rotation, score_of};
-        let config = self.model.manifest.config.clone();
-        let rotary = matches!(config.positional, crate::model::Positional::Rotary { .. });
-        let key_hook = format!(
-            "blocks.{layer}.attn.hook_{}",
-            if rotary { "rot_k" } else { "k" }
-        );
-        let tables = if rotary {
-            Some((
-                self.model.weight("rotary.cos").map_err(Self::runtime)?,
-                self.model.weight("rotary.sin").map_err(Self::runtime)?,
-            ))
-        } else {
-            None
-        };
-        let kv_head = head / config.gqa_group();
+        let context = self.score_context(layer, head)?;
         let mut wanted = vec![false; sequences.len()];
         for feature in features.iter() {
             for e in feature
@@ -1631,11 +1598,11 @@ impl Runner<'_, '_, '_> {
                 .model
                 .batch(std::slice::from_ref(tokens))
                 .map_err(Self::runtime)?;
-            let forward = self.forward(None, &batch, &[&key_hook])?;
+            let forward = self.forward(None, &batch, &[&context.key_hook])?;
             keys.insert(
                 prompt,
-                forward.hooks[&key_hook]
-                    .slice(s![0, .., kv_head, ..])
+                forward.hooks[&context.key_hook]
+                    .slice(s![0, .., context.kv_head, ..])
                     .to_owned(),
             );
         }
@@ -1652,7 +1619,7 @@ impl Runner<'_, '_, '_> {
                 // Without the token's query its normalization is unknown here; dashboards
                 // show the unnormalized direction (the same for SAEs without it).
                 let direction = sae.w_dec.row(f).mapv(|w| w * e.activation);
-                let rotation = tables.as_ref().map(|(cos, sin)| Rotation {
+                let rotation = context.rotation.as_ref().map(|(cos, sin)| Rotation {
                     cos: cos.slice(s![e.pos, ..]),
                     sin: sin.slice(s![e.pos, ..]),
                 });
@@ -1664,7 +1631,7 @@ impl Runner<'_, '_, '_> {
                                 direction.view(),
                                 rotation.as_ref(),
                                 key.row(j),
-                                config.attn_scale,
+                                context.attn_scale,
                             ),
                         )
                     })
@@ -1770,14 +1737,7 @@ impl Runner<'_, '_, '_> {
     /// from `pos` to `key_pos` (by default where the head attends most from `pos`): the
     /// seed's "which features make the head attend to `says`", read off linearly.
     fn feature_attribution(&mut self, name: &str, call: &Call) -> Result<Table, Failure> {
-        let (layer, head) = self
-            .head(call.args.get("head"))
-            .ok_or_else(|| "the head has no value".to_owned())?;
-        let Some(Value::Name(sae_name)) = call.args.get("sae") else {
-            unreachable!("checked")
-        };
-        let sae = self.query_sae(sae_name, layer, head)?;
-        let context = self.score_context(layer, head)?;
+        let (sae, context) = self.attribution_inputs(call)?;
         let prompt = self.text(call.args.get("prompt")).unwrap_or_default();
         let tokens = self.prompt_tokens(&prompt)?;
         let query = position(&tokens, call)?;
@@ -1827,18 +1787,12 @@ impl Runner<'_, '_, '_> {
     /// each query's score to the key its head attends to most. Per feature: how often it
     /// is active there, its mean activation, and its total and mean share of the score.
     fn feature_attribution_at(&mut self, name: &str, call: &Call) -> Result<Table, Failure> {
-        let (layer, head) = self
-            .head(call.args.get("head"))
-            .ok_or_else(|| "the head has no value".to_owned())?;
-        let (Some(Value::Name(sae_name)), Some(Value::Name(dataset)), Some(Value::Name(rows))) = (
-            call.args.get("sae"),
-            call.args.get("dataset"),
-            call.args.get("positions"),
-        ) else {
+        let (Some(Value::Name(dataset)), Some(Value::Name(rows))) =
+            (call.args.get("dataset"), call.args.get("positions"))
+        else {
             unreachable!("checked")
         };
-        let sae = self.query_sae(sae_name, layer, head)?;
-        let context = self.score_context(layer, head)?;
+        let (sae, context) = self.attribution_inputs(call)?;
         let sequences = self.dataset(dataset)?;
         let rows_table = &self.tables[rows];
         let column = |c: &str| {
@@ -1905,13 +1859,18 @@ impl Runner<'_, '_, '_> {
         Ok(table)
     }
 
-    /// The SAE `name`, which must read `head`'s query.
-    fn query_sae(
+    /// A feature-attribution call's SAE, which must read its `head`'s query, and what
+    /// splitting that head's scores needs.
+    fn attribution_inputs(
         &mut self,
-        name: &str,
-        layer: usize,
-        head: usize,
-    ) -> Result<std::sync::Arc<crate::sae::Sae>, Failure> {
+        call: &Call,
+    ) -> Result<(std::sync::Arc<crate::sae::Sae>, ScoreContext), Failure> {
+        let (layer, head) = self
+            .head(call.args.get("head"))
+            .ok_or_else(|| "the head has no value".to_owned())?;
+        let Some(Value::Name(name)) = call.args.get("sae") else {
+            unreachable!("checked")
+        };
         let SaeSplice { sae, target, .. } = self.sae_splice(name)?;
         let q_hook = format!("blocks.{layer}.attn.hook_q");
         if target.hook != q_hook || target.head != Some(head) {
@@ -1924,7 +1883,7 @@ impl Runner<'_, '_, '_> {
                     .unwrap_or_default(),
             ));
         }
-        Ok(sae)
+        Ok((sae, self.score_context(layer, head)?))
     }
 
     /// What splitting `head`'s attention scores needs: its hooks and the rotary tables.

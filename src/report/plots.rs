@@ -24,17 +24,27 @@ type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
 /// The SVG text of `plot`.
 pub fn svg(plot: &Plot) -> Result<String, String> {
-    let mut out = String::new();
-    {
-        let root = SVGBackend::with_string(&mut out, (WIDTH, HEIGHT)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
-        draw(&root, plot).map_err(|e| format!("plot `{}`: {e}", plot.name))?;
-        root.present().map_err(|e| e.to_string())?;
-    }
+    let out = render((WIDTH, HEIGHT), |root| draw(root, plot))
+        .map_err(|e| format!("plot `{}`: {e}", plot.name))?;
     Ok(match &plot.kind {
         PlotKind::Scatter { hover, .. } => with_hover_titles(&out, hover),
         _ => out,
     })
+}
+
+/// An SVG of `size` on a white background, drawn by `draw`.
+fn render(
+    size: (u32, u32),
+    draw: impl FnOnce(&Area<'_>) -> Result<(), Box<dyn std::error::Error>>,
+) -> Result<String, String> {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        draw(&root).map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(out)
 }
 
 fn draw(root: &Area<'_>, plot: &Plot) -> Result<(), Box<dyn std::error::Error>> {
@@ -248,36 +258,29 @@ fn draw(root: &Area<'_>, plot: &Plot) -> Result<(), Box<dyn std::error::Error>> 
 
 /// A histogram of already-counted bins `(lo, hi, count)` as a small SVG (the dashboards').
 pub fn svg_bars(title: &str, bins: &[(f64, f64, usize)]) -> Result<String, String> {
-    let mut out = String::new();
-    {
-        let root = SVGBackend::with_string(&mut out, (640, 220)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let draw = || -> Result<(), Box<dyn std::error::Error>> {
-            let high = bins.last().map_or(1.0, |b| b.1);
-            let top = bins.iter().map(|b| b.2).max().unwrap_or(1).max(1) as f64;
-            let mut chart = ChartBuilder::on(&root)
-                .caption(title, (FONT, 14))
-                .margin(6)
-                .x_label_area_size(30)
-                .y_label_area_size(50)
-                .build_cartesian_2d(0.0..high, 0.0..top * 1.05)?;
-            chart
-                .configure_mesh()
-                .y_desc("sampled firings")
-                .light_line_style(WHITE)
-                .draw()?;
-            chart.draw_series(bins.iter().map(|&(lo, hi, n)| {
-                Rectangle::new(
-                    [(lo, 0.0), (hi, n as f64)],
-                    RGBColor(255, 140, 0).mix(0.8).filled(),
-                )
-            }))?;
-            Ok(())
-        };
-        draw().map_err(|e| format!("{title}: {e}"))?;
-        root.present().map_err(|e| e.to_string())?;
-    }
-    Ok(out)
+    render((640, 220), |root| {
+        let high = bins.last().map_or(1.0, |b| b.1);
+        let top = bins.iter().map(|b| b.2).max().unwrap_or(1).max(1) as f64;
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 14))
+            .margin(6)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..high, 0.0..top * 1.05)?;
+        chart
+            .configure_mesh()
+            .y_desc("sampled firings")
+            .light_line_style(WHITE)
+            .draw()?;
+        chart.draw_series(bins.iter().map(|&(lo, hi, n)| {
+            Rectangle::new(
+                [(lo, 0.0), (hi, n as f64)],
+                RGBColor(255, 140, 0).mix(0.8).filled(),
+            )
+        }))?;
+        Ok(())
+    })
+    .map_err(|e| format!("{title}: {e}"))
 }
 
 /// The key a tick at `v` stands for: cells span `[i, i + 1)`, labelled at their middle.
