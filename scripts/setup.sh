@@ -47,6 +47,9 @@ fi
 echo "setup: building qexp (release)"
 cargo build --release --quiet
 
+# A folder from a qexp that wrote no output marker is this script's own earlier export:
+# qexp refuses to replace unmarked folders, so clear it here.
+if [ -d "$MODEL" ] && [ ! -f "$MODEL/.qexp-output" ]; then rm -rf "$MODEL"; fi
 if [ ! -f "$MODEL/manifest.json" ] || [ "$GGUF" -nt "$MODEL/manifest.json" ] || [ target/release/qexp -nt "$MODEL/manifest.json" ]; then
   echo "setup: exporting SmolLM2-135M-Instruct to $MODEL"
   target/release/qexp export "$GGUF" -o "$MODEL"

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::manifest::Manifest;
+use crate::output::Scope;
 use crate::plan::Plan;
 use crate::runtime::{Device, HookedModel, Runtime, Sampling};
 use crate::{check, execute, export, report, syntax};
@@ -31,10 +32,19 @@ enum Command {
         checkpoint: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
+        #[command(flatten)]
+        outputs: OutputFlags,
     },
-    /// Parse and check an experiment without running it (against the model's manifest
-    /// and the SAEs' configs when they exist).
-    Check { experiment: PathBuf },
+    /// Parse and check an experiment without running it (against the model's manifest,
+    /// the SAEs' configs and the folders it would write, when they exist).
+    Check {
+        experiment: PathBuf,
+        /// Where report folders go.
+        #[arg(long, default_value = "reports")]
+        reports: PathBuf,
+        #[command(flatten)]
+        outputs: OutputFlags,
+    },
     /// Rewrite an experiment in the canonical layout (comments kept).
     Fmt {
         experiment: PathBuf,
@@ -53,6 +63,8 @@ enum Command {
         /// Overrides the experiment's device.
         #[arg(long, value_enum)]
         device: Option<Device>,
+        #[command(flatten)]
+        outputs: OutputFlags,
         /// Run what this version can and list the other steps in the report as not run,
         /// instead of refusing the experiment.
         #[arg(long)]
@@ -109,7 +121,25 @@ enum SaeCommand {
         out: Option<PathBuf>,
         #[arg(long, value_enum)]
         device: Option<Device>,
+        #[command(flatten)]
+        outputs: OutputFlags,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct OutputFlags {
+    /// Let this command write outside the folder it runs in (the project). Without it,
+    /// every output path must resolve inside the project.
+    #[arg(long)]
+    allow_outside_project: bool,
+}
+
+impl OutputFlags {
+    fn scope(&self) -> Result<Scope, Failure> {
+        Scope::current(self.allow_outside_project)
+            .context("cannot resolve the current folder (the project)")
+            .map_err(Failure::Other)
+    }
 }
 
 /// Exit codes: 0 success, 1 a failure while running, 2 a problem in the experiment file.
@@ -143,11 +173,15 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
-/// Reads, parses and checks an experiment file, with the model's manifest and the
-/// SAEs' configs when those files exist.
-fn load_plan(path: &Path) -> Result<(Plan, String), Failure> {
+/// Reads, parses and checks an experiment file, with the model's manifest, the SAEs'
+/// configs and the folders it would write (reports under `reports`).
+fn load_plan(
+    path: &Path,
+    reports: Option<&Path>,
+    scope: &Scope,
+) -> Result<(Plan, String), Failure> {
     let (file, source) = parse_file(path)?;
-    let context = context_for(&file);
+    let context = context_for(&file, reports, scope);
     let name = path.display().to_string();
     let plan = check::check(&file, &context)
         .map_err(|d| Failure::Source(syntax::render(&d, &name, &source)))?;
@@ -155,16 +189,16 @@ fn load_plan(path: &Path) -> Result<(Plan, String), Failure> {
 }
 
 fn parse_file(path: &Path) -> Result<(syntax::ast::File, String), Failure> {
-    let source =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let source = syntax::read_source(path)?;
     let name = path.display().to_string();
     let file =
         syntax::parse(&source).map_err(|d| Failure::Source(syntax::render(&d, &name, &source)))?;
     Ok((file, source))
 }
 
-/// The files a check consults: the model's manifest and every loaded SAE's cfg.json.
-fn context_for(file: &syntax::ast::File) -> check::Context {
+/// The files a check consults: the model's manifest, every loaded SAE's cfg.json, and
+/// the folders the run would write (every `save =` of a `train`, and the report).
+fn context_for(file: &syntax::ast::File, reports: Option<&Path>, scope: &Scope) -> check::Context {
     use syntax::ast::{DeclKind, ExprKind, Statement};
     let mut context = check::Context::default();
     let mut statements: Vec<&syntax::ast::Spanned<Statement>> = file.statements.iter().collect();
@@ -186,6 +220,26 @@ fn context_for(file: &syntax::ast::File) -> check::Context {
                         .saes
                         .insert(path.clone(), crate::sae::read_shape(Path::new(path)));
                 }
+                if let ExprKind::Call { function, args } = &value.kind
+                    && function.node == "train"
+                {
+                    for arg in args {
+                        if arg.name.as_ref().is_some_and(|n| n.node == "save")
+                            && let ExprKind::Str(path) = &arg.value.kind
+                            && let Err(why) = execute::check_save_paths(scope, Path::new(path))
+                        {
+                            context
+                                .refused_outputs
+                                .insert(path.clone(), why.to_string());
+                        }
+                    }
+                }
+            }
+            Statement::Experiment(name) if reports.is_some() => {
+                let reports = reports.expect("matched");
+                if let Err(why) = report::check_folder(reports, &name.node, scope) {
+                    context.refused_report = Some(why.to_string());
+                }
             }
             Statement::For { body, .. } => statements.extend(body),
             _ => {}
@@ -196,8 +250,12 @@ fn context_for(file: &syntax::ast::File) -> check::Context {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Check { experiment } => {
-            let (plan, _) = load_plan(&experiment)?;
+        Command::Check {
+            experiment,
+            reports,
+            outputs,
+        } => {
+            let (plan, _) = load_plan(&experiment, Some(&reports), &outputs.scope()?)?;
             let unsupported = execute::unsupported(&plan).len();
             println!(
                 "{}: ok ({} steps, {} of them not runnable by this version yet)",
@@ -207,7 +265,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
         }
         Command::Plan { experiment } => {
-            let (plan, _) = load_plan(&experiment)?;
+            let scope = Scope::current(true).context("cannot resolve the current folder")?;
+            let (plan, _) = load_plan(&experiment, None, &scope)?;
             print!("{plan}");
         }
         Command::Fmt { experiment, check } => {
@@ -230,9 +289,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
             experiment,
             reports,
             device,
+            outputs,
             skip_unsupported,
         } => {
-            let (mut plan, source) = load_plan(&experiment)?;
+            let scope = outputs.scope()?;
+            let (mut plan, source) = load_plan(&experiment, Some(&reports), &scope)?;
             if let Some(device) = device {
                 plan.model.device = device;
             }
@@ -256,8 +317,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 );
             }
             let runtime = Runtime::new(plan.model.device)?;
-            let results = execute::execute(&plan, &runtime)?;
-            let folder = report::write(&reports, &plan, &source, &results)?;
+            let results = execute::execute(&plan, &runtime, &scope)?;
+            let folder = report::write(&reports, &plan, &source, &results, &scope)?;
             for section in &results.sections {
                 if let execute::Section::Table(table) = section
                     && table.rows.len() == 1
@@ -273,8 +334,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             println!("report written to {}", folder.display());
         }
-        Command::Export { checkpoint, output } => {
-            let summary = export::export(&checkpoint, &output)?;
+        Command::Export {
+            checkpoint,
+            output,
+            outputs,
+        } => {
+            let summary = export::export(&checkpoint, &output, &outputs.scope()?)?;
             let m = &summary.manifest;
             println!(
                 "exported {} to {}: {} layers, d_model {}, {} heads ({} kv), {} parameters, {} graph nodes, {} hook points",
@@ -296,9 +361,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     name,
                     out,
                     device,
+                    outputs,
                 },
         } => {
-            let (mut plan, _) = load_plan(&experiment)?;
+            let scope = outputs.scope()?;
+            let (mut plan, _) = load_plan(&experiment, None, &scope)?;
             if let Some(device) = device {
                 plan.model.device = device;
             }
@@ -327,6 +394,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     _ => None,
                 })
                 .unwrap_or_else(|| Path::new("saes").join(&name));
+            execute::check_save_paths(&scope, &out)?;
             // Only this SAE is made: nothing else runs, no other SAE is saved.
             plan.steps.clear();
             for other in &mut plan.saes {
@@ -340,7 +408,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
             let runtime = Runtime::new(plan.model.device)?;
-            let results = execute::execute(&plan, &runtime)?;
+            let results = execute::execute(&plan, &runtime, &scope)?;
             for section in &results.sections {
                 if let execute::Section::Table(table) = section {
                     for row in &table.rows {

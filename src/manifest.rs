@@ -52,6 +52,12 @@ pub enum ManifestError {
         path: std::path::PathBuf,
         message: String,
     },
+    #[error("{} has changed since it was exported: its SHA-256 is {found}, manifest.json records {expected}; export the model again (or restore the file)", path.display())]
+    WeightsChanged {
+        path: std::path::PathBuf,
+        expected: String,
+        found: String,
+    },
     #[error("{} was written by a qexp with model format {found}; this qexp reads format {FORMAT_VERSION}: export the model again", path.display())]
     Version {
         path: std::path::PathBuf,
@@ -88,4 +94,92 @@ impl Manifest {
     pub fn hook(&self, name: &str) -> Option<&HookInfo> {
         self.hooks.iter().find(|h| h.name == name)
     }
+
+    /// Checks that `model.onnx.data` holds the weights this manifest was written for.
+    /// Hashing 540 MB takes seconds, so a verified file's size and modification time are
+    /// remembered beside it and the full hash is taken again only when either changed.
+    pub fn verify_weights(&self, model_dir: &Path) -> Result<(), ManifestError> {
+        let path = model_dir.join(DATA_FILE);
+        let unreadable = |e: std::io::Error| ManifestError::Unreadable {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let stamp = FileStamp::of(&path).map_err(unreadable)?;
+        let record = model_dir.join(VERIFIED_FILE);
+        let remembered: Option<Verified> = std::fs::read_to_string(&record)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok());
+        if remembered.is_some_and(|v| v.stamp == stamp && v.sha256 == self.weights_sha256) {
+            return Ok(());
+        }
+        let found = sha256_file(&path).map_err(unreadable)?;
+        if found != self.weights_sha256 {
+            return Err(ManifestError::WeightsChanged {
+                path,
+                expected: self.weights_sha256.clone(),
+                found,
+            });
+        }
+        remember_verified(model_dir, &found);
+        Ok(())
+    }
+}
+
+/// Beside the weights: the size and modification time at which they last hashed right.
+const VERIFIED_FILE: &str = ".qexp-weights-verified";
+
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct FileStamp {
+    bytes: u64,
+    modified_ns: u128,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> std::io::Result<Self> {
+        let meta = std::fs::metadata(path)?;
+        let modified_ns = meta
+            .modified()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Ok(FileStamp {
+            bytes: meta.len(),
+            modified_ns,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Verified {
+    stamp: FileStamp,
+    sha256: String,
+}
+
+/// Records that `model_dir`'s weights hash to `sha256` as they are now. Best effort: a
+/// read-only model folder is verified on every load instead.
+pub fn remember_verified(model_dir: &Path, sha256: &str) {
+    if let Ok(stamp) = FileStamp::of(&model_dir.join(DATA_FILE)) {
+        let record = Verified {
+            stamp,
+            sha256: sha256.to_owned(),
+        };
+        let text = serde_json::to_string(&record).expect("record serializes");
+        let _ = std::fs::write(model_dir.join(VERIFIED_FILE), text + "\n");
+    }
+}
+
+/// The SHA-256 of a file, read in 1 MiB pieces.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
 }

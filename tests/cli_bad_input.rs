@@ -30,6 +30,7 @@ fn export_fails(checkpoint: &Path) -> String {
         checkpoint.to_str().unwrap(),
         "-o",
         target.to_str().unwrap(),
+        "--allow-outside-project",
     ]);
     assert!(!target.exists(), "no model folder after a failed export");
     let leftovers: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
@@ -116,8 +117,12 @@ fn export_refuses_to_overwrite_a_folder_that_is_not_a_model() {
         fixture("tiny_llama/model.gguf").to_str().unwrap(),
         "-o",
         dir.path().to_str().unwrap(),
+        "--allow-outside-project",
     ]);
-    assert!(stderr.contains("is not a qexp model folder"), "{stderr}");
+    assert!(
+        stderr.contains("it is not a model folder qexp made"),
+        "{stderr}"
+    );
     assert!(dir.path().join("notes.txt").exists());
 }
 
@@ -148,6 +153,7 @@ fn export_tiny_llama() -> (tempfile::TempDir, std::path::PathBuf) {
             gguf.to_str().unwrap(),
             "-o",
             model.to_str().unwrap(),
+            "--allow-outside-project",
         ])
         .assert()
         .success();

@@ -110,12 +110,14 @@ fn a_report_folder_that_is_not_a_report_is_left_alone() {
     let dir = setup();
     std::fs::create_dir_all(dir.path().join("reports/tiny_run")).unwrap();
     std::fs::write(dir.path().join("reports/tiny_run/thesis.tex"), "mine").unwrap();
+    // Found by the check, before anything runs, and pinned to the experiment's name.
     let output = qexp(dir.path()).args(["run", "exp.qexp"]).output().unwrap();
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(
-        String::from_utf8(output.stderr)
-            .unwrap()
-            .contains("is not a qexp report")
+        stderr.contains("exp.qexp:1:12: cannot write this experiment's report")
+            && stderr.contains("it is not a report folder qexp made"),
+        "{stderr}"
     );
     assert!(dir.path().join("reports/tiny_run/thesis.tex").exists());
 }
@@ -222,7 +224,7 @@ fn reports_outside_the_project_are_refused_and_run_json_records_saes_and_seeds()
         .args(["run", "exp.qexp", "--reports", "../elsewhere"])
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("outside the project"), "{stderr}");
     assert!(!dir.path().parent().unwrap().join("elsewhere").exists());

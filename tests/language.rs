@@ -19,7 +19,8 @@ fn tiny_manifest() -> Manifest {
             let model = dir.path().join("tiny");
             let gguf =
                 Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_llama/model.gguf");
-            qexp::export::export(&gguf, &model).unwrap();
+            let scope = qexp::output::Scope::within(dir.path(), false).unwrap();
+            qexp::export::export(&gguf, &model, &scope).unwrap();
             Manifest::read(&model).unwrap()
         })
         .clone()
@@ -59,6 +60,7 @@ fn context() -> Context {
                 ),
             ),
         ]),
+        ..Context::default()
     }
 }
 

@@ -34,7 +34,9 @@ fn run_sections(model_dir: &Path, body: &str) -> Vec<Section> {
         "{:?}",
         execute::unsupported(&plan)
     );
-    execute::execute(&plan, &runtime()).unwrap().sections
+    execute::execute(&plan, &runtime(), &common::anywhere())
+        .unwrap()
+        .sections
 }
 
 /// The tables `body` makes.
@@ -359,14 +361,19 @@ fn a_prompt_longer_than_the_context_is_an_error_unless_the_dataset_cuts_it() {
     let plan = |text: String| {
         qexp::check::check(&qexp::syntax::parse(&text).unwrap(), &Default::default()).unwrap()
     };
-    let error = execute::execute(&plan(source("")), &runtime()).unwrap_err();
+    let error = execute::execute(&plan(source("")), &runtime(), &common::anywhere()).unwrap_err();
     let message = format!("{error}");
     assert!(
         message.contains("more than the model's context of 128"),
         "{message}"
     );
     assert!(message.contains("table t"), "names the step: {message}");
-    let results = execute::execute(&plan(source(", max_tokens = 64")), &runtime()).unwrap();
+    let results = execute::execute(
+        &plan(source(", max_tokens = 64")),
+        &runtime(),
+        &common::anywhere(),
+    )
+    .unwrap();
     let Section::Table(t) = &results.sections[0] else {
         panic!()
     };

@@ -27,6 +27,10 @@ use crate::syntax::{Diagnostic, Span, format_expr, nearest};
 /// about 5 means the model is sane, over 7 that something is broken.
 pub const SANITY_CHECK_TEXT: &str = "Many important transition points in the history of science have been moments when science 'zoomed in.' At these points, we develop a visualization or tool that allows us to see the world in a new level of detail, and a new field of science develops to study the world through this lens.";
 
+/// Experiment names become folder names (with a staging suffix while a report is
+/// written): this keeps them well under every file system's limit of 255 bytes.
+pub const MAX_EXPERIMENT_NAME: usize = 100;
+
 /// What the checker knows about an SAE without loading its weights.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaeShape {
@@ -42,6 +46,10 @@ pub struct Context {
     pub manifest: Option<Manifest>,
     /// `load("path")` SAEs by path: their shape, or why it could not be read.
     pub saes: BTreeMap<String, Result<SaeShape, String>>,
+    /// `save = "path"` folders by path: why qexp may not write there, if it may not.
+    pub refused_outputs: BTreeMap<String, String>,
+    /// Why the report folder may not be written, if it may not.
+    pub refused_report: Option<String>,
 }
 
 pub fn check(file: &File, context: &Context) -> Result<Plan, Vec<Diagnostic>> {
@@ -167,6 +175,22 @@ impl Checker<'_> {
                 {
                     self.error(name.span, "experiment names become folder names")
                         .hint = Some("use letters, digits, `_` and `-`".into());
+                } else if name.node.len() > MAX_EXPERIMENT_NAME {
+                    self.error(
+                        name.span,
+                        format!(
+                            "the experiment name is {} characters; report folders take at most {MAX_EXPERIMENT_NAME}",
+                            name.node.len()
+                        ),
+                    )
+                    .hint = Some("shorten it".into());
+                } else if let Some(why) = &self.context.refused_report {
+                    self.error(
+                        name.span,
+                        format!("cannot write this experiment's report: {why}"),
+                    )
+                    .hint = Some("rename the experiment, or give --reports another folder".into());
+                    self.name = Some(name.node.clone());
                 } else {
                     self.name = Some(name.node.clone());
                 }
@@ -561,6 +585,14 @@ impl Checker<'_> {
         assigned.sort_by_key(|(p, _)| p.name != "table");
         for (param, arg) in assigned {
             if let Some(value) = self.value(&arg.value, param.ty, columns.as_deref()) {
+                if param.name == "save"
+                    && let Value::Str(path) = &value
+                    && let Some(why) = self.context.refused_outputs.get(path)
+                {
+                    self.error(arg.value.span, format!("cannot save here: {why}"))
+                        .hint =
+                        Some("save inside the project, in a folder qexp made or a new one".into());
+                }
                 if param.ty == Type::Table
                     && let Value::Name(table) = &value
                     && let Some((Binding::Table(c), _)) = self.scope.get(table)

@@ -17,6 +17,7 @@ use std::time::Instant;
 
 pub use dashboards::{Dashboards, Example, FeatureDashboard, QuantileBand, WINDOW};
 pub use plots::{Plot, PlotKind};
+pub use runner::{check_save_paths, checkpoints_dir};
 pub use table::{Cell, Table};
 
 use runner::Runner;
@@ -213,7 +214,12 @@ fn describe(step: &Step) -> String {
     }
 }
 
-pub fn execute(plan: &Plan, runtime: &Runtime) -> Result<Results, ExecuteError> {
+/// Runs `plan`; whatever it saves (trained SAEs) must be a place `scope` allows.
+pub fn execute(
+    plan: &Plan,
+    runtime: &Runtime,
+    scope: &crate::output::Scope,
+) -> Result<Results, ExecuteError> {
     let mut model =
         HookedModel::load(runtime, &plan.model.path).map_err(|source| ExecuteError::Load {
             path: plan.model.path.display().to_string(),
@@ -223,7 +229,7 @@ pub fn execute(plan: &Plan, runtime: &Runtime) -> Result<Results, ExecuteError> 
     let weights_sha256 = model.manifest.weights_sha256.clone();
     let skipped: BTreeMap<String, String> = unsupported(plan).into_iter().collect();
     let root = std::env::current_dir().unwrap_or_default();
-    let mut runner = Runner::new(plan, &mut model, root);
+    let mut runner = Runner::new(plan, &mut model, root, scope.clone());
     let mut sections = Vec::new();
     let mut seconds = Vec::new();
     for step in &plan.steps {

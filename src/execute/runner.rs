@@ -28,6 +28,8 @@ pub(super) struct Runner<'p, 'm, 'r> {
     pub model: &'m mut HookedModel<'r>,
     /// Where relative dataset paths start: the folder qexp runs in.
     pub root: PathBuf,
+    /// Where the experiment may save what it makes.
+    scope: crate::output::Scope,
     pub tables: BTreeMap<String, Table>,
     pub values: BTreeMap<String, Value>,
     datasets: BTreeMap<String, Vec<Vec<u32>>>,
@@ -44,11 +46,17 @@ pub(super) struct Runner<'p, 'm, 'r> {
 type Failure = String;
 
 impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
-    pub fn new(plan: &'p Plan, model: &'m mut HookedModel<'r>, root: PathBuf) -> Self {
+    pub fn new(
+        plan: &'p Plan,
+        model: &'m mut HookedModel<'r>,
+        root: PathBuf,
+        scope: crate::output::Scope,
+    ) -> Self {
         Self {
             plan,
             model,
             root,
+            scope,
             tables: BTreeMap::new(),
             values: BTreeMap::new(),
             datasets: BTreeMap::new(),
@@ -1076,6 +1084,10 @@ impl Runner<'_, '_, '_> {
         else {
             unreachable!("checked")
         };
+        let save_to = self.text(call.args.get("save")).map(|p| self.root.join(p));
+        if let Some(dir) = &save_to {
+            check_save_paths(&self.scope, dir).map_err(|e| format!("saving `{name}`: {e}"))?;
+        }
         let target = self.target(hook)?;
         let (activations, _) = self.hook_activations(&target, dataset)?;
         let architecture = match call.args.get("architecture") {
@@ -1100,8 +1112,18 @@ impl Runner<'_, '_, '_> {
             normalize_activations: flag("normalize_activations", false),
             resample_dead: flag("resample_dead", false),
         };
-        let save_to = self.text(call.args.get("save")).map(|p| self.root.join(p));
+        let dataset_sha256 = tokens_sha256(&self.dataset(dataset)?);
+        let inputs = format!(
+            "model weights sha256 {}, hook {}{}, dataset `{dataset}` token ids sha256 {dataset_sha256}",
+            self.model.manifest.weights_sha256,
+            target.hook,
+            target
+                .head
+                .map(|h| format!(" head {h}"))
+                .unwrap_or_default(),
+        );
         let checkpointing = save_to.as_ref().map(|dir| Checkpointing {
+            inputs: inputs.clone(),
             dir: checkpoints_dir(dir),
             every: int(call, "checkpoint_every").unwrap_or(0).max(0) as usize,
             resume: flag("resume", true),
@@ -2259,9 +2281,32 @@ fn number(call: &Call, name: &str) -> Option<f64> {
     }
 }
 
+/// A hash of a dataset's token ids, sequence by sequence.
+fn tokens_sha256(sequences: &[Vec<u32>]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for sequence in sequences {
+        hasher.update((sequence.len() as u64).to_le_bytes());
+        for token in sequence {
+            hasher.update(token.to_le_bytes());
+        }
+    }
+    format!("{:x}", hasher.finalize())
+}
+
+/// Whether an SAE may be saved to `dir` (and its checkpoints beside it).
+pub fn check_save_paths(
+    scope: &crate::output::Scope,
+    dir: &std::path::Path,
+) -> Result<(), crate::output::OutputError> {
+    use crate::output::Kind;
+    scope.check(dir, Kind::Sae)?;
+    scope.check(&checkpoints_dir(dir), Kind::Checkpoints)
+}
+
 /// Where a saved SAE's training checkpoints go: beside it, so saving the finished SAE
 /// (which replaces its folder whole) leaves them alone.
-fn checkpoints_dir(sae_dir: &std::path::Path) -> PathBuf {
+pub fn checkpoints_dir(sae_dir: &std::path::Path) -> PathBuf {
     let name = sae_dir
         .file_name()
         .map_or_else(|| "sae".into(), |n| n.to_string_lossy().into_owned());

@@ -7,19 +7,17 @@
 pub(crate) mod graph;
 mod transformer;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
-use crate::fsutil;
 use crate::manifest::{
     ATTENTION_MASK, DATA_FILE, FORMAT_VERSION, GRAPH_FILE, INPUT_IDS, LOGITS, MANIFEST_FILE,
     Manifest, TOKENIZER_FILE,
 };
 use crate::onnx::{FLOAT, INT64, ModelProto, OperatorSetIdProto};
+use crate::output::{Kind, Scope, Staging};
 
 pub use graph::{ExternalData, GraphBuilder, attr_int, attr_ints, value_info};
 
@@ -35,8 +33,8 @@ pub enum ExportError {
     Io(#[from] std::io::Error),
     #[error("cannot write {}: {message}", path.display())]
     Write { path: PathBuf, message: String },
-    #[error("{} exists and is not a qexp model folder; choose another output path or remove it", path.display())]
-    OutputOccupied { path: PathBuf },
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
     #[error("internal error while building the graph: {0} (this is a bug in qexp)")]
     Internal(String),
 }
@@ -49,19 +47,13 @@ pub struct ExportSummary {
 }
 
 /// Reads `checkpoint` and writes the model folder `out_dir`, replacing an earlier export
-/// there but nothing else.
-pub fn export(checkpoint: &Path, out_dir: &Path) -> Result<ExportSummary, ExportError> {
-    if out_dir.exists() && !out_dir.join(MANIFEST_FILE).exists() {
-        let empty = out_dir
-            .read_dir()
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(false);
-        if !empty {
-            return Err(ExportError::OutputOccupied {
-                path: out_dir.to_owned(),
-            });
-        }
-    }
+/// there but nothing else; `out_dir` must be a place `scope` allows.
+pub fn export(
+    checkpoint: &Path,
+    out_dir: &Path,
+    scope: &Scope,
+) -> Result<ExportSummary, ExportError> {
+    scope.check(out_dir, Kind::Model)?;
     export_checkpoint(&Checkpoint::load(checkpoint)?, out_dir)
 }
 
@@ -70,9 +62,9 @@ pub fn export_checkpoint(
     checkpoint: &Checkpoint,
     out_dir: &Path,
 ) -> Result<ExportSummary, ExportError> {
-    let staging = fsutil::staging_dir_for(out_dir)?;
+    let staging = Staging::new(out_dir, Kind::Model)?;
     let summary = write_folder(checkpoint, staging.path())?;
-    fsutil::replace_dir(staging, out_dir)?;
+    staging.commit()?;
     Ok(summary)
 }
 
@@ -115,7 +107,7 @@ fn write_folder(checkpoint: &Checkpoint, dir: &Path) -> Result<ExportSummary, Ex
         format_version: FORMAT_VERSION,
         exported_by: format!("qexp {}", env!("CARGO_PKG_VERSION")),
         source: checkpoint.description.clone(),
-        weights_sha256: sha256_file(&dir.join(DATA_FILE))?,
+        weights_sha256: crate::manifest::sha256_file(&dir.join(DATA_FILE))?,
         config: config.clone(),
         special_tokens: checkpoint.special_tokens,
         parameters: checkpoint.transformer.parameter_count(),
@@ -124,22 +116,9 @@ fn write_folder(checkpoint: &Checkpoint, dir: &Path) -> Result<ExportSummary, Ex
     let mut json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
     json.push('\n');
     std::fs::write(dir.join(MANIFEST_FILE), json)?;
+    crate::manifest::remember_verified(dir, &manifest.weights_sha256);
     Ok(ExportSummary {
         manifest,
         graph_nodes,
     })
-}
-
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(format!("{:x}", hasher.finalize()))
 }

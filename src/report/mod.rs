@@ -16,7 +16,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::execute::{Cell, Results, Section};
-use crate::fsutil;
+use crate::output::{Kind, OutputError, Scope, Staging};
 use crate::plan::Plan;
 
 const RUN_FILE: &str = "run.json";
@@ -25,16 +25,14 @@ const RUN_FILE: &str = "run.json";
 pub enum ReportError {
     #[error("cannot write the report: {0}")]
     Io(#[from] std::io::Error),
-    #[error("{} exists and is not a qexp report (no {RUN_FILE}); move it away or rename the experiment", path.display())]
-    Occupied { path: PathBuf },
+    #[error(transparent)]
+    Output(#[from] OutputError),
     #[error("cannot render the report template: {0} (this is a bug in qexp)")]
     Template(#[from] minijinja::Error),
     #[error("cannot write a CSV file: {0}")]
     Csv(#[from] csv::Error),
     #[error("cannot draw {0}")]
     Plot(String),
-    #[error("refusing to write a report to {}: it is outside the project ({}); give --reports a folder inside it", path.display(), project.display())]
-    OutsideProject { path: PathBuf, project: PathBuf },
 }
 
 /// Everything `run.json` records about how the results were made.
@@ -55,6 +53,21 @@ struct RunRecord<'a> {
     seeds: BTreeMap<String, i64>,
 }
 
+/// The folder a report of `experiment` goes to.
+pub fn folder(reports_root: &Path, experiment: &str) -> PathBuf {
+    reports_root.join(experiment)
+}
+
+/// Whether the report of `experiment` may be written under `reports_root`: checked
+/// before a run starts, so a long run never ends in a refusal.
+pub fn check_folder(
+    reports_root: &Path,
+    experiment: &str,
+    scope: &Scope,
+) -> Result<(), OutputError> {
+    scope.check(&folder(reports_root, experiment), Kind::Report)
+}
+
 /// Writes `reports_root/<experiment>/`, replacing an earlier report of the same
 /// experiment only once the new one is complete.
 pub fn write(
@@ -62,20 +75,11 @@ pub fn write(
     plan: &Plan,
     source: &str,
     results: &Results,
+    scope: &Scope,
 ) -> Result<PathBuf, ReportError> {
-    let project = std::env::current_dir()?;
-    let absolute = lexically_normal(&project.join(reports_root));
-    if !absolute.starts_with(&project) {
-        return Err(ReportError::OutsideProject {
-            path: absolute,
-            project,
-        });
-    }
-    let target = reports_root.join(&plan.name);
-    if target.exists() && !target.join(RUN_FILE).exists() {
-        return Err(ReportError::Occupied { path: target });
-    }
-    let staging = fsutil::staging_dir_for(&target)?;
+    let target = folder(reports_root, &plan.name);
+    scope.check(&target, Kind::Report)?;
+    let staging = Staging::new(&target, Kind::Report)?;
     let dir = staging.path();
     std::fs::create_dir_all(dir.join("results"))?;
 
@@ -116,23 +120,8 @@ pub fn write(
     }
     std::fs::write(dir.join("index.html"), render_html(plan, results, &svgs)?)?;
 
-    fsutil::replace_dir(staging, &target)?;
+    staging.commit()?;
     Ok(target)
-}
-
-/// `a/b/../c` -> `a/c`, without touching the file system (the folder may not exist yet).
-fn lexically_normal(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for part in path.components() {
-        match part {
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            std::path::Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 /// The seeds an experiment sets (`shuffle_seed` of datasets, `seed` of SAE training and

@@ -41,6 +41,7 @@ pub struct Forward {
 impl<'r> HookedModel<'r> {
     pub fn load(runtime: &'r Runtime, dir: &Path) -> Result<Self, RuntimeError> {
         let manifest = Manifest::read(dir)?;
+        manifest.verify_weights(dir)?;
         let graph_path = dir.join(GRAPH_FILE);
         let bytes = std::fs::read(&graph_path).map_err(|e| RuntimeError::ModelFile {
             path: graph_path.clone(),

@@ -49,7 +49,46 @@ impl RuntimeError {
         let doing = doing.into();
         move |e| RuntimeError::Ort {
             doing,
-            message: e.to_string(),
+            message: one_line(&e.to_string()),
         }
+    }
+}
+
+/// ONNX Runtime's messages can span lines and carry terminal colour codes: one plain line.
+fn one_line(message: &str) -> String {
+    let mut plain = String::with_capacity(message.len());
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An escape sequence: `ESC [ ... letter`.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let joined = plain
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ");
+    match joined.char_indices().nth(400) {
+        Some((cut, _)) => format!("{}...", &joined[..cut]),
+        None => joined,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn runtime_messages_become_one_plain_line() {
+        assert_eq!(
+            super::one_line("\u{1b}[1;31m2026 [E:onnxruntime] bad\u{1b}[m\n  at file.cc\n"),
+            "2026 [E:onnxruntime] bad | at file.cc"
+        );
     }
 }

@@ -1,18 +1,19 @@
 //! Writing an SAE in SAELens' layout (6.x `cfg.json` with `metadata`, and
 //! `sae_weights.safetensors` in f32), so SAELens' `SAE.load_from_disk` and qexp both read
-//! it. The folder is written beside the target and swapped in whole.
+//! it. The folder is written beside the target and swapped in whole, and only over a
+//! folder qexp saved an SAE to before (see `output`).
 
 use std::path::Path;
 
 use super::{Architecture, Normalization, Sae, SaeError, tensors};
-use crate::fsutil;
+use crate::output::{Kind, Staging};
 
 pub fn save(sae: &Sae, dir: &Path) -> Result<(), SaeError> {
     let failed = |message: String| SaeError::Write {
         path: dir.to_owned(),
         message,
     };
-    let staging = fsutil::staging_dir_for(dir).map_err(|e| failed(e.to_string()))?;
+    let staging = Staging::new(dir, Kind::Sae).map_err(|e| failed(e.to_string()))?;
     let mut weights = vec![
         ("W_enc", sae.w_enc.clone().into_dyn()),
         ("b_enc", sae.b_enc.clone().into_dyn()),
@@ -26,7 +27,7 @@ pub fn save(sae: &Sae, dir: &Path) -> Result<(), SaeError> {
     let text = serde_json::to_string_pretty(&config_json(sae)).expect("JSON values serialize");
     std::fs::write(staging.path().join("cfg.json"), text + "\n")
         .map_err(|e| failed(e.to_string()))?;
-    fsutil::replace_dir(staging, dir).map_err(|e| failed(e.to_string()))
+    staging.commit().map_err(|e| failed(e.to_string()))
 }
 
 /// SAELens 6.x's config for this SAE.
@@ -128,6 +129,17 @@ mod tests {
             std::fs::read_dir(dir.path()).unwrap().count(),
             1,
             "no staging left"
+        );
+    }
+
+    #[test]
+    fn saving_over_a_folder_qexp_did_not_make_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("thesis.tex"), "years of work").unwrap();
+        assert!(save(&sae(Architecture::Standard), dir.path()).is_err());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("thesis.tex")).unwrap(),
+            "years of work"
         );
     }
 }

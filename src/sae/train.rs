@@ -45,6 +45,9 @@ pub struct Checkpointing {
     pub dir: PathBuf,
     pub every: usize,
     pub resume: bool,
+    /// What the activations were made from (model weights, hook, dataset), in words a
+    /// mismatch can be explained with: a checkpoint resumes only on the same inputs.
+    pub inputs: String,
 }
 
 /// Live numbers for a progress bar.
@@ -163,7 +166,9 @@ impl State {
             let norm = row.dot(&row).sqrt().max(1e-12);
             row /= norm / DECODER_INIT_NORM;
         }
-        let w_enc = w_dec.t().to_owned();
+        // Row-major like every array a checkpoint reads back: the matrix products then take
+        // the same path before and after a resume, and so round the same way.
+        let w_enc = w_dec.t().as_standard_layout().into_owned();
         let b_enc = Array1::<f32>::zeros(d_sae);
         let b_dec = activations.mean_axis(Axis(0)).expect("n > 0") * scale;
         Self {
@@ -232,7 +237,7 @@ pub fn train(
     };
     let mut state = match checkpointing.filter(|c| c.resume) {
         Some(c) => match latest_checkpoint(&c.dir) {
-            Some(path) => read_checkpoint(&path, config)?,
+            Some(path) => read_checkpoint(&path, config, &c.inputs)?,
             None => State::new(activations, scale, config),
         },
         None => State::new(activations, scale, config),
@@ -365,7 +370,7 @@ pub fn train(
             && c.every > 0
             && (state.step % c.every == 0 || state.step == steps)
         {
-            last_checkpoint = Some(write_checkpoint(&c.dir, &state, config, scale)?);
+            last_checkpoint = Some(write_checkpoint(c, &state, config, scale)?);
         }
     }
     let tail = state.tail[3].max(1.0);
@@ -508,16 +513,28 @@ fn latest_checkpoint(dir: &Path) -> Option<PathBuf> {
 /// and the trainer's state; then removes older checkpoints. The state file is written
 /// last, so a checkpoint without it is an interrupted write and is never resumed from.
 fn write_checkpoint(
-    dir: &Path,
+    checkpointing: &Checkpointing,
     state: &State,
     config: &TrainConfig,
     scale: f32,
 ) -> Result<PathBuf, TrainError> {
+    let dir = &checkpointing.dir;
     let path = dir.join(format!("step_{:09}", state.step));
     let failed = |message: String| TrainError::Checkpoint {
         path: path.clone(),
         message,
     };
+    // Older checkpoints are deleted below: only ever inside a folder qexp made for them.
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(|e| failed(e.to_string()))?;
+        crate::output::mark(dir, crate::output::Kind::Checkpoints)
+            .map_err(|e| failed(e.to_string()))?;
+    } else if !crate::output::marked_as(dir, crate::output::Kind::Checkpoints) {
+        return Err(failed(format!(
+            "{} is not a checkpoint folder qexp made; move it away",
+            dir.display()
+        )));
+    }
     super::save(&state.sae(config, scale), &path).map_err(|e| failed(e.to_string()))?;
     let as_f32 = |v: &[usize]| {
         ArrayD::from_shape_vec(vec![v.len()], v.iter().map(|&s| s as f32).collect()).expect("1-d")
@@ -550,6 +567,7 @@ fn write_checkpoint(
     let json = serde_json::json!({
         "step": state.step,
         "config": format!("{config:?}"),
+        "inputs": checkpointing.inputs,
         "tail": state.tail,
         "resampled": state.resampled,
     });
@@ -570,7 +588,7 @@ fn write_checkpoint(
     Ok(path)
 }
 
-fn read_checkpoint(path: &Path, config: &TrainConfig) -> Result<State, TrainError> {
+fn read_checkpoint(path: &Path, config: &TrainConfig, inputs: &str) -> Result<State, TrainError> {
     let failed = |message: String| TrainError::Checkpoint {
         path: path.to_owned(),
         message,
@@ -583,6 +601,12 @@ fn read_checkpoint(path: &Path, config: &TrainConfig) -> Result<State, TrainErro
     if made_with != format!("{config:?}") {
         return Err(failed(format!(
             "it was made with other settings ({made_with}); delete it, or train with `resume = false`"
+        )));
+    }
+    let made_from = json["inputs"].as_str().unwrap_or("unknown inputs");
+    if made_from != inputs {
+        return Err(failed(format!(
+            "it was trained on other activations ({made_from}; now {inputs}); delete it, or train with `resume = false`"
         )));
     }
     let mut tensors = tensors::read(&path.join(STATE_TENSORS)).map_err(failed)?;
@@ -758,6 +782,7 @@ mod tests {
             dir: dir.path().join("checkpoints"),
             every: 15,
             resume: true,
+            inputs: "data A".into(),
         };
         // Interrupted after step 31: the checkpoint of step 30 is the last one.
         let mid = checkpointing;
@@ -780,6 +805,16 @@ mod tests {
         let refused = train(&x, &other, Some(&mid), |_| {});
         assert!(
             matches!(refused, Err(TrainError::Checkpoint { .. })),
+            "{refused:?}"
+        );
+        // Nor do the same settings on other activations.
+        let elsewhere = Checkpointing {
+            inputs: "data B".into(),
+            ..mid.clone()
+        };
+        let refused = train(&x, &c, Some(&elsewhere), |_| {});
+        assert!(
+            matches!(&refused, Err(TrainError::Checkpoint { message, .. }) if message.contains("data A; now data B")),
             "{refused:?}"
         );
     }
@@ -926,5 +961,44 @@ mod tests {
                 "b_enc",
             );
         }
+    }
+
+    #[test]
+    fn a_resumed_run_rounds_exactly_as_an_uninterrupted_one_on_uneven_batches() {
+        // Many small batches over data that does not divide into them, with wide matrices:
+        // any difference in memory layout between a fresh and a resumed state changes the
+        // rounding of the matrix products.
+        let mut rng = StdRng::seed_from_u64(3);
+        let x: Array2<f32> = Array2::from_shape_fn((69, 16), |_| StandardNormal.sample(&mut rng));
+        let c = TrainConfig {
+            d_sae: 256,
+            batch_size: 8,
+            tokens: 8 * 3000,
+            lr: 3e-4,
+            l1_coefficient: 5e-4,
+            ..config(Architecture::Standard)
+        };
+        let (uninterrupted, full_summary) = train(&x, &c, None, |_| {}).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let checkpointing = Checkpointing {
+            dir: dir.path().join("c"),
+            every: 500,
+            resume: true,
+            inputs: "data A".into(),
+        };
+        let interrupted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            train(&x, &c, Some(&checkpointing), |p| {
+                if p.step == 2201 {
+                    panic!("interrupted");
+                }
+            })
+        }));
+        assert!(interrupted.is_err());
+        let (resumed, summary) = train(&x, &c, Some(&checkpointing), |_| {}).unwrap();
+        assert_eq!(summary.resumed_from, 2000);
+        assert_eq!(resumed.w_enc, uninterrupted.w_enc);
+        assert_eq!(resumed.w_dec, uninterrupted.w_dec);
+        assert_eq!(resumed.b_enc, uninterrupted.b_enc);
+        assert_eq!(summary.mse, full_summary.mse);
     }
 }

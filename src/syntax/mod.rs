@@ -8,6 +8,54 @@ mod parser;
 pub use format::{expr as format_expr, format};
 pub use parser::{KEYWORDS, nearest, parse};
 
+/// Why an experiment file could not be read as text.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not a regular file; an experiment is a .qexp text file", path.display())]
+    NotAFile { path: std::path::PathBuf },
+    #[error("{} is {bytes} bytes; experiments are limited to {} bytes", path.display(), parser::MAX_SOURCE_BYTES)]
+    TooLarge {
+        path: std::path::PathBuf,
+        bytes: u64,
+    },
+    #[error("{} is not UTF-8 text", path.display())]
+    NotUtf8 { path: std::path::PathBuf },
+}
+
+/// Reads an experiment file: a regular file (a FIFO or device would block or never end)
+/// of bounded size, UTF-8, a leading byte-order mark dropped.
+pub fn read_source(path: &std::path::Path) -> Result<String, SourceError> {
+    let io = |source| SourceError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(SourceError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    if meta.len() > parser::MAX_SOURCE_BYTES as u64 {
+        return Err(SourceError::TooLarge {
+            path: path.to_owned(),
+            bytes: meta.len(),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    let text = String::from_utf8(bytes).map_err(|_| SourceError::NotUtf8 {
+        path: path.to_owned(),
+    })?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_owned(),
+        None => text,
+    })
+}
+
 /// A byte range in the source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize)]
 pub struct Span {

@@ -23,8 +23,14 @@ pub fn runtime() -> Runtime {
 pub fn export_to_temp(checkpoint: &Path) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
-    qexp::export::export(checkpoint, &model).expect("export succeeds");
+    let scope = qexp::output::Scope::within(dir.path(), false).unwrap();
+    qexp::export::export(checkpoint, &model, &scope).expect("export succeeds");
     (dir, model)
+}
+
+/// Output paths anywhere: the library tests write into temporary folders.
+pub fn anywhere() -> qexp::output::Scope {
+    qexp::output::Scope::within(Path::new("/"), true).unwrap()
 }
 
 pub struct Reference(NpzReader<std::fs::File>);
