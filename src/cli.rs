@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -12,6 +13,17 @@ use crate::output::Scope;
 use crate::plan::Plan;
 use crate::runtime::{Device, HookedModel, Runtime, Sampling};
 use crate::{check, execute, export, report, syntax};
+
+// Printing to a closed pipe (`qexp hooks m | head`) is not an error worth a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{ let _ = write!(std::io::stdout(), $($arg)*); }};
+}
+macro_rules! outln {
+    ($($arg:tt)*) => {{ let _ = writeln!(std::io::stdout(), $($arg)*); }};
+}
+macro_rules! errln {
+    ($($arg:tt)*) => {{ let _ = writeln!(std::io::stderr(), $($arg)*); }};
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -148,11 +160,11 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Source(rendered)) => {
-            eprint!("{rendered}");
+            let _ = write!(std::io::stderr(), "{rendered}");
             ExitCode::from(2)
         }
         Err(Failure::Other(error)) => {
-            eprintln!("error: {error:#}");
+            let _ = writeln!(std::io::stderr(), "error: {error:#}");
             ExitCode::FAILURE
         }
         Err(Failure::Differ) => ExitCode::FAILURE,
@@ -257,7 +269,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let (plan, _) = load_plan(&experiment, Some(&reports), &outputs.scope()?)?;
             let unsupported = execute::unsupported(&plan).len();
-            println!(
+            outln!(
                 "{}: ok ({} steps, {} of them not runnable by this version yet)",
                 experiment.display(),
                 plan.steps.len(),
@@ -267,7 +279,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Plan { experiment } => {
             let scope = Scope::current(true).context("cannot resolve the current folder")?;
             let (plan, _) = load_plan(&experiment, None, &scope)?;
-            print!("{plan}");
+            out!("{plan}");
         }
         Command::Fmt { experiment, check } => {
             let (file, source) = parse_file(&experiment)?;
@@ -310,7 +322,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         list.join("\n")
                     )));
                 }
-                eprintln!(
+                errln!(
                     "not running {} steps this qexp cannot run yet:\n{}",
                     unsupported.len(),
                     list.join("\n")
@@ -329,10 +341,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         .zip(&table.rows[0])
                         .map(|(c, v)| format!("{c}: {}", v.text()))
                         .collect();
-                    println!("{}: {}", table.name, cells.join(", "));
+                    outln!("{}: {}", table.name, cells.join(", "));
                 }
             }
-            println!("report written to {}", folder.display());
+            outln!("report written to {}", folder.display());
         }
         Command::Export {
             checkpoint,
@@ -341,7 +353,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let summary = export::export(&checkpoint, &output, &outputs.scope()?)?;
             let m = &summary.manifest;
-            println!(
+            outln!(
                 "exported {} to {}: {} layers, d_model {}, {} heads ({} kv), {} parameters, {} graph nodes, {} hook points",
                 m.source,
                 output.display(),
@@ -418,11 +430,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
                             .zip(row)
                             .map(|(c, v)| format!("{c}: {}", v.text()))
                             .collect();
-                        println!("{}", cells.join(", "));
+                        outln!("{}", cells.join(", "));
                     }
                 }
             }
-            println!("saved {name} to {}", out.display());
+            outln!("saved {name} to {}", out.display());
         }
         Command::Diff {
             a,
@@ -433,9 +445,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let text = report::diff(&a, &b, tolerance, examples)?;
             if text.is_empty() {
-                println!("no differences in the result files");
+                outln!("no differences in the result files");
             } else {
-                print!("{text}");
+                out!("{text}");
                 if exit_code {
                     return Err(Failure::Differ);
                 }
@@ -444,7 +456,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Hooks { model } => {
             let manifest = Manifest::read(&model)?;
             for hook in &manifest.hooks {
-                println!(
+                outln!(
                     "{:<40} [{}]  {}",
                     hook.name,
                     hook.shape.join(", "),
@@ -470,7 +482,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Sampling::Greedy
             };
             let new = model.generate(&tokens, max_new_tokens, sampling, false)?;
-            println!("{prompt}{}", model.to_string(&new)?);
+            outln!("{prompt}{}", model.to_string(&new)?);
         }
     }
     Ok(())

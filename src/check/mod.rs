@@ -65,6 +65,7 @@ pub fn check(file: &File, context: &Context) -> Result<Plan, Vec<Diagnostic>> {
         variants: Vec::new(),
         steps: Vec::new(),
         suffix: String::new(),
+        unrolled: 0,
     };
     for statement in &file.statements {
         checker.statement(statement);
@@ -150,7 +151,13 @@ struct Checker<'c> {
     steps: Vec<Step>,
     /// Appended to names declared inside a `for` body (`_1669`), so each pass declares its own.
     suffix: String,
+    /// Statements checked so far, `for` bodies counted once per pass.
+    unrolled: usize,
 }
+
+/// Statements an experiment may unroll to: nested `for` loops multiply, and 30 nested
+/// loops over two items would otherwise ask for a billion statements.
+pub const MAX_UNROLLED_STATEMENTS: usize = 10_000;
 
 impl Checker<'_> {
     fn error(&mut self, span: Span, message: impl Into<String>) -> &mut Diagnostic {
@@ -163,6 +170,19 @@ impl Checker<'_> {
     }
 
     fn statement(&mut self, statement: &Spanned<Statement>) {
+        self.unrolled += 1;
+        if self.unrolled > MAX_UNROLLED_STATEMENTS {
+            if self.unrolled == MAX_UNROLLED_STATEMENTS + 1 {
+                self.error(
+                    statement.span,
+                    format!(
+                        "the `for` loops unroll to more than {MAX_UNROLLED_STATEMENTS} statements"
+                    ),
+                )
+                .hint = Some("loop over fewer items, or nest fewer loops".into());
+            }
+            return;
+        }
         match &statement.node {
             Statement::Experiment(name) => {
                 if self.name.is_some() {

@@ -92,12 +92,23 @@ pub fn render(diagnostics: &[Diagnostic], file_name: &str, source: &str) -> Stri
     let mut out = Vec::new();
     for d in diagnostics {
         let (line, col) = line_col(source, d.span.start);
+        let message = clip(&d.message);
+        // A machine-made line of kilobytes is no excerpt to show: the place and the
+        // message say it all.
+        let line_text = source.lines().nth(line - 1).unwrap_or_default();
+        if line_text.len() > MAX_EXCERPT_LINE {
+            out.extend(format!("Error: {file_name}:{line}:{col}: {message}\n").bytes());
+            if let Some(hint) = &d.hint {
+                out.extend(format!("  Help: {hint}\n").bytes());
+            }
+            continue;
+        }
         let mut report = Report::build(ReportKind::Error, (file_name, d.span.start..d.span.end))
             .with_config(Config::default().with_color(false))
-            .with_message(format!("{file_name}:{line}:{col}: {}", d.message))
+            .with_message(format!("{file_name}:{line}:{col}: {message}"))
             .with_label(
                 Label::new((file_name, d.span.start..d.span.end.max(d.span.start + 1)))
-                    .with_message(&d.message),
+                    .with_message(&message),
             );
         if let Some(hint) = &d.hint {
             report = report.with_help(hint);
@@ -108,6 +119,17 @@ pub fn render(diagnostics: &[Diagnostic], file_name: &str, source: &str) -> Stri
             .expect("writing to a Vec cannot fail");
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Source lines longer than this are not shown under a diagnostic.
+const MAX_EXCERPT_LINE: usize = 300;
+
+/// A message quoting a huge name keeps its start.
+fn clip(message: &str) -> String {
+    match message.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}...", &message[..cut]),
+        None => message.to_owned(),
+    }
 }
 
 /// 1-based line and column (in characters) of a byte offset.

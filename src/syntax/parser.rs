@@ -22,6 +22,9 @@ struct QexpParser;
 pub const MAX_SOURCE_BYTES: usize = 1 << 20;
 /// pest descends recursively through nested brackets; this keeps the stack bounded.
 pub const MAX_NESTING: usize = 64;
+/// Operators an expression may chain, counted down through its nested expressions: every
+/// later stage walks the tree recursively, so its depth must be bounded.
+pub const MAX_OPERATOR_DEPTH: usize = 256;
 
 pub const KEYWORDS: &[&str] = &[
     "experiment",
@@ -80,6 +83,10 @@ pub fn parse(source: &str) -> Result<File, Vec<Diagnostic>> {
     let mut pairs =
         QexpParser::parse(Rule::file, source).map_err(|e| vec![syntax_error(source, e)])?;
     let file = pairs.next().expect("the file rule always yields one pair");
+    let problems = validate(file.clone());
+    if !problems.is_empty() {
+        return Err(problems);
+    }
     Ok(File {
         statements: file
             .into_inner()
@@ -87,6 +94,94 @@ pub fn parse(source: &str) -> Result<File, Vec<Diagnostic>> {
             .map(statement)
             .collect(),
     })
+}
+
+/// What the grammar accepts but the language does not: expressions chaining too many
+/// operators, and unknown escapes in strings. Walks the pairs without recursion.
+fn validate(file: Pair<'_, Rule>) -> Vec<Diagnostic> {
+    let mut problems = Vec::new();
+    let mut pending = vec![(file, 0usize)];
+    while let Some((pair, depth)) = pending.pop() {
+        let depth = match pair.as_rule() {
+            Rule::expr => {
+                let operators = pair
+                    .clone()
+                    .into_inner()
+                    .filter(|p| is_operator(p.as_rule()))
+                    .count();
+                let depth = depth + operators;
+                if depth > MAX_OPERATOR_DEPTH {
+                    problems.push(
+                        Diagnostic::new(
+                            span(&pair),
+                            format!(
+                                "this expression chains {depth} operators; at most {MAX_OPERATOR_DEPTH}"
+                            ),
+                        )
+                        .with_hint("split it into steps with `let` or `derive`"),
+                    );
+                    continue;
+                }
+                depth
+            }
+            Rule::string_inner => {
+                problems.extend(bad_escapes(&pair));
+                continue;
+            }
+            _ => depth,
+        };
+        pending.extend(pair.into_inner().map(|p| (p, depth)));
+    }
+    problems.sort_by_key(|d| d.span);
+    problems
+}
+
+fn is_operator(rule: Rule) -> bool {
+    matches!(
+        rule,
+        Rule::pipe
+            | Rule::or
+            | Rule::and
+            | Rule::eq
+            | Rule::ne
+            | Rule::lt
+            | Rule::le
+            | Rule::gt
+            | Rule::ge
+            | Rule::add
+            | Rule::sub
+            | Rule::mul
+            | Rule::div
+            | Rule::neg
+            | Rule::not
+    )
+}
+
+/// Escapes a string may use: `\n`, `\t`, `\\` and `\"`.
+fn bad_escapes(inner: &Pair<'_, Rule>) -> Vec<Diagnostic> {
+    let start = inner.as_span().start();
+    let mut problems = Vec::new();
+    let mut chars = inner.as_str().char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c != '\\' {
+            continue;
+        }
+        if let Some((j, escaped)) = chars.next()
+            && !matches!(escaped, 'n' | 't' | '\\' | '"')
+        {
+            problems.push(
+                Diagnostic::new(
+                    Span {
+                        start: start + i,
+                        end: start + j + escaped.len_utf8(),
+                    },
+                    format!("unknown escape `\\{escaped}`"),
+                )
+                .with_hint("strings know `\\n`, `\\t`, `\\\\` and `\\\"`; write `\\\\` for a backslash"),
+            );
+        }
+    }
+    problems
 }
 
 /// The offset where bracket nesting first exceeds [`MAX_NESTING`], ignoring strings
@@ -370,6 +465,7 @@ fn unescape(raw: &str) -> String {
             out.push(c);
             continue;
         }
+        // Other escapes were refused by `validate`.
         match chars.next() {
             Some('n') => out.push('\n'),
             Some('t') => out.push('\t'),
@@ -438,8 +534,12 @@ fn syntax_error(source: &str, error: pest::error::Error<Rule>) -> Diagnostic {
 
 /// The candidate closest to `word` by edit distance, if it is close enough to be a typo.
 pub fn nearest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let length = word.chars().count();
     candidates
         .iter()
+        // The distance is at least the difference in length: skip hopeless candidates
+        // before the quadratic comparison (a 100 KB name must not take seconds).
+        .filter(|k| length.abs_diff(k.chars().count()) <= (k.len() / 2).max(1))
         .map(|k| (strsim::damerau_levenshtein(k, word), *k))
         .min()
         .filter(|(d, k)| *d <= (k.len() / 2).max(1))
