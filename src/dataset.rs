@@ -35,7 +35,7 @@ pub fn load(call: &Call, root: &Path) -> Result<Vec<String>, DatasetError> {
         _ => None,
     };
     let read = |path: &str| {
-        std::fs::read_to_string(root.join(path)).map_err(|e| DatasetError::Read {
+        crate::files::read_to_string(&root.join(path)).map_err(|e| DatasetError::Read {
             path: path.to_owned(),
             message: e.to_string(),
         })

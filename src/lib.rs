@@ -13,6 +13,7 @@ pub mod compile;
 pub mod dataset;
 pub mod execute;
 pub mod export;
+mod files;
 pub mod manifest;
 pub mod model;
 pub mod onnx;

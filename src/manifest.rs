@@ -73,7 +73,7 @@ impl Manifest {
                 dir: model_dir.to_owned(),
             });
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| ManifestError::Unreadable {
+        let text = crate::files::read_to_string(&path).map_err(|e| ManifestError::Unreadable {
             path: path.clone(),
             message: e.to_string(),
         })?;
@@ -171,7 +171,7 @@ pub fn remember_verified(model_dir: &Path, sha256: &str) {
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
+    let mut file = crate::files::open(path)?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0; 1 << 20];
     loop {

@@ -80,6 +80,63 @@ pub struct Param {
     pub name: &'static str,
     pub ty: Type,
     pub required: bool,
+    pub limit: Limit,
+}
+
+/// What values of an argument make sense, beyond its type. GRAMMAR.md lists them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Limit {
+    None,
+    /// A number from `min` to `max`, both included.
+    Range {
+        min: f64,
+        max: f64,
+    },
+    /// A string that is not empty.
+    NonEmpty,
+}
+
+impl Limit {
+    /// Why `value` breaks this limit, if it does.
+    pub fn violation(self, value: &crate::plan::Value) -> Option<String> {
+        use crate::plan::Value;
+        match (self, value) {
+            (Limit::Range { min, max }, Value::Integer(n))
+                if !(min..=max).contains(&(*n as f64)) =>
+            {
+                Some(format!(
+                    "{n} is out of range: use {}",
+                    describe_range(min, max)
+                ))
+            }
+            (Limit::Range { min, max }, Value::Number(x)) if !(min..=max).contains(x) => Some(
+                format!("{x} is out of range: use {}", describe_range(min, max)),
+            ),
+            (Limit::NonEmpty, Value::Str(s)) if s.is_empty() => {
+                Some("this must not be empty".into())
+            }
+            _ => None,
+        }
+    }
+
+    pub fn describe(self) -> Option<String> {
+        match self {
+            Limit::None => None,
+            Limit::Range { min, max } => Some(describe_range(min, max)),
+            Limit::NonEmpty => Some("not empty".into()),
+        }
+    }
+}
+
+fn describe_range(min: f64, max: f64) -> String {
+    let show = |x: f64| {
+        if x.fract() == 0.0 && x.abs() < 1e7 {
+            format!("{}", x as i64)
+        } else {
+            format!("{x:e}")
+        }
+    };
+    format!("{} to {}", show(min), show(max))
 }
 
 const fn req(name: &'static str, ty: Type) -> Param {
@@ -87,6 +144,7 @@ const fn req(name: &'static str, ty: Type) -> Param {
         name,
         ty,
         required: true,
+        limit: Limit::None,
     }
 }
 
@@ -95,8 +153,27 @@ const fn opt(name: &'static str, ty: Type) -> Param {
         name,
         ty,
         required: false,
+        limit: Limit::None,
     }
 }
+
+impl Param {
+    const fn within(mut self, min: f64, max: f64) -> Self {
+        self.limit = Limit::Range { min, max };
+        self
+    }
+
+    const fn non_empty(mut self) -> Self {
+        self.limit = Limit::NonEmpty;
+        self
+    }
+}
+
+/// Seeds are whole numbers JSON and every language reading run.json can hold exactly.
+const MAX_SEED: f64 = 9_007_199_254_740_991.0;
+/// Upper bound on token counts that training, statistics and dashboards may ask for:
+/// ten billion tokens is already weeks of CPU time.
+const MAX_TOKENS: f64 = 1e10;
 
 #[derive(Debug)]
 pub struct Builtin {
@@ -118,12 +195,12 @@ pub const BUILTINS: &[Builtin] = &[
         produces: Produces::Dataset,
         summary: "prompts from a text file split on a separator (TinyStories: `<|endoftext|>`)",
         params: &[
-            req("path", Type::Str),
-            opt("separator", Type::Str),
-            opt("shuffle_seed", Type::Integer),
-            opt("skip", Type::Integer),
-            opt("take", Type::Integer),
-            opt("max_tokens", Type::Integer),
+            req("path", Type::Str).non_empty(),
+            opt("separator", Type::Str).non_empty(),
+            opt("shuffle_seed", Type::Integer).within(0.0, MAX_SEED),
+            opt("skip", Type::Integer).within(0.0, 1e12),
+            opt("take", Type::Integer).within(1.0, 1e12),
+            opt("max_tokens", Type::Integer).within(1.0, 1e6),
         ],
     },
     Builtin {
@@ -131,26 +208,29 @@ pub const BUILTINS: &[Builtin] = &[
         produces: Produces::Dataset,
         summary: "prompts from a JSON-lines file, one text field per line",
         params: &[
-            req("path", Type::Str),
-            opt("field", Type::Str),
-            opt("shuffle_seed", Type::Integer),
-            opt("skip", Type::Integer),
-            opt("take", Type::Integer),
-            opt("max_tokens", Type::Integer),
+            req("path", Type::Str).non_empty(),
+            opt("field", Type::Str).non_empty(),
+            opt("shuffle_seed", Type::Integer).within(0.0, MAX_SEED),
+            opt("skip", Type::Integer).within(0.0, 1e12),
+            opt("take", Type::Integer).within(1.0, 1e12),
+            opt("max_tokens", Type::Integer).within(1.0, 1e6),
         ],
     },
     Builtin {
         name: "prompts",
         produces: Produces::Dataset,
         summary: "an inline list of prompts",
-        params: &[req("texts", STRS), opt("max_tokens", Type::Integer)],
+        params: &[
+            req("texts", STRS),
+            opt("max_tokens", Type::Integer).within(1.0, 1e6),
+        ],
     },
     // SAEs.
     Builtin {
         name: "load",
         produces: Produces::Sae,
         summary: "an SAE folder in SAELens layout (cfg.json + sae_weights.safetensors)",
-        params: &[req("path", Type::Str)],
+        params: &[req("path", Type::Str).non_empty()],
     },
     Builtin {
         name: "train",
@@ -159,21 +239,21 @@ pub const BUILTINS: &[Builtin] = &[
         params: &[
             req("hook", Type::Hook),
             req("dataset", Type::Dataset),
-            req("d_sae", Type::Integer),
+            req("d_sae", Type::Integer).within(1.0, 1_048_576.0),
             opt(
                 "architecture",
                 Type::Choice(&["standard", "topk", "jumprelu"]),
             ),
-            opt("l1_coefficient", Type::Number),
-            opt("k", Type::Integer),
-            opt("tokens", Type::Integer),
-            opt("lr", Type::Number),
-            opt("batch_size", Type::Integer),
-            opt("seed", Type::Integer),
+            opt("l1_coefficient", Type::Number).within(0.0, 1e3),
+            opt("k", Type::Integer).within(1.0, 1_048_576.0),
+            opt("tokens", Type::Integer).within(1.0, MAX_TOKENS),
+            opt("lr", Type::Number).within(1e-12, 10.0),
+            opt("batch_size", Type::Integer).within(1.0, 1_048_576.0),
+            opt("seed", Type::Integer).within(0.0, MAX_SEED),
             opt("normalize_activations", Type::Bool),
             opt("resample_dead", Type::Bool),
-            opt("save", Type::Str),
-            opt("checkpoint_every", Type::Integer),
+            opt("save", Type::Str).non_empty(),
+            opt("checkpoint_every", Type::Integer).within(0.0, 1e12),
             opt("resume", Type::Bool),
         ],
     },
@@ -213,7 +293,7 @@ pub const BUILTINS: &[Builtin] = &[
         params: &[
             req("sae", Type::Sae),
             req("features", Type::Features),
-            req("factor", Type::Number),
+            req("factor", Type::Number).within(-1e6, 1e6),
             opt("pos", Type::Position),
         ],
     },
@@ -224,8 +304,8 @@ pub const BUILTINS: &[Builtin] = &[
         params: &[
             req("hook", Type::Hook),
             req("sae", Type::Sae),
-            req("feature", Type::Integer),
-            req("scale", Type::Number),
+            req("feature", Type::Integer).within(0.0, 1_048_575.0),
+            req("scale", Type::Number).within(-1e6, 1e6),
         ],
     },
     Builtin {
@@ -250,10 +330,10 @@ pub const BUILTINS: &[Builtin] = &[
         produces: Produces::Table,
         summary: "continue a prompt",
         params: &[
-            req("prompt", Type::Str),
-            opt("max_new_tokens", Type::Integer),
-            opt("temperature", Type::Number),
-            opt("seed", Type::Integer),
+            req("prompt", Type::Str).non_empty(),
+            opt("max_new_tokens", Type::Integer).within(0.0, 100_000.0),
+            opt("temperature", Type::Number).within(0.0, 100.0),
+            opt("seed", Type::Integer).within(0.0, MAX_SEED),
             opt("variant", Type::Variant),
         ],
     },
@@ -275,8 +355,8 @@ pub const BUILTINS: &[Builtin] = &[
             opt("head", Type::Head),
             opt("sae", Type::Sae),
             opt("variants", VARIANTS),
-            opt("top_k", Type::Integer),
-            opt("context", Type::Integer),
+            opt("top_k", Type::Integer).within(1.0, 1000.0),
+            opt("context", Type::Integer).within(0.0, 1000.0),
         ],
     },
     Builtin {
@@ -284,10 +364,10 @@ pub const BUILTINS: &[Builtin] = &[
         produces: Produces::Table,
         summary: "top next tokens for a prompt under variants, and the answer's rank",
         params: &[
-            req("prompt", Type::Str),
-            req("answer", Type::Str),
+            req("prompt", Type::Str).non_empty(),
+            req("answer", Type::Str).non_empty(),
             opt("variants", VARIANTS),
-            opt("top_k", Type::Integer),
+            opt("top_k", Type::Integer).within(1.0, 1000.0),
         ],
     },
     Builtin {
@@ -295,7 +375,7 @@ pub const BUILTINS: &[Builtin] = &[
         produces: Produces::Table,
         summary: "a head's attention from one position, under variants",
         params: &[
-            req("prompt", Type::Str),
+            req("prompt", Type::Str).non_empty(),
             req("head", Type::Head),
             opt("pos", Type::Position),
             opt("variants", VARIANTS),
@@ -306,10 +386,10 @@ pub const BUILTINS: &[Builtin] = &[
         produces: Produces::Table,
         summary: "a head's direct effect on the logits vs its ablation effect",
         params: &[
-            req("prompt", Type::Str),
+            req("prompt", Type::Str).non_empty(),
             req("head", Type::Head),
             req("ablation", Type::Variant),
-            opt("top", Type::Integer),
+            opt("top", Type::Integer).within(1.0, 1e9),
         ],
     },
     Builtin {
@@ -318,7 +398,7 @@ pub const BUILTINS: &[Builtin] = &[
         summary: "an SAE's feature activations at one position of a prompt",
         params: &[
             req("sae", Type::Sae),
-            req("prompt", Type::Str),
+            req("prompt", Type::Str).non_empty(),
             opt("pos", Type::Position),
         ],
     },
@@ -329,9 +409,9 @@ pub const BUILTINS: &[Builtin] = &[
         params: &[
             req("sae", Type::Sae),
             req("head", Type::Head),
-            req("prompt", Type::Str),
+            req("prompt", Type::Str).non_empty(),
             opt("pos", Type::Position),
-            opt("key_pos", Type::Integer),
+            opt("key_pos", Type::Integer).within(-1e6, 1e6),
         ],
     },
     Builtin {
@@ -377,8 +457,8 @@ pub const BUILTINS: &[Builtin] = &[
         summary: "the text of one prompt of a dataset, optionally cut after a token position",
         params: &[
             req("dataset", Type::Dataset),
-            req("index", Type::Integer),
-            opt("until", Type::Integer),
+            req("index", Type::Integer).within(-1e9, 1e9),
+            opt("until", Type::Integer).within(-1e9, 1e9),
         ],
     },
     Builtin {
@@ -415,7 +495,7 @@ pub const BUILTINS: &[Builtin] = &[
         name: "top",
         produces: Produces::TableOp,
         summary: "the first n rows",
-        params: &[req("n", Type::Integer)],
+        params: &[req("n", Type::Integer).within(1.0, 1e9)],
     },
     Builtin {
         name: "columns",
@@ -468,7 +548,7 @@ pub const BUILTINS: &[Builtin] = &[
         params: &[
             req("table", Type::Table),
             req("x", Type::Column),
-            opt("bins", Type::Integer),
+            opt("bins", Type::Integer).within(1.0, 10_000.0),
             opt("title", Type::Str),
         ],
     },
@@ -481,7 +561,7 @@ pub const BUILTINS: &[Builtin] = &[
             req("y", COLUMNS),
             opt("x", Type::Column),
             opt("label", Type::Column),
-            opt("top_labels", Type::Integer),
+            opt("top_labels", Type::Integer).within(0.0, 1000.0),
             opt("title", Type::Str),
         ],
     },
@@ -517,7 +597,7 @@ pub const BUILTINS: &[Builtin] = &[
             req("sae", Type::Sae),
             req("features", Type::Features),
             req("dataset", Type::Dataset),
-            opt("tokens", Type::Integer),
+            opt("tokens", Type::Integer).within(1.0, MAX_TOKENS),
         ],
     },
 ];

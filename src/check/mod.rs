@@ -50,6 +50,8 @@ pub struct Context {
     pub refused_outputs: BTreeMap<String, String>,
     /// Why the report folder may not be written, if it may not.
     pub refused_report: Option<String>,
+    /// The machine's memory, for refusing work that cannot fit before it starts.
+    pub memory_bytes: Option<u64>,
 }
 
 pub fn check(file: &File, context: &Context) -> Result<Plan, Vec<Diagnostic>> {
@@ -261,11 +263,16 @@ impl Checker<'_> {
                 name: "device",
                 ty: Type::Choice(&["cpu", "cuda", "coreml"]),
                 required: false,
+                limit: builtins::Limit::None,
             },
             Param {
                 name: "batch_size",
                 ty: Type::Integer,
                 required: false,
+                limit: builtins::Limit::Range {
+                    min: 1.0,
+                    max: 4096.0,
+                },
             },
         ];
         let args = self.bind_args(args, PARAMS, "model", span, None);
@@ -276,11 +283,6 @@ impl Checker<'_> {
         };
         let batch_size = match args.get("batch_size") {
             Some(Value::Integer(n)) if (1..=4096).contains(n) => *n as usize,
-            Some(Value::Integer(n)) => {
-                self.error(span, format!("batch_size {n} is out of range"))
-                    .hint = Some("use 1 to 4096".into());
-                8
-            }
             _ => 8,
         };
         self.model = Some(ModelSpec {
@@ -605,6 +607,9 @@ impl Checker<'_> {
         assigned.sort_by_key(|(p, _)| p.name != "table");
         for (param, arg) in assigned {
             if let Some(value) = self.value(&arg.value, param.ty, columns.as_deref()) {
+                if let Some(why) = param.limit.violation(&value) {
+                    self.error(arg.value.span, format!("`{}`: {why}", param.name));
+                }
                 if param.name == "save"
                     && let Value::Str(path) = &value
                     && let Some(why) = self.context.refused_outputs.get(path)
@@ -1166,6 +1171,38 @@ impl Checker<'_> {
                 match self.context.saes.get(path) {
                     Some(Ok(shape)) => {
                         if let Some(hook) = &shape.hook
+                            && let Some(manifest) = self.manifest()
+                        {
+                            let problem = if manifest.hook(&hook.name).is_none() {
+                                Some(format!(
+                                    "the SAE's cfg.json names hook `{}`, which this model does not have",
+                                    hook.name
+                                ))
+                            } else {
+                                match (hook.head, hooks::head_count(&hook.name, Some(manifest))) {
+                                    (Some(head), Some(Some(heads))) if head >= heads => {
+                                        Some(format!(
+                                            "the SAE's cfg.json names head {head} of `{}`, which has heads 0..{}",
+                                            hook.name,
+                                            heads - 1
+                                        ))
+                                    }
+                                    (Some(head), None) => Some(format!(
+                                        "the SAE's cfg.json names head {head} of `{}`, which has no head axis",
+                                        hook.name
+                                    )),
+                                    _ => None,
+                                }
+                            };
+                            if let Some(problem) = problem {
+                                self.error(span, problem).hint = Some(
+                                    "check `hook_name` and `hook_head_index` in its cfg.json"
+                                        .into(),
+                                );
+                                return None;
+                            }
+                        }
+                        if let Some(hook) = &shape.hook
                             && let Some(width) = hooks::width(hook, self.manifest())
                             && width != shape.d_in
                         {
@@ -1250,6 +1287,42 @@ impl Checker<'_> {
                 );
             }
         }
+        if call.function == "generate"
+            && let Some(Value::Integer(n)) = call.args.get("max_new_tokens")
+            && let Some(manifest) = self.manifest()
+            && *n as usize >= manifest.config.n_ctx
+        {
+            self.error(
+                span,
+                format!(
+                    "max_new_tokens {n} does not fit the model's context of {} tokens",
+                    manifest.config.n_ctx
+                ),
+            );
+        }
+        if call.function == "train"
+            && let Some(shape) = self.sae_shape(call, span)
+            && let Some(available) = self.context.memory_bytes
+        {
+            let batch = match call.args.get("batch_size") {
+                Some(Value::Integer(n)) => *n as u64,
+                _ => 4096,
+            };
+            let needed = training_bytes(shape.d_in as u64, shape.d_sae as u64, batch);
+            if needed > available {
+                self.error(
+                    span,
+                    format!(
+                        "training this SAE needs about {:.1} GiB of memory (d_in {}, d_sae {}, batch {batch}); this machine has {:.1} GiB",
+                        needed as f64 / GIB,
+                        shape.d_in,
+                        shape.d_sae,
+                        available as f64 / GIB
+                    ),
+                )
+                .hint = Some("use a smaller d_sae or batch_size".into());
+            }
+        }
         if call.function == "train" {
             let architecture = match call.args.get("architecture") {
                 Some(Value::Choice(a)) => a.as_str(),
@@ -1270,6 +1343,17 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Memory SAE training holds at once, in bytes: encoder and decoder with their gradients
+/// and Adam's two moments (4 copies each), and about five `[batch, d_sae]` arrays
+/// (pre-activations, activations, their gradients, top-k scratch). Harvested activations
+/// come on top and depend on the dataset.
+fn training_bytes(d_in: u64, d_sae: u64, batch: u64) -> u64 {
+    let floats = 4 * 2 * d_in * d_sae + 5 * batch * d_sae + 4 * (d_sae + d_in);
+    floats.saturating_mul(4)
 }
 
 fn number(expr: &Expr) -> Option<f64> {

@@ -5,7 +5,6 @@
 //! before it is read, so a truncated or corrupt file is an error, never a panic.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -97,7 +96,7 @@ impl std::fmt::Debug for GgufFile {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self, CheckpointError> {
-        let file = File::open(path).map_err(|source| CheckpointError::Io {
+        let file = crate::files::open(path).map_err(|source| CheckpointError::Io {
             path: path.to_owned(),
             source,
         })?;
@@ -138,6 +137,13 @@ impl GgufFile {
             metadata.insert(key, value);
         }
 
+        // A tensor's description takes at least 24 bytes (name length, dimension count,
+        // type, offset): a count the file cannot hold is corrupt, not a reason to allocate.
+        if tensor_count > (cursor.bytes.len() - cursor.at) as u64 / 24 {
+            return Err(corrupt(format!(
+                "its header declares {tensor_count} tensors, more than the file can describe"
+            )));
+        }
         let mut infos = Vec::with_capacity(tensor_count as usize);
         for _ in 0..tensor_count {
             let name = cursor.string().map_err(&corrupt)?;

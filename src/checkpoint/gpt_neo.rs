@@ -2,7 +2,6 @@
 //! `tokenizer.json`), e.g. `roneneldan/TinyStories-2Layers-33M` (TransformerLens'
 //! `tiny-stories-2L-33M`).
 
-use std::fs::File;
 use std::path::Path;
 
 use memmap2::Mmap;
@@ -55,10 +54,11 @@ fn default_true() -> bool {
 
 pub(super) fn load(dir: &Path) -> Result<Checkpoint, CheckpointError> {
     let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|source| CheckpointError::Io {
-        path: config_path.clone(),
-        source,
-    })?;
+    let text =
+        crate::files::read_to_string(&config_path).map_err(|source| CheckpointError::Io {
+            path: config_path.clone(),
+            source,
+        })?;
     let hf: HfConfig = serde_json::from_str(&text).map_err(|e| CheckpointError::Corrupt {
         path: config_path.clone(),
         what: e.to_string(),
@@ -75,7 +75,7 @@ pub(super) fn load(dir: &Path) -> Result<Checkpoint, CheckpointError> {
     let config = to_config(&hf, &config_path)?;
 
     let weights_path = dir.join("model.safetensors");
-    let file = File::open(&weights_path).map_err(|source| CheckpointError::Io {
+    let file = crate::files::open(&weights_path).map_err(|source| CheckpointError::Io {
         path: weights_path.clone(),
         source,
     })?;

@@ -313,7 +313,7 @@ fn run_step(runner: &mut Runner<'_, '_, '_>, step: &Step) -> Result<Section, Str
                 }
             };
             for op in ops {
-                table = table.apply(op);
+                table = table.apply(op)?;
             }
             runner.tables.insert(name.clone(), table.clone());
             Section::Table(table)

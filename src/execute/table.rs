@@ -84,8 +84,60 @@ impl Table {
         self.columns.iter().position(|c| c == name)
     }
 
-    /// Applies one checked table operation.
-    pub fn apply(mut self, op: &Call) -> Table {
+    /// Applies one checked table operation. Fails when a `derive` makes a number that is
+    /// not finite (a division by zero, an overflow), naming the column and the row.
+    pub fn apply(mut self, op: &Call) -> Result<Table, String> {
+        if op.function == "derive" {
+            self.derive(op)?;
+            return Ok(self);
+        }
+        Ok(self.reshape(op))
+    }
+
+    fn derive(&mut self, op: &Call) -> Result<(), String> {
+        if let Some(Value::List(derived)) = op.args.get("columns") {
+            for pair in derived {
+                let Value::List(pair) = pair else { continue };
+                let [Value::Column(name), Value::Expr(expr)] = pair.as_slice() else {
+                    continue;
+                };
+                let values: Vec<Cell> = self
+                    .rows
+                    .iter()
+                    .map(|row| eval(expr, &self.columns, row))
+                    .collect();
+                if let Some((row, value)) = values
+                    .iter()
+                    .enumerate()
+                    .find(|(_, v)| matches!(v, Cell::Number(x) if !x.is_finite()))
+                {
+                    return Err(format!(
+                        "`derive({name} = {expr})` gives {} on row {row} of `{}` (a division by zero, or a number too large); guard it with `filter` first",
+                        value.text(),
+                        self.name
+                    ));
+                }
+                match self.column(name) {
+                    Some(i) => self
+                        .rows
+                        .iter_mut()
+                        .zip(values)
+                        .for_each(|(row, v)| row[i] = v),
+                    None => {
+                        self.columns.push(name.clone());
+                        self.rows
+                            .iter_mut()
+                            .zip(values)
+                            .for_each(|(row, v)| row.push(v));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every table operation but `derive`.
+    fn reshape(mut self, op: &Call) -> Table {
         let column_names = |key: &str| -> Vec<String> {
             match op.args.get(key) {
                 Some(Value::List(items)) => items.iter().map(ToString::to_string).collect(),
@@ -139,36 +191,6 @@ impl Table {
                         .map(|row| keep.iter().map(|&i| row[i].clone()).collect())
                         .collect(),
                 }
-            }
-            "derive" => {
-                if let Some(Value::List(derived)) = op.args.get("columns") {
-                    for pair in derived {
-                        let Value::List(pair) = pair else { continue };
-                        let [Value::Column(name), Value::Expr(expr)] = pair.as_slice() else {
-                            continue;
-                        };
-                        let values: Vec<Cell> = self
-                            .rows
-                            .iter()
-                            .map(|row| eval(expr, &self.columns, row))
-                            .collect();
-                        match self.column(name) {
-                            Some(i) => self
-                                .rows
-                                .iter_mut()
-                                .zip(values)
-                                .for_each(|(row, v)| row[i] = v),
-                            None => {
-                                self.columns.push(name.clone());
-                                self.rows
-                                    .iter_mut()
-                                    .zip(values)
-                                    .for_each(|(row, v)| row.push(v));
-                            }
-                        }
-                    }
-                }
-                self
             }
             "count" => Table {
                 name: self.name,
@@ -259,7 +281,7 @@ pub fn eval(expr: &ColumnExpr, columns: &[String], row: &[Cell]) -> Cell {
             Cell::Bool(!matches!(eval(inner, columns, row), Cell::Bool(true)))
         }
         ColumnExpr::Neg(inner) => match eval(inner, columns, row) {
-            Cell::Integer(n) => Cell::Integer(-n),
+            Cell::Integer(n) if let Some(negated) = n.checked_neg() => Cell::Integer(negated),
             other => Cell::Number(-other.number().unwrap_or(f64::NAN)),
         },
         ColumnExpr::Binary(op, l, r) => {
@@ -275,11 +297,16 @@ pub fn eval(expr: &ColumnExpr, columns: &[String], row: &[Cell]) -> Cell {
                 BinaryOp::Gt => Cell::Bool(l.compare(&r) == Ordering::Greater),
                 BinaryOp::Ge => Cell::Bool(l.compare(&r) != Ordering::Less),
                 BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul => match (&l, &r) {
-                    (Cell::Integer(x), Cell::Integer(y)) => Cell::Integer(match op {
-                        BinaryOp::Add => x + y,
-                        BinaryOp::Sub => x - y,
-                        _ => x * y,
-                    }),
+                    // Whole numbers stay whole unless they overflow; then as floats.
+                    (Cell::Integer(x), Cell::Integer(y))
+                        if let Some(n) = match op {
+                            BinaryOp::Add => x.checked_add(*y),
+                            BinaryOp::Sub => x.checked_sub(*y),
+                            _ => x.checked_mul(*y),
+                        } =>
+                    {
+                        Cell::Integer(n)
+                    }
                     _ => {
                         let (x, y) = (a.unwrap_or(f64::NAN), b.unwrap_or(f64::NAN));
                         Cell::Number(match op {
@@ -303,7 +330,9 @@ pub fn eval(expr: &ColumnExpr, columns: &[String], row: &[Cell]) -> Cell {
                 ("contains", [Cell::NumberList(items), x]) => {
                     Cell::Bool(x.number().is_some_and(|x| items.contains(&x)))
                 }
-                ("abs", [Cell::Integer(n)]) => Cell::Integer(n.abs()),
+                ("abs", [Cell::Integer(n)]) if let Some(abs) = n.checked_abs() => {
+                    Cell::Integer(abs)
+                }
                 ("abs", [x]) => Cell::Number(x.number().unwrap_or(f64::NAN).abs()),
                 ("len", [x]) => Cell::Integer(match x {
                     Cell::Str(s) => s.chars().count(),
@@ -368,7 +397,9 @@ mod tests {
     }
 
     fn run(pipeline: &str) -> Table {
-        ops(pipeline).iter().fold(tokens(), |t, op| t.apply(op))
+        ops(pipeline)
+            .iter()
+            .fold(tokens(), |t, op| t.apply(op).unwrap())
     }
 
     #[test]

@@ -175,12 +175,23 @@ fn write_csvs(dir: &Path, results: &Results) -> Result<(), ReportError> {
             let mut csv = csv::Writer::from_path(dir.join(format!("{}.csv", table.name)))?;
             csv.write_record(&table.columns)?;
             for row in &table.rows {
-                csv.write_record(row.iter().map(Cell::text))?;
+                csv.write_record(row.iter().map(csv_cell))?;
             }
             csv.flush()?;
         }
     }
     Ok(())
+}
+
+/// A cell as CSV text. Text that a spreadsheet would run as a formula (starting with
+/// `=`, `+`, `-`, `@`, a tab or a carriage return) gets a leading `'`, as OWASP's
+/// guidance on CSV injection recommends; numbers are written as they are.
+fn csv_cell(cell: &Cell) -> String {
+    let text = cell.text();
+    match cell {
+        Cell::Str(s) if s.starts_with(['=', '+', '-', '@', '\t', '\r']) => format!("'{text}"),
+        _ => text,
+    }
 }
 
 /// JSON to put inside `<script type="application/json">`: `<` written as `\u003c`, so no
@@ -244,4 +255,20 @@ fn render_html(
         version => env!("CARGO_PKG_VERSION"),
         sections => sections,
     })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_that_a_spreadsheet_would_run_is_quoted_and_numbers_are_not() {
+        let text = |s: &str| csv_cell(&Cell::Str(s.into()));
+        assert_eq!(text("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(text("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(text("-"), "'-");
+        assert_eq!(text(" says"), " says");
+        assert_eq!(csv_cell(&Cell::Number(-0.5)), "-0.500000");
+        assert_eq!(csv_cell(&Cell::Integer(-3)), "-3");
+    }
 }

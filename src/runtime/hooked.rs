@@ -43,7 +43,7 @@ impl<'r> HookedModel<'r> {
         let manifest = Manifest::read(dir)?;
         manifest.verify_weights(dir)?;
         let graph_path = dir.join(GRAPH_FILE);
-        let bytes = std::fs::read(&graph_path).map_err(|e| RuntimeError::ModelFile {
+        let bytes = crate::files::read(&graph_path).map_err(|e| RuntimeError::ModelFile {
             path: graph_path.clone(),
             message: e.to_string(),
         })?;
@@ -52,10 +52,12 @@ impl<'r> HookedModel<'r> {
             message: format!("not an ONNX model ({e}); export the model again"),
         })?;
         let tokenizer_path = dir.join(TOKENIZER_FILE);
-        let tokenizer =
-            Tokenizer::from_file(&tokenizer_path).map_err(|e| RuntimeError::ModelFile {
-                path: tokenizer_path,
-                message: e.to_string(),
+        let tokenizer = crate::files::ensure_regular(&tokenizer_path)
+            .map_err(|e| e.to_string())
+            .and_then(|()| Tokenizer::from_file(&tokenizer_path).map_err(|e| e.to_string()))
+            .map_err(|message| RuntimeError::ModelFile {
+                path: tokenizer_path.clone(),
+                message,
             })?;
         Ok(Self {
             runtime,

@@ -114,7 +114,7 @@ fn default_true() -> bool {
 impl Config {
     fn read(dir: &Path) -> Result<Self, SaeError> {
         let path = dir.join("cfg.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| SaeError::Read {
+        let text = crate::files::read_to_string(&path).map_err(|e| SaeError::Read {
             path: path.clone(),
             message: e.to_string(),
         })?;
@@ -228,6 +228,14 @@ pub fn load(dir: &Path) -> Result<Sae, SaeError> {
             return Err(bad(format!(
                 "`{name}` has shape {:?}, the config says {shape:?}",
                 tensor.shape()
+            )));
+        }
+        // A NaN here would surface much later as a broken forward pass of some variant;
+        // name the file and the tensor now.
+        if let Some(at) = tensor.iter().position(|v| !v.is_finite()) {
+            return Err(bad(format!(
+                "`{name}` holds a non-finite value ({}) at flat index {at}",
+                tensor.iter().nth(at).expect("found above")
             )));
         }
         Ok(tensor)

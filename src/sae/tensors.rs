@@ -23,11 +23,13 @@ pub fn write(path: &Path, tensors: &[(&str, ArrayD<f32>)]) -> Result<(), String>
                 .map_err(|e| e.to_string())
         })
         .collect::<Result<Vec<_>, _>>()?;
-    safetensors::serialize_to_file(views, None, path).map_err(|e| e.to_string())
+    safetensors::serialize_to_file(views, None, path).map_err(|e| e.to_string())?;
+    // safetensors creates the file private (0600); a saved SAE is shared like any file.
+    crate::output::set_default_permissions(path, false).map_err(|e| e.to_string())
 }
 
 pub fn read(path: &Path) -> Result<BTreeMap<String, ArrayD<f32>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let bytes = crate::files::read(path).map_err(|e| e.to_string())?;
     let tensors = SafeTensors::deserialize(&bytes).map_err(|e| e.to_string())?;
     tensors
         .tensors()

@@ -177,7 +177,9 @@ fn bad_escapes(inner: &Pair<'_, Rule>) -> Vec<Diagnostic> {
                     },
                     format!("unknown escape `\\{escaped}`"),
                 )
-                .with_hint("strings know `\\n`, `\\t`, `\\\\` and `\\\"`; write `\\\\` for a backslash"),
+                .with_hint(
+                    "strings know `\\n`, `\\t`, `\\\\` and `\\\"`; write `\\\\` for a backslash",
+                ),
             );
         }
     }
