@@ -14,6 +14,12 @@ pub fn save(sae: &Sae, dir: &Path) -> Result<(), SaeError> {
         message,
     };
     let staging = Staging::new(dir, Kind::Sae).map_err(|e| failed(e.to_string()))?;
+    write_into(sae, staging.path()).map_err(failed)?;
+    staging.commit().map_err(|e| failed(e.to_string()))
+}
+
+/// Writes the SAE's files into the existing folder `dir` (a staging folder).
+pub(super) fn write_into(sae: &Sae, dir: &Path) -> Result<(), String> {
     let mut weights = vec![
         ("W_enc", sae.w_enc.clone().into_dyn()),
         ("b_enc", sae.b_enc.clone().into_dyn()),
@@ -23,11 +29,9 @@ pub fn save(sae: &Sae, dir: &Path) -> Result<(), SaeError> {
     if let Some(threshold) = &sae.threshold {
         weights.push(("threshold", threshold.clone().into_dyn()));
     }
-    tensors::write(&staging.path().join("sae_weights.safetensors"), &weights).map_err(failed)?;
+    tensors::write(&dir.join("sae_weights.safetensors"), &weights)?;
     let text = serde_json::to_string_pretty(&config_json(sae)).expect("JSON values serialize");
-    std::fs::write(staging.path().join("cfg.json"), text + "\n")
-        .map_err(|e| failed(e.to_string()))?;
-    staging.commit().map_err(|e| failed(e.to_string()))
+    std::fs::write(dir.join("cfg.json"), text + "\n").map_err(|e| e.to_string())
 }
 
 /// SAELens 6.x's config for this SAE.

@@ -510,8 +510,9 @@ fn latest_checkpoint(dir: &Path) -> Option<PathBuf> {
 }
 
 /// Writes `dir/step_<step>`: the SAE as it stands (SAELens layout, loadable on its own)
-/// and the trainer's state; then removes older checkpoints. The state file is written
-/// last, so a checkpoint without it is an interrupted write and is never resumed from.
+/// and the trainer's state, built beside its name and swapped in whole; then removes
+/// older checkpoints. A state file is still required on resume, so a checkpoint folder
+/// from an older qexp that was interrupted mid-write is never resumed from.
 fn write_checkpoint(
     checkpointing: &Checkpointing,
     state: &State,
@@ -535,7 +536,11 @@ fn write_checkpoint(
             dir.display()
         )));
     }
-    super::save(&state.sae(config, scale), &path).map_err(|e| failed(e.to_string()))?;
+    // Built whole beside its final name and swapped in at once: a kill leaves either a
+    // complete checkpoint or none.
+    let staging = crate::output::Staging::new(&path, crate::output::Kind::Sae)
+        .map_err(|e| failed(e.to_string()))?;
+    super::save::write_into(&state.sae(config, scale), staging.path()).map_err(failed)?;
     let as_f32 = |v: &[usize]| {
         ArrayD::from_shape_vec(vec![v.len()], v.iter().map(|&s| s as f32).collect()).expect("1-d")
     };
@@ -545,7 +550,7 @@ fn write_checkpoint(
         .map(|&f| usize::from(f))
         .collect();
     tensors::write(
-        &path.join(STATE_TENSORS),
+        &staging.path().join(STATE_TENSORS),
         &[
             ("W_enc", state.w_enc.clone().into_dyn()),
             ("b_enc", state.b_enc.clone().into_dyn()),
@@ -571,7 +576,9 @@ fn write_checkpoint(
         "tail": state.tail,
         "resampled": state.resampled,
     });
-    std::fs::write(path.join(STATE_JSON), json.to_string()).map_err(|e| failed(e.to_string()))?;
+    std::fs::write(staging.path().join(STATE_JSON), json.to_string())
+        .map_err(|e| failed(e.to_string()))?;
+    staging.commit().map_err(|e| failed(e.to_string()))?;
     for entry in std::fs::read_dir(dir)
         .map_err(|e| failed(e.to_string()))?
         .flatten()
