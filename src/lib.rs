@@ -14,6 +14,8 @@ pub mod dataset;
 pub mod execute;
 pub mod export;
 mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod manifest;
 pub mod model;
 pub mod onnx;
