@@ -213,7 +213,7 @@ fn parse_file(path: &Path) -> Result<(syntax::ast::File, String), Failure> {
 fn context_for(file: &syntax::ast::File, reports: Option<&Path>, scope: &Scope) -> check::Context {
     use syntax::ast::{DeclKind, ExprKind, Statement};
     let mut context = check::Context {
-        memory_bytes: total_memory(),
+        memory_bytes: crate::machine::total_memory(),
         ..check::Context::default()
     };
     let mut statements: Vec<&syntax::ast::Spanned<Statement>> = file.statements.iter().collect();
@@ -261,20 +261,6 @@ fn context_for(file: &syntax::ast::File, reports: Option<&Path>, scope: &Scope) 
         }
     }
     context
-}
-
-/// The machine's memory (Linux's MemTotal), when it can be read.
-fn total_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {

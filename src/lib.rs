@@ -16,6 +16,7 @@ pub mod export;
 mod files;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod machine;
 pub mod manifest;
 pub mod model;
 pub mod onnx;

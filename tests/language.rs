@@ -161,3 +161,14 @@ fn formatting_is_canonical_idempotent_and_keeps_the_meaning() {
         source
     );
 }
+
+#[test]
+fn grammar_md_lists_every_argument_limit_the_checker_enforces() {
+    let grammar =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("GRAMMAR.md")).unwrap();
+    let table = qexp::check::builtins::limits_table();
+    assert!(
+        grammar.contains(&table),
+        "GRAMMAR.md's limits table is out of date; it should read:\n{table}"
+    );
+}

@@ -130,7 +130,8 @@ impl Limit {
 
 fn describe_range(min: f64, max: f64) -> String {
     let show = |x: f64| {
-        if x.fract() == 0.0 && x.abs() < 1e7 {
+        let round_power_of_ten = x.abs() >= 1e7 && x.abs().log10().fract() == 0.0;
+        if x.fract() == 0.0 && !round_power_of_ten {
             format!("{}", x as i64)
         } else {
             format!("{x:e}")
@@ -601,6 +602,24 @@ pub const BUILTINS: &[Builtin] = &[
         ],
     },
 ];
+
+/// GRAMMAR.md's table of argument limits, made from this table (a test keeps the two
+/// equal): one row per argument that has one.
+pub fn limits_table() -> String {
+    let mut rows = vec![
+        "| function | argument | valid values |".to_owned(),
+        "|---|---|---|".to_owned(),
+        "| `model` | batch_size | 1 to 4096 |".to_owned(),
+    ];
+    for builtin in BUILTINS {
+        for param in builtin.params {
+            if let Some(limit) = param.limit.describe() {
+                rows.push(format!("| `{}` | {} | {limit} |", builtin.name, param.name));
+            }
+        }
+    }
+    rows.join("\n") + "\n"
+}
 
 pub fn find(name: &str) -> Option<&'static Builtin> {
     BUILTINS.iter().find(|b| b.name == name)

@@ -6,7 +6,7 @@
 pub mod builtins;
 mod hooks;
 
-pub use hooks::{head_count, layer_of as hook_layer};
+pub use hooks::{head_count, layer_of as hook_layer, width as hook_width};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

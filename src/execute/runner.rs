@@ -1089,6 +1089,19 @@ impl Runner<'_, '_, '_> {
             check_save_paths(&self.scope, dir).map_err(|e| format!("saving `{name}`: {e}"))?;
         }
         let target = self.target(hook)?;
+        let tokens: usize = self.dataset(dataset)?.iter().map(Vec::len).sum();
+        if let Some(width) = crate::check::hook_width(hook, Some(&self.model.manifest))
+            && let Some(available) = crate::machine::total_memory()
+        {
+            let needed = (tokens as u64).saturating_mul(width as u64 * 4);
+            if needed > available / 2 {
+                return Err(format!(
+                    "training `{name}` would hold {tokens} activations of width {width} in memory, about {:.1} GiB, more than half of this machine's {:.1} GiB; use a smaller dataset (`take = ...`)",
+                    needed as f64 / f64::from(1u32 << 30),
+                    available as f64 / f64::from(1u32 << 30)
+                ));
+            }
+        }
         let (activations, _) = self.hook_activations(&target, dataset)?;
         let architecture = match call.args.get("architecture") {
             Some(Value::Choice(a)) if a == "topk" => Architecture::TopK {
