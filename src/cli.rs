@@ -109,8 +109,8 @@ enum Command {
         prompt: String,
         #[arg(long, default_value_t = 20)]
         max_new_tokens: usize,
-        /// 0 means greedy.
-        #[arg(long, default_value_t = 0.0)]
+        /// 0 means greedy; at most 100.
+        #[arg(long, default_value_t = 0.0, value_parser = parse_temperature)]
         temperature: f32,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -261,6 +261,15 @@ fn context_for(file: &syntax::ast::File, reports: Option<&Path>, scope: &Scope) 
         }
     }
     context
+}
+
+fn parse_temperature(text: &str) -> Result<f32, String> {
+    let t: f32 = text.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=100.0).contains(&t) {
+        Ok(t)
+    } else {
+        Err(format!("{t} is out of range: use 0 to 100"))
+    }
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {

@@ -172,7 +172,19 @@ fn a_prompt_longer_than_the_context_is_refused() {
         "1",
     ]);
     assert!(
-        stderr.contains("longer than the model's context of 128"),
+        stderr.contains("would not fit the model's context of 128"),
+        "{stderr}"
+    );
+    // Generating past the context is refused before the first token, not at the end.
+    let stderr = fails(&[
+        "generate",
+        model.to_str().unwrap(),
+        "the",
+        "--max-new-tokens",
+        "1000000000",
+    ]);
+    assert!(
+        stderr.contains("plus 1000000000 new ones would not fit"),
         "{stderr}"
     );
 }

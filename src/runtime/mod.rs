@@ -38,6 +38,10 @@ pub enum RuntimeError {
         "a prompt of {tokens} tokens is longer than the model's context of {n_ctx}; shorten it or set a maximum number of tokens per prompt"
     )]
     TooLong { tokens: usize, n_ctx: usize },
+    #[error(
+        "a prompt of {prompt} tokens plus {new} new ones would not fit the model's context of {n_ctx}; generate fewer tokens"
+    )]
+    TooLongToGenerate { prompt: usize, new: usize, n_ctx: usize },
     #[error("an empty prompt has no tokens to run")]
     EmptyPrompt,
     #[error("ONNX Runtime failed while {doing}: {message}")]

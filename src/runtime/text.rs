@@ -153,6 +153,15 @@ impl HookedModel<'_> {
         stop_at_eos: bool,
         variant: Option<(&str, &crate::onnx::ModelProto)>,
     ) -> Result<Vec<u32>, RuntimeError> {
+        // Refused up front: finding out at the context's end wastes the whole run.
+        let n_ctx = self.manifest.config.n_ctx;
+        if tokens.len() + max_new_tokens > n_ctx {
+            return Err(RuntimeError::TooLongToGenerate {
+                prompt: tokens.len(),
+                new: max_new_tokens,
+                n_ctx,
+            });
+        }
         let mut rng = match sampling {
             Sampling::Temperature { seed, .. } => Some(StdRng::seed_from_u64(seed)),
             Sampling::Greedy => None,
