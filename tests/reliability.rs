@@ -49,6 +49,14 @@ fn run(dir: &Path, args: &[&str]) -> Output {
     output
 }
 
+/// Runs `qexp args`, expects exit code `code` and a stderr containing `expected`.
+fn fails_with(dir: &Path, args: &[&str], code: i32, expected: &str) {
+    let output = run(dir, args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+    assert!(stderr.contains(expected), "{args:?}: {stderr}");
+}
+
 /// `qexp check` of `body` (after the header) fails with exit code 2 and a message
 /// containing `expected`, located in the file.
 fn check_refuses(dir: &Path, body: &str, expected: &str) {
@@ -211,12 +219,17 @@ fn a_checkpoint_of_other_activations_is_never_resumed() {
             .success()
     );
     write(dir.path(), "train.qexp", &train(3));
-    let output = run(dir.path(), &["sae", "train", "train.qexp", "s"]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("trained on other activations") && stderr.contains("head 2"),
-        "{stderr}"
+    fails_with(
+        dir.path(),
+        &["sae", "train", "train.qexp", "s"],
+        1,
+        "trained on other activations",
+    );
+    fails_with(
+        dir.path(),
+        &["sae", "train", "train.qexp", "s"],
+        1,
+        "head 2",
     );
     let cfg = std::fs::read_to_string(dir.path().join("saes/s/cfg.json")).unwrap();
     assert!(cfg.contains("\"hook_head_index\": 2"), "untouched: {cfg}");
@@ -286,12 +299,11 @@ fn weights_changed_after_export_are_refused_by_name() {
     let mut bytes = std::fs::read(&data).unwrap();
     bytes[5000] ^= 0x40;
     std::fs::write(&data, &bytes).unwrap();
-    let output = run(dir.path(), &["run", "exp.qexp"]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr.contains("models/tiny/model.onnx.data has changed since it was exported"),
-        "{stderr}"
+    fails_with(
+        dir.path(),
+        &["run", "exp.qexp"],
+        1,
+        "models/tiny/model.onnx.data has changed since it was exported",
     );
 
     std::fs::write(&data, &bytes[..bytes.len() / 2]).unwrap();
@@ -476,12 +488,11 @@ fn nonsense_arguments_are_located_errors() {
             "{HEADER}dataset d = prompts([\"the cat sat\"])\ntable t = per_token(d) | derive(r = loss / 0)\n"
         ),
     );
-    let output = run(dir.path(), &["run", "exp.qexp"]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr.contains("`derive(r = (loss / 0))` gives inf on row 0"),
-        "{stderr}"
+    fails_with(
+        dir.path(),
+        &["run", "exp.qexp"],
+        1,
+        "`derive(r = (loss / 0))` gives inf on row 0",
     );
 }
 
@@ -510,13 +521,13 @@ fn an_sae_with_nan_weights_is_named_on_load() {
             "{HEADER}sae s = load(\"saes/nan\")\ntable a = feature_activations(s, \"the cat\")\n"
         ),
     );
-    let output = run(dir.path(), &["run", "exp.qexp"]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr.contains("saes/nan/sae_weights.safetensors") && stderr.contains("non-finite"),
-        "{stderr}"
+    fails_with(
+        dir.path(),
+        &["run", "exp.qexp"],
+        1,
+        "saes/nan/sae_weights.safetensors",
     );
+    fails_with(dir.path(), &["run", "exp.qexp"], 1, "non-finite");
 }
 
 #[test]

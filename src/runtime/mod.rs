@@ -41,7 +41,11 @@ pub enum RuntimeError {
     #[error(
         "a prompt of {prompt} tokens plus {new} new ones would not fit the model's context of {n_ctx}; generate fewer tokens"
     )]
-    TooLongToGenerate { prompt: usize, new: usize, n_ctx: usize },
+    TooLongToGenerate {
+        prompt: usize,
+        new: usize,
+        n_ctx: usize,
+    },
     #[error("an empty prompt has no tokens to run")]
     EmptyPrompt,
     #[error("ONNX Runtime failed while {doing}: {message}")]

@@ -581,19 +581,7 @@ fn describe(rule: Rule) -> String {
         Rule::expr | Rule::arg | Rule::list | Rule::boolean | Rule::neg | Rule::not => {
             "a value".into()
         }
-        Rule::pipe
-        | Rule::or
-        | Rule::and
-        | Rule::eq
-        | Rule::ne
-        | Rule::lt
-        | Rule::le
-        | Rule::gt
-        | Rule::ge
-        | Rule::add
-        | Rule::sub
-        | Rule::mul
-        | Rule::div => "an operator".into(),
+        operator if is_operator(operator) => "an operator".into(),
         other => format!("{other:?}"),
     }
 }
