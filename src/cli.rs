@@ -193,10 +193,28 @@ fn load_plan(
     scope: &Scope,
 ) -> Result<(Plan, String), Failure> {
     let (file, source) = parse_file(path)?;
-    let context = context_for(&file, reports, scope);
+    let mut context = context_for(&file, reports, scope);
     let name = path.display().to_string();
-    let plan = check::check(&file, &context)
-        .map_err(|d| Failure::Source(syntax::render(&d, &name, &source)))?;
+    let render = |d: Vec<syntax::Diagnostic>| Failure::Source(syntax::render(&d, &name, &source));
+    let plan = check::check(&file, &context).map_err(render)?;
+    // A `save` given through a `let` is known only once checked: verify the plan's own
+    // paths, and check again to place any refusal in the source.
+    for sae in &plan.saes {
+        if let Some(crate::plan::Value::Str(save)) = sae.value.args.get("save")
+            && !context.refused_outputs.contains_key(save)
+            && let Err(why) = execute::check_save_paths(scope, Path::new(save))
+        {
+            context
+                .refused_outputs
+                .insert(save.clone(), why.to_string());
+        }
+    }
+    if let Some((save, why)) = context.refused_outputs.iter().next() {
+        return Err(match check::check(&file, &context) {
+            Err(diagnostics) => render(diagnostics),
+            Ok(_) => Failure::Other(anyhow::anyhow!("cannot save to {save}: {why}")),
+        });
+    }
     Ok((plan, source))
 }
 

@@ -574,3 +574,16 @@ fn reports_are_safe_to_open_and_files_are_shared_as_the_umask_says() {
         assert_eq!(mode("reports/probe"), 0o777 & !umask);
     }
 }
+
+#[test]
+fn a_save_path_bound_with_let_is_checked_too() {
+    let dir = project();
+    std::fs::create_dir(dir.path().join("mine")).unwrap();
+    write(dir.path(), "mine/data.csv", "1,2,3");
+    check_refuses(
+        dir.path(),
+        &format!("let WHERE = \"mine\"\n{TRAIN}, save = WHERE)\n"),
+        "cannot save here: refusing to replace mine",
+    );
+    assert!(dir.path().join("mine/data.csv").exists());
+}
