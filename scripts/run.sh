@@ -4,5 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# Steps that need later work (interventions, SAEs, plots) are listed in the report as not run.
-target/release/qexp run --skip-unsupported experiments/query_composition.qexp
+target/release/qexp run experiments/query_composition.qexp

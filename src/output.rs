@@ -179,7 +179,7 @@ fn replaceable(target: &Path, kind: Kind) -> Result<(), OutputError> {
             path: target.to_owned(),
         });
     }
-    if marked_as(target, kind) {
+    if marked_as(target, kind) || (kind == Kind::Sae && saved_by_older_qexp(target)) {
         return Ok(());
     }
     let mut entries = std::fs::read_dir(target).map_err(io_error(target))?;
@@ -195,6 +195,19 @@ fn replaceable(target: &Path, kind: Kind) -> Result<(), OutputError> {
 /// Whether `dir` holds qexp's marker for `kind`.
 pub fn marked_as(dir: &Path, kind: Kind) -> bool {
     std::fs::read_to_string(dir.join(MARKER_FILE)).is_ok_and(|text| text == kind.marker_text())
+}
+
+/// An SAE folder from a qexp that wrote no marker: its cfg.json says qexp trained it.
+fn saved_by_older_qexp(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cfg.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|cfg| {
+            cfg["metadata"]["trained_with"]
+                .as_str()
+                .map(|by| by.starts_with("qexp "))
+        })
+        .unwrap_or(false)
 }
 
 /// Writes the marker of `kind` into `dir`, making it a folder qexp may replace later.
