@@ -446,6 +446,10 @@ fn nonsense_arguments_are_located_errors() {
             "table s = sanity_check(\"a\\qb\")\n",
             "unknown escape `\\q`",
         ),
+        (
+            "table a = attention(\"the cat\", L1H1, pos = 1e15)\n",
+            "position 1000000000000000 is outside every prompt: the model's context is 128 tokens",
+        ),
     ] {
         check_refuses(dir.path(), body, expected);
     }

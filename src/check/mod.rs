@@ -794,10 +794,25 @@ impl Checker<'_> {
                     path,
                     selector: None,
                 } if path == "all" => Some(Value::All),
-                _ => number(expr)
-                    .filter(|n| n.fract() == 0.0)
-                    .map(|n| Value::Integer(n as i64))
-                    .or_else(|| mismatch(self)),
+                _ => {
+                    let Some(position) =
+                        number(expr).filter(|n| n.fract() == 0.0).map(|n| n as i64)
+                    else {
+                        return mismatch(self);
+                    };
+                    // A position no prompt can have is a typo, not a no-op.
+                    let n_ctx = self.manifest().map_or(i64::MAX, |m| m.config.n_ctx as i64);
+                    if position >= n_ctx || position < -n_ctx {
+                        self.error(
+                            expr.span,
+                            format!(
+                                "position {position} is outside every prompt: the model's context is {n_ctx} tokens"
+                            ),
+                        )
+                        .hint = Some(format!("use 0 to {} or -{n_ctx} to -1", n_ctx - 1));
+                    }
+                    Some(Value::Integer(position))
+                }
             },
             Type::Features => match &expr.kind {
                 ExprKind::Ref {
