@@ -137,6 +137,15 @@ impl Scope {
 /// `path` (absolute) with every symlink of its existing part resolved and `.`/`..`
 /// applied; the part that does not exist yet is taken as written.
 fn resolve(path: &Path) -> std::io::Result<PathBuf> {
+    let mut links_left = MAX_LINKS_FOLLOWED;
+    resolve_following(path, &mut links_left)
+}
+
+/// Links followed through dangling links before giving up, as the kernel's own limit:
+/// a link to itself must end in an error, not in endless recursion.
+const MAX_LINKS_FOLLOWED: usize = 40;
+
+fn resolve_following(path: &Path, links_left: &mut usize) -> std::io::Result<PathBuf> {
     let mut resolved = PathBuf::new();
     for part in path.components() {
         match part {
@@ -153,9 +162,16 @@ fn resolve(path: &Path) -> std::io::Result<PathBuf> {
                         // A dangling link: writing through it would land wherever it
                         // points, which we cannot see; treat the link's text as the path.
                         Err(_) => {
+                            if *links_left == 0 {
+                                return Err(std::io::Error::new(
+                                    std::io::ErrorKind::InvalidInput,
+                                    "too many levels of symbolic links",
+                                ));
+                            }
+                            *links_left -= 1;
                             let link = std::fs::read_link(&resolved)?;
                             resolved.pop();
-                            resolved = resolve(&resolved.join(link))?;
+                            resolved = resolve_following(&resolved.join(link), links_left)?;
                         }
                     },
                     _ => {}
@@ -443,6 +459,19 @@ mod tests {
                 scope.check(Path::new("dangling/x"), Kind::Sae),
                 Err(OutputError::Outside { .. })
             ));
+            // Links in a loop are an error, not endless recursion.
+            std::os::unix::fs::symlink("loop", project.join("loop")).unwrap();
+            std::os::unix::fs::symlink("pong", project.join("ping")).unwrap();
+            std::os::unix::fs::symlink("ping", project.join("pong")).unwrap();
+            for looped in ["loop/x", "ping/x"] {
+                assert!(
+                    matches!(
+                        scope.check(Path::new(looped), Kind::Sae),
+                        Err(OutputError::Io { .. })
+                    ),
+                    "{looped}"
+                );
+            }
         }
         let allowed = Scope {
             allow_outside: true,

@@ -78,7 +78,10 @@ fn save_never_replaces_a_folder_qexp_did_not_make() {
     write(dir.path(), "thesis/chapter1.tex", "years of work");
     let outside = tempfile::tempdir().unwrap();
     #[cfg(unix)]
-    std::os::unix::fs::symlink(outside.path(), dir.path().join("escape")).unwrap();
+    {
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("escape")).unwrap();
+        std::os::unix::fs::symlink("loop", dir.path().join("loop")).unwrap();
+    }
 
     for (save, expected) in [
         ("thesis", "it is not a SAE folder qexp made"),
@@ -93,6 +96,8 @@ fn save_never_replaces_a_folder_qexp_did_not_make() {
         ("/tmp/qexp-elsewhere", "outside the project"),
         #[cfg(unix)]
         ("escape/sae", "outside the project"),
+        #[cfg(unix)]
+        ("loop/sae", "too many levels of symbolic links"),
     ] {
         check_refuses(
             dir.path(),
