@@ -200,13 +200,8 @@ fn load_plan(
     // A `save` given through a `let` is known only once checked: verify the plan's own
     // paths, and check again to place any refusal in the source.
     for sae in &plan.saes {
-        if let Some(crate::plan::Value::Str(save)) = sae.value.args.get("save")
-            && !context.refused_outputs.contains_key(save)
-            && let Err(why) = execute::check_save_paths(scope, Path::new(save))
-        {
-            context
-                .refused_outputs
-                .insert(save.clone(), why.to_string());
+        if let Some(crate::plan::Value::Str(save)) = sae.value.args.get("save") {
+            refuse_if_unsafe(&mut context, scope, save);
         }
     }
     if let Some((save, why)) = context.refused_outputs.iter().next() {
@@ -259,11 +254,8 @@ fn context_for(file: &syntax::ast::File, reports: Option<&Path>, scope: &Scope) 
                     for arg in args {
                         if arg.name.as_ref().is_some_and(|n| n.node == "save")
                             && let ExprKind::Str(path) = &arg.value.kind
-                            && let Err(why) = execute::check_save_paths(scope, Path::new(path))
                         {
-                            context
-                                .refused_outputs
-                                .insert(path.clone(), why.to_string());
+                            refuse_if_unsafe(&mut context, scope, path);
                         }
                     }
                 }
@@ -279,6 +271,17 @@ fn context_for(file: &syntax::ast::File, reports: Option<&Path>, scope: &Scope) 
         }
     }
     context
+}
+
+/// Records in `context` why an SAE may not be saved to `save`, if it may not.
+fn refuse_if_unsafe(context: &mut check::Context, scope: &Scope, save: &str) {
+    if !context.refused_outputs.contains_key(save)
+        && let Err(why) = execute::check_save_paths(scope, Path::new(save))
+    {
+        context
+            .refused_outputs
+            .insert(save.to_owned(), why.to_string());
+    }
 }
 
 fn parse_temperature(text: &str) -> Result<f32, String> {

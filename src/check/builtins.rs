@@ -189,6 +189,12 @@ const COLUMNS: Type = Type::ListOf(&Type::Column);
 const VARIANTS: Type = Type::ListOf(&Type::Variant);
 const SORT_ORDER: Type = Type::Choice(&["asc", "desc"]);
 
+/// The arguments of the `model` statement.
+pub const MODEL_PARAMS: &[Param] = &[
+    opt("device", Type::Choice(&["cpu", "cuda", "coreml"])),
+    opt("batch_size", Type::Integer).within(1.0, 4096.0),
+];
+
 pub const BUILTINS: &[Builtin] = &[
     // Datasets.
     Builtin {
@@ -609,12 +615,12 @@ pub fn limits_table() -> String {
     let mut rows = vec![
         "| function | argument | valid values |".to_owned(),
         "|---|---|---|".to_owned(),
-        "| `model` | batch_size | 1 to 4096 |".to_owned(),
     ];
-    for builtin in BUILTINS {
-        for param in builtin.params {
+    let statements = std::iter::once(("model", MODEL_PARAMS));
+    for (function, params) in statements.chain(BUILTINS.iter().map(|b| (b.name, b.params))) {
+        for param in params {
             if let Some(limit) = param.limit.describe() {
-                rows.push(format!("| `{}` | {} | {limit} |", builtin.name, param.name));
+                rows.push(format!("| `{function}` | {} | {limit} |", param.name));
             }
         }
     }

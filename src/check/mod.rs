@@ -258,31 +258,15 @@ impl Checker<'_> {
             self.error(span, "a second `model`").hint = Some("an experiment runs one model".into());
             return;
         }
-        const PARAMS: &[Param] = &[
-            Param {
-                name: "device",
-                ty: Type::Choice(&["cpu", "cuda", "coreml"]),
-                required: false,
-                limit: builtins::Limit::None,
-            },
-            Param {
-                name: "batch_size",
-                ty: Type::Integer,
-                required: false,
-                limit: builtins::Limit::Range {
-                    min: 1.0,
-                    max: 4096.0,
-                },
-            },
-        ];
-        let args = self.bind_args(args, PARAMS, "model", span, None);
+        let args = self.bind_args(args, builtins::MODEL_PARAMS, "model", span, None);
         let device = match args.get("device") {
             Some(Value::Choice(d)) if d == "cuda" => Device::Cuda,
             Some(Value::Choice(d)) if d == "coreml" => Device::Coreml,
             _ => Device::Cpu,
         };
         let batch_size = match args.get("batch_size") {
-            Some(Value::Integer(n)) if (1..=4096).contains(n) => *n as usize,
+            // Out of range is an error above, so no plan carries it.
+            Some(Value::Integer(n)) => *n as usize,
             _ => 8,
         };
         self.model = Some(ModelSpec {

@@ -1089,7 +1089,12 @@ impl Runner<'_, '_, '_> {
             check_save_paths(&self.scope, dir).map_err(|e| format!("saving `{name}`: {e}"))?;
         }
         let target = self.target(hook)?;
-        let tokens: usize = self.dataset(dataset)?.iter().map(Vec::len).sum();
+        // Cloned out of the runner's cache once, for the size estimate and the hash that
+        // ties checkpoints to their inputs.
+        let sequences = self.dataset(dataset)?;
+        let tokens: usize = sequences.iter().map(Vec::len).sum();
+        let dataset_sha256 = tokens_sha256(&sequences);
+        drop(sequences);
         if let Some(width) = crate::check::hook_width(hook, Some(&self.model.manifest))
             && let Some(available) = crate::machine::total_memory()
         {
@@ -1125,7 +1130,6 @@ impl Runner<'_, '_, '_> {
             normalize_activations: flag("normalize_activations", false),
             resample_dead: flag("resample_dead", false),
         };
-        let dataset_sha256 = tokens_sha256(&self.dataset(dataset)?);
         let inputs = format!(
             "model weights sha256 {}, hook {}{}, dataset `{dataset}` token ids sha256 {dataset_sha256}",
             self.model.manifest.weights_sha256,

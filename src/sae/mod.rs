@@ -232,10 +232,9 @@ pub fn load(dir: &Path) -> Result<Sae, SaeError> {
         }
         // A NaN here would surface much later as a broken forward pass of some variant;
         // name the file and the tensor now.
-        if let Some(at) = tensor.iter().position(|v| !v.is_finite()) {
+        if let Some((at, value)) = tensor.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(bad(format!(
-                "`{name}` holds a non-finite value ({}) at flat index {at}",
-                tensor.iter().nth(at).expect("found above")
+                "`{name}` holds a non-finite value ({value}) at flat index {at}"
             )));
         }
         Ok(tensor)
