@@ -21,9 +21,6 @@ macro_rules! out {
 macro_rules! outln {
     ($($arg:tt)*) => {{ let _ = writeln!(std::io::stdout(), $($arg)*); }};
 }
-macro_rules! errln {
-    ($($arg:tt)*) => {{ let _ = writeln!(std::io::stderr(), $($arg)*); }};
-}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -77,10 +74,6 @@ enum Command {
         device: Option<Device>,
         #[command(flatten)]
         outputs: OutputFlags,
-        /// Run what this version can and list the other steps in the report as not run,
-        /// instead of refusing the experiment.
-        #[arg(long)]
-        skip_unsupported: bool,
     },
     /// Which numbers changed between two reports (their results/*.csv), and by how much.
     Diff {
@@ -301,13 +294,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             outputs,
         } => {
             let (plan, _) = load_plan(&experiment, Some(&reports), &outputs.scope()?)?;
-            let unsupported = execute::unsupported(&plan).len();
-            outln!(
-                "{}: ok ({} steps, {} of them not runnable by this version yet)",
-                experiment.display(),
-                plan.steps.len(),
-                unsupported
-            );
+            outln!("{}: ok ({} steps)", experiment.display(), plan.steps.len());
         }
         Command::Plan { experiment } => {
             let scope = Scope::current(true).context("cannot resolve the current folder")?;
@@ -335,31 +322,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
             reports,
             device,
             outputs,
-            skip_unsupported,
         } => {
             let scope = outputs.scope()?;
             let (mut plan, source) = load_plan(&experiment, Some(&reports), &scope)?;
             if let Some(device) = device {
                 plan.model.device = device;
-            }
-            let unsupported = execute::unsupported(&plan);
-            if !unsupported.is_empty() {
-                let list: Vec<String> = unsupported
-                    .iter()
-                    .map(|(step, why)| format!("  {step}: {why}"))
-                    .collect();
-                if !skip_unsupported {
-                    return Err(Failure::Other(anyhow::anyhow!(
-                        "{} has steps this qexp cannot run yet (rerun with --skip-unsupported to run the rest):\n{}",
-                        experiment.display(),
-                        list.join("\n")
-                    )));
-                }
-                errln!(
-                    "not running {} steps this qexp cannot run yet:\n{}",
-                    unsupported.len(),
-                    list.join("\n")
-                );
             }
             let runtime = Runtime::new(plan.model.device)?;
             let results = execute::execute(&plan, &runtime, &scope)?;

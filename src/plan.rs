@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::runtime::Device;
+use crate::device::Device;
+pub use crate::hooks::HookRef;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -62,16 +63,6 @@ pub enum Value {
     All,
     /// A `let` computed at run time (e.g. `best_head(...)`), by name.
     Computed(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HookRef {
-    pub name: String,
-    pub head: Option<usize>,
-    /// A head chosen at run time (`head = HEAD` with `let HEAD = best_head(...)`).
-    pub head_from: Option<String>,
-    /// `None` for every position.
-    pub pos: Option<i64>,
 }
 
 /// An expression over a table's columns, for `filter` and `derive`.

@@ -4,20 +4,20 @@
 //! hands their contents in through [`Context`].
 
 pub mod builtins;
-mod hooks;
 
-pub use hooks::{head_count, layer_of as hook_layer, width as hook_width};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use builtins::{Builtin, Param, Produces, Type};
 
+use crate::hooks;
 use crate::manifest::Manifest;
+pub use crate::sae::SaeShape;
 use crate::plan::{
     Call, ColumnExpr, ColumnType, HookRef, ModelSpec, Named, Plan, Step, TableSource, Value,
 };
-use crate::runtime::Device;
+use crate::device::Device;
 use crate::syntax::ast::{
     Arg, BinaryOp, DeclKind, Expr, ExprKind, File, Name, Spanned, Statement, UnaryOp,
 };
@@ -30,14 +30,6 @@ pub const SANITY_CHECK_TEXT: &str = "Many important transition points in the his
 /// Experiment names become folder names (with a staging suffix while a report is
 /// written): this keeps them well under every file system's limit of 255 bytes.
 pub const MAX_EXPERIMENT_NAME: usize = 100;
-
-/// What the checker knows about an SAE without loading its weights.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SaeShape {
-    pub d_in: usize,
-    pub d_sae: usize,
-    pub hook: Option<HookRef>,
-}
 
 /// Facts from outside the source file, read by the caller.
 #[derive(Debug, Default)]

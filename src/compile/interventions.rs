@@ -6,6 +6,7 @@
 use ndarray::ArrayD;
 
 use super::CompileError;
+use crate::hooks::{Axes, axes};
 use crate::manifest::{ATTENTION_MASK, INPUT_IDS};
 use crate::onnx::{AttributeProto, FLOAT, ModelProto, NodeProto, TensorProto, attribute_proto};
 
@@ -54,41 +55,6 @@ pub struct SaeEdit {
     /// Where the scaling applies; `None` for every position.
     pub scale_pos: Option<i64>,
     pub acts_output: String,
-}
-
-/// Axes of a hook's tensor that an intervention selects on.
-struct Axes {
-    rank: usize,
-    head: Option<usize>,
-    pos: usize,
-}
-
-fn axes(hook: &str) -> Axes {
-    let suffix = hook.rsplit('.').next().unwrap_or(hook);
-    match suffix {
-        "hook_pattern" | "hook_attn_scores" => Axes {
-            rank: 4,
-            head: Some(1),
-            pos: 2,
-        },
-        "hook_q" | "hook_k" | "hook_v" | "hook_rot_q" | "hook_rot_k" | "hook_z" | "hook_result" => {
-            Axes {
-                rank: 4,
-                head: Some(2),
-                pos: 1,
-            }
-        }
-        "hook_scale" => Axes {
-            rank: 3,
-            head: None,
-            pos: 1,
-        },
-        _ => Axes {
-            rank: 3,
-            head: None,
-            pos: 1,
-        },
-    }
 }
 
 /// A copy of `model` with `interventions` applied in order.

@@ -2,58 +2,8 @@
 //! report's job (`report::plots`); this side decides what the points are, so a report
 //! can be redrawn without rerunning the model.
 
-use super::table::Table;
+use crate::results::{Plot, PlotKind, Table};
 use crate::plan::{Call, Value};
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Plot {
-    pub name: String,
-    pub title: String,
-    /// Kept out of `results.json`: the points are in the tables the plot reads.
-    #[serde(skip)]
-    pub kind: PlotKind,
-}
-
-#[derive(Debug, Clone)]
-pub enum PlotKind {
-    /// Points with a text shown on hover; optionally histograms of x and y at the sides.
-    Scatter {
-        x_label: String,
-        y_label: String,
-        points: Vec<(f64, f64)>,
-        hover: Vec<String>,
-        marginals: bool,
-    },
-    Histogram {
-        x_label: String,
-        values: Vec<f64>,
-        bins: usize,
-    },
-    /// Series over a shared x; the `top_labels` highest points of the first series get
-    /// their row's label written next to them (the seed's `plot_line_with_top_10_labels`).
-    Line {
-        x_label: String,
-        x: Vec<f64>,
-        series: Vec<(String, Vec<f64>)>,
-        labels: Vec<String>,
-        top_labels: usize,
-    },
-    Bar {
-        x_label: String,
-        y_label: String,
-        categories: Vec<String>,
-        values: Vec<f64>,
-    },
-    /// A value per (row key, column key); keys in first-seen order, missing cells empty.
-    Heatmap {
-        row_label: String,
-        column_label: String,
-        value_label: String,
-        rows: Vec<String>,
-        columns: Vec<String>,
-        values: Vec<Vec<Option<f64>>>,
-    },
-}
 
 fn column_arg(call: &Call, key: &str) -> Option<String> {
     match call.args.get(key) {
@@ -279,7 +229,7 @@ pub fn plot(name: &str, call: &Call, table: &Table) -> Result<Plot, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::execute::Cell;
+    use crate::results::Cell;
     use std::collections::BTreeMap;
 
     fn call(function: &'static str, args: &[(&'static str, Value)]) -> Call {

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 
 use ndarray::{Array1, Array2, Array3, ArrayD, Axis, s};
 
-use super::dashboards::Dashboards;
-use super::table::{Cell, Table};
+use crate::results::{Cell, Dashboards, Table};
 use crate::analysis::composition::{self, Mode};
 use crate::check::SANITY_CHECK_TEXT;
 use crate::compile::{self, Intervention, SaeEdit, Target, interventions};
@@ -176,7 +175,7 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
         let head = match &hook.head_from {
             Some(name) => match self.values.get(name) {
                 Some(Value::Head { layer, head }) => {
-                    if crate::check::hook_layer(&hook.name) != Some(*layer) {
+                    if crate::hooks::layer_of(&hook.name) != Some(*layer) {
                         return Err(format!(
                             "{name} is L{layer}H{head}, which is not in the layer of `{}`",
                             hook.name
@@ -418,7 +417,7 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
 
     /// The mean of a hook over every real token of a dataset, from a graph pruned to the hook.
     fn mean_activation(&mut self, hook: &str, dataset: &str) -> Result<ArrayD<f32>, Failure> {
-        if hook.ends_with("hook_pattern") || hook.ends_with("hook_attn_scores") {
+        if crate::hooks::has_key_axis(hook) {
             return Err(format!(
                 "mean ablation of `{hook}` is not defined: its shape depends on the prompt length"
             ));
@@ -514,7 +513,7 @@ impl<'p, 'm, 'r> Runner<'p, 'm, 'r> {
     fn edits_graph(&self, edits: &[Intervention], outputs: &[&str]) -> Result<ModelProto, Failure> {
         let manifest = &self.model.manifest;
         let heads = |hook: &str| {
-            crate::check::head_count(hook, Some(manifest))
+            crate::hooks::head_count(hook, Some(manifest))
                 .flatten()
                 .unwrap_or(manifest.config.n_heads)
         };
@@ -1095,7 +1094,7 @@ impl Runner<'_, '_, '_> {
         let tokens: usize = sequences.iter().map(Vec::len).sum();
         let dataset_sha256 = tokens_sha256(&sequences);
         drop(sequences);
-        if let Some(width) = crate::check::hook_width(hook, Some(&self.model.manifest))
+        if let Some(width) = crate::hooks::width(hook, Some(&self.model.manifest))
             && let Some(available) = crate::machine::total_memory()
         {
             let needed = (tokens as u64).saturating_mul(width as u64 * 4);
@@ -1493,7 +1492,8 @@ impl Runner<'_, '_, '_> {
     /// feature pushes the head's attention to, and for a residual-stream SAE the tokens
     /// its decoder direction promotes and suppresses.
     pub fn feature_dashboards(&mut self, name: &str, call: &Call) -> Result<Dashboards, Failure> {
-        use super::dashboards::{Collector, WINDOW};
+        use super::dashboards::Collector;
+        use crate::results::WINDOW;
         let (Some(Value::Name(sae_name)), Some(Value::Name(dataset))) =
             (call.args.get("sae"), call.args.get("dataset"))
         else {
@@ -1532,7 +1532,7 @@ impl Runner<'_, '_, '_> {
                                 (pos.saturating_sub(WINDOW), (pos + WINDOW).min(len - 1));
                             let window = (from..=to).map(|p| acts[[row_start + p, f]]).collect();
                             collector.keep(
-                                super::dashboards::Example {
+                                crate::results::Example {
                                     activation: a,
                                     prompt: first_prompt + row,
                                     pos,
@@ -1574,7 +1574,7 @@ impl Runner<'_, '_, '_> {
                 }
             }
         }
-        if let Some(layer) = crate::check::hook_layer(&target.hook)
+        if let Some(layer) = crate::hooks::layer_of(&target.hook)
             && target.hook == format!("blocks.{layer}.attn.hook_q")
             && let Some(head) = target.head
         {
@@ -1609,7 +1609,7 @@ impl Runner<'_, '_, '_> {
     /// prompts that hold examples, pruned to the layer's keys.
     fn attach_attention_targets(
         &mut self,
-        features: &mut [super::dashboards::FeatureDashboard],
+        features: &mut [crate::results::FeatureDashboard],
         sequences: &[Vec<u32>],
         layer: usize,
         head: usize,
@@ -1687,8 +1687,8 @@ impl Runner<'_, '_, '_> {
         &mut self,
         target: &Target,
         sae: &crate::sae::Sae,
-        features: &[super::dashboards::FeatureDashboard],
-    ) -> Result<Option<Vec<super::dashboards::LogitEffects>>, Failure> {
+        features: &[crate::results::FeatureDashboard],
+    ) -> Result<Option<Vec<crate::results::LogitEffects>>, Failure> {
         let writes_residual = [
             "hook_resid_pre",
             "hook_resid_mid",
@@ -1728,7 +1728,7 @@ impl Runner<'_, '_, '_> {
                     })
                     .collect()
             };
-            out.push(super::dashboards::LogitEffects {
+            out.push(crate::results::LogitEffects {
                 promoted: pick(order.iter().take(10).copied().collect())?,
                 suppressed: pick(order.iter().rev().take(10).copied().collect())?,
             });

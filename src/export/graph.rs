@@ -141,6 +141,11 @@ impl GraphBuilder {
     /// rewrites the hook's value reaches everything after it. ONNX Runtime removes the
     /// Identity when the hook is not a graph output, so unused hooks cost nothing.
     pub fn hook(&mut self, name: &str, source: &str, shape: &[&str], meaning: &str) -> String {
+        // Every exported hook is in the vocabulary the checker and compile passes use.
+        assert!(
+            crate::hooks::is_known(name),
+            "`{name}` is not in the hook vocabulary (src/hooks.rs)"
+        );
         self.op_into("Identity", &[source], name, vec![]);
         self.hooks.push(HookInfo {
             name: name.to_owned(),

@@ -8,7 +8,7 @@ use std::path::Path;
 use minijinja::{Environment, UndefinedBehavior, context};
 
 use super::ReportError;
-use crate::execute::{Dashboards, Example, FeatureDashboard, WINDOW};
+use crate::results::{Dashboards, Example, FeatureDashboard, WINDOW};
 
 fn environment() -> Result<Environment<'static>, ReportError> {
     let mut env = Environment::new();

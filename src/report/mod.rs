@@ -15,7 +15,7 @@ use minijinja::{Environment, UndefinedBehavior, context};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::execute::{Cell, Results, Section};
+use crate::results::{Cell, Results, Section};
 use crate::output::{Kind, OutputError, Scope, Staging};
 use crate::plan::Plan;
 
@@ -44,11 +44,11 @@ struct RunRecord<'a> {
     model: String,
     model_source: &'a str,
     weights_sha256: &'a str,
-    device: crate::runtime::Device,
+    device: crate::device::Device,
     threads: usize,
     seconds_per_step: Vec<String>,
     /// Every SAE the run used: where it came from and a hash of its weights.
-    saes: &'a [crate::execute::SaeRecord],
+    saes: &'a [crate::results::SaeRecord],
     /// Every seed the experiment sets, by the statement it is in.
     seeds: BTreeMap<String, i64>,
 }

@@ -5,7 +5,7 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::execute::{Plot, PlotKind};
+use crate::results::{Plot, PlotKind};
 
 const WIDTH: u32 = 900;
 const HEIGHT: u32 = 520;

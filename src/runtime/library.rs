@@ -12,15 +12,7 @@ use ort::ep::ExecutionProviderDispatch;
 
 use super::RuntimeError;
 
-/// Where the model runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Device {
-    #[default]
-    Cpu,
-    Cuda,
-    Coreml,
-}
+pub use crate::device::Device;
 
 /// The loaded library and the chosen device; sessions are built from it.
 pub struct Runtime {

@@ -13,8 +13,15 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array1, Array2, ArrayView2, Axis, Ix1, Ix2};
 use serde::Deserialize;
 
-use crate::check::SaeShape;
-use crate::plan::HookRef;
+use crate::hooks::HookRef;
+
+/// What the checker knows about an SAE without loading its weights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaeShape {
+    pub d_in: usize,
+    pub d_sae: usize,
+    pub hook: Option<HookRef>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {

@@ -72,7 +72,7 @@ fn config_json(sae: &Sae) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::HookRef;
+    use crate::hooks::HookRef;
     use ndarray::{Array1, Array2};
 
     fn sae(architecture: Architecture) -> Sae {

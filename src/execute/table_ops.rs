@@ -1,89 +1,13 @@
-//! Result tables and the operations a pipeline applies to them (`filter`, `sort`, `top`,
+//! The operations a pipeline applies to result tables (`filter`, `sort`, `top`,
 //! `columns`, `derive`, `count`, `group_count`, `explode`). Pure functions of their input.
 
 use std::cmp::Ordering;
 
 use crate::plan::{Call, ColumnExpr, Value};
+use crate::results::{Cell, Table};
 use crate::syntax::ast::BinaryOp;
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Table {
-    pub name: String,
-    pub columns: Vec<String>,
-    pub rows: Vec<Vec<Cell>>,
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-#[serde(untagged)]
-pub enum Cell {
-    Integer(i64),
-    Number(f64),
-    Str(String),
-    Bool(bool),
-    IntegerList(Vec<i64>),
-    NumberList(Vec<f64>),
-}
-
-impl Cell {
-    pub fn number(&self) -> Option<f64> {
-        match self {
-            Cell::Integer(n) => Some(*n as f64),
-            Cell::Number(x) => Some(*x),
-            Cell::Bool(b) => Some(f64::from(u8::from(*b))),
-            _ => None,
-        }
-    }
-
-    /// Orders numbers numerically and everything else by its text; NaN sorts last.
-    fn compare(&self, other: &Cell) -> Ordering {
-        match (self.number(), other.number()) {
-            (Some(a), Some(b)) => a
-                .partial_cmp(&b)
-                .unwrap_or_else(|| a.is_nan().cmp(&b.is_nan())),
-            _ => self.text().cmp(&other.text()),
-        }
-    }
-
-    /// The cell as it appears in a CSV file: floats with six decimals, lists bracketed.
-    pub fn text(&self) -> String {
-        match self {
-            Cell::Integer(n) => n.to_string(),
-            Cell::Number(x) => format!("{x:.6}"),
-            Cell::Str(s) => s.clone(),
-            Cell::Bool(b) => b.to_string(),
-            Cell::IntegerList(items) => format!(
-                "[{}]",
-                items
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            Cell::NumberList(items) => format!(
-                "[{}]",
-                items
-                    .iter()
-                    .map(|x| format!("{x:.6}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }
-    }
-}
-
 impl Table {
-    pub fn new(name: &str, columns: &[&str]) -> Self {
-        Self {
-            name: name.to_owned(),
-            columns: columns.iter().map(|c| (*c).to_owned()).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    pub fn column(&self, name: &str) -> Option<usize> {
-        self.columns.iter().position(|c| c == name)
-    }
-
     /// Applies one checked table operation. Fails when a `derive` makes a number that is
     /// not finite (a division by zero, an overflow), naming the column and the row.
     pub fn apply(mut self, op: &Call) -> Result<Table, String> {
