@@ -12,7 +12,7 @@ use crate::manifest::Manifest;
 use crate::output::Scope;
 use crate::plan::Plan;
 use crate::runtime::{Device, HookedModel, Runtime, Sampling};
-use crate::{check, execute, export, report, syntax};
+use crate::{execute, export, report, syntax};
 
 // Printing to a closed pipe (`qexp hooks m | head`) is not an error worth a panic.
 macro_rules! out {
@@ -178,102 +178,21 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
-/// Reads, parses and checks an experiment file, with the model's manifest, the SAEs'
-/// configs and the folders it would write (reports under `reports`).
+/// Reads, parses and checks an experiment file; experiment-file problems exit with 2.
 fn load_plan(
     path: &Path,
     reports: Option<&Path>,
     scope: &Scope,
 ) -> Result<(Plan, String), Failure> {
-    let (file, source) = parse_file(path)?;
-    let mut context = context_for(&file, reports, scope);
-    let name = path.display().to_string();
-    let render = |d: Vec<syntax::Diagnostic>| Failure::Source(syntax::render(&d, &name, &source));
-    let plan = check::check(&file, &context).map_err(render)?;
-    // A `save` given through a `let` is known only once checked: verify the plan's own
-    // paths, and check again to place any refusal in the source.
-    for sae in &plan.saes {
-        if let Some(crate::plan::Value::Str(save)) = sae.value.args.get("save") {
-            refuse_if_unsafe(&mut context, scope, save);
+    crate::experiment::load(path, reports, scope).map_err(Failure::from_load)
+}
+
+impl Failure {
+    fn from_load(error: crate::experiment::LoadError) -> Self {
+        match error {
+            crate::experiment::LoadError::Source(rendered) => Failure::Source(rendered),
+            other => Failure::Other(other.into()),
         }
-    }
-    if let Some((save, why)) = context.refused_outputs.iter().next() {
-        return Err(match check::check(&file, &context) {
-            Err(diagnostics) => render(diagnostics),
-            Ok(_) => Failure::Other(anyhow::anyhow!("cannot save to {save}: {why}")),
-        });
-    }
-    Ok((plan, source))
-}
-
-fn parse_file(path: &Path) -> Result<(syntax::ast::File, String), Failure> {
-    let source = syntax::read_source(path)?;
-    let name = path.display().to_string();
-    let file =
-        syntax::parse(&source).map_err(|d| Failure::Source(syntax::render(&d, &name, &source)))?;
-    Ok((file, source))
-}
-
-/// The files a check consults: the model's manifest, every loaded SAE's cfg.json, and
-/// the folders the run would write (every `save =` of a `train`, and the report).
-fn context_for(file: &syntax::ast::File, reports: Option<&Path>, scope: &Scope) -> check::Context {
-    use syntax::ast::{DeclKind, ExprKind, Statement};
-    let mut context = check::Context {
-        memory_bytes: crate::machine::total_memory(),
-        ..check::Context::default()
-    };
-    let mut statements: Vec<&syntax::ast::Spanned<Statement>> = file.statements.iter().collect();
-    while let Some(statement) = statements.pop() {
-        match &statement.node {
-            Statement::Model { path, .. } => {
-                context.manifest = Manifest::read(Path::new(&path.node)).ok()
-            }
-            Statement::Declare {
-                kind: DeclKind::Sae,
-                value,
-                ..
-            } => {
-                if let ExprKind::Call { function, args } = &value.kind
-                    && function.node == "load"
-                    && let Some(ExprKind::Str(path)) = args.first().map(|a| &a.value.kind)
-                {
-                    context
-                        .saes
-                        .insert(path.clone(), crate::sae::read_shape(Path::new(path)));
-                }
-                if let ExprKind::Call { function, args } = &value.kind
-                    && function.node == "train"
-                {
-                    for arg in args {
-                        if arg.name.as_ref().is_some_and(|n| n.node == "save")
-                            && let ExprKind::Str(path) = &arg.value.kind
-                        {
-                            refuse_if_unsafe(&mut context, scope, path);
-                        }
-                    }
-                }
-            }
-            Statement::Experiment(name) if reports.is_some() => {
-                let reports = reports.expect("matched");
-                if let Err(why) = report::check_folder(reports, &name.node, scope) {
-                    context.refused_report = Some(why.to_string());
-                }
-            }
-            Statement::For { body, .. } => statements.extend(body),
-            _ => {}
-        }
-    }
-    context
-}
-
-/// Records in `context` why an SAE may not be saved to `save`, if it may not.
-fn refuse_if_unsafe(context: &mut check::Context, scope: &Scope, save: &str) {
-    if !context.refused_outputs.contains_key(save)
-        && let Err(why) = execute::check_save_paths(scope, Path::new(save))
-    {
-        context
-            .refused_outputs
-            .insert(save.to_owned(), why.to_string());
     }
 }
 
@@ -299,10 +218,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Plan { experiment } => {
             let scope = Scope::current(true).context("cannot resolve the current folder")?;
             let (plan, _) = load_plan(&experiment, None, &scope)?;
-            out!("{plan}");
+            out!("{}", crate::builtins::graphs::describe(&plan));
         }
         Command::Fmt { experiment, check } => {
-            let (file, source) = parse_file(&experiment)?;
+            let (file, source) =
+                crate::experiment::parse(&experiment).map_err(Failure::from_load)?;
             let formatted = syntax::format(&file, &source);
             if check {
                 if formatted != source {
@@ -381,44 +301,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if let Some(device) = device {
                 plan.model.device = device;
             }
-            let Some(sae) = plan.saes.iter().find(|s| s.name == name) else {
-                let declared: Vec<&str> = plan.saes.iter().map(|s| s.name.as_str()).collect();
-                return Err(Failure::Other(anyhow::anyhow!(
-                    "{} declares no SAE `{name}` (it declares: {})",
-                    experiment.display(),
-                    if declared.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        declared.join(", ")
-                    }
-                )));
-            };
-            if sae.value.function != "train" {
-                return Err(Failure::Other(anyhow::anyhow!(
-                    "`{name}` is made with `{}`, not trained, in {}",
-                    sae.value.function,
-                    experiment.display()
-                )));
-            }
-            let out = out
-                .or_else(|| match sae.value.args.get("save") {
-                    Some(crate::plan::Value::Str(path)) => Some(PathBuf::from(path)),
-                    _ => None,
-                })
-                .unwrap_or_else(|| Path::new("saes").join(&name));
+            let out = crate::experiment::only_training(&mut plan, &name, out)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", experiment.display()))?;
             execute::check_save_paths(&scope, &out)?;
-            // Only this SAE is made: nothing else runs, no other SAE is saved.
-            plan.steps.clear();
-            for other in &mut plan.saes {
-                if other.name == name {
-                    other
-                        .value
-                        .args
-                        .insert("save", crate::plan::Value::Str(out.display().to_string()));
-                } else {
-                    other.value.args.remove("save");
-                }
-            }
             let runtime = Runtime::new(plan.model.device)?;
             let results = execute::execute(&plan, &runtime, &scope)?;
             for section in &results.sections {

@@ -117,8 +117,7 @@ pub fn block(layer: usize, suffix: &str) -> String {
 
 /// Whether `name` is a hook point of the vocabulary (any layer).
 pub fn is_known(name: &str) -> bool {
-    MODEL_HOOKS.contains(&name)
-        || (layer_of(name).is_some() && point(name).is_some())
+    MODEL_HOOKS.contains(&name) || (layer_of(name).is_some() && point(name).is_some())
 }
 
 /// The block hook point `name` is (`blocks.3.attn.hook_q` -> `attn.hook_q`'s entry).
@@ -193,7 +192,11 @@ pub fn generic_names(path: &str) -> Vec<String> {
     MODEL_HOOKS
         .iter()
         .map(|h| (*h).to_owned())
-        .chain(BLOCK_HOOKS.iter().map(|h| format!("blocks.{layer}.{}", h.suffix)))
+        .chain(
+            BLOCK_HOOKS
+                .iter()
+                .map(|h| format!("blocks.{layer}.{}", h.suffix)),
+        )
         .collect()
 }
 

@@ -6,6 +6,7 @@
 //! the runtime loads.
 
 pub mod analysis;
+pub mod builtins;
 pub mod check;
 pub mod checkpoint;
 pub mod cli;
@@ -13,11 +14,12 @@ pub mod compile;
 pub mod dataset;
 pub mod device;
 pub mod execute;
+pub mod experiment;
 pub mod export;
 mod files;
-pub mod hooks;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hooks;
 pub mod machine;
 pub mod manifest;
 pub mod model;
@@ -28,4 +30,5 @@ pub mod report;
 pub mod results;
 pub mod runtime;
 pub mod sae;
+pub mod session;
 pub mod syntax;

@@ -16,6 +16,8 @@ pub struct Plan {
     pub datasets: Vec<Named<Call>>,
     pub saes: Vec<Named<Call>>,
     pub variants: Vec<Named<Vec<Call>>>,
+    /// The hook each SAE reads, where the checker knows it.
+    pub sae_hooks: BTreeMap<String, HookRef>,
     /// What runs and what the report shows, in the order written.
     pub steps: Vec<Step>,
 }
@@ -26,6 +28,9 @@ pub struct ModelSpec {
     pub path: PathBuf,
     pub device: Device,
     pub batch_size: usize,
+    /// Whether the model rotates queries and keys (so attention reads `hook_rot_k`);
+    /// assumed when its manifest could not be read.
+    pub rotary: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -258,189 +263,21 @@ impl fmt::Display for Plan {
                 }
             }
         }
-        writeln!(
-            f,
-            "graphs (each compiled once, pruned to its outputs, shared by the steps that run it):"
-        )?;
-        for graph in self.graphs() {
-            let variant = graph
-                .variant
-                .as_deref()
-                .map_or_else(|| "clean".to_owned(), |v| format!("variant {v}"));
-            let outputs: Vec<&str> = graph.outputs.iter().map(String::as_str).collect();
-            writeln!(f, "  {variant}: {}", outputs.join(", "))?;
-            writeln!(f, "    used by {}", graph.used_by.join(", "))?;
-        }
-        let cached = self.cached();
-        if !cached.is_empty() {
-            writeln!(f, "cached:")?;
-            for c in cached {
-                writeln!(f, "  {c}")?;
-            }
-        }
         Ok(())
     }
 }
 
-/// One compiled graph: the clean model or a variant, with the tensors it must output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GraphNeed {
-    /// `None` for the clean model.
-    pub variant: Option<String>,
-    pub outputs: std::collections::BTreeSet<String>,
-    pub used_by: Vec<String>,
-}
-
 impl Plan {
-    /// The graphs a run compiles (one per variant, shared by every step that runs it) and
-    /// what each outputs, so `qexp plan` shows the work before it is done.
-    pub fn graphs(&self) -> Vec<GraphNeed> {
-        let mut graphs: Vec<GraphNeed> = Vec::new();
-        let mut need = |variant: Option<&str>, outputs: &[String], step: &str| {
-            let index = match graphs.iter().position(|g| g.variant.as_deref() == variant) {
-                Some(i) => i,
-                None => {
-                    graphs.push(GraphNeed {
-                        variant: variant.map(str::to_owned),
-                        outputs: Default::default(),
-                        used_by: Vec::new(),
-                    });
-                    graphs.len() - 1
-                }
-            };
-            let graph = &mut graphs[index];
-            graph.outputs.extend(outputs.iter().cloned());
-            if !graph.used_by.iter().any(|s| s == step) {
-                graph.used_by.push(step.to_owned());
-            }
-        };
-        let logits = || vec!["logits".to_owned()];
-        for step in &self.steps {
-            let (name, call) = match step {
-                Step::Table {
-                    name,
-                    source: TableSource::Call(call),
-                    ..
-                } => (name, call),
-                Step::Dashboards { name, call } => (name, call),
-                _ => continue,
-            };
-            let variants: Vec<String> = match call.args.get("variants") {
-                Some(Value::List(items)) => items.iter().map(ToString::to_string).collect(),
-                _ => Vec::new(),
-            };
-            let layer_hook =
-                |suffix: &str| call.args.get("head").map(|head| head_hook(head, suffix));
-            let sae_hook = call
-                .args
-                .get("sae")
-                .map(|sae| self.sae_hook(&sae.to_string()));
-            let mut clean: Vec<String> = Vec::new();
-            let mut per_variant: Vec<String> = Vec::new();
-            match call.function {
-                "sanity_check" | "test_prompt" => {
-                    clean = logits();
-                    per_variant = logits();
-                }
-                "generate" => match call.args.get("variant") {
-                    Some(v) => need(Some(&v.to_string()), &logits(), name),
-                    None => clean = logits(),
-                },
-                "per_token" => {
-                    clean = logits();
-                    clean.extend(layer_hook("attn.hook_pattern"));
-                    clean.extend(layer_hook("attn.hook_q"));
-                    clean.extend(sae_hook.clone());
-                    per_variant = logits();
-                    per_variant.extend(layer_hook("attn.hook_pattern"));
-                }
-                "attention" => {
-                    clean.extend(layer_hook("attn.hook_pattern"));
-                    per_variant.extend(layer_hook("attn.hook_pattern"));
-                }
-                "direct_logit_attribution" => {
-                    clean = logits();
-                    clean.extend(layer_hook("attn.hook_z"));
-                    if let Some(ablation) = call.args.get("ablation") {
-                        need(Some(&ablation.to_string()), &logits(), name);
-                    }
-                }
-                "feature_activations" | "feature_stats" => clean.extend(sae_hook.clone()),
-                "feature_attribution" => {
-                    clean.extend(sae_hook.clone());
-                    clean.extend(layer_hook("attn.hook_rot_k"));
-                }
-                "sae_metrics" | "feature_dashboards" => {
-                    clean = logits();
-                    clean.extend(sae_hook.clone());
-                    if let Some(baseline) = call.args.get("baseline") {
-                        need(Some(&baseline.to_string()), &logits(), name);
-                    }
-                }
-                _ => {}
-            }
-            if !clean.is_empty() {
-                need(None, &clean, name);
-            }
-            if !per_variant.is_empty() {
-                for v in &variants {
-                    need(Some(v), &per_variant, name);
-                }
-            }
-        }
-        graphs
+    /// The hook an SAE reads (from its `train` call or its cfg.json), as `qexp plan`
+    /// names it; a placeholder when the checker could not read it.
+    pub fn sae_hook(&self, sae: &str) -> String {
+        self.sae_hooks
+            .get(sae)
+            .map_or_else(|| format!("<hook of {sae}>"), |h| h.name.clone())
     }
 
-    /// Activations computed once and reused: means for mean ablation, SAE training data.
-    pub fn cached(&self) -> Vec<String> {
-        let mut cached = Vec::new();
-        for variant in &self.variants {
-            for call in variant.value.iter().filter(|c| c.function == "mean") {
-                if let (Some(hook), Some(dataset)) =
-                    (call.args.get("hook"), call.args.get("dataset"))
-                {
-                    cached.push(format!(
-                        "mean of {hook} over {dataset} (for variant {})",
-                        variant.name
-                    ));
-                }
-            }
-        }
-        for sae in self.saes.iter().filter(|s| s.value.function == "train") {
-            if let (Some(hook), Some(dataset)) =
-                (sae.value.args.get("hook"), sae.value.args.get("dataset"))
-            {
-                cached.push(format!("activations of {hook} over {dataset}, from a graph pruned after the hook (to train {})", sae.name));
-            }
-        }
-        cached
-    }
-
-    fn sae_hook(&self, sae: &str) -> String {
-        self.saes
-            .iter()
-            .find(|s| s.name == sae)
-            .and_then(|s| s.value.args.get("hook"))
-            .map_or_else(
-                || format!("the hook of {sae}"),
-                |hook| match hook {
-                    Value::Hook(h) => h.name.clone(),
-                    other => other.to_string(),
-                },
-            )
-    }
-}
-
-/// `blocks.L.<suffix>` for a head argument, with the layer named when it is only known at
-/// run time.
-fn head_hook(head: &Value, suffix: &str) -> String {
-    match head {
-        Value::Head { layer, .. } => format!("blocks.{layer}.{suffix}"),
-        other => format!(
-            "blocks.<layer of {}>.{suffix}",
-            other
-                .to_string()
-                .trim_end_matches(" (computed at run time)")
-        ),
+    /// The head an SAE reads, if it reads one head of its hook.
+    pub fn sae_head(&self, sae: &str) -> Option<usize> {
+        self.sae_hooks.get(sae).and_then(|h| h.head)
     }
 }

@@ -1,7 +1,14 @@
-//! The built-in functions of the language: what each takes, what it makes, which columns
-//! its tables have. The checker reads this table; `GRAMMAR.md` documents it.
+//! The built-in functions of the language, grouped by family: what each takes (types,
+//! valid ranges), what it makes, and, for measurements, their typed arguments, columns,
+//! the graphs and hooks they read and their executors (one file each in
+//! `measurements/`). The checker reads [`BUILTINS`]; `GRAMMAR.md`'s tables are made from
+//! it and a test keeps them equal.
 
-use crate::plan::ColumnType;
+pub mod args;
+pub mod dashboards;
+pub mod graphs;
+pub mod measurements;
+pub mod values;
 
 /// What an argument must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +147,7 @@ fn describe_range(min: f64, max: f64) -> String {
     format!("{} to {}", show(min), show(max))
 }
 
-const fn req(name: &'static str, ty: Type) -> Param {
+pub(crate) const fn req(name: &'static str, ty: Type) -> Param {
     Param {
         name,
         ty,
@@ -149,7 +156,7 @@ const fn req(name: &'static str, ty: Type) -> Param {
     }
 }
 
-const fn opt(name: &'static str, ty: Type) -> Param {
+pub(crate) const fn opt(name: &'static str, ty: Type) -> Param {
     Param {
         name,
         ty,
@@ -159,22 +166,22 @@ const fn opt(name: &'static str, ty: Type) -> Param {
 }
 
 impl Param {
-    const fn within(mut self, min: f64, max: f64) -> Self {
+    pub(crate) const fn within(mut self, min: f64, max: f64) -> Self {
         self.limit = Limit::Range { min, max };
         self
     }
 
-    const fn non_empty(mut self) -> Self {
+    pub(crate) const fn non_empty(mut self) -> Self {
         self.limit = Limit::NonEmpty;
         self
     }
 }
 
 /// Seeds are whole numbers JSON and every language reading run.json can hold exactly.
-const MAX_SEED: f64 = 9_007_199_254_740_991.0;
+pub(crate) const MAX_SEED: f64 = 9_007_199_254_740_991.0;
 /// Upper bound on token counts that training, statistics and dashboards may ask for:
 /// ten billion tokens is already weeks of CPU time.
-const MAX_TOKENS: f64 = 1e10;
+pub(crate) const MAX_TOKENS: f64 = 1e10;
 
 #[derive(Debug)]
 pub struct Builtin {
@@ -184,9 +191,9 @@ pub struct Builtin {
     pub summary: &'static str,
 }
 
-const STRS: Type = Type::ListOf(&Type::Str);
-const COLUMNS: Type = Type::ListOf(&Type::Column);
-const VARIANTS: Type = Type::ListOf(&Type::Variant);
+pub(crate) const STRS: Type = Type::ListOf(&Type::Str);
+pub(crate) const COLUMNS: Type = Type::ListOf(&Type::Column);
+pub(crate) const VARIANTS: Type = Type::ListOf(&Type::Variant);
 const SORT_ORDER: Type = Type::Choice(&["asc", "desc"]);
 
 /// The arguments of the `model` statement.
@@ -326,165 +333,22 @@ pub const BUILTINS: &[Builtin] = &[
         ],
     },
     // Tables.
-    Builtin {
-        name: "sanity_check",
-        produces: Produces::Table,
-        summary: "mean next-token loss on a fixed text",
-        params: &[opt("text", Type::Str)],
-    },
-    Builtin {
-        name: "generate",
-        produces: Produces::Table,
-        summary: "continue a prompt",
-        params: &[
-            req("prompt", Type::Str).non_empty(),
-            opt("max_new_tokens", Type::Integer).within(0.0, 100_000.0),
-            opt("temperature", Type::Number).within(0.0, 100.0),
-            opt("seed", Type::Integer).within(0.0, MAX_SEED),
-            opt("variant", Type::Variant),
-        ],
-    },
-    Builtin {
-        name: "composition_scores",
-        produces: Produces::Table,
-        summary: "TransformerLens' composition scores for every head pair",
-        params: &[
-            req("mode", Type::Choice(&["Q", "K", "V"])),
-            opt("fold_ln", Type::Bool),
-        ],
-    },
-    Builtin {
-        name: "per_token",
-        produces: Produces::Table,
-        summary: "one row per token of a dataset, under variants",
-        params: &[
-            req("dataset", Type::Dataset),
-            opt("head", Type::Head),
-            opt("sae", Type::Sae),
-            opt("variants", VARIANTS),
-            opt("top_k", Type::Integer).within(1.0, 1000.0),
-            opt("context", Type::Integer).within(0.0, 1000.0),
-        ],
-    },
-    Builtin {
-        name: "test_prompt",
-        produces: Produces::Table,
-        summary: "top next tokens for a prompt under variants, and the answer's rank",
-        params: &[
-            req("prompt", Type::Str).non_empty(),
-            req("answer", Type::Str).non_empty(),
-            opt("variants", VARIANTS),
-            opt("top_k", Type::Integer).within(1.0, 1000.0),
-        ],
-    },
-    Builtin {
-        name: "attention",
-        produces: Produces::Table,
-        summary: "a head's attention from one position, under variants",
-        params: &[
-            req("prompt", Type::Str).non_empty(),
-            req("head", Type::Head),
-            opt("pos", Type::Position),
-            opt("variants", VARIANTS),
-        ],
-    },
-    Builtin {
-        name: "direct_logit_attribution",
-        produces: Produces::Table,
-        summary: "a head's direct effect on the logits vs its ablation effect",
-        params: &[
-            req("prompt", Type::Str).non_empty(),
-            req("head", Type::Head),
-            req("ablation", Type::Variant),
-            opt("top", Type::Integer).within(1.0, 1e9),
-        ],
-    },
-    Builtin {
-        name: "feature_activations",
-        produces: Produces::Table,
-        summary: "an SAE's feature activations at one position of a prompt",
-        params: &[
-            req("sae", Type::Sae),
-            req("prompt", Type::Str).non_empty(),
-            opt("pos", Type::Position),
-        ],
-    },
-    Builtin {
-        name: "feature_attribution",
-        produces: Produces::Table,
-        summary: "each feature's share of a head's attention score to a key position",
-        params: &[
-            req("sae", Type::Sae),
-            req("head", Type::Head),
-            req("prompt", Type::Str).non_empty(),
-            opt("pos", Type::Position),
-            opt("key_pos", Type::Integer).within(-1e6, 1e6),
-        ],
-    },
-    Builtin {
-        name: "feature_attribution_at",
-        produces: Produces::Table,
-        summary: "feature attribution summed over the positions a per_token table lists",
-        params: &[
-            req("sae", Type::Sae),
-            req("head", Type::Head),
-            req("dataset", Type::Dataset),
-            req("positions", Type::Table),
-        ],
-    },
-    Builtin {
-        name: "feature_cooccurrence",
-        produces: Produces::Table,
-        summary: "for each pair of features, how many rows list one, the other, or both in a list column",
-        params: &[
-            req("table", Type::Table),
-            req("column", Type::Column),
-            req("features", Type::Features),
-        ],
-    },
-    Builtin {
-        name: "sae_metrics",
-        produces: Produces::Table,
-        summary: "L0, MSE, explained variance, CE loss recovered, KL, dead/dense fractions",
-        params: &[
-            req("sae", Type::Sae),
-            req("dataset", Type::Dataset),
-            opt("baseline", Type::Variant),
-        ],
-    },
-    Builtin {
-        name: "feature_stats",
-        produces: Produces::Table,
-        summary: "per feature: density, max and mean activation, quantiles, where it peaks",
-        params: &[req("sae", Type::Sae), req("dataset", Type::Dataset)],
-    },
-    Builtin {
-        name: "row",
-        produces: Produces::Value(Type::Str),
-        summary: "the text of one prompt of a dataset, optionally cut after a token position",
-        params: &[
-            req("dataset", Type::Dataset),
-            req("index", Type::Integer).within(-1e9, 1e9),
-            opt("until", Type::Integer).within(-1e9, 1e9),
-        ],
-    },
-    Builtin {
-        name: "values",
-        produces: Produces::Value(Type::ListOf(&Type::Integer)),
-        summary: "the whole numbers in one column of a table, in row order (e.g. the top features)",
-        params: &[req("table", Type::Table), req("column", Type::Column)],
-    },
-    Builtin {
-        name: "best_head",
-        produces: Produces::Value(Type::Head),
-        summary: "the head in the row with the largest value of a column",
-        params: &[
-            req("table", Type::Table),
-            req("by", Type::Column),
-            opt("layer", Type::Column),
-            opt("head", Type::Column),
-        ],
-    },
+    measurements::sanity_check::SPEC,
+    measurements::generate::SPEC,
+    measurements::composition_scores::SPEC,
+    measurements::per_token::SPEC,
+    measurements::test_prompt::SPEC,
+    measurements::attention::SPEC,
+    measurements::direct_logit_attribution::SPEC,
+    measurements::feature_activations::SPEC,
+    measurements::feature_attribution::SPEC,
+    measurements::feature_attribution_at::SPEC,
+    measurements::feature_cooccurrence::SPEC,
+    measurements::sae_metrics::SPEC,
+    measurements::feature_stats::SPEC,
+    values::ROW,
+    values::VALUES,
+    values::BEST_HEAD,
     // Table operations (after `|`).
     Builtin {
         name: "filter",
@@ -596,18 +460,65 @@ pub const BUILTINS: &[Builtin] = &[
         ],
     },
     // Dashboards.
-    Builtin {
-        name: "feature_dashboards",
-        produces: Produces::Dashboards,
-        summary: "sae_vis-style pages for features",
-        params: &[
-            req("sae", Type::Sae),
-            req("features", Type::Features),
-            req("dataset", Type::Dataset),
-            opt("tokens", Type::Integer).within(1.0, MAX_TOKENS),
-        ],
-    },
+    dashboards::SPEC,
 ];
+
+/// GRAMMAR.md's table of built-ins, made from [`BUILTINS`] (a test keeps the two
+/// equal): what each makes, its arguments (required first, choices in brackets), and
+/// what it does.
+pub fn reference_table() -> String {
+    let mut rows = vec![
+        "| function | makes | arguments (required first) | what it does |".to_owned(),
+        "|---|---|---|---|".to_owned(),
+    ];
+    for builtin in BUILTINS {
+        let makes = match builtin.produces {
+            Produces::Dataset => "dataset".to_owned(),
+            Produces::Sae => "SAE".to_owned(),
+            Produces::Intervention => "intervention".to_owned(),
+            Produces::Table => "table".to_owned(),
+            Produces::TableOp => "table op".to_owned(),
+            Produces::Plot => "plot".to_owned(),
+            Produces::Dashboards => "dashboards".to_owned(),
+            Produces::Value(ty) => format!("{} (`let`)", ty.describe()),
+        };
+
+        let required: Vec<String> = builtin
+            .params
+            .iter()
+            .filter(|p| p.required)
+            .map(describe_param)
+            .collect();
+        let optional: Vec<String> = builtin
+            .params
+            .iter()
+            .filter(|p| !p.required)
+            .map(describe_param)
+            .collect();
+        let arguments = match (required.is_empty(), optional.is_empty()) {
+            // `derive` names its own arguments: one per new column.
+            _ if builtin.name == "derive" => "`name = expression`, ...".to_owned(),
+            (true, true) => "—".to_owned(),
+            (false, true) => required.join(", "),
+            (true, false) => format!("; {}", optional.join(", ")),
+            (false, false) => format!("{}; {}", required.join(", "), optional.join(", ")),
+        };
+        rows.push(format!(
+            "| `{}` | {makes} | {arguments} | {} |",
+            builtin.name,
+            builtin.summary.replace('|', "\\|")
+        ));
+    }
+    rows.join("\n") + "\n"
+}
+
+/// A parameter as the built-in table shows it: its name, and its choices if it has them.
+fn describe_param(p: &Param) -> String {
+    match p.ty {
+        Type::Choice(options) => format!("{} ({})", p.name, options.join(", ")),
+        _ => p.name.to_owned(),
+    }
+}
 
 /// GRAMMAR.md's table of argument limits, made from this table (a test keeps the two
 /// equal): one row per argument that has one.
@@ -641,149 +552,3 @@ pub fn names_producing(produces: impl Fn(Produces) -> bool) -> Vec<&'static str>
 
 /// Columns of a column-expression function's result, for `filter` and `derive`.
 pub const COLUMN_FUNCTIONS: &[(&str, usize)] = &[("contains", 2), ("abs", 1), ("len", 1)];
-
-use ColumnType::{Integer, IntegerList, Number, NumberList, Str};
-
-/// The columns of a table-making built-in, given which optional parts were asked for
-/// (a head, an SAE, variant names). Names follow the seed notebook so users recognise them.
-pub fn table_columns(
-    function: &str,
-    has_head: bool,
-    has_sae: bool,
-    variants: &[String],
-) -> Vec<(String, ColumnType)> {
-    let cols = |list: &[(&str, ColumnType)]| {
-        list.iter()
-            .map(|(n, t)| ((*n).to_owned(), *t))
-            .collect::<Vec<_>>()
-    };
-    match function {
-        "sanity_check" => cols(&[("text", Str), ("tokens", Integer), ("loss", Number)]),
-        "generate" => cols(&[
-            ("prompt", Str),
-            ("continuation", Str),
-            ("new_tokens", Integer),
-        ]),
-        "composition_scores" => cols(&[
-            ("layer1", Integer),
-            ("head1", Integer),
-            ("layer2", Integer),
-            ("head2", Integer),
-            ("score", Number),
-        ]),
-        "per_token" => {
-            let mut c = cols(&[
-                ("str_tokens", Str),
-                ("unique_token", Str),
-                ("context", Str),
-                ("batch", Integer),
-                ("pos", Integer),
-                ("label", Str),
-                ("loss", Number),
-            ]);
-            for v in variants {
-                c.push((format!("{v}_loss"), Number));
-                c.push((format!("{v}_kl_divergence"), Number));
-            }
-            if has_head {
-                c.extend(cols(&[
-                    ("max_idx_pos", Integer),
-                    ("max_idx_tok", Str),
-                    ("max_idx_tok_value", Number),
-                    ("q_norm", Number),
-                ]));
-            }
-            if has_sae {
-                c.extend(cols(&[
-                    ("rec_q_norm", Number),
-                    ("mse_loss", Number),
-                    ("explained_variance", Number),
-                    ("num_active_features", Integer),
-                    ("top_k_features", IntegerList),
-                    ("top_k_feature_acts", NumberList),
-                    ("kl_divergence", Number),
-                ]));
-                if has_head {
-                    c.extend(cols(&[
-                        ("rec_q_max_idx_pos", Integer),
-                        ("rec_q_max_idx_tok", Str),
-                        ("rec_q_max_idx_tok_value", Number),
-                    ]));
-                }
-            }
-            c
-        }
-        "test_prompt" => cols(&[
-            ("variant", Str),
-            ("rank", Integer),
-            ("token", Str),
-            ("logit", Number),
-            ("prob", Number),
-            ("answer_rank", Integer),
-        ]),
-        "attention" => {
-            let mut c = cols(&[
-                ("pos", Integer),
-                ("str_tokens", Str),
-                ("context", Str),
-                ("attn", Number),
-            ]);
-            c.extend(variants.iter().map(|v| (format!("{v}_attn"), Number)));
-            c
-        }
-        "direct_logit_attribution" => cols(&[
-            ("token", Str),
-            ("direct_logit_attribution", Number),
-            ("ablation_effect", Number),
-            ("rank", Integer),
-        ]),
-        "feature_activations" => cols(&[("feature", Integer), ("activation", Number)]),
-        "feature_attribution" => cols(&[
-            ("feature", Integer),
-            ("activation", Number),
-            ("score_contribution", Number),
-            ("key_pos", Integer),
-            ("key_token", Str),
-        ]),
-        "feature_attribution_at" => cols(&[
-            ("feature", Integer),
-            ("positions", Integer),
-            ("mean_activation", Number),
-            ("score_contribution", Number),
-            ("mean_score_contribution", Number),
-        ]),
-        "feature_cooccurrence" => cols(&[
-            ("feature_a", Integer),
-            ("feature_b", Integer),
-            ("rows_with_a", Integer),
-            ("rows_with_b", Integer),
-            ("both", Integer),
-            ("a_only", Integer),
-            ("b_only", Integer),
-        ]),
-        "sae_metrics" => cols(&[
-            ("l0", Number),
-            ("mse", Number),
-            ("explained_variance", Number),
-            ("ce_loss_recovered", Number),
-            ("kl_score", Number),
-            ("dead_fraction", Number),
-            ("dense_fraction", Number),
-            ("clean_loss", Number),
-            ("spliced_loss", Number),
-            ("baseline_loss", Number),
-        ]),
-        "feature_stats" => cols(&[
-            ("feature", Integer),
-            ("density", Number),
-            ("max_activation", Number),
-            ("mean_activation", Number),
-            ("q50", Number),
-            ("q90", Number),
-            ("q99", Number),
-            ("top_token", Str),
-            ("top_context", Str),
-        ]),
-        _ => Vec::new(),
-    }
-}

@@ -1,24 +1,23 @@
 //! Runs a checked plan on its model and collects the results. The only stage besides
 //! the report that touches ONNX Runtime and the file system.
 
-mod dashboards;
 mod plots;
-mod progress;
-mod runner;
 mod table_ops;
 
 use std::time::Instant;
 
 pub use crate::results::{
-    Cell, Dashboards, Example, FeatureDashboard, Plot, PlotKind, QuantileBand, Results,
-    SaeRecord, Section, Table, WINDOW,
+    Cell, Dashboards, Example, FeatureDashboard, Plot, PlotKind, QuantileBand, Results, SaeRecord,
+    Section, Table, WINDOW,
 };
-pub use runner::{check_save_paths, checkpoints_dir};
+pub use crate::session::{check_save_paths, checkpoints_dir};
 
-use runner::Runner;
-
+use crate::builtins::dashboards::FeatureDashboards;
+use crate::builtins::measurements::{Measurement, Read};
+use crate::builtins::{args::Args, values};
 use crate::plan::{Plan, Step, TableSource, Value};
 use crate::runtime::{HookedModel, Runtime, RuntimeError};
+use crate::session::Session;
 use crate::syntax::ast::TextKind;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +46,23 @@ pub fn execute(
     runtime: &Runtime,
     scope: &crate::output::Scope,
 ) -> Result<Results, ExecuteError> {
+    execute_traced(plan, runtime, scope).map(|(results, _)| results)
+}
+
+/// What one step read: the graphs it ran and the outputs it took from each.
+#[derive(Debug, Clone)]
+pub struct StepReads {
+    pub step: String,
+    pub reads: Vec<Read>,
+}
+
+/// [`execute`], also returning what each step read from which graph (preparations
+/// such as means, patch sources and SAE training aside), in the order of the plan.
+pub fn execute_traced(
+    plan: &Plan,
+    runtime: &Runtime,
+    scope: &crate::output::Scope,
+) -> Result<(Results, Vec<StepReads>), ExecuteError> {
     let mut model =
         HookedModel::load(runtime, &plan.model.path).map_err(|source| ExecuteError::Load {
             path: plan.model.path.display().to_string(),
@@ -55,7 +71,8 @@ pub fn execute(
     let model_source = model.manifest.source.clone();
     let weights_sha256 = model.manifest.weights_sha256.clone();
     let root = std::env::current_dir().unwrap_or_default();
-    let mut runner = Runner::new(plan, &mut model, root, scope.clone());
+    let mut runner = Session::new(plan, &mut model, root, scope.clone());
+    let mut traces = Vec::new();
     let mut sections = Vec::new();
     let mut seconds = Vec::new();
     for step in &plan.steps {
@@ -65,6 +82,10 @@ pub fn execute(
             step: label.clone(),
             message,
         })?;
+        traces.push(StepReads {
+            step: label.clone(),
+            reads: runner.take_reads(),
+        });
         for table in runner.pending.drain(..) {
             sections.push(Section::Table(table));
             seconds.push(0.0);
@@ -98,16 +119,17 @@ pub fn execute(
         }
     }
     let saes = runner.sae_records();
-    Ok(Results {
+    let results = Results {
         sections,
         seconds,
         model_source,
         weights_sha256,
         saes,
-    })
+    };
+    Ok((results, traces))
 }
 
-fn run_step(runner: &mut Runner<'_, '_, '_>, step: &Step) -> Result<Section, String> {
+fn run_step(runner: &mut Session<'_, '_, '_>, step: &Step) -> Result<Section, String> {
     Ok(match step {
         Step::Text { kind, text } => Section::Text {
             style: match kind {
@@ -122,9 +144,11 @@ fn run_step(runner: &mut Runner<'_, '_, '_>, step: &Step) -> Result<Section, Str
             name, source, ops, ..
         } => {
             let mut table = match source {
-                TableSource::Call(call) => runner.table(name, call)?,
+                TableSource::Call(call) => Measurement::bind(call)
+                    .map_err(|e| e.to_string())?
+                    .run(runner, name)?,
                 TableSource::Table(t) => {
-                    let mut table = runner.tables[t].clone();
+                    let mut table = runner.table(t)?.clone();
                     table.name = name.clone();
                     table
                 }
@@ -136,7 +160,7 @@ fn run_step(runner: &mut Runner<'_, '_, '_>, step: &Step) -> Result<Section, Str
             Section::Table(table)
         }
         Step::Compute { name, call } => {
-            let value = runner.compute(call)?;
+            let value = values::compute(runner, call)?;
             let shown = match &value {
                 Value::Str(s) => format!("{s:?}"),
                 other => other.to_string(),
@@ -148,13 +172,13 @@ fn run_step(runner: &mut Runner<'_, '_, '_>, step: &Step) -> Result<Section, Str
             }
         }
         Step::Plot { name, call } => {
-            let Some(Value::Name(table)) = call.args.get("table") else {
-                unreachable!("checked: a plot reads a table")
-            };
-            Section::Plot(plots::plot(name, call, &runner.tables[table])?)
+            let table = Args::new(call).name("table").map_err(|e| e.to_string())?;
+            Section::Plot(plots::plot(name, call, runner.table(&table)?)?)
         }
         Step::Dashboards { name, call } => {
-            Section::Dashboards(runner.feature_dashboards(name, call)?)
+            let dashboards =
+                FeatureDashboards::bind(&Args::new(call)).map_err(|e| e.to_string())?;
+            Section::Dashboards(dashboards.run(runner, name)?)
         }
     })
 }

@@ -2,8 +2,8 @@
 //! report's job (`report::plots`); this side decides what the points are, so a report
 //! can be redrawn without rerunning the model.
 
-use crate::results::{Plot, PlotKind, Table};
 use crate::plan::{Call, Value};
+use crate::results::{Plot, PlotKind, Table};
 
 fn column_arg(call: &Call, key: &str) -> Option<String> {
     match call.args.get(key) {

@@ -15,9 +15,9 @@ use minijinja::{Environment, UndefinedBehavior, context};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::results::{Cell, Results, Section};
 use crate::output::{Kind, OutputError, Scope, Staging};
 use crate::plan::Plan;
+use crate::results::{Cell, Results, Section};
 
 const RUN_FILE: &str = "run.json";
 

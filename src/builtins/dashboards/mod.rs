@@ -1,0 +1,304 @@
+//! `feature_dashboards(sae, features, dataset; tokens)`: sae_vis-style dashboards for
+//! features of an SAE over (up to `tokens` tokens of) a dataset, in one streaming pass;
+//! for a query SAE also the key each example's feature pushes the head's attention to,
+//! and for a residual-stream SAE the tokens its decoder direction promotes and
+//! suppresses.
+
+use ndarray::{Array2, s};
+
+mod collector;
+
+use collector::Collector;
+
+use super::args::{Args, BindError, Features};
+use super::measurements::attribution::{key_suffix, score_context};
+use super::measurements::{Graph, Reads};
+use super::{Builtin, MAX_TOKENS, Produces, Type, opt, req};
+use crate::compile::Target;
+use crate::hooks;
+use crate::plan::Plan;
+use crate::results::{Dashboards, WINDOW};
+use crate::session::{Failure, SaeSplice, Session};
+
+pub const SPEC: Builtin = Builtin {
+    name: "feature_dashboards",
+    produces: Produces::Dashboards,
+    summary: "sae_vis-style pages for features",
+    params: &[
+        req("sae", Type::Sae),
+        req("features", Type::Features),
+        req("dataset", Type::Dataset),
+        opt("tokens", Type::Integer).within(1.0, MAX_TOKENS),
+    ],
+};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureDashboards {
+    pub sae: String,
+    pub features: Features,
+    pub dataset: String,
+    /// Tokens read at most.
+    pub tokens: usize,
+}
+
+impl FeatureDashboards {
+    pub fn bind(args: &Args) -> Result<Self, BindError> {
+        Ok(Self {
+            sae: args.name("sae")?,
+            features: args.features("features")?,
+            dataset: args.name("dataset")?,
+            tokens: args.opt_int("tokens")?.unwrap_or(200_000).max(1) as usize,
+        })
+    }
+
+    /// The SAE's hook from the clean model, and for a query SAE the layer's keys.
+    pub fn reads(&self, plan: &Plan) -> Reads {
+        let mut reads = Reads::default();
+        let hook = plan.sae_hook(&self.sae);
+        reads.add(Graph::Clean, hook.clone());
+        if let Some(layer) = hooks::layer_of(&hook)
+            && hook == hooks::block(layer, hooks::Q)
+            && plan.sae_head(&self.sae).is_some()
+        {
+            reads.add(
+                Graph::Clean,
+                hooks::block(layer, key_suffix(plan.model.rotary)),
+            );
+        }
+        reads
+    }
+
+    pub fn run(&self, s: &mut Session, name: &str) -> Result<Dashboards, Failure> {
+        let dataset = &self.dataset;
+        let SaeSplice { sae, target, .. } = s.sae_splice(&self.sae)?;
+        let features = self.features.resolve(&s.values, sae.d_sae);
+        let budget = self.tokens;
+        let mut slot_of = vec![None; sae.d_sae];
+        let mut collectors: Vec<Collector> = Vec::with_capacity(features.len());
+        for &f in &features {
+            if f < sae.d_sae && slot_of[f].is_none() {
+                slot_of[f] = Some(collectors.len());
+                collectors.push(Collector::new(f));
+            }
+        }
+        let sequences = s.dataset(dataset)?;
+        let bar = crate::session::progress::bar(budget as u64, "tokens", &format!("{name} ="));
+        bar.set_message(format!("feature_dashboards({}, {dataset})", self.sae));
+        let mut tokens = 0usize;
+        let mut used_prompts = 0;
+        s.for_each_sae_batch(&sae, &target, &sequences, |first_prompt, batch, acts| {
+            let mut row_start = 0;
+            for (row, &len) in batch.lengths.iter().enumerate() {
+                for pos in 0..len {
+                    let token = acts.row(row_start + pos);
+                    for (f, &a) in token.iter().enumerate() {
+                        if a <= 0.0 {
+                            continue;
+                        }
+                        let Some(slot) = slot_of[f] else { continue };
+                        let collector = &mut collectors[slot];
+                        let (top, keep) = collector.wants(a);
+                        if top || keep.is_some() {
+                            let (from, to) =
+                                (pos.saturating_sub(WINDOW), (pos + WINDOW).min(len - 1));
+                            let window = (from..=to).map(|p| acts[[row_start + p, f]]).collect();
+                            collector.keep(
+                                crate::results::Example {
+                                    activation: a,
+                                    prompt: first_prompt + row,
+                                    pos,
+                                    window,
+                                    attends_to: None,
+                                },
+                                top,
+                                keep,
+                            );
+                        }
+                    }
+                }
+                row_start += len;
+                tokens += len;
+            }
+            used_prompts = first_prompt + batch.lengths.len();
+            bar.set_position(tokens.min(budget) as u64);
+            tokens < budget
+        })?;
+        bar.finish_and_clear();
+        let mut features: Vec<_> = collectors
+            .into_iter()
+            .map(|mut c| {
+                c.tokens = tokens;
+                c.finish()
+            })
+            .collect();
+
+        // Text of the prompts the pages show.
+        let mut str_tokens = vec![Vec::new(); used_prompts];
+        for feature in &features {
+            for example in feature
+                .top
+                .iter()
+                .chain(feature.quantiles.iter().flat_map(|q| &q.examples))
+            {
+                if str_tokens[example.prompt].is_empty() {
+                    str_tokens[example.prompt] = s.str_tokens(&sequences[example.prompt])?;
+                }
+            }
+        }
+        if let Some(layer) = crate::hooks::layer_of(&target.hook)
+            && target.hook == hooks::block(layer, hooks::Q)
+            && let Some(head) = target.head
+        {
+            attach_attention_targets(
+                s,
+                &mut features,
+                &sequences[..used_prompts],
+                layer,
+                head,
+                &sae,
+            )?;
+        }
+        if let Some(effects) = logit_effects(s, &target, &sae, &features)? {
+            for (feature, effect) in features.iter_mut().zip(effects) {
+                feature.logit_effects = Some(effect);
+            }
+        }
+        Ok(Dashboards {
+            name: name.to_owned(),
+            sae: self.sae.clone(),
+            hook: match target.head {
+                Some(h) => format!("{}[head = {h}]", target.hook),
+                None => target.hook.clone(),
+            },
+            tokens,
+            features,
+            str_tokens,
+        })
+    }
+}
+
+/// For a query SAE at `head`: each shown example's key position that the feature's
+/// share of the query scores highest (rotary applied), from one more pass over the
+/// prompts that hold examples, pruned to the layer's keys.
+fn attach_attention_targets(
+    s: &mut Session,
+    features: &mut [crate::results::FeatureDashboard],
+    sequences: &[Vec<u32>],
+    layer: usize,
+    head: usize,
+    sae: &crate::sae::Sae,
+) -> Result<(), Failure> {
+    use crate::analysis::score_attribution::{Rotation, score_of};
+    let context = score_context(s, layer, head)?;
+    let mut wanted = vec![false; sequences.len()];
+    for feature in features.iter() {
+        for e in feature
+            .top
+            .iter()
+            .chain(feature.quantiles.iter().flat_map(|q| &q.examples))
+        {
+            wanted[e.prompt] = true;
+        }
+    }
+    let mut keys: std::collections::HashMap<usize, Array2<f32>> = std::collections::HashMap::new();
+    for (prompt, tokens) in sequences.iter().enumerate() {
+        if !wanted[prompt] {
+            continue;
+        }
+        let batch = s
+            .model
+            .batch(std::slice::from_ref(tokens))
+            .map_err(Session::runtime)?;
+        let forward = s.forward(None, &batch, &[&context.key_hook])?;
+        keys.insert(
+            prompt,
+            forward.hooks[&context.key_hook]
+                .slice(s![0, .., context.kv_head, ..])
+                .to_owned(),
+        );
+    }
+    for feature in features.iter_mut() {
+        let f = feature.feature;
+        let examples = feature.top.iter_mut().chain(
+            feature
+                .quantiles
+                .iter_mut()
+                .flat_map(|q| q.examples.iter_mut()),
+        );
+        for e in examples {
+            let key = &keys[&e.prompt];
+            // Without the token's query its normalization is unknown here; dashboards
+            // show the unnormalized direction (the same for SAEs without it).
+            let direction = sae.w_dec.row(f).mapv(|w| w * e.activation);
+            let rotation = context.rotation.as_ref().map(|(cos, sin)| Rotation {
+                cos: cos.slice(s![e.pos, ..]),
+                sin: sin.slice(s![e.pos, ..]),
+            });
+            e.attends_to = (0..=e.pos)
+                .map(|j| {
+                    (
+                        j,
+                        score_of(
+                            direction.view(),
+                            rotation.as_ref(),
+                            key.row(j),
+                            context.attn_scale,
+                        ),
+                    )
+                })
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+        }
+    }
+    Ok(())
+}
+
+/// For SAEs on the residual stream (or an attention/MLP output): the ten tokens each
+/// feature's decoder direction raises most and lowers most through the unembedding
+/// (the final norm's scale left out, as sae_vis does).
+fn logit_effects(
+    s: &Session,
+    target: &Target,
+    sae: &crate::sae::Sae,
+    features: &[crate::results::FeatureDashboard],
+) -> Result<Option<Vec<crate::results::LogitEffects>>, Failure> {
+    let writes_residual = [
+        hooks::RESID_PRE,
+        hooks::RESID_MID,
+        hooks::RESID_POST,
+        hooks::ATTN_OUT,
+        hooks::MLP_OUT,
+    ]
+    .iter()
+    .any(|h| target.hook.ends_with(h));
+    if !writes_residual || target.head.is_some() {
+        return Ok(None);
+    }
+    let config = s.model.manifest.config.clone();
+    let unembed = if config.tied_embeddings {
+        s.model
+            .weight("embed.W_E")
+            .map_err(Session::runtime)?
+            .reversed_axes()
+    } else {
+        s.model.weight("unembed.W_U").map_err(Session::runtime)?
+    };
+    let unembed = unembed
+        .into_dimensionality::<ndarray::Ix2>()
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(features.len());
+    for feature in features {
+        let logits = sae.w_dec.row(feature.feature).dot(&unembed);
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        let pick = |ids: Vec<usize>| -> Result<Vec<(String, f64)>, Failure> {
+            ids.into_iter()
+                .map(|t| Ok((s.str_tokens(&[t as u32])?.remove(0), f64::from(logits[t]))))
+                .collect()
+        };
+        out.push(crate::results::LogitEffects {
+            promoted: pick(order.iter().take(10).copied().collect())?,
+            suppressed: pick(order.iter().rev().take(10).copied().collect())?,
+        });
+    }
+    Ok(Some(out))
+}

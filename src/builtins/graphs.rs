@@ -1,0 +1,108 @@
+//! The graphs a plan runs, made from each step's own `reads`: what `qexp plan` shows
+//! before anything runs, and what a test holds the executors to.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use super::args::Args;
+use super::dashboards::FeatureDashboards;
+use super::measurements::{Graph, Measurement, Reads};
+use crate::plan::{Plan, Step, TableSource};
+
+/// One compiled graph and the outputs the steps read from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphNeed {
+    pub graph: Graph,
+    pub outputs: BTreeSet<String>,
+    pub used_by: Vec<String>,
+}
+
+/// What a step reads, by its name; `None` for steps that run no graph.
+pub fn step_reads(plan: &Plan, step: &Step) -> Option<(String, Reads)> {
+    match step {
+        Step::Table {
+            name,
+            source: TableSource::Call(call),
+            ..
+        } => Some((name.clone(), Measurement::bind(call).ok()?.reads(plan))),
+        Step::Dashboards { name, call } => Some((
+            name.clone(),
+            FeatureDashboards::bind(&Args::new(call)).ok()?.reads(plan),
+        )),
+        _ => None,
+    }
+}
+
+/// The graphs a run compiles (each once, shared by every step that runs it), in order
+/// of first use.
+pub fn graphs(plan: &Plan) -> Vec<GraphNeed> {
+    let mut graphs: Vec<GraphNeed> = Vec::new();
+    for (step, reads) in plan.steps.iter().filter_map(|s| step_reads(plan, s)) {
+        for read in reads.0 {
+            let index = match graphs.iter().position(|g| g.graph == read.graph) {
+                Some(i) => i,
+                None => {
+                    graphs.push(GraphNeed {
+                        graph: read.graph.clone(),
+                        outputs: BTreeSet::new(),
+                        used_by: Vec::new(),
+                    });
+                    graphs.len() - 1
+                }
+            };
+            let need = &mut graphs[index];
+            need.outputs.insert(read.output);
+            if !need.used_by.contains(&step) {
+                need.used_by.push(step.clone());
+            }
+        }
+    }
+    graphs
+}
+
+/// Activations computed once and reused: means for mean ablation, SAE training data.
+pub fn cached(plan: &Plan) -> Vec<String> {
+    let mut cached = Vec::new();
+    for variant in &plan.variants {
+        for call in variant.value.iter().filter(|c| c.function == "mean") {
+            if let (Some(hook), Some(dataset)) = (call.args.get("hook"), call.args.get("dataset")) {
+                cached.push(format!(
+                    "mean of {hook} over {dataset} (for variant {})",
+                    variant.name
+                ));
+            }
+        }
+    }
+    for sae in plan.saes.iter().filter(|s| s.value.function == "train") {
+        if let (Some(hook), Some(dataset)) =
+            (sae.value.args.get("hook"), sae.value.args.get("dataset"))
+        {
+            cached.push(format!(
+                "activations of {hook} over {dataset}, from a graph pruned after the hook (to train {})",
+                sae.name
+            ));
+        }
+    }
+    cached
+}
+
+/// `qexp plan`'s text: the plan, then the graphs it compiles and what it caches.
+pub fn describe(plan: &Plan) -> String {
+    let mut out = plan.to_string();
+    out.push_str(
+        "graphs (each compiled once, pruned to its outputs, shared by the steps that run it):\n",
+    );
+    for need in graphs(plan) {
+        let outputs: Vec<&str> = need.outputs.iter().map(String::as_str).collect();
+        let _ = writeln!(out, "  {}: {}", need.graph, outputs.join(", "));
+        let _ = writeln!(out, "    used by {}", need.used_by.join(", "));
+    }
+    let cached = cached(plan);
+    if !cached.is_empty() {
+        out.push_str("cached:\n");
+        for c in cached {
+            let _ = writeln!(out, "  {c}");
+        }
+    }
+    out
+}

@@ -1,0 +1,97 @@
+//! `attention(prompt, head; pos, variants)`: a head's attention from one query position
+//! to every earlier position, clean and under each variant.
+
+use ndarray::s;
+
+use crate::builtins::args::{Args, BindError, Columns, HeadArg, Text, columns};
+use crate::builtins::measurements::{Measure, Reads, table};
+use crate::builtins::{Builtin, Produces, Type, VARIANTS, opt, req};
+use crate::hooks;
+use crate::plan::{ColumnType, Plan};
+use crate::results::{Cell, Table};
+use crate::session::{Failure, Session, context, position};
+
+pub const SPEC: Builtin = Builtin {
+    name: "attention",
+    produces: Produces::Table,
+    summary: "a head's attention from one position, under variants",
+    params: &[
+        req("prompt", Type::Str).non_empty(),
+        req("head", Type::Head),
+        opt("pos", Type::Position),
+        opt("variants", VARIANTS),
+    ],
+};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attention {
+    pub prompt: Text,
+    pub head: HeadArg,
+    /// The query position, negative from the end; the last token when absent.
+    pub pos: Option<i64>,
+    pub variants: Vec<String>,
+}
+
+impl Measure for Attention {
+    fn bind(args: &Args) -> Result<Self, BindError> {
+        Ok(Self {
+            prompt: args.text("prompt")?,
+            head: args.head("head")?,
+            pos: args.position("pos")?,
+            variants: args.names("variants")?,
+        })
+    }
+
+    fn columns(&self) -> Columns {
+        use ColumnType::{Integer, Number, Str};
+        let mut c = columns(&[
+            ("pos", Integer),
+            ("str_tokens", Str),
+            ("context", Str),
+            ("attn", Number),
+        ]);
+        c.extend(self.variants.iter().map(|v| (format!("{v}_attn"), Number)));
+        c
+    }
+
+    fn reads(&self, _plan: &Plan) -> Reads {
+        let mut reads = Reads::default();
+        reads.clean_and_variants(&self.variants, &self.head.hook(hooks::PATTERN));
+        reads
+    }
+
+    fn run(&self, s: &mut Session, name: &str) -> Result<Table, Failure> {
+        let prompt = self.prompt.resolve(&s.values)?;
+        let (layer, head) = self.head.resolve(&s.values)?;
+        let tokens = s.prompt_tokens(&prompt)?;
+        let query = position(&tokens, self.pos)?;
+        let batch = s
+            .model
+            .batch(std::slice::from_ref(&tokens))
+            .map_err(Session::runtime)?;
+        let hook = hooks::block(layer, hooks::PATTERN);
+        let mut patterns = Vec::new();
+        let mut runs: Vec<Option<&str>> = vec![None];
+        runs.extend(self.variants.iter().map(|v| Some(v.as_str())));
+        for variant in runs {
+            let forward = s.forward(variant, &batch, &[&hook])?;
+            patterns.push(
+                forward.hooks[&hook]
+                    .slice(s![0, head, query, ..=query])
+                    .to_owned(),
+            );
+        }
+        let strs = s.str_tokens(&tokens)?;
+        let mut table = table(name, &self.columns());
+        for key in 0..=query {
+            let mut cells = vec![
+                Cell::Integer(key as i64),
+                Cell::Str(strs[key].clone()),
+                Cell::Str(context(&strs, key, 3)),
+            ];
+            cells.extend(patterns.iter().map(|p| Cell::Number(f64::from(p[key]))));
+            table.rows.push(cells);
+        }
+        Ok(table)
+    }
+}

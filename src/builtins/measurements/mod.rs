@@ -1,0 +1,157 @@
+//! Measurements: the built-ins that make a table from the model (or from weights and
+//! other tables). Each lives in one file: its [`Builtin`](super::Builtin) spec, its
+//! typed arguments, its columns, the graphs and hooks it reads, and its executor. The
+//! [`Measurement`] enum lists them once, so the checker, `qexp plan` and the executor
+//! cannot disagree about which exist.
+
+use std::fmt;
+
+use super::args::{Args, BindError, Columns};
+use crate::plan::{Call, Plan};
+use crate::results::Table;
+use crate::session::{Failure, Session};
+
+/// A graph a run executes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Graph {
+    Clean,
+    /// A declared variant.
+    Variant(String),
+    /// An SAE spliced in place of its hook, without the error term.
+    Spliced(String),
+    /// The hook of an SAE zero-ablated (the baseline of SAE metrics).
+    Ablated(String),
+}
+
+impl fmt::Display for Graph {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Graph::Clean => write!(f, "clean"),
+            Graph::Variant(v) => write!(f, "variant {v}"),
+            Graph::Spliced(sae) => write!(f, "{sae} spliced in"),
+            Graph::Ablated(sae) => write!(f, "{sae}'s hook zero-ablated"),
+        }
+    }
+}
+
+/// One output (a hook, or `logits`) read from one graph.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Read {
+    pub graph: Graph,
+    pub output: String,
+}
+
+/// The reads of a step, built up by its `reads`.
+#[derive(Debug, Default)]
+pub struct Reads(pub Vec<Read>);
+
+impl Reads {
+    pub fn add(&mut self, graph: Graph, output: impl Into<String>) -> &mut Self {
+        let read = Read {
+            graph,
+            output: output.into(),
+        };
+        if !self.0.contains(&read) {
+            self.0.push(read);
+        }
+        self
+    }
+
+    /// `output` from the clean graph and from each of `variants`.
+    pub fn clean_and_variants(&mut self, variants: &[String], output: &str) -> &mut Self {
+        self.add(Graph::Clean, output);
+        for v in variants {
+            self.add(Graph::Variant(v.clone()), output);
+        }
+        self
+    }
+}
+
+/// What every measurement provides.
+pub trait Measure: Sized {
+    /// Its typed arguments, from a checked call.
+    fn bind(args: &Args) -> Result<Self, BindError>;
+    /// The columns of the table it makes.
+    fn columns(&self) -> Columns;
+    /// The graphs it runs and the outputs it reads from each.
+    fn reads(&self, plan: &Plan) -> Reads;
+    /// Makes its table, named `name`.
+    fn run(&self, session: &mut Session, name: &str) -> Result<Table, Failure>;
+}
+
+macro_rules! measurements {
+    ($($module:ident => $ty:ident),* $(,)?) => {
+        $(pub mod $module;)*
+
+        /// A measurement with its typed arguments.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Measurement {
+            $($ty($module::$ty),)*
+        }
+
+        impl Measurement {
+            /// Every measurement's name, in the order of [`super::BUILTINS`].
+            pub fn names() -> Vec<&'static str> {
+                vec![$($module::SPEC.name),*]
+            }
+
+            pub fn bind(call: &Call) -> Result<Self, BindError> {
+                let args = Args::new(call);
+                $(if call.function == $module::SPEC.name {
+                    return Ok(Self::$ty($module::$ty::bind(&args)?));
+                })*
+                Err(BindError {
+                    function: call.function.to_owned(),
+                    argument: String::new(),
+                    problem: "is not a measurement".to_owned(),
+                })
+            }
+
+            pub fn columns(&self) -> Columns {
+                match self {
+                    $(Self::$ty(m) => m.columns(),)*
+                }
+            }
+
+            pub fn reads(&self, plan: &Plan) -> Reads {
+                match self {
+                    $(Self::$ty(m) => m.reads(plan),)*
+                }
+            }
+
+            pub fn run(&self, session: &mut Session, name: &str) -> Result<Table, Failure> {
+                match self {
+                    $(Self::$ty(m) => m.run(session, name),)*
+                }
+            }
+        }
+    };
+}
+
+measurements! {
+    sanity_check => SanityCheck,
+    generate => Generate,
+    composition_scores => CompositionScores,
+    per_token => PerToken,
+    test_prompt => TestPrompt,
+    attention => Attention,
+    direct_logit_attribution => DirectLogitAttribution,
+    feature_activations => FeatureActivations,
+    feature_attribution => FeatureAttribution,
+    feature_attribution_at => FeatureAttributionAt,
+    feature_cooccurrence => FeatureCooccurrence,
+    sae_metrics => SaeMetrics,
+    feature_stats => FeatureStats,
+}
+
+pub(crate) mod attribution;
+
+/// An empty table with `columns`' names: executors start from their own `columns()`, so
+/// what `qexp plan` promises is what they make.
+pub fn table(name: &str, columns: &Columns) -> Table {
+    Table {
+        name: name.to_owned(),
+        columns: columns.iter().map(|(c, _)| c.clone()).collect(),
+        rows: Vec::new(),
+    }
+}

@@ -1,0 +1,309 @@
+//! `per_token(dataset; head, sae, variants, top_k, context)`: one row per token that has
+//! a next token, as the seed's `eval_prompt` makes them: its loss, under each variant its
+//! loss and KL divergence, with a head where that head attends most, with an SAE its
+//! reconstruction, active features and the KL of splicing it in.
+
+use ndarray::{Array1, Axis, s};
+
+use crate::builtins::args::{Args, BindError, Columns, HeadArg, columns};
+use crate::builtins::measurements::{Graph, Measure, Reads, table};
+use crate::builtins::{Builtin, Produces, Type, VARIANTS, opt, req};
+use crate::hooks::{self, LOGITS};
+use crate::plan::{ColumnType, Plan};
+use crate::results::{Cell, Table};
+use crate::runtime::token_losses;
+use crate::session::{
+    Failure, Session, argmax_attention, context, head_rows, kl_divergences, norm, token_chunks,
+};
+
+pub const SPEC: Builtin = Builtin {
+    name: "per_token",
+    produces: Produces::Table,
+    summary: "one row per token of a dataset, under variants",
+    params: &[
+        req("dataset", Type::Dataset),
+        opt("head", Type::Head),
+        opt("sae", Type::Sae),
+        opt("variants", VARIANTS),
+        opt("top_k", Type::Integer).within(1.0, 1000.0),
+        opt("context", Type::Integer).within(0.0, 1000.0),
+    ],
+};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerToken {
+    pub dataset: String,
+    pub head: Option<HeadArg>,
+    pub sae: Option<String>,
+    pub variants: Vec<String>,
+    /// Features listed per row.
+    pub top_k: usize,
+    /// Tokens each side in the `context` column.
+    pub context: usize,
+}
+
+/// A variant's per-token columns for one batch: `[row][pos]`.
+struct VariantColumns {
+    losses: Vec<Vec<f32>>,
+    kls: Vec<Vec<f64>>,
+}
+
+impl Measure for PerToken {
+    fn bind(args: &Args) -> Result<Self, BindError> {
+        Ok(Self {
+            dataset: args.name("dataset")?,
+            head: args.opt_head("head")?,
+            sae: args.opt_name("sae")?,
+            variants: args.names("variants")?,
+            top_k: args.opt_int("top_k")?.unwrap_or(10).max(1) as usize,
+            context: args.opt_int("context")?.unwrap_or(3).max(0) as usize,
+        })
+    }
+
+    /// Names follow the seed notebook so its readers recognise them.
+    fn columns(&self) -> Columns {
+        use ColumnType::{Integer, IntegerList, Number, NumberList, Str};
+        let mut c = columns(&[
+            ("str_tokens", Str),
+            ("unique_token", Str),
+            ("context", Str),
+            ("batch", Integer),
+            ("pos", Integer),
+            ("label", Str),
+            ("loss", Number),
+        ]);
+        for v in &self.variants {
+            c.push((format!("{v}_loss"), Number));
+            c.push((format!("{v}_kl_divergence"), Number));
+        }
+        if self.head.is_some() {
+            c.extend(columns(&[
+                ("max_idx_pos", Integer),
+                ("max_idx_tok", Str),
+                ("max_idx_tok_value", Number),
+                ("q_norm", Number),
+            ]));
+        }
+        if self.sae.is_some() {
+            c.extend(columns(&[
+                ("rec_q_norm", Number),
+                ("mse_loss", Number),
+                ("explained_variance", Number),
+                ("num_active_features", Integer),
+                ("top_k_features", IntegerList),
+                ("top_k_feature_acts", NumberList),
+                ("kl_divergence", Number),
+            ]));
+            if self.head.is_some() {
+                c.extend(columns(&[
+                    ("rec_q_max_idx_pos", Integer),
+                    ("rec_q_max_idx_tok", Str),
+                    ("rec_q_max_idx_tok_value", Number),
+                ]));
+            }
+        }
+        c
+    }
+
+    fn reads(&self, plan: &Plan) -> Reads {
+        let mut reads = Reads::default();
+        reads.add(Graph::Clean, LOGITS);
+        if let Some(head) = &self.head {
+            reads.add(Graph::Clean, head.hook(hooks::PATTERN));
+            reads.add(Graph::Clean, head.hook(hooks::Q));
+        }
+        if let Some(sae) = &self.sae {
+            reads.add(Graph::Clean, plan.sae_hook(sae));
+        }
+        for v in &self.variants {
+            reads.add(Graph::Variant(v.clone()), LOGITS);
+        }
+        if let Some(sae) = &self.sae {
+            reads.add(Graph::Spliced(sae.clone()), LOGITS);
+            if let Some(head) = &self.head {
+                reads.add(Graph::Spliced(sae.clone()), head.hook(hooks::PATTERN));
+            }
+        }
+        reads
+    }
+
+    fn run(&self, s: &mut Session, name: &str) -> Result<Table, Failure> {
+        let dataset = &self.dataset;
+        let sequences = s.dataset(dataset)?;
+        let head = match &self.head {
+            Some(head) => Some(head.resolve(&s.values)?),
+            None => None,
+        };
+        let variants = &self.variants;
+        let (context_width, top_k) = (self.context, self.top_k);
+        let pattern_hook = head.map(|(l, _)| hooks::block(l, hooks::PATTERN));
+        let q_hook = head.map(|(l, _)| hooks::block(l, hooks::Q));
+        let sae = match &self.sae {
+            Some(sae_name) => Some(s.sae_splice(sae_name)?),
+            None => None,
+        };
+        let mut table = table(name, &self.columns());
+        // Explained variance needs the mean input over the whole dataset: rows keep their
+        // squared error and input until the end, then the column is filled in.
+        let mut sae_inputs: Vec<(Array1<f32>, f64)> = Vec::new();
+        let mut input_sum: Option<Array1<f64>> = None;
+        let mut input_count = 0usize;
+        let explained_variance_column = table.column("explained_variance");
+
+        let bar = crate::session::progress::bar(
+            sequences.iter().map(|s| s.len() as u64).sum(),
+            "tokens",
+            &format!("{name} ="),
+        );
+        bar.set_message(format!("per_token({dataset})"));
+        let mut first_prompt = 0;
+        for chunk in token_chunks(&sequences, s.batch_size()) {
+            let batch = s.model.batch(chunk).map_err(Session::runtime)?;
+            let mut clean_outputs = vec!["logits"];
+            clean_outputs.extend(pattern_hook.as_deref());
+            clean_outputs.extend(q_hook.as_deref());
+            if let Some(splice) = &sae {
+                clean_outputs.push(&splice.target.hook);
+            }
+            clean_outputs.dedup();
+            let clean = s.forward(None, &batch, &clean_outputs)?;
+            let clean_logits = clean.logits.as_ref().expect("logits requested");
+            let clean_losses = token_losses(clean_logits, &batch);
+            let mut variant_columns: Vec<VariantColumns> = Vec::new();
+            for v in variants {
+                let forward = s.forward(Some(v), &batch, &["logits"])?;
+                let logits = forward.logits.as_ref().expect("logits requested");
+                variant_columns.push(VariantColumns {
+                    losses: token_losses(logits, &batch),
+                    kls: kl_divergences(clean_logits, logits, &batch),
+                });
+            }
+            let sae_batch = match &sae {
+                Some(splice) => {
+                    let mut outputs = vec!["logits"];
+                    outputs.extend(pattern_hook.as_deref());
+                    let spliced = s.forward_edits(
+                        &splice.graph,
+                        std::slice::from_ref(&splice.edit),
+                        &batch,
+                        &outputs,
+                    )?;
+                    let x = head_rows(
+                        &clean.hooks[&splice.target.hook],
+                        &batch,
+                        splice.target.head,
+                    );
+                    let sum = x.mapv(f64::from).sum_axis(Axis(0));
+                    input_sum = Some(match input_sum.take() {
+                        Some(total) => total + sum,
+                        None => sum,
+                    });
+                    input_count += x.nrows();
+                    let acts = splice.sae.encode(x.view());
+                    let recon = splice.sae.reconstruct(x.view(), acts.view());
+                    let kls = kl_divergences(
+                        clean_logits,
+                        spliced.logits.as_ref().expect("logits requested"),
+                        &batch,
+                    );
+                    Some((x, acts, recon, kls, spliced))
+                }
+                None => None,
+            };
+            let mut sae_row = 0;
+            for (row, tokens) in chunk.iter().enumerate() {
+                let strs = s.str_tokens(tokens)?;
+                let index = first_prompt + row;
+                for pos in 0..tokens.len() {
+                    let token_row = sae_row;
+                    sae_row += 1;
+                    if pos + 1 == tokens.len() {
+                        continue;
+                    }
+                    let mut cells = vec![
+                        Cell::Str(strs[pos].clone()),
+                        Cell::Str(format!("{}/{pos}", strs[pos])),
+                        Cell::Str(context(&strs, pos, context_width)),
+                        Cell::Integer(index as i64),
+                        Cell::Integer(pos as i64),
+                        Cell::Str(format!("{index}/{pos}")),
+                        Cell::Number(f64::from(clean_losses[row][pos])),
+                    ];
+                    for v in &variant_columns {
+                        cells.push(Cell::Number(f64::from(v.losses[row][pos])));
+                        cells.push(Cell::Number(v.kls[row][pos]));
+                    }
+                    if let (Some((_, h)), Some(pattern_hook), Some(q_hook)) =
+                        (head, &pattern_hook, &q_hook)
+                    {
+                        let (argmax, value) =
+                            argmax_attention(&clean.hooks[pattern_hook], row, h, pos);
+                        cells.push(Cell::Integer(argmax as i64));
+                        cells.push(Cell::Str(strs[argmax].clone()));
+                        cells.push(Cell::Number(f64::from(value)));
+                        cells.push(Cell::Number(norm(clean.hooks[q_hook].slice(s![
+                            row,
+                            pos,
+                            h,
+                            ..
+                        ]))));
+                    }
+                    if let Some((x, acts, recon, kls, spliced)) = &sae_batch {
+                        let (x, acts, recon) =
+                            (x.row(token_row), acts.row(token_row), recon.row(token_row));
+                        let squared_error: f64 = x
+                            .iter()
+                            .zip(recon)
+                            .map(|(&a, &b)| f64::from(a - b).powi(2))
+                            .sum();
+                        let mut active: Vec<(usize, f32)> = acts
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, a)| **a > 0.0)
+                            .map(|(f, &a)| (f, a))
+                            .collect();
+                        let num_active = active.len();
+                        active.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                        active.truncate(top_k);
+                        cells.push(Cell::Number(norm(recon)));
+                        cells.push(Cell::Number(squared_error / x.len().max(1) as f64));
+                        cells.push(Cell::Number(f64::NAN)); // explained variance, below
+                        cells.push(Cell::Integer(num_active as i64));
+                        cells.push(Cell::IntegerList(
+                            active.iter().map(|(f, _)| *f as i64).collect(),
+                        ));
+                        cells.push(Cell::NumberList(
+                            active.iter().map(|(_, a)| f64::from(*a)).collect(),
+                        ));
+                        cells.push(Cell::Number(kls[row][pos]));
+                        sae_inputs.push((x.to_owned(), squared_error));
+                        if let (Some((_, h)), Some(pattern_hook)) = (head, &pattern_hook) {
+                            let (argmax, value) =
+                                argmax_attention(&spliced.hooks[pattern_hook], row, h, pos);
+                            cells.push(Cell::Integer(argmax as i64));
+                            cells.push(Cell::Str(strs[argmax].clone()));
+                            cells.push(Cell::Number(f64::from(value)));
+                        }
+                    }
+                    table.rows.push(cells);
+                }
+            }
+            first_prompt += chunk.len();
+            bar.inc(chunk.iter().map(|s| s.len() as u64).sum());
+        }
+        bar.finish_and_clear();
+        if let (Some(column), Some(sum)) = (explained_variance_column, input_sum) {
+            let mean = sum / input_count.max(1) as f64;
+            for (row, (x, squared_error)) in table.rows.iter_mut().zip(&sae_inputs) {
+                let variance: f64 = x
+                    .iter()
+                    .zip(&mean)
+                    .map(|(&a, &m)| (f64::from(a) - m).powi(2))
+                    .sum();
+                row[column] = Cell::Number(1.0 - squared_error / variance.max(f64::MIN_POSITIVE));
+            }
+        }
+        Ok(table)
+    }
+
+}

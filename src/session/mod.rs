@@ -1,0 +1,293 @@
+//! A run's session: the model, its datasets (tokenized on first use), its variants
+//! (compiled on first use), its SAEs (loaded or trained once), and the tables and values
+//! steps have made. Built-ins' executors read and run everything through it; it
+//! records which graphs and hooks each step reads, so a test can hold them to the plan.
+
+pub mod progress;
+mod rows;
+mod saes;
+mod variants;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::builtins::measurements::{Graph, Read};
+use crate::compile::{Intervention, Target};
+use crate::dataset;
+use crate::hooks::{HookRef, LOGITS};
+use crate::plan::{Plan, Value};
+use crate::results::Table;
+use crate::runtime::{Batch, Forward, HookedModel, RuntimeError};
+
+pub use rows::{
+    argmax_attention, context, error_chain, head_rows, kl_divergences, norm, position, token_chunks,
+};
+pub(crate) use rows::{finite, int, number};
+pub use saes::{SaeSplice, check_save_paths, checkpoints_dir};
+pub(crate) use variants::PatchSource;
+
+/// Why a step failed, in words for the user (the executor adds which step).
+pub type Failure = String;
+
+pub struct Session<'p, 'm, 'r> {
+    pub plan: &'p Plan,
+    pub model: &'m mut HookedModel<'r>,
+    /// Where relative dataset paths start: the folder qexp runs in.
+    pub root: PathBuf,
+    /// Where the experiment may save what it makes.
+    pub(crate) scope: crate::output::Scope,
+    pub tables: BTreeMap<String, Table>,
+    pub values: BTreeMap<String, Value>,
+    pub(crate) datasets: BTreeMap<String, Vec<Vec<u32>>>,
+    pub(crate) prompts: BTreeMap<String, Vec<String>>,
+    pub(crate) variants: BTreeMap<String, Vec<Intervention>>,
+    /// Each variant's `patch` sources, in the order of its graph inputs.
+    pub(crate) patches: BTreeMap<String, Vec<PatchSource>>,
+    pub(crate) saes: BTreeMap<String, std::sync::Arc<crate::sae::Sae>>,
+    /// Tables made along the way (an SAE's training summary), shown before the step
+    /// that caused them.
+    pub pending: Vec<Table>,
+    /// What the current step read, for checking it against the plan.
+    reads: Vec<Read>,
+    /// Above zero while preparing a variant or an SAE.
+    preparing: usize,
+}
+
+impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
+    pub fn new(
+        plan: &'p Plan,
+        model: &'m mut HookedModel<'r>,
+        root: PathBuf,
+        scope: crate::output::Scope,
+    ) -> Self {
+        Self {
+            plan,
+            model,
+            root,
+            scope,
+            tables: BTreeMap::new(),
+            values: BTreeMap::new(),
+            datasets: BTreeMap::new(),
+            prompts: BTreeMap::new(),
+            variants: BTreeMap::new(),
+            patches: BTreeMap::new(),
+            saes: BTreeMap::new(),
+            pending: Vec::new(),
+            reads: Vec::new(),
+            preparing: 0,
+        }
+    }
+
+    pub(crate) fn runtime(error: RuntimeError) -> Failure {
+        error_chain(&error)
+    }
+
+    /// A dataset's prompts as token ids (BOS as the model expects, cut to the context and
+    /// to `max_tokens`).
+    pub(crate) fn dataset(&mut self, name: &str) -> Result<Vec<Vec<u32>>, Failure> {
+        if let Some(tokens) = self.datasets.get(name) {
+            return Ok(tokens.clone());
+        }
+        let call = &self
+            .plan
+            .datasets
+            .iter()
+            .find(|d| d.name == name)
+            .expect("the checker resolved it")
+            .value;
+        let prompts =
+            dataset::load(call, &self.root).map_err(|e| format!("dataset `{name}`: {e}"))?;
+        let max_tokens = dataset::max_tokens(call);
+        let n_ctx = self.model.manifest.config.n_ctx;
+        let prepend = self.model.manifest.special_tokens.prepend_bos;
+        let mut all = Vec::with_capacity(prompts.len());
+        for (index, prompt) in prompts.iter().enumerate() {
+            let mut tokens = self
+                .model
+                .to_tokens(prompt, prepend)
+                .map_err(Self::runtime)?;
+            match max_tokens {
+                Some(limit) => tokens.truncate(limit.min(n_ctx)),
+                None if tokens.len() > n_ctx => {
+                    return Err(format!(
+                        "prompt {index} of dataset `{name}` has {} tokens, more than the model's context of {n_ctx}; give the dataset `max_tokens = {n_ctx}` (or less) to cut prompts",
+                        tokens.len()
+                    ));
+                }
+                None => {}
+            }
+            all.push(tokens);
+        }
+        self.prompts.insert(name.to_owned(), prompts);
+        self.datasets.insert(name.to_owned(), all.clone());
+        Ok(all)
+    }
+
+    /// A value, with a `let` name replaced by what it computed.
+    pub(crate) fn resolve(&self, value: Option<&Value>) -> Option<Value> {
+        match value? {
+            Value::Computed(name) => self.values.get(name).cloned(),
+            other => Some(other.clone()),
+        }
+    }
+
+    /// The features a `features` argument names: every one of `d_sae` for `all`, else the
+    /// whole numbers it lists (see [`Self::integers`]).
+    pub(crate) fn feature_list(&self, value: Option<&Value>, d_sae: usize) -> Vec<usize> {
+        match self.resolve(value) {
+            Some(Value::All) => (0..d_sae).collect(),
+            other => self
+                .integers(other.as_ref())
+                .into_iter()
+                .map(|f| f as usize)
+                .collect(),
+        }
+    }
+
+    /// The whole numbers in a value: a number, a list, a `let` list, or lists of those
+    /// (`[FEATURES, FEATURES_HERE]`), flattened in order without repeats.
+    pub(crate) fn integers(&self, value: Option<&Value>) -> Vec<i64> {
+        let mut out = Vec::new();
+        let mut pending: Vec<Value> = value.cloned().into_iter().collect();
+        while let Some(v) = pending.pop() {
+            match v {
+                Value::Integer(n) if !out.contains(&n) => out.push(n),
+                Value::List(items) => pending.extend(items.into_iter().rev()),
+                Value::Computed(name) => pending.extend(self.values.get(&name).cloned()),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    pub(crate) fn text(&self, value: Option<&Value>) -> Option<String> {
+        match value? {
+            Value::Str(s) => Some(s.clone()),
+            Value::Computed(name) => match self.values.get(name) {
+                Some(Value::Str(s)) => Some(s.clone()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    pub(crate) fn target(&self, hook: &HookRef) -> Result<Target, Failure> {
+        let head = match &hook.head_from {
+            Some(name) => match self.values.get(name) {
+                Some(Value::Head { layer, head }) => {
+                    if crate::hooks::layer_of(&hook.name) != Some(*layer) {
+                        return Err(format!(
+                            "{name} is L{layer}H{head}, which is not in the layer of `{}`",
+                            hook.name
+                        ));
+                    }
+                    Some(*head)
+                }
+                _ => return Err(format!("`{name}` has no value")),
+            },
+            None => hook.head,
+        };
+        Ok(Target {
+            hook: hook.name.clone(),
+            head,
+            pos: hook.pos,
+        })
+    }
+
+    /// Runs `batch` under a variant (`None`: the clean model), returning `outputs`.
+    pub(crate) fn forward(
+        &mut self,
+        variant: Option<&str>,
+        batch: &Batch,
+        outputs: &[&str],
+    ) -> Result<Forward, Failure> {
+        let graph = variant.map_or(Graph::Clean, |v| Graph::Variant(v.to_owned()));
+        for output in outputs {
+            self.note_read(graph.clone(), *output);
+        }
+        let Some(variant) = variant else {
+            let logits = outputs.contains(&LOGITS);
+            let hooks: Vec<&str> = outputs.iter().copied().filter(|o| *o != LOGITS).collect();
+            let forward = self.model.forward(batch, logits, &hooks);
+            return finite(None, forward);
+        };
+        let key = format!("{variant}|{}", outputs.join(","));
+        let feeds = self.preparing(|s| s.patch_feeds(variant, batch))?;
+        if let Some(forward) = self.model.forward_cached(&key, batch, &feeds) {
+            return finite(Some(variant), forward);
+        }
+        let graph = self.variant_graph(variant, outputs)?;
+        let forward = self.model.forward_graph_fed(&key, &graph, batch, &feeds);
+        finite(Some(variant), forward)
+    }
+
+    /// Runs `batch` with ad-hoc `edits` (an SAE spliced in, its hook ablated: not a
+    /// declared variant), cached as `graph`.
+    pub(crate) fn forward_edits(
+        &mut self,
+        graph: &Graph,
+        edits: &[Intervention],
+        batch: &Batch,
+        outputs: &[&str],
+    ) -> Result<Forward, Failure> {
+        for output in outputs {
+            self.note_read(graph.clone(), *output);
+        }
+        let key = format!("{graph}|{}", outputs.join(","));
+        if let Some(forward) = self.model.forward_cached(&key, batch, &[]) {
+            return finite(None, forward);
+        }
+        let compiled = self.edits_graph(edits, outputs)?;
+        finite(None, self.model.forward_graph(&key, &compiled, batch))
+    }
+
+    /// Records that the current step read `output` from `graph` (unless the read serves
+    /// a variant's or an SAE's preparation, which `qexp plan` lists on its own).
+    pub(crate) fn note_read(&mut self, graph: Graph, output: impl Into<String>) {
+        if self.preparing == 0 {
+            let read = Read {
+                graph,
+                output: output.into(),
+            };
+            if !self.reads.contains(&read) {
+                self.reads.push(read);
+            }
+        }
+    }
+
+    /// The reads recorded since the last call.
+    pub fn take_reads(&mut self) -> Vec<Read> {
+        std::mem::take(&mut self.reads)
+    }
+
+    /// Runs `work` as preparation (means, patch sources, SAE training): its reads are
+    /// not the step's.
+    pub(crate) fn preparing<T>(&mut self, work: impl FnOnce(&mut Self) -> T) -> T {
+        self.preparing += 1;
+        let out = work(self);
+        self.preparing -= 1;
+        out
+    }
+
+    /// A table made by an earlier step.
+    pub(crate) fn table(&self, name: &str) -> Result<&Table, Failure> {
+        self.tables
+            .get(name)
+            .ok_or_else(|| format!("table `{name}` has not been made"))
+    }
+
+    /// Prompts per forward pass.
+    pub(crate) fn batch_size(&self) -> usize {
+        self.plan.model.batch_size
+    }
+
+    /// A prompt's tokens, with BOS when the model expects it.
+    pub(crate) fn prompt_tokens(&self, prompt: &str) -> Result<Vec<u32>, Failure> {
+        let prepend = self.model.manifest.special_tokens.prepend_bos;
+        self.model.to_tokens(prompt, prepend).map_err(Self::runtime)
+    }
+
+    pub(crate) fn str_tokens(&self, tokens: &[u32]) -> Result<Vec<String>, Failure> {
+        self.model.to_str_tokens(tokens).map_err(Self::runtime)
+    }
+}

@@ -1,0 +1,325 @@
+//! A session's SAEs: loaded from SAELens folders or trained on the session's model, once
+//! each, and spliced into graphs.
+
+use std::path::PathBuf;
+
+use ndarray::{Array2, Axis};
+
+use super::{Failure, Session, head_rows, int, number, token_chunks};
+use crate::builtins::measurements::Graph;
+use crate::compile::{Intervention, SaeEdit, Target};
+use crate::hooks::HookRef;
+use crate::plan::{Call, Value};
+use crate::results::{Cell, Table};
+use crate::runtime::Batch;
+
+/// An SAE, the hook it reads, and the edit that splices it in.
+pub struct SaeSplice {
+    pub sae: std::sync::Arc<crate::sae::Sae>,
+    pub target: Target,
+    pub edit: Intervention,
+    /// The spliced graph, as the session caches and records it.
+    pub graph: Graph,
+}
+
+impl Session<'_, '_, '_> {
+    /// What `run.json` records about each SAE the run made or read.
+    pub(crate) fn sae_records(&self) -> Vec<crate::results::SaeRecord> {
+        use sha2::{Digest, Sha256};
+        self.saes
+            .iter()
+            .map(|(name, sae)| {
+                let mut hash = Sha256::new();
+                let tensors = [
+                    sae.w_enc.as_slice_memory_order(),
+                    sae.b_enc.as_slice_memory_order(),
+                    sae.w_dec.as_slice_memory_order(),
+                    sae.b_dec.as_slice_memory_order(),
+                    sae.threshold
+                        .as_ref()
+                        .and_then(|t| t.as_slice_memory_order()),
+                ];
+                for values in tensors.into_iter().flatten() {
+                    for v in values {
+                        hash.update(v.to_le_bytes());
+                    }
+                }
+                let declared = self.plan.saes.iter().find(|s| &s.name == name);
+                let origin = match declared.map(|s| (s.value.function, s.value.args.get("path"))) {
+                    Some(("load", Some(Value::Str(path)))) => format!("load {path}"),
+                    Some((function, _)) => function.to_owned(),
+                    None => String::new(),
+                };
+                crate::results::SaeRecord {
+                    name: name.clone(),
+                    origin,
+                    weights_sha256: format!("{:x}", hash.finalize()),
+                }
+            })
+            .collect()
+    }
+
+    /// Makes the SAE `name` (trains and saves it) unless a step already did.
+    pub(crate) fn ensure_sae(&mut self, name: &str) -> Result<(), Failure> {
+        self.sae(name).map(|_| ())
+    }
+
+    /// An SAE declared with `load`, read once.
+    pub(crate) fn sae(&mut self, name: &str) -> Result<std::sync::Arc<crate::sae::Sae>, Failure> {
+        if let Some(sae) = self.saes.get(name) {
+            return Ok(sae.clone());
+        }
+        let call = &self
+            .plan
+            .saes
+            .iter()
+            .find(|s| s.name == name)
+            .expect("the checker resolved it")
+            .value;
+        let call = call.clone();
+        let sae = match call.function {
+            "load" => {
+                let Some(Value::Str(path)) = call.args.get("path") else {
+                    unreachable!("checked")
+                };
+                crate::sae::load(&self.root.join(path)).map_err(|e| e.to_string())?
+            }
+            _ => self.preparing(|s| s.train_sae(name, &call))?,
+        };
+        let sae = std::sync::Arc::new(sae);
+        self.saes.insert(name.to_owned(), sae.clone());
+        Ok(sae)
+    }
+
+    /// Splicing an SAE into the model in place of its hook, without the error term (what
+    /// "reconstructed" means in the seed's columns and SAELens' metrics).
+    pub(crate) fn sae_splice(&mut self, sae_name: &str) -> Result<SaeSplice, Failure> {
+        let sae = self.sae(sae_name)?;
+        let hook = sae
+            .hook
+            .clone()
+            .ok_or_else(|| format!("SAE `{sae_name}` names no hook in its cfg.json"))?;
+        let target = self.target(&hook)?;
+        Ok(SaeSplice {
+            edit: Intervention::Sae(SaeEdit {
+                target: target.clone(),
+                sae: sae.clone(),
+                error_term: false,
+                scale: Vec::new(),
+                scale_pos: None,
+                acts_output: format!("{sae_name}.hook_sae_acts_post"),
+            }),
+            graph: Graph::Spliced(sae_name.to_owned()),
+            sae,
+            target,
+        })
+    }
+
+    /// The activations an SAE reads: every real token of a dataset at its hook (a head's
+    /// slice when it has one), from a graph pruned right after the hook.
+    /// Also returns the shape of one token's value (`[d_head]` for a head, `[n_heads, d_head]`
+    /// for a whole per-head hook), since the rows are flattened.
+    pub(crate) fn hook_activations(
+        &mut self,
+        target: &Target,
+        dataset: &str,
+    ) -> Result<(Array2<f32>, Vec<usize>), Failure> {
+        let sequences = self.dataset(dataset)?;
+        let mut blocks = Vec::new();
+        let mut shape = Vec::new();
+        for chunk in token_chunks(&sequences, self.plan.model.batch_size) {
+            let batch = self.model.batch(chunk).map_err(Self::runtime)?;
+            let forward = self.forward(None, &batch, &[&target.hook])?;
+            let activation = &forward.hooks[&target.hook];
+            // One token's value: [d_head] for a head, [n_heads, d_head] for a whole hook.
+            shape = activation.shape()[2 + usize::from(target.head.is_some())..].to_vec();
+            blocks.push(head_rows(activation, &batch, target.head));
+        }
+        let views: Vec<_> = blocks.iter().map(|b| b.view()).collect();
+        let rows = ndarray::concatenate(Axis(0), &views).map_err(|e| e.to_string())?;
+        Ok((rows, shape))
+    }
+
+    pub(crate) fn train_sae(
+        &mut self,
+        name: &str,
+        call: &Call,
+    ) -> Result<crate::sae::Sae, Failure> {
+        use crate::sae::Architecture;
+        use crate::sae::train::{Checkpointing, TrainConfig, train};
+        let (Some(Value::Hook(hook)), Some(Value::Name(dataset))) =
+            (call.args.get("hook"), call.args.get("dataset"))
+        else {
+            unreachable!("checked")
+        };
+        let save_to = self.text(call.args.get("save")).map(|p| self.root.join(p));
+        if let Some(dir) = &save_to {
+            check_save_paths(&self.scope, dir).map_err(|e| format!("saving `{name}`: {e}"))?;
+        }
+        let target = self.target(hook)?;
+        // Cloned out of the runner's cache once, for the size estimate and the hash that
+        // ties checkpoints to their inputs.
+        let sequences = self.dataset(dataset)?;
+        let tokens: usize = sequences.iter().map(Vec::len).sum();
+        let dataset_sha256 = tokens_sha256(&sequences);
+        drop(sequences);
+        if let Some(width) = crate::hooks::width(hook, Some(&self.model.manifest))
+            && let Some(available) = crate::machine::total_memory()
+        {
+            let needed = (tokens as u64).saturating_mul(width as u64 * 4);
+            if needed > available / 2 {
+                return Err(format!(
+                    "training `{name}` would hold {tokens} activations of width {width} in memory, about {:.1} GiB, more than half of this machine's {:.1} GiB; use a smaller dataset (`take = ...`)",
+                    needed as f64 / f64::from(1u32 << 30),
+                    available as f64 / f64::from(1u32 << 30)
+                ));
+            }
+        }
+        let (activations, _) = self.hook_activations(&target, dataset)?;
+        let architecture = match call.args.get("architecture") {
+            Some(Value::Choice(a)) if a == "topk" => Architecture::TopK {
+                k: int(call, "k").unwrap_or(32) as usize,
+            },
+            Some(Value::Choice(a)) if a == "jumprelu" => Architecture::JumpRelu,
+            _ => Architecture::Standard,
+        };
+        let flag = |key: &str, default: bool| match call.args.get(key) {
+            Some(Value::Bool(b)) => *b,
+            _ => default,
+        };
+        let config = TrainConfig {
+            d_sae: int(call, "d_sae").unwrap_or(4096) as usize,
+            architecture,
+            l1_coefficient: number(call, "l1_coefficient").unwrap_or(5e-4) as f32,
+            lr: number(call, "lr").unwrap_or(3e-4) as f32,
+            batch_size: int(call, "batch_size").unwrap_or(4096) as usize,
+            tokens: int(call, "tokens").unwrap_or(1_000_000) as usize,
+            seed: int(call, "seed").unwrap_or(0) as u64,
+            normalize_activations: flag("normalize_activations", false),
+            resample_dead: flag("resample_dead", false),
+        };
+        let inputs = format!(
+            "model weights sha256 {}, hook {}{}, dataset `{dataset}` token ids sha256 {dataset_sha256}",
+            self.model.manifest.weights_sha256,
+            target.hook,
+            target
+                .head
+                .map(|h| format!(" head {h}"))
+                .unwrap_or_default(),
+        );
+        let checkpointing = save_to.as_ref().map(|dir| Checkpointing {
+            inputs: inputs.clone(),
+            dir: checkpoints_dir(dir),
+            every: int(call, "checkpoint_every").unwrap_or(0).max(0) as usize,
+            resume: flag("resume", true),
+        });
+        let bar = super::progress::bar(
+            config.tokens.div_ceil(config.batch_size.max(1)) as u64,
+            "steps",
+            &format!("training {name}"),
+        );
+        let (mut sae, summary) = train(&activations, &config, checkpointing.as_ref(), |p| {
+            bar.set_position(p.step as u64);
+            if p.step % 10 == 0 || p.step == p.steps {
+                bar.set_message(format!(
+                    "MSE {:.4}, L0 {:.1}, EV {:.3}, dead {:.1}%",
+                    p.mse,
+                    p.l0,
+                    p.explained_variance,
+                    100.0 * p.dead_fraction
+                ));
+            }
+        })
+        .map_err(|e| format!("training `{name}`: {e}"))?;
+        bar.finish_and_clear();
+        sae.hook = Some(HookRef {
+            name: target.hook.clone(),
+            head: target.head,
+            head_from: None,
+            pos: None,
+        });
+        let mut table = Table::new(
+            &format!("{name}_training"),
+            &[
+                "activations",
+                "steps",
+                "tokens",
+                "mse",
+                "l0",
+                "explained_variance",
+                "dead_fraction",
+                "resampled",
+            ],
+        );
+        table.rows.push(vec![
+            Cell::Integer(activations.nrows() as i64),
+            Cell::Integer(summary.steps as i64),
+            Cell::Integer(summary.tokens as i64),
+            Cell::Number(summary.mse),
+            Cell::Number(summary.l0),
+            Cell::Number(summary.explained_variance),
+            Cell::Number(summary.dead_fraction),
+            Cell::Integer(summary.resampled as i64),
+        ]);
+        self.pending.push(table);
+        if let Some(dir) = &save_to {
+            crate::sae::save(&sae, dir).map_err(|e| format!("saving `{name}`: {e}"))?;
+        }
+        Ok(sae)
+    }
+
+    /// An SAE's activations over a dataset, batch by batch, from a graph pruned to its
+    /// hook: `visit(index of the batch's first prompt, batch, [tokens, d_sae])` for each
+    /// batch until it returns false.
+    pub(crate) fn for_each_sae_batch(
+        &mut self,
+        sae: &crate::sae::Sae,
+        target: &Target,
+        sequences: &[Vec<u32>],
+        mut visit: impl FnMut(usize, &Batch, &Array2<f32>) -> bool,
+    ) -> Result<(), Failure> {
+        let mut first_prompt = 0;
+        for chunk in token_chunks(sequences, self.plan.model.batch_size) {
+            let batch = self.model.batch(chunk).map_err(Self::runtime)?;
+            let forward = self.forward(None, &batch, &[&target.hook])?;
+            let x = head_rows(&forward.hooks[&target.hook], &batch, target.head);
+            if !visit(first_prompt, &batch, &sae.encode(x.view())) {
+                break;
+            }
+            first_prompt += chunk.len();
+        }
+        Ok(())
+    }
+}
+
+/// Whether an SAE may be saved to `dir` (and its checkpoints beside it).
+pub fn check_save_paths(
+    scope: &crate::output::Scope,
+    dir: &std::path::Path,
+) -> Result<(), crate::output::OutputError> {
+    use crate::output::Kind;
+    scope.check(dir, Kind::Sae)?;
+    scope.check(&checkpoints_dir(dir), Kind::Checkpoints)
+}
+
+/// Where a saved SAE's training checkpoints go: beside it, so saving the finished SAE
+/// (which replaces its folder whole) leaves them alone.
+pub fn checkpoints_dir(sae_dir: &std::path::Path) -> PathBuf {
+    let name = sae_dir
+        .file_name()
+        .map_or_else(|| "sae".into(), |n| n.to_string_lossy().into_owned());
+    sae_dir.with_file_name(format!("{name}.checkpoints"))
+}
+
+/// A hash of a dataset's token ids, sequence by sequence.
+fn tokens_sha256(sequences: &[Vec<u32>]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for sequence in sequences {
+        hasher.update((sequence.len() as u64).to_le_bytes());
+        for token in sequence {
+            hasher.update(token.to_le_bytes());
+        }
+    }
+    format!("{:x}", hasher.finalize())
+}

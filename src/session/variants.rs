@@ -1,0 +1,253 @@
+//! A session's variants: each declared variant's interventions resolved once (heads
+//! chosen, means computed, SAEs loaded), compiled into graphs, and the values its
+//! `patch` interventions feed in per batch.
+
+use ndarray::{ArrayD, Axis};
+
+use super::{Failure, Session, int, number};
+use crate::compile::{self, Intervention, SaeEdit, Target, interventions};
+use crate::onnx::ModelProto;
+use crate::plan::Value;
+use crate::runtime::Batch;
+
+/// Where a patched hook's value comes from: the hook in `from_variant`'s run (`None`: the
+/// clean model) on the same tokens, or on `from_prompt`'s tokens.
+#[derive(Debug, Clone)]
+pub(crate) struct PatchSource {
+    pub input: String,
+    pub hook: String,
+    pub from_variant: Option<String>,
+    pub from_prompt: Option<Vec<u32>>,
+}
+
+impl Session<'_, '_, '_> {
+    /// A variant's interventions, resolved (heads chosen, means computed, SAEs loaded)
+    /// once. All of one SAE's calls in a variant become one edit: `splice` decides
+    /// whether the error term is dropped; feature removals and scalings ride along.
+    pub(crate) fn interventions(&mut self, variant: &str) -> Result<Vec<Intervention>, Failure> {
+        if let Some(done) = self.variants.get(variant) {
+            return Ok(done.clone());
+        }
+        let calls = self
+            .plan
+            .variants
+            .iter()
+            .find(|v| v.name == variant)
+            .expect("the checker resolved it")
+            .value
+            .clone();
+        let mut resolved = Vec::new();
+        let mut patches = Vec::new();
+        let mut sae_edits: Vec<(String, SaeEdit)> = Vec::new();
+        for call in &calls {
+            if call.function == "steer" {
+                let (Some(Value::Hook(hook)), Some(Value::Name(sae_name))) =
+                    (call.args.get("hook"), call.args.get("sae"))
+                else {
+                    unreachable!("checked")
+                };
+                let sae = self.sae(sae_name)?;
+                let feature = int(call, "feature").unwrap_or(0) as usize;
+                let scale = number(call, "scale").unwrap_or(1.0) as f32;
+                let direction = sae
+                    .w_dec
+                    .row(feature.min(sae.d_sae - 1))
+                    .mapv(|w| w * scale);
+                resolved.push(Intervention::Add {
+                    target: self.target(hook)?,
+                    vector: direction,
+                });
+                continue;
+            }
+            if let Some(Value::Name(sae_name)) = call.args.get("sae") {
+                let sae = self.sae(sae_name)?;
+                let hook = sae
+                    .hook
+                    .clone()
+                    .ok_or_else(|| format!("SAE `{sae_name}` names no hook in its cfg.json"))?;
+                let index = match sae_edits.iter().position(|(n, _)| n == sae_name) {
+                    Some(i) => i,
+                    None => {
+                        sae_edits.push((
+                            sae_name.clone(),
+                            SaeEdit {
+                                target: self.target(&hook)?,
+                                sae: sae.clone(),
+                                error_term: true,
+                                scale: Vec::new(),
+                                scale_pos: None,
+                                acts_output: format!("{sae_name}.hook_sae_acts_post"),
+                            },
+                        ));
+                        sae_edits.len() - 1
+                    }
+                };
+                let edit = &mut sae_edits[index].1;
+                match call.function {
+                    "splice" => {
+                        edit.error_term =
+                            matches!(call.args.get("error_term"), Some(Value::Bool(true)))
+                    }
+                    "remove_features" | "scale_features" => {
+                        let factor = if call.function == "remove_features" {
+                            0.0
+                        } else {
+                            number(call, "factor").unwrap_or(1.0) as f32
+                        };
+                        let features = self.feature_list(call.args.get("features"), sae.d_sae);
+                        edit.scale.extend(features.into_iter().map(|f| (f, factor)));
+                        if let Some(pos) = int(call, "pos") {
+                            edit.scale_pos = Some(pos);
+                        }
+                    }
+                    other => return Err(format!("`{other}` is not supported by this version")),
+                }
+                continue;
+            }
+            let Some(Value::Hook(hook)) = call.args.get("hook") else {
+                return Err(format!(
+                    "`{}` is not supported by this version",
+                    call.function
+                ));
+            };
+            let target = self.target(hook)?;
+            resolved.push(match call.function {
+                "zero" => Intervention::Zero(target),
+                "patch" => {
+                    let input = format!("patch{}:{}", patches.len(), hook.name);
+                    let from_prompt = match self.text(call.args.get("from_prompt")) {
+                        Some(prompt) => Some(self.prompt_tokens(&prompt)?),
+                        None => None,
+                    };
+                    patches.push(PatchSource {
+                        input: input.clone(),
+                        hook: hook.name.clone(),
+                        from_variant: match call.args.get("from_variant") {
+                            Some(Value::Name(v)) => Some(v.clone()),
+                            _ => None,
+                        },
+                        from_prompt,
+                    });
+                    Intervention::Patch { target, input }
+                }
+                "mean" => {
+                    let Some(Value::Name(dataset)) = call.args.get("dataset") else {
+                        unreachable!("checked")
+                    };
+                    let value = self.preparing(|s| s.mean_activation(&hook.name, dataset))?;
+                    Intervention::Constant { target, value }
+                }
+                other => return Err(format!("`{other}` is not supported by this version")),
+            });
+        }
+        resolved.extend(
+            sae_edits
+                .into_iter()
+                .map(|(_, edit)| Intervention::Sae(edit)),
+        );
+        self.variants.insert(variant.to_owned(), resolved.clone());
+        self.patches.insert(variant.to_owned(), patches);
+        Ok(resolved)
+    }
+
+    /// The mean of a hook over every real token of a dataset, from a graph pruned to the hook.
+    pub(crate) fn mean_activation(
+        &mut self,
+        hook: &str,
+        dataset: &str,
+    ) -> Result<ArrayD<f32>, Failure> {
+        if crate::hooks::has_key_axis(hook) {
+            return Err(format!(
+                "mean ablation of `{hook}` is not defined: its shape depends on the prompt length"
+            ));
+        }
+        let whole_hook = Target {
+            hook: hook.to_owned(),
+            head: None,
+            pos: None,
+        };
+        let (rows, shape) = self.hook_activations(&whole_hook, dataset)?;
+        let mean = rows
+            .mapv(f64::from)
+            .mean_axis(Axis(0))
+            .ok_or_else(|| format!("dataset `{dataset}` has no tokens"))?;
+        mean.mapv(|x| x as f32)
+            .into_shape_with_order(shape)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The values a variant's `patch` interventions feed into its graph for `batch`: each
+    /// patched hook run in its source (recursively, so a source may itself patch).
+    pub(crate) fn patch_feeds(
+        &mut self,
+        variant: &str,
+        batch: &Batch,
+    ) -> Result<Vec<(String, ArrayD<f32>)>, Failure> {
+        self.interventions(variant)?;
+        let sources = self.patches.get(variant).cloned().unwrap_or_default();
+        let mut feeds = Vec::with_capacity(sources.len());
+        for source in sources {
+            let value = match &source.from_prompt {
+                None => {
+                    let mut forward =
+                        self.forward(source.from_variant.as_deref(), batch, &[&source.hook])?;
+                    forward.hooks.remove(&source.hook).expect("requested")
+                }
+                Some(tokens) => {
+                    if let Some(len) = batch.lengths.iter().find(|&&l| l != tokens.len()) {
+                        return Err(format!(
+                            "variant `{variant}` patches `{}` from a prompt of {} tokens into one of {len}; patching between prompts needs prompts of the same length",
+                            source.hook,
+                            tokens.len()
+                        ));
+                    }
+                    let source_batch = self
+                        .model
+                        .batch(std::slice::from_ref(tokens))
+                        .map_err(Self::runtime)?;
+                    let mut forward = self.forward(
+                        source.from_variant.as_deref(),
+                        &source_batch,
+                        &[&source.hook],
+                    )?;
+                    let one = forward.hooks.remove(&source.hook).expect("requested");
+                    let views = vec![one.view(); batch.lengths.len()];
+                    ndarray::concatenate(Axis(0), &views).map_err(|e| e.to_string())?
+                }
+            };
+            feeds.push((source.input, value));
+        }
+        Ok(feeds)
+    }
+
+    pub(crate) fn variant_graph(
+        &mut self,
+        variant: &str,
+        outputs: &[&str],
+    ) -> Result<ModelProto, Failure> {
+        let edits = self.interventions(variant)?;
+        self.edits_graph(&edits, outputs)
+    }
+
+    /// The exported graph with `edits` applied, pruned to `outputs`.
+    pub(crate) fn edits_graph(
+        &self,
+        edits: &[Intervention],
+        outputs: &[&str],
+    ) -> Result<ModelProto, Failure> {
+        let manifest = &self.model.manifest;
+        let heads = |hook: &str| {
+            crate::hooks::head_count(hook, Some(manifest))
+                .flatten()
+                .unwrap_or(manifest.config.n_heads)
+        };
+        let edited =
+            interventions::apply(self.model.graph(), edits, heads).map_err(|e| e.to_string())?;
+        compile::select_outputs(&edited, outputs).map_err(|e| e.to_string())
+    }
+
+    /// The hook the variant's first `patch` replaces, if it patches any.
+    pub(crate) fn first_patched_hook(&self, variant: &str) -> Option<&str> {
+        self.patches.get(variant)?.first().map(|p| p.hook.as_str())
+    }
+}
