@@ -13,6 +13,13 @@ use super::ast::{
 };
 use super::{Diagnostic, Span};
 
+mod errors;
+mod validate;
+
+pub use errors::nearest;
+use errors::syntax_error;
+use validate::{is_operator, too_deep, validate};
+
 #[derive(Parser)]
 #[grammar = "../grammar/qexp.pest"]
 struct QexpParser;
@@ -94,125 +101,6 @@ pub fn parse(source: &str) -> Result<File, Vec<Diagnostic>> {
             .map(statement)
             .collect(),
     })
-}
-
-/// What the grammar accepts but the language does not: expressions chaining too many
-/// operators, and unknown escapes in strings. Walks the pairs without recursion.
-fn validate(file: Pair<'_, Rule>) -> Vec<Diagnostic> {
-    let mut problems = Vec::new();
-    let mut pending = vec![(file, 0usize)];
-    while let Some((pair, depth)) = pending.pop() {
-        let depth = match pair.as_rule() {
-            Rule::expr => {
-                let operators = pair
-                    .clone()
-                    .into_inner()
-                    .filter(|p| is_operator(p.as_rule()))
-                    .count();
-                let depth = depth + operators;
-                if depth > MAX_OPERATOR_DEPTH {
-                    problems.push(
-                        Diagnostic::new(
-                            span(&pair),
-                            format!(
-                                "this expression chains {depth} operators; at most {MAX_OPERATOR_DEPTH}"
-                            ),
-                        )
-                        .with_hint("split it into steps with `let` or `derive`"),
-                    );
-                    continue;
-                }
-                depth
-            }
-            Rule::string_inner => {
-                problems.extend(bad_escapes(&pair));
-                continue;
-            }
-            _ => depth,
-        };
-        pending.extend(pair.into_inner().map(|p| (p, depth)));
-    }
-    problems.sort_by_key(|d| d.span);
-    problems
-}
-
-fn is_operator(rule: Rule) -> bool {
-    matches!(
-        rule,
-        Rule::pipe
-            | Rule::or
-            | Rule::and
-            | Rule::eq
-            | Rule::ne
-            | Rule::lt
-            | Rule::le
-            | Rule::gt
-            | Rule::ge
-            | Rule::add
-            | Rule::sub
-            | Rule::mul
-            | Rule::div
-            | Rule::neg
-            | Rule::not
-    )
-}
-
-/// Escapes a string may use: `\n`, `\t`, `\\` and `\"`.
-fn bad_escapes(inner: &Pair<'_, Rule>) -> Vec<Diagnostic> {
-    let start = inner.as_span().start();
-    let mut problems = Vec::new();
-    let mut chars = inner.as_str().char_indices();
-    while let Some((i, c)) = chars.next() {
-        if c != '\\' {
-            continue;
-        }
-        if let Some((j, escaped)) = chars.next()
-            && !matches!(escaped, 'n' | 't' | '\\' | '"')
-        {
-            problems.push(
-                Diagnostic::new(
-                    Span {
-                        start: start + i,
-                        end: start + j + escaped.len_utf8(),
-                    },
-                    format!("unknown escape `\\{escaped}`"),
-                )
-                .with_hint(
-                    "strings know `\\n`, `\\t`, `\\\\` and `\\\"`; write `\\\\` for a backslash",
-                ),
-            );
-        }
-    }
-    problems
-}
-
-/// The offset where bracket nesting first exceeds [`MAX_NESTING`], ignoring strings
-/// and comments.
-fn too_deep(source: &str) -> Option<usize> {
-    let (mut depth, mut in_string, mut escaped, mut in_comment) = (0usize, false, false, false);
-    let bytes = source.as_bytes();
-    for (i, &b) in bytes.iter().enumerate() {
-        if in_comment {
-            in_comment = b != b'\n';
-        } else if in_string {
-            in_string = escaped || b != b'"';
-            escaped = !escaped && b == b'\\';
-        } else {
-            match b {
-                b'"' => in_string = true,
-                b'/' if bytes.get(i + 1) == Some(&b'/') => in_comment = true,
-                b'(' | b'[' | b'{' => {
-                    depth += 1;
-                    if depth > MAX_NESTING {
-                        return Some(i);
-                    }
-                }
-                b')' | b']' | b'}' => depth = depth.saturating_sub(1),
-                _ => {}
-            }
-        }
-    }
-    None
 }
 
 fn span(pair: &Pair<'_, Rule>) -> Span {
@@ -476,122 +364,6 @@ fn unescape(raw: &str) -> String {
         }
     }
     out
-}
-
-fn syntax_error(source: &str, error: pest::error::Error<Rule>) -> Diagnostic {
-    let at = match error.location {
-        InputLocation::Pos(p) => p,
-        InputLocation::Span((s, _)) => s,
-    };
-    let rest = &source[at..];
-    let word_end = rest
-        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .map_or(source.len(), |n| at + n);
-    let word = &source[at..word_end];
-    let span = Span {
-        start: at,
-        end: word_end.max(at + rest.chars().next().map_or(0, char::len_utf8)),
-    };
-    if rest.starts_with('"') && !rest[1..].contains('"') {
-        return Diagnostic::new(span, "this string is never closed")
-            .with_hint("add the closing `\"`");
-    }
-    let mut expected: Vec<String> = match &error.variant {
-        ErrorVariant::ParsingError { positives, .. } => {
-            positives.iter().map(|r| describe(*r)).collect()
-        }
-        ErrorVariant::CustomError { message } => vec![message.clone()],
-    };
-    expected.sort();
-    expected.dedup();
-    let found = if word.is_empty() {
-        rest.chars()
-            .next()
-            .map_or("the end of the file".to_owned(), |c| format!("`{c}`"))
-    } else {
-        format!("`{word}`")
-    };
-    let expects_statement = expected.iter().any(|e| e.starts_with("a statement"));
-    let mut diagnostic = Diagnostic::new(
-        span,
-        format!("expected {}, found {found}", join_or(&expected)),
-    );
-    if expects_statement && !word.is_empty() {
-        diagnostic = match nearest(word, KEYWORDS) {
-            Some(keyword) => diagnostic.with_hint(format!("did you mean `{keyword}`?")),
-            None => diagnostic.with_hint(format!(
-                "statements start with one of: {}",
-                KEYWORDS.join(", ")
-            )),
-        };
-    } else if expected.iter().any(|e| e == "a name")
-        && (KEYWORDS.contains(&word) || ["in", "and", "or", "not", "true", "false"].contains(&word))
-    {
-        diagnostic = diagnostic.with_hint(format!(
-            "`{word}` is a keyword and cannot be used as a name"
-        ));
-    }
-    diagnostic
-}
-
-/// The candidate closest to `word` by edit distance, if it is close enough to be a typo.
-pub fn nearest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    let length = word.chars().count();
-    candidates
-        .iter()
-        // The distance is at least the difference in length: skip hopeless candidates
-        // before the quadratic comparison (a 100 KB name must not take seconds).
-        .filter(|k| length.abs_diff(k.chars().count()) <= (k.len() / 2).max(1))
-        .map(|k| (strsim::damerau_levenshtein(k, word), *k))
-        .min()
-        .filter(|(d, k)| *d <= (k.len() / 2).max(1))
-        .map(|(_, k)| k)
-}
-
-fn describe(rule: Rule) -> String {
-    match rule {
-        Rule::experiment_stmt
-        | Rule::model_stmt
-        | Rule::text_stmt
-        | Rule::let_stmt
-        | Rule::decl_stmt
-        | Rule::variant_stmt
-        | Rule::for_stmt
-        | Rule::kw_experiment
-        | Rule::kw_model
-        | Rule::kw_let
-        | Rule::kw_variant
-        | Rule::kw_for
-        | Rule::text_kind
-        | Rule::decl_kind
-        | Rule::EOI => "a statement".into(),
-        Rule::rbrace => "a statement or `}`".into(),
-        Rule::lparen => "`(`".into(),
-        Rule::rparen => "`)`".into(),
-        Rule::lbracket => "`[`".into(),
-        Rule::rbracket => "`]`".into(),
-        Rule::lbrace => "`{`".into(),
-        Rule::comma => "`,`".into(),
-        Rule::assign => "`=`".into(),
-        Rule::kw_in => "`in`".into(),
-        Rule::string => "a string in double quotes".into(),
-        Rule::ident | Rule::arg_name | Rule::path | Rule::reference => "a name".into(),
-        Rule::number => "a number".into(),
-        Rule::call => "a call like `zero(...)`".into(),
-        Rule::expr | Rule::arg | Rule::list | Rule::boolean | Rule::neg | Rule::not => {
-            "a value".into()
-        }
-        operator if is_operator(operator) => "an operator".into(),
-        other => format!("{other:?}"),
-    }
-}
-
-fn join_or(items: &[String]) -> String {
-    match items {
-        [] => "something else".into(),
-        [one] => one.clone(),
-        [init @ .., last] => format!("{} or {last}", init.join(", ")),
-    }
 }
 
 #[cfg(test)]
