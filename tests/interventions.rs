@@ -52,11 +52,9 @@ fn zero_ablating_a_heads_z_equals_zeroing_its_rows_of_w_o() {
 
     let graph = variant(
         &model,
-        &[Intervention::Zero(target(
-            "blocks.1.attn.hook_z",
-            Some(HEAD),
-            None,
-        ))],
+        &[Intervention::Zero(interventions::Zero {
+            target: target("blocks.1.attn.hook_z", Some(HEAD), None),
+        })],
         &["logits"],
     );
     let ablated = model
@@ -88,11 +86,9 @@ fn a_negative_position_means_each_rows_own_last_token() {
         .unwrap();
     let graph = variant(
         &model,
-        &[Intervention::Zero(target(
-            "blocks.0.hook_resid_post",
-            None,
-            Some(-1),
-        ))],
+        &[Intervention::Zero(interventions::Zero {
+            target: target("blocks.0.hook_resid_post", None, Some(-1)),
+        })],
         &["logits", "blocks.0.hook_resid_post"],
     );
     let edited = model.forward_graph("last", &graph, &batch).unwrap();
@@ -125,10 +121,10 @@ fn a_constant_replaces_exactly_the_chosen_head() {
     let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
     let batch = model.batch(&[vec![1, 70, 71, 72]]).unwrap();
     let value = ArrayD::from_shape_fn(vec![4, D_HEAD], |i| (i[0] * 100 + i[1]) as f32 / 100.0);
-    let edit = Intervention::Constant {
+    let edit = Intervention::Constant(interventions::Constant {
         target: target("blocks.1.attn.hook_z", Some(HEAD), None),
         value: value.clone(),
-    };
+    });
     let graph = variant(&model, &[edit], &["blocks.1.attn.hook_z"]);
     let z = model
         .forward_graph("mean", &graph, &batch)
@@ -284,10 +280,10 @@ fn steering_adds_the_scaled_decoder_direction_to_one_head() {
     let batch = model.batch(&[vec![1, 70, 71, 72]]).unwrap();
     let sae = qexp::sae::load(&fixture("saes/standard")).unwrap();
     let direction = sae.w_dec.row(5).mapv(|w| w * 3.0);
-    let edit = Intervention::Add {
+    let edit = Intervention::Add(interventions::Add {
         target: target("blocks.1.attn.hook_q", Some(HEAD), None),
         vector: direction.clone(),
-    };
+    });
     let graph = variant(&model, &[edit], &["blocks.1.attn.hook_q"]);
     let steered = model
         .forward_graph("steer", &graph, &batch)

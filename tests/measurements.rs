@@ -317,14 +317,14 @@ fn mean_ablation_uses_the_mean_over_the_datasets_real_tokens() {
         }
     }
     let mean = (mean / count).mapv(|x| x as f32).into_dyn();
-    let edit = Intervention::Constant {
+    let edit = Intervention::Constant(interventions::Constant {
         target: Target {
             hook: "blocks.1.attn.hook_z".into(),
             head: Some(2),
             pos: None,
         },
         value: mean,
-    };
+    });
     let graph = compile::select_outputs(
         &interventions::apply(model.graph(), &[edit], |_| 4).unwrap(),
         &["logits"],
@@ -488,7 +488,7 @@ fn sae_metrics_match_a_direct_computation() {
     };
     let (spliced, zeroed) = (
         loss(splice, "spliced"),
-        loss(Intervention::Zero(target), "zeroed"),
+        loss(Intervention::Zero(interventions::Zero { target }), "zeroed"),
     );
     let clean_loss: f64 = token_losses(clean.logits.as_ref().unwrap(), &batch)
         .iter()

@@ -1,9 +1,8 @@
-//! Graph rewrites that turn an exported model into the graph one run needs.
-//!
-//! Today: expose hook points as graph outputs and prune everything the requested outputs
-//! do not depend on, so a run that only needs layer 1's query never computes layers 2..N
-//! or the unembedding. Interventions (ablation, SAE splices, patching) are further passes
-//! over the same `ModelProto`.
+//! Graph rewrites that turn an exported model into the graph one run needs:
+//! interventions (one [`interventions::Pass`] per kind: ablation, steering, patching,
+//! SAEs) rewrite hooks, then `select_outputs` exposes the hooks a run reads and prunes
+//! everything they do not depend on, so a run that only needs layer 1's query never
+//! computes layers 2..N or the unembedding.
 
 pub mod interventions;
 mod prune;

@@ -2,7 +2,8 @@
 
 use std::collections::HashSet;
 
-use crate::onnx::{FLOAT, ModelProto, TypeProto, ValueInfoProto, type_proto};
+use crate::onnx::ModelProto;
+use crate::onnx::build::float_output;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CompileError {
@@ -73,33 +74,13 @@ pub fn select_outputs(model: &ModelProto, outputs: &[&str]) -> Result<ModelProto
     Ok(model)
 }
 
-/// An output declaration with a type and no shape: ONNX Runtime infers the shape.
-fn float_output(name: &str) -> ValueInfoProto {
-    ValueInfoProto {
-        name: Some(name.to_owned()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(FLOAT),
-                shape: None,
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::onnx::{GraphProto, NodeProto};
 
     fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
-        NodeProto {
-            op_type: Some(op.into()),
-            input: inputs.iter().map(|s| (*s).into()).collect(),
-            output: vec![output.into()],
-            ..Default::default()
-        }
+        crate::onnx::build::node(op, inputs, output, vec![])
     }
 
     fn chain() -> ModelProto {

@@ -1,5 +1,5 @@
-//! A small builder for ONNX graphs: nodes with readable generated names, constants, and
-//! weights written as external data (so `model.onnx` stays a few hundred KB and can be
+//! Export's ONNX graph builder: the shared node builder (`onnx::build`), plus shared
+//! small constants, hook registration, and weights written as external data (so `model.onnx` stays a few hundred KB and can be
 //! rewritten per experiment variant without touching the weights).
 
 use std::collections::HashMap;
@@ -10,11 +10,12 @@ use std::path::Path;
 use ndarray::ArrayD;
 
 use crate::manifest::HookInfo;
+use crate::onnx::build::Nodes;
+pub use crate::onnx::build::{attr_int, attr_ints, value_info};
 use crate::onnx::{
-    AttributeProto, GraphProto, NodeProto, StringStringEntryProto, TensorProto, TypeProto,
-    ValueInfoProto, attribute_proto, tensor_proto, tensor_shape_proto, type_proto,
+    AttributeProto, FLOAT, GraphProto, INT64, StringStringEntryProto, TensorProto, ValueInfoProto,
+    tensor_proto,
 };
-use crate::onnx::{FLOAT, INT64};
 
 /// External data is aligned to the page size so ONNX Runtime can map it instead of copying.
 const DATA_ALIGNMENT: u64 = 4096;
@@ -55,25 +56,19 @@ impl ExternalData {
 }
 
 pub struct GraphBuilder {
-    nodes: Vec<NodeProto>,
-    initializers: Vec<TensorProto>,
+    nodes: Nodes,
     data: ExternalData,
     /// Small constants are shared by value so the graph does not repeat `[0, 2, 1, 3]`.
     constants: HashMap<(Vec<i64>, bool), String>,
-    scope: String,
-    counter: usize,
     pub hooks: Vec<HookInfo>,
 }
 
 impl GraphBuilder {
     pub fn new(data: ExternalData) -> Self {
         Self {
-            nodes: Vec::new(),
-            initializers: Vec::new(),
+            nodes: Nodes::default(),
             data,
             constants: HashMap::new(),
-            scope: String::new(),
-            counter: 0,
             hooks: Vec::new(),
         }
     }
@@ -81,7 +76,7 @@ impl GraphBuilder {
     /// Prefix for the names of nodes made from now on (`blocks.3.attn`), so a graph
     /// viewer shows where each node belongs.
     pub fn set_scope(&mut self, scope: impl Into<String>) {
-        self.scope = scope.into();
+        self.nodes.set_prefix(scope);
     }
 
     /// Adds a node with one output and returns the output's name.
@@ -91,10 +86,7 @@ impl GraphBuilder {
         inputs: &[&str],
         attributes: Vec<AttributeProto>,
     ) -> String {
-        self.counter += 1;
-        let output = format!("{}/{}_{}", self.scope, op_type, self.counter);
-        self.op_into(op_type, inputs, &output, attributes);
-        output
+        self.nodes.op(op_type, inputs, attributes)
     }
 
     /// Adds a node with `N` outputs (Split) and returns their names.
@@ -104,18 +96,7 @@ impl GraphBuilder {
         inputs: &[&str],
         attributes: Vec<AttributeProto>,
     ) -> [String; N] {
-        self.counter += 1;
-        let outputs: [String; N] =
-            std::array::from_fn(|i| format!("{}/{}_{}:{i}", self.scope, op_type, self.counter));
-        self.nodes.push(NodeProto {
-            input: inputs.iter().map(|s| (*s).to_owned()).collect(),
-            output: outputs.to_vec(),
-            name: Some(outputs[0].clone()),
-            op_type: Some(op_type.to_owned()),
-            attribute: attributes,
-            ..Default::default()
-        });
-        outputs
+        self.nodes.op_n(op_type, inputs, attributes)
     }
 
     /// Adds a node whose output has a chosen name.
@@ -126,14 +107,7 @@ impl GraphBuilder {
         output: &str,
         attributes: Vec<AttributeProto>,
     ) {
-        self.nodes.push(NodeProto {
-            input: inputs.iter().map(|s| (*s).to_owned()).collect(),
-            output: vec![output.to_owned()],
-            name: Some(output.to_owned()),
-            op_type: Some(op_type.to_owned()),
-            attribute: attributes,
-            ..Default::default()
-        });
+        self.nodes.op_into(op_type, inputs, output, attributes);
     }
 
     /// Names `source` as a hook point: an Identity node whose output carries the
@@ -165,7 +139,7 @@ impl GraphBuilder {
             key: Some(key.to_owned()),
             value: Some(value),
         };
-        self.initializers.push(TensorProto {
+        self.nodes.initializers.push(TensorProto {
             name: Some(name.to_owned()),
             dims: array.shape().iter().map(|&d| d as i64).collect(),
             data_type: Some(FLOAT),
@@ -186,16 +160,13 @@ impl GraphBuilder {
             return name.clone();
         }
         let name = format!("const_i64_{}", self.constants.len());
-        self.initializers.push(TensorProto {
-            name: Some(name.clone()),
-            dims: if scalar {
-                vec![]
-            } else {
-                vec![values.len() as i64]
-            },
-            data_type: Some(INT64),
-            int64_data: values.to_vec(),
-            ..Default::default()
+        let shape = if scalar {
+            vec![]
+        } else {
+            vec![values.len() as i64]
+        };
+        self.nodes.initializer(name.clone(), &shape, INT64, |t| {
+            t.int64_data = values.to_vec()
         });
         self.constants
             .insert((values.to_vec(), scalar), name.clone());
@@ -212,16 +183,9 @@ impl GraphBuilder {
 
     /// A float scalar constant, stored inline.
     pub fn float_scalar(&mut self, value: f32) -> String {
-        self.counter += 1;
-        let name = format!("const_f32_{}", self.counter);
-        self.initializers.push(TensorProto {
-            name: Some(name.clone()),
-            dims: vec![],
-            data_type: Some(FLOAT),
-            float_data: vec![value],
-            ..Default::default()
-        });
-        name
+        let name = format!("const_f32_{}", self.nodes.next_id());
+        self.nodes
+            .initializer(name, &[], FLOAT, |t| t.float_data = vec![value])
     }
 
     pub fn finish(
@@ -231,55 +195,13 @@ impl GraphBuilder {
     ) -> std::io::Result<(GraphProto, Vec<HookInfo>)> {
         self.data.finish()?;
         let graph = GraphProto {
-            node: self.nodes,
+            node: self.nodes.nodes,
             name: Some("qexp_hooked_transformer".into()),
-            initializer: self.initializers,
+            initializer: self.nodes.initializers,
             input: inputs,
             output: outputs,
             ..Default::default()
         };
         Ok((graph, self.hooks))
-    }
-}
-
-pub fn attr_int(name: &str, value: i64) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(attribute_proto::AttributeType::Int as i32),
-        i: Some(value),
-        ..Default::default()
-    }
-}
-
-pub fn attr_ints(name: &str, values: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(attribute_proto::AttributeType::Ints as i32),
-        ints: values.to_vec(),
-        ..Default::default()
-    }
-}
-
-/// A tensor value description with named (symbolic) or fixed dimensions.
-pub fn value_info(name: &str, elem_type: i32, dims: &[&str]) -> ValueInfoProto {
-    let dim = |d: &&str| tensor_shape_proto::Dimension {
-        value: Some(match d.parse::<i64>() {
-            Ok(n) => tensor_shape_proto::dimension::Value::DimValue(n),
-            Err(_) => tensor_shape_proto::dimension::Value::DimParam((*d).to_owned()),
-        }),
-        ..Default::default()
-    };
-    ValueInfoProto {
-        name: Some(name.to_owned()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem_type),
-                shape: Some(crate::onnx::TensorShapeProto {
-                    dim: dims.iter().map(dim).collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
     }
 }

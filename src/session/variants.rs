@@ -5,6 +5,7 @@
 use ndarray::{ArrayD, Axis};
 
 use super::{Failure, Session, int, number};
+use crate::compile::interventions::{Add, Constant, Patch, Zero};
 use crate::compile::{self, Intervention, SaeEdit, Target, interventions};
 use crate::onnx::ModelProto;
 use crate::plan::Value;
@@ -53,10 +54,10 @@ impl Session<'_, '_, '_> {
                     .w_dec
                     .row(feature.min(sae.d_sae - 1))
                     .mapv(|w| w * scale);
-                resolved.push(Intervention::Add {
+                resolved.push(Intervention::Add(Add {
                     target: self.target(hook)?,
                     vector: direction,
-                });
+                }));
                 continue;
             }
             if let Some(Value::Name(sae_name)) = call.args.get("sae") {
@@ -112,7 +113,7 @@ impl Session<'_, '_, '_> {
             };
             let target = self.target(hook)?;
             resolved.push(match call.function {
-                "zero" => Intervention::Zero(target),
+                "zero" => Intervention::Zero(Zero { target }),
                 "patch" => {
                     let input = format!("patch{}:{}", patches.len(), hook.name);
                     let from_prompt = match self.text(call.args.get("from_prompt")) {
@@ -128,14 +129,14 @@ impl Session<'_, '_, '_> {
                         },
                         from_prompt,
                     });
-                    Intervention::Patch { target, input }
+                    Intervention::Patch(Patch { target, input })
                 }
                 "mean" => {
                     let Some(Value::Name(dataset)) = call.args.get("dataset") else {
                         unreachable!("checked")
                     };
                     let value = self.preparing(|s| s.mean_activation(&hook.name, dataset))?;
-                    Intervention::Constant { target, value }
+                    Intervention::Constant(Constant { target, value })
                 }
                 other => return Err(format!("`{other}` is not supported by this version")),
             });

@@ -9,6 +9,7 @@ use crate::builtins::args::{Args, BindError, Columns, columns};
 use crate::builtins::measurements::{Graph, Measure, Reads, table};
 use crate::builtins::{Builtin, Produces, Type, opt, req};
 use crate::compile::Intervention;
+use crate::compile::interventions::Zero;
 use crate::hooks::LOGITS;
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
@@ -100,7 +101,9 @@ impl Measure for SaeMetrics {
 
         let baseline = match &self.baseline {
             Some(variant) => Baseline::Variant(variant.clone()),
-            None => Baseline::Zero(Intervention::Zero(target.clone())),
+            None => Baseline::Zero(Intervention::Zero(Zero {
+                target: target.clone(),
+            })),
         };
         let sequences = s.dataset(dataset)?;
         let (
