@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
-use crate::plan::{Call, Value};
+use crate::builtins::datasets::{DatasetKind, DatasetSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
@@ -25,37 +25,23 @@ pub enum DatasetError {
 }
 
 /// The prompts of a dataset declaration, in the order they will run.
-pub fn load(call: &Call, root: &Path) -> Result<Vec<String>, DatasetError> {
-    let text_arg = |name: &str| match call.args.get(name) {
-        Some(Value::Str(s)) => Some(s.clone()),
-        _ => None,
-    };
-    let int_arg = |name: &str| match call.args.get(name) {
-        Some(Value::Integer(n)) => Some(*n),
-        _ => None,
-    };
+pub fn load(source: &DatasetSource, root: &Path) -> Result<Vec<String>, DatasetError> {
     let read = |path: &str| {
         crate::files::read_to_string(&root.join(path)).map_err(|e| DatasetError::Read {
             path: path.to_owned(),
             message: e.to_string(),
         })
     };
-    let mut prompts: Vec<String> = match call.function {
-        "text" => {
-            let path = text_arg("path").unwrap_or_default();
-            let separator = text_arg("separator").unwrap_or_else(|| "\n\n".into());
-            read(&path)?
-                .split(separator.as_str())
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(str::to_owned)
-                .collect()
-        }
-        "jsonl" => {
-            let path = text_arg("path").unwrap_or_default();
-            let field = text_arg("field").unwrap_or_else(|| "text".into());
+    let mut prompts: Vec<String> = match &source.kind {
+        DatasetKind::Text { path, separator } => read(path)?
+            .split(separator.as_str())
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        DatasetKind::Jsonl { path, field } => {
             let mut prompts = Vec::new();
-            for (i, line) in read(&path)?
+            for (i, line) in read(path)?
                 .lines()
                 .enumerate()
                 .filter(|(_, l)| !l.trim().is_empty())
@@ -68,57 +54,38 @@ pub fn load(call: &Call, root: &Path) -> Result<Vec<String>, DatasetError> {
                 let value: serde_json::Value =
                     serde_json::from_str(line).map_err(|e| at(format!("not JSON: {e}")))?;
                 let text = value
-                    .get(&field)
+                    .get(field)
                     .and_then(serde_json::Value::as_str)
                     .ok_or_else(|| at(format!("no string field `{field}`")))?;
                 prompts.push(text.to_owned());
             }
             prompts
         }
-        "prompts" => match call.args.get("texts") {
-            Some(Value::List(items)) => items
-                .iter()
-                .filter_map(|v| match v {
-                    Value::Str(s) => Some(s.clone()),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        },
-        other => {
-            unreachable!("the checker only makes datasets with text, jsonl or prompts, not {other}")
-        }
+        DatasetKind::Prompts { texts } => texts.clone(),
     };
-    if let Some(seed) = int_arg("shuffle_seed") {
-        prompts.shuffle(&mut StdRng::seed_from_u64(seed as u64));
+    if let Some(seed) = source.shuffle_seed {
+        prompts.shuffle(&mut StdRng::seed_from_u64(seed));
     }
-    let skip = int_arg("skip").unwrap_or(0).max(0) as usize;
-    let take = int_arg("take").map_or(usize::MAX, |n| n.max(0) as usize);
-    let prompts: Vec<String> = prompts.into_iter().skip(skip).take(take).collect();
+    let take = source.take.unwrap_or(usize::MAX);
+    let prompts: Vec<String> = prompts.into_iter().skip(source.skip).take(take).collect();
     if prompts.is_empty() {
         return Err(DatasetError::Empty);
     }
     Ok(prompts)
 }
 
-/// The `max_tokens` limit of a dataset declaration, if any.
-pub fn max_tokens(call: &Call) -> Option<usize> {
-    match call.args.get("max_tokens") {
-        Some(Value::Integer(n)) if *n > 0 => Some(*n as usize),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::{Call, Value};
     use std::collections::BTreeMap;
 
-    fn call(function: &'static str, args: Vec<(&'static str, Value)>) -> Call {
-        Call {
+    fn call(function: &'static str, args: Vec<(&'static str, Value)>) -> DatasetSource {
+        DatasetSource::bind(&Call {
             function,
             args: args.into_iter().collect::<BTreeMap<_, _>>(),
-        }
+        })
+        .unwrap()
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::hooks::HookRef;
 use crate::plan::{Call, ColumnType, Value};
 
 /// A table's columns, in order, with their types.
@@ -245,6 +246,13 @@ impl<'c> Args<'c> {
             None | Some(Value::All) => Ok(None),
             Some(Value::Integer(n)) => Ok(Some(*n)),
             Some(other) => Err(self.error(name, format!("is {other}, not a position"))),
+        }
+    }
+
+    pub fn hook(&self, name: &str) -> Result<HookRef, BindError> {
+        match self.get(name) {
+            Some(Value::Hook(hook)) => Ok(hook.clone()),
+            _ => Err(self.error(name, "is missing or not a hook")),
         }
     }
 

@@ -6,8 +6,11 @@
 
 pub mod args;
 pub mod dashboards;
+pub mod datasets;
 pub mod graphs;
+pub mod interventions;
 pub mod measurements;
+pub mod saes;
 pub mod values;
 
 /// What an argument must be.
@@ -204,134 +207,20 @@ pub const MODEL_PARAMS: &[Param] = &[
 
 pub const BUILTINS: &[Builtin] = &[
     // Datasets.
-    Builtin {
-        name: "text",
-        produces: Produces::Dataset,
-        summary: "prompts from a text file split on a separator (TinyStories: `<|endoftext|>`)",
-        params: &[
-            req("path", Type::Str).non_empty(),
-            opt("separator", Type::Str).non_empty(),
-            opt("shuffle_seed", Type::Integer).within(0.0, MAX_SEED),
-            opt("skip", Type::Integer).within(0.0, 1e12),
-            opt("take", Type::Integer).within(1.0, 1e12),
-            opt("max_tokens", Type::Integer).within(1.0, 1e6),
-        ],
-    },
-    Builtin {
-        name: "jsonl",
-        produces: Produces::Dataset,
-        summary: "prompts from a JSON-lines file, one text field per line",
-        params: &[
-            req("path", Type::Str).non_empty(),
-            opt("field", Type::Str).non_empty(),
-            opt("shuffle_seed", Type::Integer).within(0.0, MAX_SEED),
-            opt("skip", Type::Integer).within(0.0, 1e12),
-            opt("take", Type::Integer).within(1.0, 1e12),
-            opt("max_tokens", Type::Integer).within(1.0, 1e6),
-        ],
-    },
-    Builtin {
-        name: "prompts",
-        produces: Produces::Dataset,
-        summary: "an inline list of prompts",
-        params: &[
-            req("texts", STRS),
-            opt("max_tokens", Type::Integer).within(1.0, 1e6),
-        ],
-    },
+    datasets::TEXT,
+    datasets::JSONL,
+    datasets::PROMPTS,
     // SAEs.
-    Builtin {
-        name: "load",
-        produces: Produces::Sae,
-        summary: "an SAE folder in SAELens layout (cfg.json + sae_weights.safetensors)",
-        params: &[req("path", Type::Str).non_empty()],
-    },
-    Builtin {
-        name: "train",
-        produces: Produces::Sae,
-        summary: "train an SAE on a hook's activations",
-        params: &[
-            req("hook", Type::Hook),
-            req("dataset", Type::Dataset),
-            req("d_sae", Type::Integer).within(1.0, 1_048_576.0),
-            opt(
-                "architecture",
-                Type::Choice(&["standard", "topk", "jumprelu"]),
-            ),
-            opt("l1_coefficient", Type::Number).within(0.0, 1e3),
-            opt("k", Type::Integer).within(1.0, 1_048_576.0),
-            opt("tokens", Type::Integer).within(1.0, MAX_TOKENS),
-            opt("lr", Type::Number).within(1e-12, 10.0),
-            opt("batch_size", Type::Integer).within(1.0, 1_048_576.0),
-            opt("seed", Type::Integer).within(0.0, MAX_SEED),
-            opt("normalize_activations", Type::Bool),
-            opt("resample_dead", Type::Bool),
-            opt("save", Type::Str).non_empty(),
-            opt("checkpoint_every", Type::Integer).within(0.0, 1e12),
-            opt("resume", Type::Bool),
-        ],
-    },
+    saes::LOAD,
+    saes::TRAIN,
     // Interventions (inside `variant`).
-    Builtin {
-        name: "zero",
-        produces: Produces::Intervention,
-        summary: "zero-ablate a hook (a head, positions)",
-        params: &[req("hook", Type::Hook)],
-    },
-    Builtin {
-        name: "mean",
-        produces: Produces::Intervention,
-        summary: "mean-ablate a hook with its mean over a dataset",
-        params: &[req("hook", Type::Hook), req("dataset", Type::Dataset)],
-    },
-    Builtin {
-        name: "splice",
-        produces: Produces::Intervention,
-        summary: "replace the SAE's hook with its reconstruction",
-        params: &[req("sae", Type::Sae), opt("error_term", Type::Bool)],
-    },
-    Builtin {
-        name: "remove_features",
-        produces: Produces::Intervention,
-        summary: "subtract act_f * W_dec[f] for chosen features",
-        params: &[
-            req("sae", Type::Sae),
-            req("features", Type::Features),
-            opt("pos", Type::Position),
-        ],
-    },
-    Builtin {
-        name: "scale_features",
-        produces: Produces::Intervention,
-        summary: "scale chosen features' contribution",
-        params: &[
-            req("sae", Type::Sae),
-            req("features", Type::Features),
-            req("factor", Type::Number).within(-1e6, 1e6),
-            opt("pos", Type::Position),
-        ],
-    },
-    Builtin {
-        name: "steer",
-        produces: Produces::Intervention,
-        summary: "add a feature's decoder direction (times scale) to a hook",
-        params: &[
-            req("hook", Type::Hook),
-            req("sae", Type::Sae),
-            req("feature", Type::Integer).within(0.0, 1_048_575.0),
-            req("scale", Type::Number).within(-1e6, 1e6),
-        ],
-    },
-    Builtin {
-        name: "patch",
-        produces: Produces::Intervention,
-        summary: "replace a hook with its value from another variant or prompt",
-        params: &[
-            req("hook", Type::Hook),
-            opt("from_variant", Type::Variant),
-            opt("from_prompt", Type::Str),
-        ],
-    },
+    interventions::ZERO,
+    interventions::MEAN,
+    interventions::SPLICE,
+    interventions::REMOVE_FEATURES,
+    interventions::SCALE_FEATURES,
+    interventions::STEER,
+    interventions::PATCH,
     // Tables.
     measurements::sanity_check::SPEC,
     measurements::generate::SPEC,

@@ -11,6 +11,7 @@ mod variants;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::builtins::datasets::DatasetSource;
 use crate::builtins::measurements::{Graph, Read};
 use crate::compile::{Intervention, Target};
 use crate::dataset;
@@ -19,10 +20,10 @@ use crate::plan::{Plan, Value};
 use crate::results::Table;
 use crate::runtime::{Batch, Forward, HookedModel, RuntimeError};
 
+pub(crate) use rows::finite;
 pub use rows::{
     argmax_attention, context, error_chain, head_rows, kl_divergences, norm, position, token_chunks,
 };
-pub(crate) use rows::{finite, int, number};
 pub use saes::{SaeSplice, check_save_paths, checkpoints_dir};
 pub(crate) use variants::PatchSource;
 
@@ -93,11 +94,12 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
             .datasets
             .iter()
             .find(|d| d.name == name)
-            .expect("the checker resolved it")
+            .ok_or_else(|| format!("no dataset `{name}` is declared"))?
             .value;
+        let source = DatasetSource::bind(call).map_err(|e| e.to_string())?;
         let prompts =
-            dataset::load(call, &self.root).map_err(|e| format!("dataset `{name}`: {e}"))?;
-        let max_tokens = dataset::max_tokens(call);
+            dataset::load(&source, &self.root).map_err(|e| format!("dataset `{name}`: {e}"))?;
+        let max_tokens = source.max_tokens;
         let n_ctx = self.model.manifest.config.n_ctx;
         let prepend = self.model.manifest.special_tokens.prepend_bos;
         let mut all = Vec::with_capacity(prompts.len());
@@ -121,54 +123,6 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
         self.prompts.insert(name.to_owned(), prompts);
         self.datasets.insert(name.to_owned(), all.clone());
         Ok(all)
-    }
-
-    /// A value, with a `let` name replaced by what it computed.
-    pub(crate) fn resolve(&self, value: Option<&Value>) -> Option<Value> {
-        match value? {
-            Value::Computed(name) => self.values.get(name).cloned(),
-            other => Some(other.clone()),
-        }
-    }
-
-    /// The features a `features` argument names: every one of `d_sae` for `all`, else the
-    /// whole numbers it lists (see [`Self::integers`]).
-    pub(crate) fn feature_list(&self, value: Option<&Value>, d_sae: usize) -> Vec<usize> {
-        match self.resolve(value) {
-            Some(Value::All) => (0..d_sae).collect(),
-            other => self
-                .integers(other.as_ref())
-                .into_iter()
-                .map(|f| f as usize)
-                .collect(),
-        }
-    }
-
-    /// The whole numbers in a value: a number, a list, a `let` list, or lists of those
-    /// (`[FEATURES, FEATURES_HERE]`), flattened in order without repeats.
-    pub(crate) fn integers(&self, value: Option<&Value>) -> Vec<i64> {
-        let mut out = Vec::new();
-        let mut pending: Vec<Value> = value.cloned().into_iter().collect();
-        while let Some(v) = pending.pop() {
-            match v {
-                Value::Integer(n) if !out.contains(&n) => out.push(n),
-                Value::List(items) => pending.extend(items.into_iter().rev()),
-                Value::Computed(name) => pending.extend(self.values.get(&name).cloned()),
-                _ => {}
-            }
-        }
-        out
-    }
-
-    pub(crate) fn text(&self, value: Option<&Value>) -> Option<String> {
-        match value? {
-            Value::Str(s) => Some(s.clone()),
-            Value::Computed(name) => match self.values.get(name) {
-                Some(Value::Str(s)) => Some(s.clone()),
-                _ => None,
-            },
-            _ => None,
-        }
     }
 
     pub(crate) fn target(&self, hook: &HookRef) -> Result<Target, Failure> {

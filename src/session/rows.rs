@@ -4,7 +4,6 @@
 use ndarray::{Array2, Array3, ArrayD, Axis, s};
 
 use super::Failure;
-use crate::plan::{Call, Value};
 use crate::runtime::{Batch, Forward, RuntimeError, kl_divergence, per_next_token};
 
 /// Logits are `tokens x d_vocab` floats; keeping a forward pass under this many tokens
@@ -139,21 +138,6 @@ pub fn token_chunks(sequences: &[Vec<u32>], batch_size: usize) -> Vec<&[Vec<u32>
         start = end;
     }
     out
-}
-
-pub(crate) fn int(call: &Call, name: &str) -> Option<i64> {
-    match call.args.get(name) {
-        Some(Value::Integer(n)) => Some(*n),
-        _ => None,
-    }
-}
-
-pub(crate) fn number(call: &Call, name: &str) -> Option<f64> {
-    match call.args.get(name) {
-        Some(Value::Number(n)) => Some(*n),
-        Some(Value::Integer(n)) => Some(*n as f64),
-        _ => None,
-    }
 }
 
 /// An error and its causes on one line.

@@ -5,11 +5,12 @@ use std::path::PathBuf;
 
 use ndarray::{Array2, Axis};
 
-use super::{Failure, Session, head_rows, int, number, token_chunks};
+use super::{Failure, Session, head_rows, token_chunks};
 use crate::builtins::measurements::Graph;
+use crate::builtins::saes::{SaeSource, Train};
 use crate::compile::{Intervention, SaeEdit, Target};
 use crate::hooks::HookRef;
-use crate::plan::{Call, Value};
+use crate::plan::Value;
 use crate::results::{Cell, Table};
 use crate::runtime::Batch;
 
@@ -74,17 +75,13 @@ impl Session<'_, '_, '_> {
             .saes
             .iter()
             .find(|s| s.name == name)
-            .expect("the checker resolved it")
+            .ok_or_else(|| format!("no SAE `{name}` is declared"))?
             .value;
-        let call = call.clone();
-        let sae = match call.function {
-            "load" => {
-                let Some(Value::Str(path)) = call.args.get("path") else {
-                    unreachable!("checked")
-                };
+        let sae = match SaeSource::bind(call).map_err(|e| e.to_string())? {
+            SaeSource::Load { path } => {
                 crate::sae::load(&self.root.join(path)).map_err(|e| e.to_string())?
             }
-            _ => self.preparing(|s| s.train_sae(name, &call))?,
+            SaeSource::Train(train) => self.preparing(|s| s.train_sae(name, &train))?,
         };
         let sae = std::sync::Arc::new(sae);
         self.saes.insert(name.to_owned(), sae.clone());
@@ -143,16 +140,14 @@ impl Session<'_, '_, '_> {
     pub(crate) fn train_sae(
         &mut self,
         name: &str,
-        call: &Call,
+        train: &Train,
     ) -> Result<crate::sae::Sae, Failure> {
-        use crate::sae::Architecture;
-        use crate::sae::train::{Checkpointing, TrainConfig, train};
-        let (Some(Value::Hook(hook)), Some(Value::Name(dataset))) =
-            (call.args.get("hook"), call.args.get("dataset"))
-        else {
-            unreachable!("checked")
+        use crate::sae::train::{Checkpointing, train as run_training};
+        let (hook, dataset) = (&train.hook, &train.dataset);
+        let save_to = match &train.save {
+            Some(path) => Some(self.root.join(path.resolve(&self.values)?)),
+            None => None,
         };
-        let save_to = self.text(call.args.get("save")).map(|p| self.root.join(p));
         if let Some(dir) = &save_to {
             check_save_paths(&self.scope, dir).map_err(|e| format!("saving `{name}`: {e}"))?;
         }
@@ -176,28 +171,7 @@ impl Session<'_, '_, '_> {
             }
         }
         let (activations, _) = self.hook_activations(&target, dataset)?;
-        let architecture = match call.args.get("architecture") {
-            Some(Value::Choice(a)) if a == "topk" => Architecture::TopK {
-                k: int(call, "k").unwrap_or(32) as usize,
-            },
-            Some(Value::Choice(a)) if a == "jumprelu" => Architecture::JumpRelu,
-            _ => Architecture::Standard,
-        };
-        let flag = |key: &str, default: bool| match call.args.get(key) {
-            Some(Value::Bool(b)) => *b,
-            _ => default,
-        };
-        let config = TrainConfig {
-            d_sae: int(call, "d_sae").unwrap_or(4096) as usize,
-            architecture,
-            l1_coefficient: number(call, "l1_coefficient").unwrap_or(5e-4) as f32,
-            lr: number(call, "lr").unwrap_or(3e-4) as f32,
-            batch_size: int(call, "batch_size").unwrap_or(4096) as usize,
-            tokens: int(call, "tokens").unwrap_or(1_000_000) as usize,
-            seed: int(call, "seed").unwrap_or(0) as u64,
-            normalize_activations: flag("normalize_activations", false),
-            resample_dead: flag("resample_dead", false),
-        };
+        let config = train.config.clone();
         let inputs = format!(
             "model weights sha256 {}, hook {}{}, dataset `{dataset}` token ids sha256 {dataset_sha256}",
             self.model.manifest.weights_sha256,
@@ -210,15 +184,15 @@ impl Session<'_, '_, '_> {
         let checkpointing = save_to.as_ref().map(|dir| Checkpointing {
             inputs: inputs.clone(),
             dir: checkpoints_dir(dir),
-            every: int(call, "checkpoint_every").unwrap_or(0).max(0) as usize,
-            resume: flag("resume", true),
+            every: train.checkpoint_every,
+            resume: train.resume,
         });
         let bar = super::progress::bar(
             config.tokens.div_ceil(config.batch_size.max(1)) as u64,
             "steps",
             &format!("training {name}"),
         );
-        let (mut sae, summary) = train(&activations, &config, checkpointing.as_ref(), |p| {
+        let (mut sae, summary) = run_training(&activations, &config, checkpointing.as_ref(), |p| {
             bar.set_position(p.step as u64);
             if p.step % 10 == 0 || p.step == p.steps {
                 bar.set_message(format!(

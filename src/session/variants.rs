@@ -4,11 +4,11 @@
 
 use ndarray::{ArrayD, Axis};
 
-use super::{Failure, Session, int, number};
+use super::{Failure, Session};
+use crate::builtins::interventions::InterventionCall;
 use crate::compile::interventions::{Add, Constant, Patch, Zero};
 use crate::compile::{self, Intervention, SaeEdit, Target, interventions};
 use crate::onnx::ModelProto;
-use crate::plan::Value;
 use crate::runtime::Batch;
 
 /// Where a patched hook's value comes from: the hook in `from_variant`'s run (`None`: the
@@ -34,43 +34,24 @@ impl Session<'_, '_, '_> {
             .variants
             .iter()
             .find(|v| v.name == variant)
-            .expect("the checker resolved it")
+            .ok_or_else(|| format!("no variant `{variant}` is declared"))?
             .value
             .clone();
         let mut resolved = Vec::new();
         let mut patches = Vec::new();
         let mut sae_edits: Vec<(String, SaeEdit)> = Vec::new();
         for call in &calls {
-            if call.function == "steer" {
-                let (Some(Value::Hook(hook)), Some(Value::Name(sae_name))) =
-                    (call.args.get("hook"), call.args.get("sae"))
-                else {
-                    unreachable!("checked")
-                };
+            let call = InterventionCall::bind(call).map_err(|e| e.to_string())?;
+            if let Some(sae_name) = call.edits_sae() {
                 let sae = self.sae(sae_name)?;
-                let feature = int(call, "feature").unwrap_or(0) as usize;
-                let scale = number(call, "scale").unwrap_or(1.0) as f32;
-                let direction = sae
-                    .w_dec
-                    .row(feature.min(sae.d_sae - 1))
-                    .mapv(|w| w * scale);
-                resolved.push(Intervention::Add(Add {
-                    target: self.target(hook)?,
-                    vector: direction,
-                }));
-                continue;
-            }
-            if let Some(Value::Name(sae_name)) = call.args.get("sae") {
-                let sae = self.sae(sae_name)?;
-                let hook = sae
-                    .hook
-                    .clone()
-                    .ok_or_else(|| format!("SAE `{sae_name}` names no hook in its cfg.json"))?;
                 let index = match sae_edits.iter().position(|(n, _)| n == sae_name) {
                     Some(i) => i,
                     None => {
+                        let hook = sae.hook.clone().ok_or_else(|| {
+                            format!("SAE `{sae_name}` names no hook in its cfg.json")
+                        })?;
                         sae_edits.push((
-                            sae_name.clone(),
+                            sae_name.to_owned(),
                             SaeEdit {
                                 target: self.target(&hook)?,
                                 sae: sae.clone(),
@@ -84,61 +65,80 @@ impl Session<'_, '_, '_> {
                     }
                 };
                 let edit = &mut sae_edits[index].1;
-                match call.function {
-                    "splice" => {
-                        edit.error_term =
-                            matches!(call.args.get("error_term"), Some(Value::Bool(true)))
-                    }
-                    "remove_features" | "scale_features" => {
-                        let factor = if call.function == "remove_features" {
-                            0.0
-                        } else {
-                            number(call, "factor").unwrap_or(1.0) as f32
-                        };
-                        let features = self.feature_list(call.args.get("features"), sae.d_sae);
-                        edit.scale.extend(features.into_iter().map(|f| (f, factor)));
-                        if let Some(pos) = int(call, "pos") {
-                            edit.scale_pos = Some(pos);
+                match &call {
+                    InterventionCall::Splice { error_term, .. } => edit.error_term = *error_term,
+                    InterventionCall::ScaleFeatures {
+                        features,
+                        factor,
+                        pos,
+                        ..
+                    } => {
+                        let features = features.resolve(&self.values, sae.d_sae);
+                        edit.scale
+                            .extend(features.into_iter().map(|f| (f, *factor)));
+                        if let Some(pos) = pos {
+                            edit.scale_pos = Some(*pos);
                         }
                     }
-                    other => return Err(format!("`{other}` is not supported by this version")),
+                    _ => {}
                 }
                 continue;
             }
-            let Some(Value::Hook(hook)) = call.args.get("hook") else {
-                return Err(format!(
-                    "`{}` is not supported by this version",
-                    call.function
-                ));
-            };
-            let target = self.target(hook)?;
-            resolved.push(match call.function {
-                "zero" => Intervention::Zero(Zero { target }),
-                "patch" => {
+            resolved.push(match call {
+                // Handled above with the SAE's other edits.
+                InterventionCall::Splice { .. } | InterventionCall::ScaleFeatures { .. } => {
+                    continue;
+                }
+                InterventionCall::Zero { hook } => Intervention::Zero(Zero {
+                    target: self.target(&hook)?,
+                }),
+                InterventionCall::Mean { hook, dataset } => {
+                    let value = self.preparing(|s| s.mean_activation(&hook.name, &dataset))?;
+                    Intervention::Constant(Constant {
+                        target: self.target(&hook)?,
+                        value,
+                    })
+                }
+                InterventionCall::Steer {
+                    hook,
+                    sae,
+                    feature,
+                    scale,
+                } => {
+                    let sae = self.sae(&sae)?;
+                    let direction = sae
+                        .w_dec
+                        .row(feature.min(sae.d_sae - 1))
+                        .mapv(|w| w * scale);
+                    Intervention::Add(Add {
+                        target: self.target(&hook)?,
+                        vector: direction,
+                    })
+                }
+                InterventionCall::Patch {
+                    hook,
+                    from_variant,
+                    from_prompt,
+                } => {
                     let input = format!("patch{}:{}", patches.len(), hook.name);
-                    let from_prompt = match self.text(call.args.get("from_prompt")) {
-                        Some(prompt) => Some(self.prompt_tokens(&prompt)?),
+                    let from_prompt = match from_prompt {
+                        Some(prompt) => {
+                            let prompt = prompt.resolve(&self.values)?;
+                            Some(self.prompt_tokens(&prompt)?)
+                        }
                         None => None,
                     };
                     patches.push(PatchSource {
                         input: input.clone(),
                         hook: hook.name.clone(),
-                        from_variant: match call.args.get("from_variant") {
-                            Some(Value::Name(v)) => Some(v.clone()),
-                            _ => None,
-                        },
+                        from_variant,
                         from_prompt,
                     });
-                    Intervention::Patch(Patch { target, input })
+                    Intervention::Patch(Patch {
+                        target: self.target(&hook)?,
+                        input,
+                    })
                 }
-                "mean" => {
-                    let Some(Value::Name(dataset)) = call.args.get("dataset") else {
-                        unreachable!("checked")
-                    };
-                    let value = self.preparing(|s| s.mean_activation(&hook.name, dataset))?;
-                    Intervention::Constant(Constant { target, value })
-                }
-                other => return Err(format!("`{other}` is not supported by this version")),
             });
         }
         resolved.extend(

@@ -1,0 +1,164 @@
+//! Interventions, the calls inside a `variant { ... }`: their parameters and their
+//! typed form. The session resolves them (heads chosen, means computed, SAEs loaded) into
+//! the compile passes of `compile::interventions`.
+
+use super::args::{Args, BindError, Features, Text};
+use super::{Builtin, Produces, Type, opt, req};
+use crate::hooks::HookRef;
+use crate::plan::Call;
+
+pub const ZERO: Builtin = Builtin {
+    name: "zero",
+    produces: Produces::Intervention,
+    summary: "zero-ablate a hook (a head, positions)",
+    params: &[req("hook", Type::Hook)],
+};
+
+pub const MEAN: Builtin = Builtin {
+    name: "mean",
+    produces: Produces::Intervention,
+    summary: "mean-ablate a hook with its mean over a dataset",
+    params: &[req("hook", Type::Hook), req("dataset", Type::Dataset)],
+};
+
+pub const SPLICE: Builtin = Builtin {
+    name: "splice",
+    produces: Produces::Intervention,
+    summary: "replace the SAE's hook with its reconstruction",
+    params: &[req("sae", Type::Sae), opt("error_term", Type::Bool)],
+};
+
+pub const REMOVE_FEATURES: Builtin = Builtin {
+    name: "remove_features",
+    produces: Produces::Intervention,
+    summary: "subtract act_f * W_dec[f] for chosen features",
+    params: &[
+        req("sae", Type::Sae),
+        req("features", Type::Features),
+        opt("pos", Type::Position),
+    ],
+};
+
+pub const SCALE_FEATURES: Builtin = Builtin {
+    name: "scale_features",
+    produces: Produces::Intervention,
+    summary: "scale chosen features' contribution",
+    params: &[
+        req("sae", Type::Sae),
+        req("features", Type::Features),
+        req("factor", Type::Number).within(-1e6, 1e6),
+        opt("pos", Type::Position),
+    ],
+};
+
+pub const STEER: Builtin = Builtin {
+    name: "steer",
+    produces: Produces::Intervention,
+    summary: "add a feature's decoder direction (times scale) to a hook",
+    params: &[
+        req("hook", Type::Hook),
+        req("sae", Type::Sae),
+        req("feature", Type::Integer).within(0.0, 1_048_575.0),
+        req("scale", Type::Number).within(-1e6, 1e6),
+    ],
+};
+
+pub const PATCH: Builtin = Builtin {
+    name: "patch",
+    produces: Produces::Intervention,
+    summary: "replace a hook with its value from another variant or prompt",
+    params: &[
+        req("hook", Type::Hook),
+        opt("from_variant", Type::Variant),
+        opt("from_prompt", Type::Str),
+    ],
+};
+
+/// An intervention as written, its arguments typed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InterventionCall {
+    /// Zero-ablate a hook (a head, a position).
+    Zero { hook: HookRef },
+    /// Replace a hook with its mean over a dataset.
+    Mean { hook: HookRef, dataset: String },
+    /// Splice an SAE in at its hook; without the error term, the hook becomes the
+    /// reconstruction.
+    Splice { sae: String, error_term: bool },
+    /// Scale chosen features' contribution (0 removes them), at a position or all.
+    ScaleFeatures {
+        sae: String,
+        features: Features,
+        factor: f32,
+        pos: Option<i64>,
+    },
+    /// Add a feature's decoder direction times `scale` to a hook.
+    Steer {
+        hook: HookRef,
+        sae: String,
+        feature: usize,
+        scale: f32,
+    },
+    /// Replace a hook with its value in another variant's run, or on another prompt.
+    Patch {
+        hook: HookRef,
+        from_variant: Option<String>,
+        from_prompt: Option<Text>,
+    },
+}
+
+impl InterventionCall {
+    pub fn bind(call: &Call) -> Result<Self, BindError> {
+        let args = Args::new(call);
+        Ok(match call.function {
+            "zero" => InterventionCall::Zero {
+                hook: args.hook("hook")?,
+            },
+            "mean" => InterventionCall::Mean {
+                hook: args.hook("hook")?,
+                dataset: args.name("dataset")?,
+            },
+            "splice" => InterventionCall::Splice {
+                sae: args.name("sae")?,
+                error_term: args.opt_bool("error_term")?.unwrap_or(false),
+            },
+            "remove_features" | "scale_features" => InterventionCall::ScaleFeatures {
+                sae: args.name("sae")?,
+                features: args.features("features")?,
+                factor: if call.function == "remove_features" {
+                    0.0
+                } else {
+                    args.opt_number("factor")?.unwrap_or(1.0) as f32
+                },
+                pos: args.position("pos")?,
+            },
+            "steer" => InterventionCall::Steer {
+                hook: args.hook("hook")?,
+                sae: args.name("sae")?,
+                feature: args.opt_int("feature")?.unwrap_or(0).max(0) as usize,
+                scale: args.opt_number("scale")?.unwrap_or(1.0) as f32,
+            },
+            "patch" => InterventionCall::Patch {
+                hook: args.hook("hook")?,
+                from_variant: args.opt_name("from_variant")?,
+                from_prompt: args.opt_text("from_prompt")?,
+            },
+            other => {
+                return Err(BindError {
+                    function: other.to_owned(),
+                    argument: String::new(),
+                    problem: "is not an intervention".to_owned(),
+                });
+            }
+        })
+    }
+
+    /// The SAE the intervention edits in place (spliced, features scaled), if any.
+    pub fn edits_sae(&self) -> Option<&str> {
+        match self {
+            InterventionCall::Splice { sae, .. } | InterventionCall::ScaleFeatures { sae, .. } => {
+                Some(sae)
+            }
+            _ => None,
+        }
+    }
+}
