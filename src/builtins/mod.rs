@@ -10,7 +10,9 @@ pub mod datasets;
 pub mod graphs;
 pub mod interventions;
 pub mod measurements;
+pub mod plots;
 pub mod saes;
+pub mod table_ops;
 pub mod values;
 
 /// What an argument must be.
@@ -197,7 +199,7 @@ pub struct Builtin {
 pub(crate) const STRS: Type = Type::ListOf(&Type::Str);
 pub(crate) const COLUMNS: Type = Type::ListOf(&Type::Column);
 pub(crate) const VARIANTS: Type = Type::ListOf(&Type::Variant);
-const SORT_ORDER: Type = Type::Choice(&["asc", "desc"]);
+pub(crate) const SORT_ORDER: Type = Type::Choice(&["asc", "desc"]);
 
 /// The arguments of the `model` statement.
 pub const MODEL_PARAMS: &[Param] = &[
@@ -239,115 +241,20 @@ pub const BUILTINS: &[Builtin] = &[
     values::VALUES,
     values::BEST_HEAD,
     // Table operations (after `|`).
-    Builtin {
-        name: "filter",
-        produces: Produces::TableOp,
-        summary: "keep rows where the expression is true",
-        params: &[req("where", Type::ColumnExpr)],
-    },
-    Builtin {
-        name: "sort",
-        produces: Produces::TableOp,
-        summary: "sort by a column",
-        params: &[req("by", Type::Column), opt("order", SORT_ORDER)],
-    },
-    Builtin {
-        name: "top",
-        produces: Produces::TableOp,
-        summary: "the first n rows",
-        params: &[req("n", Type::Integer).within(1.0, 1e9)],
-    },
-    Builtin {
-        name: "columns",
-        produces: Produces::TableOp,
-        summary: "keep these columns, in this order",
-        params: &[req("names", COLUMNS)],
-    },
-    Builtin {
-        name: "derive",
-        produces: Produces::TableOp,
-        summary: "add columns computed from others: derive(loss_diff = ablated_loss - loss)",
-        params: &[],
-    },
-    Builtin {
-        name: "count",
-        produces: Produces::TableOp,
-        summary: "the number of rows",
-        params: &[],
-    },
-    Builtin {
-        name: "group_count",
-        produces: Produces::TableOp,
-        summary: "rows per value of a column",
-        params: &[req("by", Type::Column)],
-    },
-    Builtin {
-        name: "explode",
-        produces: Produces::TableOp,
-        summary: "one row per list element of list columns",
-        params: &[req("names", COLUMNS)],
-    },
+    table_ops::FILTER,
+    table_ops::SORT,
+    table_ops::TOP,
+    table_ops::SELECT_COLUMNS,
+    table_ops::DERIVE,
+    table_ops::COUNT,
+    table_ops::GROUP_COUNT,
+    table_ops::EXPLODE,
     // Plots.
-    Builtin {
-        name: "scatter",
-        produces: Produces::Plot,
-        summary: "scatter plot, optionally with marginal histograms",
-        params: &[
-            req("table", Type::Table),
-            req("x", Type::Column),
-            req("y", Type::Column),
-            opt("marginals", Type::Bool),
-            opt("hover", COLUMNS),
-            opt("title", Type::Str),
-        ],
-    },
-    Builtin {
-        name: "histogram",
-        produces: Produces::Plot,
-        summary: "histogram of a column",
-        params: &[
-            req("table", Type::Table),
-            req("x", Type::Column),
-            opt("bins", Type::Integer).within(1.0, 10_000.0),
-            opt("title", Type::Str),
-        ],
-    },
-    Builtin {
-        name: "line",
-        produces: Produces::Plot,
-        summary: "several series against the row order, top points labelled",
-        params: &[
-            req("table", Type::Table),
-            req("y", COLUMNS),
-            opt("x", Type::Column),
-            opt("label", Type::Column),
-            opt("top_labels", Type::Integer).within(0.0, 1000.0),
-            opt("title", Type::Str),
-        ],
-    },
-    Builtin {
-        name: "bar",
-        produces: Produces::Plot,
-        summary: "bar chart",
-        params: &[
-            req("table", Type::Table),
-            req("x", Type::Column),
-            req("y", Type::Column),
-            opt("title", Type::Str),
-        ],
-    },
-    Builtin {
-        name: "heatmap",
-        produces: Produces::Plot,
-        summary: "a value over row keys by column keys",
-        params: &[
-            req("table", Type::Table),
-            req("rows", COLUMNS),
-            req("columns", COLUMNS),
-            req("value", Type::Column),
-            opt("title", Type::Str),
-        ],
-    },
+    plots::SCATTER,
+    plots::HISTOGRAM,
+    plots::LINE,
+    plots::BAR,
+    plots::HEATMAP,
     // Dashboards.
     dashboards::SPEC,
 ];

@@ -10,12 +10,11 @@ mod columns;
 mod constraints;
 mod hook_refs;
 
-use columns::transform_columns;
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use builtins::measurements::Measurement;
+use builtins::table_ops::TableOp;
 use builtins::{Builtin, Param, Produces, Type};
 
 use crate::device::Device;
@@ -443,7 +442,11 @@ impl Checker<'_> {
             ) else {
                 return;
             };
-            columns = transform_columns(&call, columns);
+            columns = match TableOp::bind(&call) {
+                Ok(op) => op.columns(columns),
+                // Its arguments had errors, already reported.
+                Err(_) => columns,
+            };
             ops.push(call);
         }
         if let Some(name) = self.bind(name, Binding::Table(columns.clone())) {

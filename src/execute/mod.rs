@@ -1,9 +1,6 @@
 //! Runs a checked plan on its model and collects the results. The only stage besides
 //! the report that touches ONNX Runtime and the file system.
 
-mod plots;
-mod table_ops;
-
 use std::time::Instant;
 
 pub use crate::results::{
@@ -14,6 +11,8 @@ pub use crate::session::{check_save_paths, checkpoints_dir};
 
 use crate::builtins::dashboards::FeatureDashboards;
 use crate::builtins::measurements::{Measurement, Read};
+use crate::builtins::plots::PlotCall;
+use crate::builtins::table_ops::TableOp;
 use crate::builtins::{args::Args, values};
 use crate::plan::{Plan, Step, TableSource, Value};
 use crate::runtime::{HookedModel, Runtime, RuntimeError};
@@ -71,22 +70,22 @@ pub fn execute_traced(
     let model_source = model.manifest.source.clone();
     let weights_sha256 = model.manifest.weights_sha256.clone();
     let root = std::env::current_dir().unwrap_or_default();
-    let mut runner = Session::new(plan, &mut model, root, scope.clone());
+    let mut session = Session::new(plan, &mut model, root, scope.clone());
     let mut traces = Vec::new();
     let mut sections = Vec::new();
     let mut seconds = Vec::new();
     for step in &plan.steps {
         let started = Instant::now();
         let label = describe(step);
-        let section = run_step(&mut runner, step).map_err(|message| ExecuteError::Invalid {
+        let section = run_step(&mut session, step).map_err(|message| ExecuteError::Invalid {
             step: label.clone(),
             message,
         })?;
         traces.push(StepReads {
             step: label.clone(),
-            reads: runner.take_reads(),
+            reads: session.take_reads(),
         });
-        for table in runner.pending.drain(..) {
+        for table in session.pending.drain(..) {
             sections.push(Section::Table(table));
             seconds.push(0.0);
         }
@@ -106,19 +105,19 @@ pub fn execute_traced(
     // An SAE trained to be saved is made even when no step reads it.
     for sae in &plan.saes {
         if sae.value.args.contains_key("save") {
-            runner
+            session
                 .ensure_sae(&sae.name)
                 .map_err(|message| ExecuteError::Invalid {
                     step: format!("sae {}", sae.name),
                     message,
                 })?;
-            for table in runner.pending.drain(..) {
+            for table in session.pending.drain(..) {
                 sections.push(Section::Table(table));
                 seconds.push(0.0);
             }
         }
     }
-    let saes = runner.sae_records();
+    let saes = session.sae_records();
     let results = Results {
         sections,
         seconds,
@@ -129,7 +128,7 @@ pub fn execute_traced(
     Ok((results, traces))
 }
 
-fn run_step(runner: &mut Session<'_, '_, '_>, step: &Step) -> Result<Section, String> {
+fn run_step(session: &mut Session<'_, '_, '_>, step: &Step) -> Result<Section, String> {
     Ok(match step {
         Step::Text { kind, text } => Section::Text {
             style: match kind {
@@ -146,39 +145,39 @@ fn run_step(runner: &mut Session<'_, '_, '_>, step: &Step) -> Result<Section, St
             let mut table = match source {
                 TableSource::Call(call) => Measurement::bind(call)
                     .map_err(|e| e.to_string())?
-                    .run(runner, name)?,
+                    .run(session, name)?,
                 TableSource::Table(t) => {
-                    let mut table = runner.table(t)?.clone();
+                    let mut table = session.table(t)?.clone();
                     table.name = name.clone();
                     table
                 }
             };
             for op in ops {
-                table = table.apply(op)?;
+                table = TableOp::bind(op).map_err(|e| e.to_string())?.apply(table)?;
             }
-            runner.tables.insert(name.clone(), table.clone());
+            session.tables.insert(name.clone(), table.clone());
             Section::Table(table)
         }
         Step::Compute { name, call } => {
-            let value = values::compute(runner, call)?;
+            let value = values::compute(session, call)?;
             let shown = match &value {
                 Value::Str(s) => format!("{s:?}"),
                 other => other.to_string(),
             };
-            runner.values.insert(name.clone(), value);
+            session.values.insert(name.clone(), value);
             Section::Value {
                 name: name.clone(),
                 value: shown,
             }
         }
         Step::Plot { name, call } => {
-            let table = Args::new(call).name("table").map_err(|e| e.to_string())?;
-            Section::Plot(plots::plot(name, call, runner.table(&table)?)?)
+            let plot = PlotCall::bind(call).map_err(|e| e.to_string())?;
+            Section::Plot(plot.run(name, session.table(&plot.table)?)?)
         }
         Step::Dashboards { name, call } => {
             let dashboards =
                 FeatureDashboards::bind(&Args::new(call)).map_err(|e| e.to_string())?;
-            Section::Dashboards(dashboards.run(runner, name)?)
+            Section::Dashboards(dashboards.run(session, name)?)
         }
     })
 }

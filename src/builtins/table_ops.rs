@@ -1,0 +1,519 @@
+//! Table operations, the stages after `|`: their parameters, their typed form, the
+//! columns each leaves, and applying them to a result table (pure functions of it).
+
+use std::cmp::Ordering;
+
+use super::args::{Args, BindError, Columns};
+use super::{Builtin, COLUMNS, Produces, SORT_ORDER, Type, opt, req};
+use crate::plan::{Call, ColumnExpr, ColumnType, Value};
+use crate::results::{Cell, Table};
+use crate::syntax::ast::BinaryOp;
+
+pub const FILTER: Builtin = Builtin {
+    name: "filter",
+    produces: Produces::TableOp,
+    summary: "keep rows where the expression is true",
+    params: &[req("where", Type::ColumnExpr)],
+};
+
+pub const SORT: Builtin = Builtin {
+    name: "sort",
+    produces: Produces::TableOp,
+    summary: "sort by a column",
+    params: &[req("by", Type::Column), opt("order", SORT_ORDER)],
+};
+
+pub const TOP: Builtin = Builtin {
+    name: "top",
+    produces: Produces::TableOp,
+    summary: "the first n rows",
+    params: &[req("n", Type::Integer).within(1.0, 1e9)],
+};
+
+pub const SELECT_COLUMNS: Builtin = Builtin {
+    name: "columns",
+    produces: Produces::TableOp,
+    summary: "keep these columns, in this order",
+    params: &[req("names", COLUMNS)],
+};
+
+pub const DERIVE: Builtin = Builtin {
+    name: "derive",
+    produces: Produces::TableOp,
+    summary: "add columns computed from others: derive(loss_diff = ablated_loss - loss)",
+    params: &[],
+};
+
+pub const COUNT: Builtin = Builtin {
+    name: "count",
+    produces: Produces::TableOp,
+    summary: "the number of rows",
+    params: &[],
+};
+
+pub const GROUP_COUNT: Builtin = Builtin {
+    name: "group_count",
+    produces: Produces::TableOp,
+    summary: "rows per value of a column",
+    params: &[req("by", Type::Column)],
+};
+
+pub const EXPLODE: Builtin = Builtin {
+    name: "explode",
+    produces: Produces::TableOp,
+    summary: "one row per list element of list columns",
+    params: &[req("names", COLUMNS)],
+};
+
+/// A table operation, its arguments typed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TableOp {
+    /// Keep rows where the expression is true.
+    Filter(ColumnExpr),
+    /// Sort by a column (stable: equal keys keep their order).
+    Sort { by: String, descending: bool },
+    /// The first `n` rows.
+    Top(usize),
+    /// Keep these columns, in this order.
+    Columns(Vec<String>),
+    /// Add (or replace) columns computed from others, in order.
+    Derive(Vec<(String, ColumnExpr)>),
+    /// The number of rows.
+    Count,
+    /// Rows per value of a column, most frequent first.
+    GroupCount(String),
+    /// One row per element of list columns.
+    Explode(Vec<String>),
+}
+
+impl TableOp {
+    pub fn bind(call: &Call) -> Result<Self, BindError> {
+        let args = Args::new(call);
+        let error = |argument: &str, problem: &str| BindError {
+            function: call.function.to_owned(),
+            argument: argument.to_owned(),
+            problem: problem.to_owned(),
+        };
+        Ok(match call.function {
+            "filter" => match call.args.get("where") {
+                Some(Value::Expr(condition)) => TableOp::Filter(condition.clone()),
+                _ => return Err(error("where", "is missing or not an expression")),
+            },
+            "sort" => TableOp::Sort {
+                by: args.column("by")?,
+                descending: args.opt_choice("order")?.as_deref() == Some("desc"),
+            },
+            "top" => TableOp::Top(args.opt_int("n")?.unwrap_or(0).max(0) as usize),
+            "columns" => TableOp::Columns(args.names("names")?),
+            "derive" => {
+                let mut derived = Vec::new();
+                if let Some(Value::List(pairs)) = call.args.get("columns") {
+                    for pair in pairs {
+                        let Value::List(pair) = pair else { continue };
+                        if let [Value::Column(name), Value::Expr(expr)] = pair.as_slice() {
+                            derived.push((name.clone(), expr.clone()));
+                        }
+                    }
+                }
+                TableOp::Derive(derived)
+            }
+            "count" => TableOp::Count,
+            "group_count" => TableOp::GroupCount(args.column("by")?),
+            "explode" => TableOp::Explode(args.names("names")?),
+            other => return Err(error("", &format!("`{other}` is not a table operation"))),
+        })
+    }
+
+    /// The columns of the table after this operation, given those before it.
+    pub fn columns(&self, columns: Columns) -> Columns {
+        match self {
+            TableOp::Columns(names) => names
+                .iter()
+                .filter_map(|n| columns.iter().find(|(c, _)| c == n).cloned())
+                .collect(),
+            TableOp::Count => vec![("count".into(), ColumnType::Integer)],
+            TableOp::GroupCount(by) => {
+                let mut out: Columns = columns.into_iter().filter(|(c, _)| c == by).collect();
+                out.push(("count".into(), ColumnType::Integer));
+                out
+            }
+            TableOp::Explode(exploded) => columns
+                .into_iter()
+                .map(|(c, t)| match t {
+                    ColumnType::IntegerList if exploded.contains(&c) => (c, ColumnType::Integer),
+                    ColumnType::NumberList if exploded.contains(&c) => (c, ColumnType::Number),
+                    _ => (c, t),
+                })
+                .collect(),
+            TableOp::Derive(derived) => {
+                let mut out = columns;
+                for (name, expr) in derived {
+                    let ty = infer(expr, &out);
+                    out.retain(|(c, _)| c != name);
+                    out.push((name.clone(), ty));
+                }
+                out
+            }
+            TableOp::Filter(_) | TableOp::Sort { .. } | TableOp::Top(_) => columns,
+        }
+    }
+
+    /// Applies the operation. Fails when a `derive` makes a number that is not finite (a
+    /// division by zero, an overflow), naming the column and the row.
+    pub fn apply(&self, mut table: Table) -> Result<Table, String> {
+        Ok(match self {
+            TableOp::Derive(derived) => {
+                for (name, expr) in derived {
+                    derive(&mut table, name, expr)?;
+                }
+                table
+            }
+            TableOp::Filter(condition) => {
+                let columns = table.columns.clone();
+                table
+                    .rows
+                    .retain(|row| matches!(eval(condition, &columns, row), Cell::Bool(true)));
+                table
+            }
+            TableOp::Sort { by, descending } => {
+                if let Some(i) = table.column(by) {
+                    // Stable, so equal keys keep their earlier order and reruns agree.
+                    table.rows.sort_by(|a, b| {
+                        let ordering = a[i].compare(&b[i]);
+                        if *descending {
+                            ordering.reverse()
+                        } else {
+                            ordering
+                        }
+                    });
+                }
+                table
+            }
+            TableOp::Top(n) => {
+                table.rows.truncate(*n);
+                table
+            }
+            TableOp::Columns(names) => {
+                let keep: Vec<usize> = names.iter().filter_map(|c| table.column(c)).collect();
+                Table {
+                    columns: keep.iter().map(|&i| table.columns[i].clone()).collect(),
+                    rows: table
+                        .rows
+                        .iter()
+                        .map(|row| keep.iter().map(|&i| row[i].clone()).collect())
+                        .collect(),
+                    name: table.name,
+                }
+            }
+            TableOp::Count => Table {
+                name: table.name,
+                columns: vec!["count".into()],
+                rows: vec![vec![Cell::Integer(table.rows.len() as i64)]],
+            },
+            TableOp::GroupCount(by) => {
+                let Some(i) = table.column(by) else {
+                    return Ok(table);
+                };
+                let mut groups: Vec<(Cell, i64)> = Vec::new();
+                for row in &table.rows {
+                    match groups.iter_mut().find(|(key, _)| *key == row[i]) {
+                        Some((_, n)) => *n += 1,
+                        None => groups.push((row[i].clone(), 1)),
+                    }
+                }
+                // Most frequent first; ties in order of first appearance.
+                groups.sort_by_key(|g| std::cmp::Reverse(g.1));
+                Table {
+                    columns: vec![table.columns[i].clone(), "count".into()],
+                    rows: groups
+                        .into_iter()
+                        .map(|(key, n)| vec![key, Cell::Integer(n)])
+                        .collect(),
+                    name: table.name,
+                }
+            }
+            TableOp::Explode(names) => {
+                let exploded: Vec<usize> = names.iter().filter_map(|c| table.column(c)).collect();
+                let mut rows = Vec::new();
+                for row in &table.rows {
+                    let len = exploded
+                        .iter()
+                        .map(|&i| list_len(&row[i]))
+                        .max()
+                        .unwrap_or(0);
+                    for k in 0..len {
+                        let mut out = row.clone();
+                        for &i in &exploded {
+                            out[i] = list_item(&row[i], k);
+                        }
+                        rows.push(out);
+                    }
+                }
+                table.rows = rows;
+                table
+            }
+        })
+    }
+}
+
+/// Adds or replaces column `name` with `expr` computed on each row.
+fn derive(table: &mut Table, name: &str, expr: &ColumnExpr) -> Result<(), String> {
+    let values: Vec<Cell> = table
+        .rows
+        .iter()
+        .map(|row| eval(expr, &table.columns, row))
+        .collect();
+    if let Some((row, value)) = values
+        .iter()
+        .enumerate()
+        .find(|(_, v)| matches!(v, Cell::Number(x) if !x.is_finite()))
+    {
+        return Err(format!(
+            "`derive({name} = {expr})` gives {} on row {row} of `{}` (a division by zero, or a number too large); guard it with `filter` first",
+            value.text(),
+            table.name
+        ));
+    }
+    match table.column(name) {
+        Some(i) => table
+            .rows
+            .iter_mut()
+            .zip(values)
+            .for_each(|(row, v)| row[i] = v),
+        None => {
+            table.columns.push(name.to_owned());
+            table
+                .rows
+                .iter_mut()
+                .zip(values)
+                .for_each(|(row, v)| row.push(v));
+        }
+    }
+    Ok(())
+}
+
+fn list_len(cell: &Cell) -> usize {
+    match cell {
+        Cell::IntegerList(v) => v.len(),
+        Cell::NumberList(v) => v.len(),
+        _ => 1,
+    }
+}
+
+fn list_item(cell: &Cell, k: usize) -> Cell {
+    match cell {
+        Cell::IntegerList(v) => v
+            .get(k)
+            .map_or(Cell::Str(String::new()), |x| Cell::Integer(*x)),
+        Cell::NumberList(v) => v
+            .get(k)
+            .map_or(Cell::Str(String::new()), |x| Cell::Number(*x)),
+        other => other.clone(),
+    }
+}
+
+/// Evaluates a checked column expression on one row.
+pub fn eval(expr: &ColumnExpr, columns: &[String], row: &[Cell]) -> Cell {
+    match expr {
+        ColumnExpr::Column(c) => columns
+            .iter()
+            .position(|n| n == c)
+            .map_or(Cell::Str(String::new()), |i| row[i].clone()),
+        ColumnExpr::Number(x) => Cell::Number(*x),
+        ColumnExpr::Str(s) => Cell::Str(s.clone()),
+        ColumnExpr::Bool(b) => Cell::Bool(*b),
+        ColumnExpr::Not(inner) => {
+            Cell::Bool(!matches!(eval(inner, columns, row), Cell::Bool(true)))
+        }
+        ColumnExpr::Neg(inner) => match eval(inner, columns, row) {
+            Cell::Integer(n) if let Some(negated) = n.checked_neg() => Cell::Integer(negated),
+            other => Cell::Number(-other.number().unwrap_or(f64::NAN)),
+        },
+        ColumnExpr::Binary(op, l, r) => {
+            let (l, r) = (eval(l, columns, row), eval(r, columns, row));
+            let (a, b) = (l.number(), r.number());
+            match op {
+                BinaryOp::And => Cell::Bool(l == Cell::Bool(true) && r == Cell::Bool(true)),
+                BinaryOp::Or => Cell::Bool(l == Cell::Bool(true) || r == Cell::Bool(true)),
+                BinaryOp::Eq => Cell::Bool(l.compare(&r) == Ordering::Equal),
+                BinaryOp::Ne => Cell::Bool(l.compare(&r) != Ordering::Equal),
+                BinaryOp::Lt => Cell::Bool(l.compare(&r) == Ordering::Less),
+                BinaryOp::Le => Cell::Bool(l.compare(&r) != Ordering::Greater),
+                BinaryOp::Gt => Cell::Bool(l.compare(&r) == Ordering::Greater),
+                BinaryOp::Ge => Cell::Bool(l.compare(&r) != Ordering::Less),
+                BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul => match (&l, &r) {
+                    // Whole numbers stay whole unless they overflow; then as floats.
+                    (Cell::Integer(x), Cell::Integer(y))
+                        if let Some(n) = match op {
+                            BinaryOp::Add => x.checked_add(*y),
+                            BinaryOp::Sub => x.checked_sub(*y),
+                            _ => x.checked_mul(*y),
+                        } =>
+                    {
+                        Cell::Integer(n)
+                    }
+                    _ => {
+                        let (x, y) = (a.unwrap_or(f64::NAN), b.unwrap_or(f64::NAN));
+                        Cell::Number(match op {
+                            BinaryOp::Add => x + y,
+                            BinaryOp::Sub => x - y,
+                            _ => x * y,
+                        })
+                    }
+                },
+                BinaryOp::Div => Cell::Number(a.unwrap_or(f64::NAN) / b.unwrap_or(f64::NAN)),
+                BinaryOp::Pipe => Cell::Str(String::new()),
+            }
+        }
+        ColumnExpr::Call(function, args) => {
+            let values: Vec<Cell> = args.iter().map(|a| eval(a, columns, row)).collect();
+            match (function.as_str(), values.as_slice()) {
+                ("contains", [Cell::IntegerList(items), x]) => Cell::Bool(
+                    x.number()
+                        .is_some_and(|x| items.iter().any(|&i| i as f64 == x)),
+                ),
+                ("contains", [Cell::NumberList(items), x]) => {
+                    Cell::Bool(x.number().is_some_and(|x| items.contains(&x)))
+                }
+                ("abs", [Cell::Integer(n)]) if let Some(abs) = n.checked_abs() => {
+                    Cell::Integer(abs)
+                }
+                ("abs", [x]) => Cell::Number(x.number().unwrap_or(f64::NAN).abs()),
+                ("len", [x]) => Cell::Integer(match x {
+                    Cell::Str(s) => s.chars().count(),
+                    other => list_len(other),
+                } as i64),
+                _ => Cell::Bool(false),
+            }
+        }
+    }
+}
+
+/// The type of an already checked column expression.
+pub fn infer(expr: &ColumnExpr, columns: &[(String, ColumnType)]) -> ColumnType {
+    match expr {
+        ColumnExpr::Column(c) => columns
+            .iter()
+            .find(|(n, _)| n == c)
+            .map_or(ColumnType::Number, |(_, t)| *t),
+        ColumnExpr::Number(_) => ColumnType::Number,
+        ColumnExpr::Str(_) => ColumnType::Str,
+        ColumnExpr::Bool(_) | ColumnExpr::Not(_) => ColumnType::Bool,
+        ColumnExpr::Neg(inner) => infer(inner, columns),
+        ColumnExpr::Binary(op, l, r) => match op {
+            BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul => {
+                if infer(l, columns) == ColumnType::Integer
+                    && infer(r, columns) == ColumnType::Integer
+                {
+                    ColumnType::Integer
+                } else {
+                    ColumnType::Number
+                }
+            }
+            BinaryOp::Div => ColumnType::Number,
+            _ => ColumnType::Bool,
+        },
+        ColumnExpr::Call(function, args) => match function.as_str() {
+            "abs" => args
+                .first()
+                .map_or(ColumnType::Number, |a| infer(a, columns)),
+            "len" => ColumnType::Integer,
+            _ => ColumnType::Bool,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::{Context, check};
+    use crate::plan::{Step, TableSource};
+    use crate::syntax::parse;
+
+    /// The ops of `table t = source | ...` as the checker makes them, for a source table
+    /// with the columns of `per_token(d, sae = s)`.
+    fn ops(pipeline: &str) -> Vec<Call> {
+        let source = format!(
+            "experiment e\nmodel \"m\"\ndataset d = prompts([\"x\"])\nsae s = load(\"s\")\ntable base = per_token(d, sae = s)\ntable t = base | {pipeline}\n"
+        );
+        let plan = check(&parse(&source).unwrap(), &Context::default()).unwrap();
+        match plan.steps.last().unwrap() {
+            Step::Table {
+                source: TableSource::Table(_),
+                ops,
+                ..
+            } => ops.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn tokens() -> Table {
+        let mut t = Table::new(
+            "base",
+            &["str_tokens", "loss", "top_k_features", "top_k_feature_acts"],
+        );
+        t.rows = vec![
+            vec![
+                Cell::Str("a".into()),
+                Cell::Number(1.0),
+                Cell::IntegerList(vec![1669, 7]),
+                Cell::NumberList(vec![0.5, 0.1]),
+            ],
+            vec![
+                Cell::Str("b".into()),
+                Cell::Number(3.0),
+                Cell::IntegerList(vec![3489]),
+                Cell::NumberList(vec![0.9]),
+            ],
+            vec![
+                Cell::Str("c".into()),
+                Cell::Number(2.0),
+                Cell::IntegerList(vec![1669, 3489]),
+                Cell::NumberList(vec![0.2, 0.3]),
+            ],
+        ];
+        t
+    }
+
+    fn run(pipeline: &str) -> Table {
+        ops(pipeline).iter().fold(tokens(), |t, op| {
+            TableOp::bind(op).unwrap().apply(t).unwrap()
+        })
+    }
+
+    #[test]
+    fn filter_sort_top_and_derive_compose() {
+        let t = run(
+            "derive(double = loss * 2) | filter(contains(top_k_features, 1669)) | sort(double, desc) | top(1)",
+        );
+        assert_eq!(t.columns.last().unwrap(), "double");
+        assert_eq!(t.rows.len(), 1);
+        assert_eq!(t.rows[0][0], Cell::Str("c".into()));
+        assert_eq!(t.rows[0][4], Cell::Number(4.0));
+    }
+
+    #[test]
+    fn count_and_not() {
+        let t = run(
+            "filter(contains(top_k_features, 1669) and not contains(top_k_features, 3489)) | count()",
+        );
+        assert_eq!(t.rows, vec![vec![Cell::Integer(1)]]);
+    }
+
+    #[test]
+    fn explode_pairs_list_columns_elementwise() {
+        let t = run(
+            "explode([top_k_features, top_k_feature_acts]) | filter(top_k_features == 3489) | sort(top_k_feature_acts, desc)",
+        );
+        assert_eq!(t.rows.len(), 2);
+        assert_eq!(t.rows[0][3], Cell::Number(0.9));
+        assert_eq!(t.rows[1][3], Cell::Number(0.3));
+    }
+
+    #[test]
+    fn group_count_orders_by_frequency() {
+        let t = run("explode([top_k_features]) | group_count(top_k_features)");
+        assert_eq!(t.columns, vec!["top_k_features", "count"]);
+        assert_eq!(t.rows[0], vec![Cell::Integer(1669), Cell::Integer(2)]);
+    }
+}
