@@ -1,6 +1,6 @@
-//! Every measurement and dashboard built-in, run on the tiny models: the table each
-//! makes has exactly the columns `qexp plan` promised, and each step reads exactly the
-//! graphs and hooks the plan lists for it. This is what keeps a built-in's declaration
+//! Every built-in, run on the tiny models: the table each step makes has exactly the
+//! columns `qexp plan` promised, and each step reads exactly the graphs and hooks the
+//! plan lists for it. This is what keeps a built-in's declaration
 //! (its file in `src/builtins/`) and its executor in step.
 
 mod common;
@@ -10,67 +10,136 @@ use std::path::Path;
 
 use common::{export_to_temp, fixture, runtime};
 use qexp::builtins::graphs::step_reads;
-use qexp::builtins::measurements::{Measurement, Read};
+use qexp::builtins::measurements::Read;
 use qexp::execute::{self, Section};
-use qexp::plan::{Step, TableSource};
+use qexp::plan::{Plan, Step, TableSource};
 
-/// One step of each measurement (two where an option changes what it reads), and
-/// dashboards, on an SAE trained on a head's queries.
+/// Every built-in at least once (a test below checks that), on an SAE trained on a
+/// head's queries; `{TEXT}` and `{JSONL}` are dataset files the test writes, and
+/// `{RELOADED}` declares a second SAE that fits the model.
 const BODY: &str = r#"
 dataset d = prompts(["the cat sat on the mat", "a dog ran to the cat"])
+dataset lines = text("{TEXT}", separator = "\n", shuffle_seed = 3, skip = 0, take = 2, max_tokens = 16)
+dataset records = jsonl("{JSONL}", field = "body", max_tokens = 16)
 sae q = train(hook = blocks.1.attn.hook_q[head = 0], dataset = d, d_sae = 16, tokens = 200, batch_size = 8, seed = 1)
+{RELOADED}
 variant ablate {
     zero(blocks.0.attn.hook_z[head = 1])
+}
+variant averaged {
+    mean(blocks.0.hook_attn_out, lines)
+}
+variant edited {
+    splice(q, error_term = true)
+    remove_features(q, [0, 1])
+    scale_features(q, [2], factor = 2.0, pos = -1)
+}
+variant steered {
+    steer(blocks.1.attn.hook_q[head = 0], q, feature = 3, scale = 2.0)
+}
+variant patched {
+    patch(blocks.0.hook_resid_post, from_variant = ablate)
 }
 table sanity = sanity_check("the cat sat on the mat")
 table continued = generate("the cat", max_new_tokens = 3)
 table continued_ablated = generate("the cat", max_new_tokens = 2, variant = ablate)
 table composition = composition_scores("Q")
+let BEST = best_head(composition, by = score, layer = layer2, head = head2)
+let PROMPT = row(d, 0, until = 3)
 table tokens = per_token(d, head = L1H0, sae = q, variants = [ablate], top_k = 4)
-table plain_tokens = per_token(d)
-table answers = test_prompt("the cat sat on the", "mat", variants = [ablate], top_k = 3)
-table pattern = attention("the cat sat on", L1H0, variants = [ablate])
+table plain_tokens = per_token(records)
+table answers = test_prompt("the cat sat on the", "mat", variants = [ablate, averaged, edited, steered, patched], top_k = 3)
+table pattern = attention(PROMPT, L1H0, variants = [ablate])
+table best_pattern = attention("the cat sat on", BEST)
 table direct = direct_logit_attribution("the cat sat on", L1H0, ablate, top = 3)
 table acts = feature_activations(q, "the cat sat")
+table strongest = acts | sort(activation, "desc") | top(3) | derive(doubled = activation * 2) | filter(doubled >= 0) | columns([feature, doubled])
+let FEATURES = values(strongest, feature)
 table shares = feature_attribution(q, L1H0, "the cat sat on")
 table shares_at = feature_attribution_at(q, L1H0, d, tokens)
-table together = feature_cooccurrence(tokens, top_k_features, [0, 1, 2])
+table together = feature_cooccurrence(tokens, top_k_features, FEATURES)
+table fired = tokens | explode([top_k_features, top_k_feature_acts]) | group_count(top_k_features)
+table how_many = tokens | count()
 table quality = sae_metrics(q, d)
 table quality_vs_ablate = sae_metrics(q, d, baseline = ablate)
-table stats = feature_stats(q, d)
+table stats = feature_stats(reloaded, d)
 dashboards pages = feature_dashboards(q, [0, 1], d, tokens = 20)
+plot points = scatter(tokens, x = loss, y = max_idx_tok_value, marginals = true, hover = [label])
+plot spread = histogram(tokens, x = loss, bins = 5)
+plot series = line(pattern, y = [attn, ablate_attn], label = str_tokens, top_labels = 2)
+plot counts = bar(fired, x = top_k_features, y = count)
+plot grid = heatmap(composition, rows = [layer1, head1], columns = [layer2, head2], value = score)
 "#;
 
-fn check_model(model_dir: &Path) {
+/// The functions a plan calls, wherever they appear.
+fn functions_used(plan: &Plan) -> BTreeSet<&'static str> {
+    let mut used = BTreeSet::new();
+    used.extend(plan.datasets.iter().map(|d| d.value.function));
+    used.extend(plan.saes.iter().map(|s| s.value.function));
+    used.extend(
+        plan.variants
+            .iter()
+            .flat_map(|v| v.value.iter().map(|c| c.function)),
+    );
+    for step in &plan.steps {
+        match step {
+            Step::Table { source, ops, .. } => {
+                if let TableSource::Call(call) = source {
+                    used.insert(call.function);
+                }
+                used.extend(ops.iter().map(|op| op.function));
+            }
+            Step::Compute { call, .. }
+            | Step::Plot { call, .. }
+            | Step::Dashboards { call, .. } => {
+                used.insert(call.function);
+            }
+            Step::Text { .. } => {}
+        }
+    }
+    used
+}
+
+fn check_model(model_dir: &Path, reloaded: &str) {
+    let files = tempfile::tempdir().unwrap();
+    let text = files.path().join("lines.txt");
+    std::fs::write(&text, "the cat sat\na dog ran\nthe mat\n").unwrap();
+    let jsonl = files.path().join("records.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"body\": \"the cat sat\"}\n{\"body\": \"a dog\"}\n",
+    )
+    .unwrap();
+    let body = BODY
+        .replace("{TEXT}", &text.display().to_string())
+        .replace("{JSONL}", &jsonl.display().to_string())
+        .replace("{RELOADED}", reloaded);
     let source = format!(
-        "experiment every_builtin\nmodel \"{}\"\n{BODY}",
+        "experiment every_builtin\nmodel \"{}\"\n{body}",
         model_dir.display()
     );
     let file = qexp::syntax::parse(&source).unwrap();
-    let context = qexp::check::Context {
+    let mut context = qexp::check::Context {
         manifest: qexp::manifest::Manifest::read(model_dir).ok(),
         ..Default::default()
     };
+    let sae = fixture("saes/standard");
+    context
+        .saes
+        .insert(sae.display().to_string(), qexp::sae::read_shape(&sae));
     let plan = qexp::check::check(&file, &context)
         .unwrap_or_else(|d| panic!("{}", qexp::syntax::render(&d, "t", &source)));
 
-    let used: BTreeSet<&str> = plan
-        .steps
+    let used = functions_used(&plan);
+    for builtin in qexp::builtins::BUILTINS
         .iter()
-        .filter_map(|step| match step {
-            Step::Table {
-                source: TableSource::Call(call),
-                ..
-            }
-            | Step::Dashboards { call, .. } => Some(call.function),
-            _ => None,
-        })
-        .collect();
-    for name in Measurement::names()
-        .into_iter()
-        .chain([qexp::builtins::dashboards::SPEC.name])
+        .filter(|b| b.name != "load" || reloaded.contains("load("))
     {
-        assert!(used.contains(name), "this test does not run `{name}`");
+        assert!(
+            used.contains(builtin.name),
+            "this test does not run `{}`",
+            builtin.name
+        );
     }
 
     let (results, traces) =
@@ -94,6 +163,18 @@ fn check_model(model_dir: &Path) {
         assert!(!made.rows.is_empty(), "`{name}` has no rows");
     }
 
+    let computed_layers: Vec<(String, String)> = results
+        .sections
+        .iter()
+        .filter_map(|s| match s {
+            Section::Value { name, value } => {
+                let (layer, _) = value.strip_prefix('L')?.split_once('H')?;
+                Some((name.clone(), layer.to_owned()))
+            }
+            _ => None,
+        })
+        .collect();
+
     // Reads: each step ran exactly the graphs and read exactly the outputs the plan lists.
     for step in &plan.steps {
         let Some((name, promised)) = step_reads(&plan, step) else {
@@ -107,8 +188,19 @@ fn check_model(model_dir: &Path) {
             .iter()
             .find(|t| t.step == label)
             .unwrap_or_else(|| panic!("no trace of `{label}`"));
-        let read: BTreeSet<&Read> = trace.reads.iter().collect();
-        let promised: BTreeSet<&Read> = promised.0.iter().collect();
+        let read: BTreeSet<Read> = trace.reads.iter().cloned().collect();
+        // A head computed at run time (`let BEST = best_head(...)`) is named in the plan
+        // by its `let`; the run knows its layer.
+        let promised: BTreeSet<Read> = promised
+            .0
+            .into_iter()
+            .map(|mut r| {
+                for (name, layer) in &computed_layers {
+                    r.output = r.output.replace(&format!("<layer of {name}>"), layer);
+                }
+                r
+            })
+            .collect();
         assert_eq!(read, promised, "what `{label}` reads");
     }
 }
@@ -116,11 +208,19 @@ fn check_model(model_dir: &Path) {
 #[test]
 fn every_builtin_makes_the_columns_and_reads_the_hooks_its_plan_promises_on_a_rotary_model() {
     let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
-    check_model(&model_dir);
+    let sae = fixture("saes/standard");
+    check_model(
+        &model_dir,
+        &format!("sae reloaded = load(\"{}\")", sae.display()),
+    );
 }
 
 #[test]
 fn every_builtin_makes_the_columns_and_reads_the_hooks_its_plan_promises_without_rotary() {
+    // The SAE fixtures fit the tiny Llama's heads, not GPT-Neo's: train one instead.
     let (_dir, model_dir) = export_to_temp(&fixture("tiny_gpt_neo"));
-    check_model(&model_dir);
+    check_model(
+        &model_dir,
+        "sae reloaded = train(hook = blocks.0.hook_resid_pre, dataset = d, d_sae = 8, tokens = 100, batch_size = 8)",
+    );
 }

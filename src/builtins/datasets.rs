@@ -2,7 +2,7 @@
 //! an inline list; their parameters and typed form (`dataset.rs` reads them).
 
 use super::args::{Args, BindError, Text};
-use super::{Builtin, MAX_SEED, Produces, STRS, Type, opt, req};
+use crate::builtins::spec::{Builtin, MAX_SEED, Produces, STRS, Type, opt, req};
 use crate::plan::{Call, Value};
 
 pub const TEXT: Builtin = Builtin {

@@ -3,7 +3,7 @@
 //! the compile passes of `compile::interventions`.
 
 use super::args::{Args, BindError, Features, Text};
-use super::{Builtin, Produces, Type, opt, req};
+use crate::builtins::spec::{Builtin, Produces, Type, opt, req};
 use crate::hooks::HookRef;
 use crate::plan::Call;
 

@@ -3,7 +3,7 @@
 //! here lets a report be redrawn without rerunning the model.
 
 use super::args::{Args, BindError, Text};
-use super::{Builtin, COLUMNS, Produces, Type, opt, req};
+use crate::builtins::spec::{Builtin, COLUMNS, Produces, Type, opt, req};
 use crate::plan::Call;
 use crate::results::{Plot, PlotKind, Table};
 

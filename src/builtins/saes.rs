@@ -2,7 +2,7 @@
 //! hook's activations (`train`), with their parameters and typed form.
 
 use super::args::{Args, BindError, Text};
-use super::{Builtin, MAX_SEED, MAX_TOKENS, Produces, Type, opt, req};
+use crate::builtins::spec::{Builtin, MAX_SEED, MAX_TOKENS, Produces, Type, opt, req};
 use crate::hooks::HookRef;
 use crate::plan::Call;
 use crate::sae::Architecture;

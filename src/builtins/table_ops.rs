@@ -4,7 +4,7 @@
 use std::cmp::Ordering;
 
 use super::args::{Args, BindError, Columns};
-use super::{Builtin, COLUMNS, Produces, SORT_ORDER, Type, opt, req};
+use crate::builtins::spec::{Builtin, COLUMNS, Produces, SORT_ORDER, Type, opt, req};
 use crate::plan::{Call, ColumnExpr, ColumnType, Value};
 use crate::results::{Cell, Table};
 use crate::syntax::ast::BinaryOp;

@@ -9,11 +9,12 @@ pub use crate::results::{
 };
 pub use crate::session::{check_save_paths, checkpoints_dir};
 
+use crate::builtins::args::Args;
 use crate::builtins::dashboards::FeatureDashboards;
 use crate::builtins::measurements::{Measurement, Read};
 use crate::builtins::plots::PlotCall;
 use crate::builtins::table_ops::TableOp;
-use crate::builtins::{args::Args, values};
+use crate::builtins::values::ValueCall;
 use crate::plan::{Plan, Step, TableSource, Value};
 use crate::runtime::{HookedModel, Runtime, RuntimeError};
 use crate::session::Session;
@@ -159,7 +160,9 @@ fn run_step(session: &mut Session<'_, '_, '_>, step: &Step) -> Result<Section, S
             Section::Table(table)
         }
         Step::Compute { name, call } => {
-            let value = values::compute(session, call)?;
+            let value = ValueCall::bind(call)
+                .map_err(|e| e.to_string())?
+                .compute(session)?;
             let shown = match &value {
                 Value::Str(s) => format!("{s:?}"),
                 other => other.to_string(),

@@ -4,6 +4,7 @@
 //! records which graphs and hooks each step reads, so a test can hold them to the plan.
 
 pub mod progress;
+pub mod reads;
 mod rows;
 mod saes;
 mod variants;
@@ -12,13 +13,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::builtins::datasets::DatasetSource;
-use crate::builtins::measurements::{Graph, Read};
 use crate::compile::{Intervention, Target};
 use crate::dataset;
 use crate::hooks::{HookRef, LOGITS};
 use crate::plan::{Plan, Value};
 use crate::results::Table;
 use crate::runtime::{Batch, Forward, HookedModel, RuntimeError};
+use reads::{Graph, Read};
 
 pub(crate) use rows::finite;
 pub use rows::{

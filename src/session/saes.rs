@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use ndarray::{Array2, Axis};
 
+use super::reads::Graph;
 use super::{Failure, Session, head_rows, token_chunks};
-use crate::builtins::measurements::Graph;
 use crate::builtins::saes::{SaeSource, Train};
 use crate::compile::{Intervention, SaeEdit, Target};
 use crate::hooks::HookRef;

@@ -13,7 +13,7 @@ use collector::Collector;
 use super::args::{Args, BindError, Features};
 use super::measurements::attribution::{key_suffix, score_context};
 use super::measurements::{Graph, Reads};
-use super::{Builtin, MAX_TOKENS, Produces, Type, opt, req};
+use crate::builtins::spec::{Builtin, MAX_TOKENS, Produces, Type, opt, req};
 use crate::compile::Target;
 use crate::hooks;
 use crate::plan::Plan;

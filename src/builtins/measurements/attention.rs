@@ -5,7 +5,7 @@ use ndarray::s;
 
 use crate::builtins::args::{Args, BindError, Columns, HeadArg, Text, columns};
 use crate::builtins::measurements::{Measure, Reads, table};
-use crate::builtins::{Builtin, Produces, Type, VARIANTS, opt, req};
+use crate::builtins::spec::{Builtin, Produces, Type, VARIANTS, opt, req};
 use crate::hooks;
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};

@@ -4,7 +4,7 @@
 use crate::analysis::composition::{self, Mode};
 use crate::builtins::args::{Args, BindError, Columns, columns};
 use crate::builtins::measurements::{Measure, Reads, table};
-use crate::builtins::{Builtin, Produces, Type, opt, req};
+use crate::builtins::spec::{Builtin, Produces, Type, opt, req};
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
 use crate::session::{Failure, Session};

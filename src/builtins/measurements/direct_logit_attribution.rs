@@ -8,7 +8,7 @@ use ndarray::s;
 use crate::analysis::logit_attribution::{Unembed, direct_logits};
 use crate::builtins::args::{Args, BindError, Columns, HeadArg, Text, columns};
 use crate::builtins::measurements::{Graph, Measure, Reads, table};
-use crate::builtins::{Builtin, Produces, Type, opt, req};
+use crate::builtins::spec::{Builtin, Produces, Type, opt, req};
 use crate::hooks::{self, LOGITS};
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};

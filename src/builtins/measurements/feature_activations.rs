@@ -5,7 +5,7 @@ use ndarray::{Axis, s};
 
 use crate::builtins::args::{Args, BindError, Columns, Text, columns};
 use crate::builtins::measurements::{Graph, Measure, Reads, table};
-use crate::builtins::{Builtin, Produces, Type, opt, req};
+use crate::builtins::spec::{Builtin, Produces, Type, opt, req};
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
 use crate::session::{Failure, SaeSplice, Session, position};

@@ -5,7 +5,7 @@
 
 use crate::builtins::args::{Args, BindError, Columns, HeadArg, Text, columns};
 use crate::builtins::measurements::{Measure, Reads, attribution, table};
-use crate::builtins::{Builtin, Produces, Type, opt, req};
+use crate::builtins::spec::{Builtin, Produces, Type, opt, req};
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
 use crate::session::{Failure, Session, position};

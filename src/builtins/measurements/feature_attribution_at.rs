@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::builtins::args::{Args, BindError, Columns, HeadArg, columns};
 use crate::builtins::measurements::{Measure, Reads, attribution, table};
-use crate::builtins::{Builtin, Produces, Type, req};
+use crate::builtins::spec::{Builtin, Produces, Type, req};
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
 use crate::session::{Failure, Session};

@@ -5,7 +5,7 @@
 
 use crate::builtins::args::{Args, BindError, Columns, Features, columns};
 use crate::builtins::measurements::{Measure, Reads, table};
-use crate::builtins::{Builtin, Produces, Type, req};
+use crate::builtins::spec::{Builtin, Produces, Type, req};
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
 use crate::session::{Failure, Session};

@@ -4,7 +4,7 @@
 
 use crate::builtins::args::{Args, BindError, Columns, columns};
 use crate::builtins::measurements::{Graph, Measure, Reads, table};
-use crate::builtins::{Builtin, Produces, Type, req};
+use crate::builtins::spec::{Builtin, Produces, Type, req};
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
 use crate::session::{Failure, SaeSplice, Session, context};

@@ -3,7 +3,7 @@
 
 use crate::builtins::args::{Args, BindError, Columns, Text, columns};
 use crate::builtins::measurements::{Graph, Measure, Reads, table};
-use crate::builtins::{Builtin, MAX_SEED, Produces, Type, opt, req};
+use crate::builtins::spec::{Builtin, MAX_SEED, Produces, Type, opt, req};
 use crate::hooks::LOGITS;
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};

@@ -4,42 +4,12 @@
 //! [`Measurement`] enum lists them once, so the checker, `qexp plan` and the executor
 //! cannot disagree about which exist.
 
-use std::fmt;
-
 use super::args::{Args, BindError, Columns};
 use crate::plan::{Call, Plan};
 use crate::results::Table;
 use crate::session::{Failure, Session};
 
-/// A graph a run executes.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Graph {
-    Clean,
-    /// A declared variant.
-    Variant(String),
-    /// An SAE spliced in place of its hook, without the error term.
-    Spliced(String),
-    /// The hook of an SAE zero-ablated (the baseline of SAE metrics).
-    Ablated(String),
-}
-
-impl fmt::Display for Graph {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Graph::Clean => write!(f, "clean"),
-            Graph::Variant(v) => write!(f, "variant {v}"),
-            Graph::Spliced(sae) => write!(f, "{sae} spliced in"),
-            Graph::Ablated(sae) => write!(f, "{sae}'s hook zero-ablated"),
-        }
-    }
-}
-
-/// One output (a hook, or `logits`) read from one graph.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Read {
-    pub graph: Graph,
-    pub output: String,
-}
+pub use crate::session::reads::{Graph, Read};
 
 /// The reads of a step, built up by its `reads`.
 #[derive(Debug, Default)]

@@ -7,7 +7,7 @@ use ndarray::{Array1, Axis, s};
 
 use crate::builtins::args::{Args, BindError, Columns, HeadArg, columns};
 use crate::builtins::measurements::{Graph, Measure, Reads, table};
-use crate::builtins::{Builtin, Produces, Type, VARIANTS, opt, req};
+use crate::builtins::spec::{Builtin, Produces, Type, VARIANTS, opt, req};
 use crate::hooks::{self, LOGITS};
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};

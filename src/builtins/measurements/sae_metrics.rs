@@ -7,7 +7,7 @@ use ndarray::Axis;
 
 use crate::builtins::args::{Args, BindError, Columns, columns};
 use crate::builtins::measurements::{Graph, Measure, Reads, table};
-use crate::builtins::{Builtin, Produces, Type, opt, req};
+use crate::builtins::spec::{Builtin, Produces, Type, opt, req};
 use crate::compile::Intervention;
 use crate::compile::interventions::Zero;
 use crate::hooks::LOGITS;
