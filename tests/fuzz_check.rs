@@ -1,6 +1,7 @@
 //! The checker and the plan on generated experiments, for a bounded time on every run:
 //! whatever the program, `check` returns a plan or diagnostics (never a panic, never
-//! seconds), the plan prints, and the formatter's output parses to the same tree. The
+//! seconds), every call it accepts binds into its built-in's typed form, the plan and its
+//! graphs print, and the formatter's output parses to the same tree. The
 //! same generator drives `cargo fuzz run check` for longer campaigns.
 
 mod common;
@@ -32,10 +33,18 @@ fn check_one(source: &str, context: &Context) {
     };
     match check(&file, context) {
         Ok(plan) => {
-            let _ = plan.to_string();
+            let _ = qexp::builtins::graphs::describe(&plan);
         }
         Err(diagnostics) => {
             assert!(!diagnostics.is_empty());
+            // The checker and each built-in's typed form agree on every call it accepts.
+            for d in &diagnostics {
+                assert!(
+                    !d.message.contains("the checker should have refused this"),
+                    "{}",
+                    syntax::render(&diagnostics, "fuzzed.qexp", source)
+                );
+            }
             let _ = syntax::render(&diagnostics, "fuzzed.qexp", source);
         }
     }

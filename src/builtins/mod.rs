@@ -166,3 +166,21 @@ pub fn names_producing(produces: impl Fn(Produces) -> bool) -> Vec<&'static str>
 
 /// Columns of a column-expression function's result, for `filter` and `derive`.
 pub const COLUMN_FUNCTIONS: &[(&str, usize)] = &[("contains", 2), ("abs", 1), ("len", 1)];
+
+/// Binds a checked call into its family's typed form. The checker calls this on every
+/// call it accepts, so a disagreement between a built-in's parameters and its typed
+/// form is a check error (and a failing test), never a surprise at run time.
+pub fn bind(call: &crate::plan::Call, produces: Produces) -> Result<(), args::BindError> {
+    match produces {
+        Produces::Dataset => datasets::DatasetSource::bind(call).map(drop),
+        Produces::Sae => saes::SaeSource::bind(call).map(drop),
+        Produces::Intervention => interventions::InterventionCall::bind(call).map(drop),
+        Produces::Table => measurements::Measurement::bind(call).map(drop),
+        Produces::TableOp => table_ops::TableOp::bind(call).map(drop),
+        Produces::Plot => plots::PlotCall::bind(call).map(drop),
+        Produces::Dashboards => {
+            dashboards::FeatureDashboards::bind(&args::Args::new(call)).map(drop)
+        }
+        Produces::Value(_) => values::ValueCall::bind(call).map(drop),
+    }
+}

@@ -44,6 +44,7 @@ impl Checker<'_> {
             .hint = Some(format!("here you can use: {}", candidates.join(", ")));
             return None;
         }
+        let errors_before = self.errors.len();
         let bound = if builtin.name == "derive" {
             self.derive_args(args, input.unwrap_or(&[]), expr.span)
         } else {
@@ -54,6 +55,11 @@ impl Checker<'_> {
             args: bound,
         };
         self.post_check(&call, expr.span);
+        if self.errors.len() == errors_before
+            && let Err(why) = builtins::bind(&call, builtin.produces)
+        {
+            self.error(expr.span, why.to_string());
+        }
         Some((call, builtin))
     }
 
