@@ -11,7 +11,6 @@ pub mod check;
 pub mod checkpoint;
 pub mod cli;
 pub mod compile;
-pub mod dataset;
 pub mod device;
 pub mod execute;
 pub mod experiment;

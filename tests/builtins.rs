@@ -118,17 +118,12 @@ fn check_model(model_dir: &Path, reloaded: &str) {
         "experiment every_builtin\nmodel \"{}\"\n{body}",
         model_dir.display()
     );
-    let file = qexp::syntax::parse(&source).unwrap();
-    let mut context = qexp::check::Context {
-        manifest: qexp::manifest::Manifest::read(model_dir).ok(),
-        ..Default::default()
-    };
+    let mut context = qexp::check::Context::default();
     let sae = fixture("saes/standard");
     context
         .saes
         .insert(sae.display().to_string(), qexp::sae::read_shape(&sae));
-    let plan = qexp::check::check(&file, &context)
-        .unwrap_or_else(|d| panic!("{}", qexp::syntax::render(&d, "t", &source)));
+    let plan = common::checked(&source, model_dir, context);
 
     let used = functions_used(&plan);
     for builtin in qexp::builtins::BUILTINS

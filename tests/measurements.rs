@@ -22,13 +22,7 @@ fn run_sections(model_dir: &Path, body: &str) -> Vec<Section> {
         PROMPTS[0],
         PROMPTS[1]
     );
-    let file = qexp::syntax::parse(&source).unwrap();
-    let context = qexp::check::Context {
-        manifest: qexp::manifest::Manifest::read(model_dir).ok(),
-        ..Default::default()
-    };
-    let plan = qexp::check::check(&file, &context)
-        .unwrap_or_else(|d| panic!("{}", qexp::syntax::render(&d, "t", &source)));
+    let plan = common::checked(&source, model_dir, Default::default());
     execute::execute(&plan, &runtime(), &common::anywhere())
         .unwrap()
         .sections

@@ -1,5 +1,13 @@
-//! Datasets: the prompts an experiment runs on, from a text file, a JSON-lines file or
-//! an inline list; their parameters and typed form (`dataset.rs` reads them).
+//! Datasets: the prompts an experiment runs on, from a text file split on a separator,
+//! a JSON-lines file, or an inline list; optionally shuffled with a seed, skipped and
+//! taken. Their parameters, typed form and loading; token limits are applied when the
+//! session tokenizes the prompts.
+
+use std::path::Path;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 
 use super::args::{Args, BindError, Text};
 use crate::builtins::spec::{Builtin, MAX_SEED, Produces, STRS, Type, opt, req};
@@ -125,5 +133,143 @@ impl DatasetSource {
                 .filter(|&n| n > 0)
                 .map(|n| n as usize),
         })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("{path}:{line}: {message}")]
+    Line {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error("the dataset is empty after skipping and taking; check the file and `skip`/`take`")]
+    Empty,
+}
+
+/// The prompts of a dataset declaration, in the order they will run.
+pub fn load(source: &DatasetSource, root: &Path) -> Result<Vec<String>, DatasetError> {
+    let read = |path: &str| {
+        crate::files::read_to_string(&root.join(path)).map_err(|e| DatasetError::Read {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    };
+    let mut prompts: Vec<String> = match &source.kind {
+        DatasetKind::Text { path, separator } => read(path)?
+            .split(separator.as_str())
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        DatasetKind::Jsonl { path, field } => {
+            let mut prompts = Vec::new();
+            for (i, line) in read(path)?
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let at = |message: String| DatasetError::Line {
+                    path: path.clone(),
+                    line: i + 1,
+                    message,
+                };
+                let value: serde_json::Value =
+                    serde_json::from_str(line).map_err(|e| at(format!("not JSON: {e}")))?;
+                let text = value
+                    .get(field)
+                    .and_then(serde_json::Value::as_str)
+                    .ok_or_else(|| at(format!("no string field `{field}`")))?;
+                prompts.push(text.to_owned());
+            }
+            prompts
+        }
+        DatasetKind::Prompts { texts } => texts.clone(),
+    };
+    if let Some(seed) = source.shuffle_seed {
+        prompts.shuffle(&mut StdRng::seed_from_u64(seed));
+    }
+    let take = source.take.unwrap_or(usize::MAX);
+    let prompts: Vec<String> = prompts.into_iter().skip(source.skip).take(take).collect();
+    if prompts.is_empty() {
+        return Err(DatasetError::Empty);
+    }
+    Ok(prompts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Call, Value};
+    use std::collections::BTreeMap;
+
+    fn call(function: &'static str, args: Vec<(&'static str, Value)>) -> DatasetSource {
+        DatasetSource::bind(&Call {
+            function,
+            args: args.into_iter().collect::<BTreeMap<_, _>>(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn text_files_split_on_the_separator_and_shuffle_reproducibly() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("s.txt"),
+            "one<|endoftext|>two\n<|endoftext|> three <|endoftext|>\n<|endoftext|>four",
+        )
+        .unwrap();
+        let c = call(
+            "text",
+            vec![
+                ("path", Value::Str("s.txt".into())),
+                ("separator", Value::Str("<|endoftext|>".into())),
+                ("shuffle_seed", Value::Integer(3)),
+            ],
+        );
+        let first = load(&c, dir.path()).unwrap();
+        let mut sorted = first.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["four", "one", "three", "two"]);
+        assert_eq!(
+            load(&c, dir.path()).unwrap(),
+            first,
+            "same seed, same order"
+        );
+    }
+
+    #[test]
+    fn jsonl_errors_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("d.jsonl"),
+            "{\"text\": \"a\"}\n{\"body\": \"b\"}\n",
+        )
+        .unwrap();
+        let c = call("jsonl", vec![("path", Value::Str("d.jsonl".into()))]);
+        let error = load(&c, dir.path()).unwrap_err().to_string();
+        assert_eq!(error, "d.jsonl:2: no string field `text`");
+    }
+
+    #[test]
+    fn skip_and_take_cut_the_list() {
+        let texts = Value::List(
+            ["a", "b", "c", "d"]
+                .iter()
+                .map(|s| Value::Str((*s).into()))
+                .collect(),
+        );
+        let c = call(
+            "prompts",
+            vec![
+                ("texts", texts),
+                ("skip", Value::Integer(1)),
+                ("take", Value::Integer(2)),
+            ],
+        );
+        assert_eq!(load(&c, Path::new(".")).unwrap(), ["b", "c"]);
     }
 }

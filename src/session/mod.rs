@@ -14,9 +14,8 @@ use std::path::PathBuf;
 
 use crate::builtins::datasets::DatasetSource;
 use crate::compile::{Intervention, Target};
-use crate::dataset;
 use crate::hooks::{HookRef, LOGITS};
-use crate::plan::{Plan, Value};
+use crate::plan::{Named, Plan, Value};
 use crate::results::Table;
 use crate::runtime::{Batch, Forward, HookedModel, RuntimeError};
 use reads::{Graph, Read};
@@ -90,16 +89,10 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
         if let Some(tokens) = self.datasets.get(name) {
             return Ok(tokens.clone());
         }
-        let call = &self
-            .plan
-            .datasets
-            .iter()
-            .find(|d| d.name == name)
-            .ok_or_else(|| format!("no dataset `{name}` is declared"))?
-            .value;
+        let call = declared(&self.plan.datasets, name, "dataset")?;
         let source = DatasetSource::bind(call).map_err(|e| e.to_string())?;
-        let prompts =
-            dataset::load(&source, &self.root).map_err(|e| format!("dataset `{name}`: {e}"))?;
+        let prompts = crate::builtins::datasets::load(&source, &self.root)
+            .map_err(|e| format!("dataset `{name}`: {e}"))?;
         let max_tokens = source.max_tokens;
         let n_ctx = self.model.manifest.config.n_ctx;
         let prepend = self.model.manifest.special_tokens.prepend_bos;
@@ -245,4 +238,13 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
     pub(crate) fn str_tokens(&self, tokens: &[u32]) -> Result<Vec<String>, Failure> {
         self.model.to_str_tokens(tokens).map_err(Self::runtime)
     }
+}
+
+/// What the plan declares as `name` among `declared` (datasets, SAEs, variants).
+fn declared<'p, T>(declared: &'p [Named<T>], name: &str, what: &str) -> Result<&'p T, Failure> {
+    declared
+        .iter()
+        .find(|d| d.name == name)
+        .map(|d| &d.value)
+        .ok_or_else(|| format!("no {what} `{name}` is declared"))
 }

@@ -70,13 +70,7 @@ impl Session<'_, '_, '_> {
         if let Some(sae) = self.saes.get(name) {
             return Ok(sae.clone());
         }
-        let call = &self
-            .plan
-            .saes
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| format!("no SAE `{name}` is declared"))?
-            .value;
+        let call = super::declared(&self.plan.saes, name, "SAE")?;
         let sae = match SaeSource::bind(call).map_err(|e| e.to_string())? {
             SaeSource::Load { path } => {
                 crate::sae::load(&self.root.join(path)).map_err(|e| e.to_string())?

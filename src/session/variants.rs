@@ -29,14 +29,7 @@ impl Session<'_, '_, '_> {
         if let Some(done) = self.variants.get(variant) {
             return Ok(done.clone());
         }
-        let calls = self
-            .plan
-            .variants
-            .iter()
-            .find(|v| v.name == variant)
-            .ok_or_else(|| format!("no variant `{variant}` is declared"))?
-            .value
-            .clone();
+        let calls = super::declared(&self.plan.variants, variant, "variant")?.clone();
         let mut resolved = Vec::new();
         let mut patches = Vec::new();
         let mut sae_edits: Vec<(String, SaeEdit)> = Vec::new();

@@ -28,6 +28,20 @@ pub fn export_to_temp(checkpoint: &Path) -> (tempfile::TempDir, PathBuf) {
     (dir, model)
 }
 
+/// The checked plan of `source`, with the tiny model's manifest from `model_dir`
+/// (plus whatever `context` already holds); panics with the rendered diagnostics.
+pub fn checked(
+    source: &str,
+    model_dir: &Path,
+    mut context: qexp::check::Context,
+) -> qexp::plan::Plan {
+    context.manifest = qexp::manifest::Manifest::read(model_dir).ok();
+    let file = qexp::syntax::parse(source)
+        .unwrap_or_else(|d| panic!("{}", qexp::syntax::render(&d, "t", source)));
+    qexp::check::check(&file, &context)
+        .unwrap_or_else(|d| panic!("{}", qexp::syntax::render(&d, "t", source)))
+}
+
 /// Output paths anywhere: the library tests write into temporary folders.
 pub fn anywhere() -> qexp::output::Scope {
     qexp::output::Scope::within(Path::new("/"), true).unwrap()
