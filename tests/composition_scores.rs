@@ -15,8 +15,14 @@ fn q_k_and_v_composition_match_transformer_lens() {
     let mut reference = Reference::open(&fixture("tiny_llama/composition_reference.npz"));
     for (mode, key) in [(Mode::Q, "Q"), (Mode::K, "K"), (Mode::V, "V")] {
         let expected = reference.f64(key);
-        let scores =
-            composition_scores(&model.manifest.config, mode, false, |w| model.weight(w)).unwrap();
+        let scores = composition_scores(
+            &model.manifest.config,
+            mode,
+            false,
+            |_, _| true,
+            |w| model.weight(w),
+        )
+        .unwrap();
         assert_eq!(scores.len(), 16, "every pair from layer 0 to layer 1");
         for s in &scores {
             let want = expected[[s.layer1, s.head1, s.layer2, s.head2]];

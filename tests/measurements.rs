@@ -1014,3 +1014,21 @@ fn feature_lists_may_combine_let_lists() {
     let features: Vec<usize> = pages.features.iter().map(|f| f.feature).collect();
     assert_eq!(features, [0, 1, 31, 30, 29], "in order, without repeats");
 }
+
+#[test]
+fn a_layer_filter_after_composition_scores_gives_the_rows_of_the_full_table() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let tables = run(
+        &model_dir,
+        "table all = composition_scores(\"Q\")\n\
+         table pair = composition_scores(\"Q\") | filter(layer1 == 0 and layer2 == 1)\n\
+         table none = composition_scores(\"Q\") | filter(layer2 == 0)\n\
+         table mixed = composition_scores(\"Q\") | filter(score >= 0 and layer1 == 0)",
+    );
+    let rows = |name: &str| &tables.iter().find(|t| t.name == name).unwrap().rows;
+    assert!(!rows("all").is_empty());
+    // The tiny model has two layers: its only pair is (0, 1).
+    assert_eq!(rows("pair"), rows("all"));
+    assert!(rows("none").is_empty());
+    assert_eq!(rows("mixed"), rows("all"));
+}

@@ -34,7 +34,8 @@ struct Head {
     o: Array2<f64>,
 }
 
-/// Scores for every pair with `layer1 < layer2`, ordered by layer1, head1, layer2, head2.
+/// Scores for every pair with `layer1 < layer2` that `wanted(layer1, layer2)` accepts,
+/// ordered by layer1, head1, layer2, head2; only the layers those pairs name are read.
 /// `weight` returns a weight by name (`blocks.L.attn.W_Q`, `blocks.L.ln1.w`). With
 /// `fold_ln`, the reading weights are scaled by the layer's norm weight (and centred for
 /// LayerNorm), as TransformerLens' `fold_ln` + `center_writing_weights` would leave them.
@@ -42,10 +43,22 @@ pub fn composition_scores<E>(
     config: &TransformerConfig,
     mode: Mode,
     fold_ln: bool,
+    wanted: impl Fn(usize, usize) -> bool,
     mut weight: impl FnMut(&str) -> Result<ndarray::ArrayD<f32>, E>,
 ) -> Result<Vec<Score>, E> {
-    let mut layers = Vec::with_capacity(config.n_layers);
-    for layer in 0..config.n_layers {
+    let n = config.n_layers;
+    let pairs: Vec<(usize, usize)> = (0..n)
+        .flat_map(|l1| (l1 + 1..n).map(move |l2| (l1, l2)))
+        .filter(|&(l1, l2)| wanted(l1, l2))
+        .collect();
+    let writes: Vec<bool> = (0..n).map(|l| pairs.iter().any(|p| p.0 == l)).collect();
+    let reads: Vec<bool> = (0..n).map(|l| pairs.iter().any(|p| p.1 == l)).collect();
+    let mut layers = Vec::with_capacity(n);
+    for layer in 0..n {
+        if !writes[layer] && !reads[layer] {
+            layers.push(Vec::new());
+            continue;
+        }
         let mut matrix = |name: &str| -> Result<Array2<f64>, E> {
             Ok(weight(&format!("blocks.{layer}.{name}"))?
                 .into_dimensionality::<Ix2>()
@@ -100,9 +113,11 @@ pub fn composition_scores<E>(
     }
     let left: Vec<Vec<Left>> = layers
         .iter()
-        .map(|heads| {
+        .zip(&writes)
+        .map(|(heads, &writes)| {
             heads
                 .iter()
+                .filter(|_| writes)
                 .map(|h| {
                     let gram_v = h.v.t().dot(&h.v);
                     let norm = product_norm(gram_v.view(), h.o.dot(&h.o.t()).view());
@@ -117,9 +132,11 @@ pub fn composition_scores<E>(
         .collect();
     let right: Vec<Vec<Right>> = layers
         .iter()
-        .map(|heads| {
+        .zip(&reads)
+        .map(|(heads, &reads)| {
             heads
                 .iter()
+                .filter(|_| reads)
                 .map(|h| {
                     let (a, b) = match mode {
                         Mode::Q => (h.q.clone(), h.k.t().to_owned()),
@@ -138,6 +155,9 @@ pub fn composition_scores<E>(
     for (l1, heads1) in left.iter().enumerate() {
         for (h1, left) in heads1.iter().enumerate() {
             for (l2, heads2) in right.iter().enumerate().skip(l1 + 1) {
+                if !wanted(l1, l2) {
+                    continue;
+                }
                 for (h2, right) in heads2.iter().enumerate() {
                     // |W_V1 M B|_F with M = W_O1 A: sum of (G_V M) .* (M G_B).
                     let m = left.o.dot(&right.a);
@@ -218,7 +238,7 @@ mod tests {
             })
             .collect();
         let get = |name: &str| Ok::<_, ()>(weights[name].clone());
-        let scores = composition_scores(&cfg, Mode::Q, false, get).unwrap();
+        let scores = composition_scores(&cfg, Mode::Q, false, |_, _| true, get).unwrap();
         assert_eq!(scores.len(), 4);
 
         // The dense definition for head (0, 1) -> (1, 0).
@@ -247,5 +267,46 @@ mod tests {
             .unwrap()
             .score;
         assert!((dense - factored).abs() < 1e-12, "{dense} vs {factored}");
+    }
+
+    #[test]
+    fn only_the_wanted_layer_pairs_are_computed_and_they_equal_the_full_scores() {
+        let mut cfg = config();
+        cfg.n_layers = 3;
+        cfg.attention_windows = vec![None; 3];
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut random = |shape: &[usize]| {
+            ArrayD::from_shape_fn(shape.to_vec(), |_| rng.random_range(-1.0f32..1.0))
+        };
+        let weights: std::collections::HashMap<String, ArrayD<f32>> = (0..3)
+            .flat_map(|l| {
+                [
+                    (format!("blocks.{l}.attn.W_Q"), random(&[8, 8])),
+                    (format!("blocks.{l}.attn.W_K"), random(&[8, 4])),
+                    (format!("blocks.{l}.attn.W_V"), random(&[8, 4])),
+                    (format!("blocks.{l}.attn.W_O"), random(&[8, 8])),
+                    (format!("blocks.{l}.ln1.w"), random(&[8])),
+                ]
+            })
+            .collect();
+        let read = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        let get = |name: &str| {
+            read.borrow_mut().insert(name.to_owned());
+            Ok::<_, ()>(weights[name].clone())
+        };
+        let all = composition_scores(&cfg, Mode::K, true, |_, _| true, get).unwrap();
+        read.borrow_mut().clear();
+        let some =
+            composition_scores(&cfg, Mode::K, true, |l1, l2| (l1, l2) == (0, 2), get).unwrap();
+        let expected: Vec<Score> = all
+            .into_iter()
+            .filter(|s| (s.layer1, s.layer2) == (0, 2))
+            .collect();
+        assert_eq!(some, expected);
+        assert!(
+            read.borrow().iter().all(|w| !w.starts_with("blocks.1.")),
+            "layer 1 is not in the wanted pair: {:?}",
+            read.borrow()
+        );
     }
 }

@@ -389,6 +389,21 @@ pub fn eval(expr: &ColumnExpr, columns: &[String], row: &[Cell]) -> Cell {
     }
 }
 
+/// The columns an expression reads.
+pub fn columns_read(expr: &ColumnExpr) -> Vec<&str> {
+    match expr {
+        ColumnExpr::Column(c) => vec![c.as_str()],
+        ColumnExpr::Number(_) | ColumnExpr::Str(_) | ColumnExpr::Bool(_) => Vec::new(),
+        ColumnExpr::Not(e) | ColumnExpr::Neg(e) => columns_read(e),
+        ColumnExpr::Binary(_, l, r) => {
+            let mut out = columns_read(l);
+            out.extend(columns_read(r));
+            out
+        }
+        ColumnExpr::Call(_, args) => args.iter().flat_map(columns_read).collect(),
+    }
+}
+
 /// The type of an already checked column expression.
 pub fn infer(expr: &ColumnExpr, columns: &[(String, ColumnType)]) -> ColumnType {
     match expr {

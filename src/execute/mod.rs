@@ -144,9 +144,13 @@ fn run_step(session: &mut Session<'_, '_, '_>, step: &Step) -> Result<Section, S
             name, source, ops, ..
         } => {
             let mut table = match source {
-                TableSource::Call(call) => Measurement::bind(call)
-                    .map_err(|e| e.to_string())?
-                    .run(session, name)?,
+                TableSource::Call(call) => {
+                    let mut measurement = Measurement::bind(call).map_err(|e| e.to_string())?;
+                    if let Some(Ok(TableOp::Filter(filter))) = ops.first().map(TableOp::bind) {
+                        measurement.narrow(&filter);
+                    }
+                    measurement.run(session, name)?
+                }
                 TableSource::Table(t) => {
                     let mut table = session.table(t)?.clone();
                     table.name = name.clone();

@@ -5,7 +5,8 @@ use crate::analysis::composition::{self, Mode};
 use crate::builtins::args::{Args, BindError, Columns, columns};
 use crate::builtins::measurements::{Measure, Reads, table};
 use crate::builtins::spec::{Builtin, Produces, Type, opt, req};
-use crate::plan::{ColumnType, Plan};
+use crate::builtins::table_ops::{columns_read, eval};
+use crate::plan::{ColumnExpr, ColumnType, Plan};
 use crate::results::{Cell, Table};
 use crate::session::{Failure, Session};
 
@@ -19,10 +20,16 @@ pub const SPEC: Builtin = Builtin {
     ],
 };
 
+/// The columns a filter may read to choose layer pairs before they are computed.
+const LAYER_COLUMNS: [&str; 2] = ["layer1", "layer2"];
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompositionScores {
     pub mode: Mode,
     pub fold_ln: bool,
+    /// A following `filter` on `layer1` and `layer2` only: the layer pairs it keeps are
+    /// the only ones computed (30 x 30 pairs take minutes on a CPU; one pair, a second).
+    pub layer_filter: Option<ColumnExpr>,
 }
 
 impl Measure for CompositionScores {
@@ -34,6 +41,7 @@ impl Measure for CompositionScores {
                 _ => Mode::Q,
             },
             fold_ln: args.opt_bool("fold_ln")?.unwrap_or(false),
+            layer_filter: None,
         })
     }
 
@@ -53,12 +61,27 @@ impl Measure for CompositionScores {
         Reads::default()
     }
 
+    fn narrow(&mut self, filter: &ColumnExpr) {
+        if columns_read(filter).iter().all(|c| LAYER_COLUMNS.contains(c)) {
+            self.layer_filter = Some(filter.clone());
+        }
+    }
+
     fn run(&self, s: &mut Session, name: &str) -> Result<Table, Failure> {
         let config = s.model.manifest.config.clone();
         let model = &*s.model;
+        let wanted = |layer1: usize, layer2: usize| match &self.layer_filter {
+            None => true,
+            Some(filter) => {
+                let row = [Cell::Integer(layer1 as i64), Cell::Integer(layer2 as i64)];
+                matches!(eval(filter, &LAYER_COLUMNS.map(String::from), &row), Cell::Bool(true))
+            }
+        };
         let scores =
-            composition::composition_scores(&config, self.mode, self.fold_ln, |w| model.weight(w))
-                .map_err(Session::runtime)?;
+            composition::composition_scores(&config, self.mode, self.fold_ln, wanted, |w| {
+                model.weight(w)
+            })
+            .map_err(Session::runtime)?;
         let mut table = table(name, &self.columns());
         table.rows = scores
             .iter()

@@ -5,7 +5,7 @@
 //! cannot disagree about which exist.
 
 use super::args::{Args, BindError, Columns};
-use crate::plan::{Call, Plan};
+use crate::plan::{Call, ColumnExpr, Plan};
 use crate::results::Table;
 use crate::session::{Failure, Session};
 
@@ -47,6 +47,10 @@ pub trait Measure: Sized {
     fn reads(&self, plan: &Plan) -> Reads;
     /// Makes its table, named `name`.
     fn run(&self, session: &mut Session, name: &str) -> Result<Table, Failure>;
+
+    /// Told the `filter` its table goes through next, a measurement may skip computing
+    /// rows the filter would drop (the filter still runs after it).
+    fn narrow(&mut self, _filter: &ColumnExpr) {}
 }
 
 macro_rules! measurements {
@@ -92,6 +96,12 @@ macro_rules! measurements {
             pub fn run(&self, session: &mut Session, name: &str) -> Result<Table, Failure> {
                 match self {
                     $(Self::$ty(m) => m.run(session, name),)*
+                }
+            }
+
+            pub fn narrow(&mut self, filter: &ColumnExpr) {
+                match self {
+                    $(Self::$ty(m) => m.narrow(filter),)*
                 }
             }
         }
