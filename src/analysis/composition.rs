@@ -187,6 +187,8 @@ fn product_norm(gram_a: ArrayView2<'_, f64>, gram_b: ArrayView2<'_, f64>) -> f64
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+
     use ndarray::ArrayD;
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -219,14 +221,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn factored_norms_equal_the_dense_formula() {
-        let cfg = config();
-        let mut rng = StdRng::seed_from_u64(5);
+    /// Random attention and norm weights for `n_layers` layers of [`config`]'s shape.
+    fn random_weights(n_layers: usize, seed: u64) -> HashMap<String, ArrayD<f32>> {
+        let mut rng = StdRng::seed_from_u64(seed);
         let mut random = |shape: &[usize]| {
             ArrayD::from_shape_fn(shape.to_vec(), |_| rng.random_range(-1.0f32..1.0))
         };
-        let weights: std::collections::HashMap<String, ArrayD<f32>> = (0..2)
+        (0..n_layers)
             .flat_map(|l| {
                 [
                     (format!("blocks.{l}.attn.W_Q"), random(&[8, 8])),
@@ -236,7 +237,13 @@ mod tests {
                     (format!("blocks.{l}.ln1.w"), random(&[8])),
                 ]
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn factored_norms_equal_the_dense_formula() {
+        let cfg = config();
+        let weights = random_weights(2, 5);
         let get = |name: &str| Ok::<_, ()>(weights[name].clone());
         let scores = composition_scores(&cfg, Mode::Q, false, |_, _| true, get).unwrap();
         assert_eq!(scores.len(), 4);
@@ -274,21 +281,7 @@ mod tests {
         let mut cfg = config();
         cfg.n_layers = 3;
         cfg.attention_windows = vec![None; 3];
-        let mut rng = StdRng::seed_from_u64(9);
-        let mut random = |shape: &[usize]| {
-            ArrayD::from_shape_fn(shape.to_vec(), |_| rng.random_range(-1.0f32..1.0))
-        };
-        let weights: std::collections::HashMap<String, ArrayD<f32>> = (0..3)
-            .flat_map(|l| {
-                [
-                    (format!("blocks.{l}.attn.W_Q"), random(&[8, 8])),
-                    (format!("blocks.{l}.attn.W_K"), random(&[8, 4])),
-                    (format!("blocks.{l}.attn.W_V"), random(&[8, 4])),
-                    (format!("blocks.{l}.attn.W_O"), random(&[8, 8])),
-                    (format!("blocks.{l}.ln1.w"), random(&[8])),
-                ]
-            })
-            .collect();
+        let weights = random_weights(3, 9);
         let read = std::cell::RefCell::new(std::collections::BTreeSet::new());
         let get = |name: &str| {
             read.borrow_mut().insert(name.to_owned());
