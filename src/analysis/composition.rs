@@ -26,6 +26,33 @@ pub struct Score {
     pub score: f64,
 }
 
+/// TransformerLens' weight processing that changes composition scores. `from_pretrained`
+/// applies both by default; `center_unembed` and `fold_value_biases` touch no matrix these
+/// scores read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Processing {
+    /// Scale each head's reading weights (W_Q, W_K, W_V) by its layer's norm weight and,
+    /// for LayerNorm, centre them over `d_model` (the norm's own centring, folded in).
+    pub fold_ln: bool,
+    /// Centre each head's writing weights (W_O) over `d_model`. TransformerLens does this
+    /// only for LayerNorm models (an RMSNorm does not remove the mean, so centring would
+    /// change the model): on RMSNorm models it is a no-op here as there.
+    pub center_writing_weights: bool,
+}
+
+impl Processing {
+    /// What `HookedTransformer.from_pretrained` does by default.
+    pub const TRANSFORMER_LENS: Self = Self {
+        fold_ln: true,
+        center_writing_weights: true,
+    };
+    /// The weights as the checkpoint stores them.
+    pub const NONE: Self = Self {
+        fold_ln: false,
+        center_writing_weights: false,
+    };
+}
+
 /// One head's four matrices, `[d_model, d_head]` for q/k/v and `[d_head, d_model]` for o.
 struct Head {
     q: Array2<f64>,
@@ -36,13 +63,12 @@ struct Head {
 
 /// Scores for every pair with `layer1 < layer2` that `wanted(layer1, layer2)` accepts,
 /// ordered by layer1, head1, layer2, head2; only the layers those pairs name are read.
-/// `weight` returns a weight by name (`blocks.L.attn.W_Q`, `blocks.L.ln1.w`). With
-/// `fold_ln`, the reading weights are scaled by the layer's norm weight (and centred for
-/// LayerNorm), as TransformerLens' `fold_ln` + `center_writing_weights` would leave them.
+/// `weight` returns a weight by name (`blocks.L.attn.W_Q`, `blocks.L.ln1.w`); the weights
+/// are first processed as `processing` says, as TransformerLens would leave them.
 pub fn composition_scores<E>(
     config: &TransformerConfig,
     mode: Mode,
-    fold_ln: bool,
+    processing: Processing,
     wanted: impl Fn(usize, usize) -> bool,
     mut weight: impl FnMut(&str) -> Result<ndarray::ArrayD<f32>, E>,
 ) -> Result<Vec<Score>, E> {
@@ -65,23 +91,29 @@ pub fn composition_scores<E>(
                 .expect("attention weights are matrices")
                 .mapv(f64::from))
         };
-        let (mut w_q, mut w_k, mut w_v, w_o) = (
+        let (mut w_q, mut w_k, mut w_v, mut w_o) = (
             matrix("attn.W_Q")?,
             matrix("attn.W_K")?,
             matrix("attn.W_V")?,
             matrix("attn.W_O")?,
         );
-        if fold_ln {
+        let layer_norm = config.normalization == Normalization::LayerNorm;
+        if processing.fold_ln {
             let scale = weight(&format!("blocks.{layer}.ln1.w"))?.mapv(f64::from);
             for w in [&mut w_q, &mut w_k, &mut w_v] {
                 for (mut row, s) in w.axis_iter_mut(Axis(0)).zip(scale.iter()) {
                     row *= *s;
                 }
-                if config.normalization == Normalization::LayerNorm {
+                if layer_norm {
                     let mean = w.mean_axis(Axis(0)).expect("d_model > 0");
                     *w -= &mean;
                 }
             }
+        }
+        if processing.center_writing_weights && layer_norm {
+            // W_O is [n_heads * d_head, d_model]: each row is one output direction.
+            let mean = w_o.mean_axis(Axis(1)).expect("d_model > 0");
+            w_o -= &mean.insert_axis(Axis(1));
         }
         let d = config.d_head;
         let group = config.gqa_group();
@@ -245,7 +277,7 @@ mod tests {
         let cfg = config();
         let weights = random_weights(2, 5);
         let get = |name: &str| Ok::<_, ()>(weights[name].clone());
-        let scores = composition_scores(&cfg, Mode::Q, false, |_, _| true, get).unwrap();
+        let scores = composition_scores(&cfg, Mode::Q, Processing::NONE, |_, _| true, get).unwrap();
         assert_eq!(scores.len(), 4);
 
         // The dense definition for head (0, 1) -> (1, 0).
@@ -287,10 +319,23 @@ mod tests {
             read.borrow_mut().insert(name.to_owned());
             Ok::<_, ()>(weights[name].clone())
         };
-        let all = composition_scores(&cfg, Mode::K, true, |_, _| true, get).unwrap();
+        let all = composition_scores(
+            &cfg,
+            Mode::K,
+            Processing::TRANSFORMER_LENS,
+            |_, _| true,
+            get,
+        )
+        .unwrap();
         read.borrow_mut().clear();
-        let some =
-            composition_scores(&cfg, Mode::K, true, |l1, l2| (l1, l2) == (0, 2), get).unwrap();
+        let some = composition_scores(
+            &cfg,
+            Mode::K,
+            Processing::TRANSFORMER_LENS,
+            |l1, l2| (l1, l2) == (0, 2),
+            get,
+        )
+        .unwrap();
         let expected: Vec<Score> = all
             .into_iter()
             .filter(|s| (s.layer1, s.layer2) == (0, 2))

@@ -1,7 +1,8 @@
-//! `composition_scores(mode; fold_ln)`: TransformerLens' Q/K/V composition scores for
-//! every pair of heads in different layers, from the weights alone.
+//! `composition_scores(mode; fold_ln, center_writing_weights)`: TransformerLens' Q/K/V
+//! composition scores for every pair of heads in different layers, from the weights alone,
+//! processed as `HookedTransformer.from_pretrained` processes them unless told otherwise.
 
-use crate::analysis::composition::{self, Mode};
+use crate::analysis::composition::{self, Mode, Processing};
 use crate::builtins::args::{Args, BindError, Columns, columns};
 use crate::builtins::measurements::{Measure, Reads, table};
 use crate::builtins::spec::{Builtin, Produces, Type, opt, req};
@@ -17,6 +18,7 @@ pub const SPEC: Builtin = Builtin {
     params: &[
         req("mode", Type::Choice(&["Q", "K", "V"])),
         opt("fold_ln", Type::Bool),
+        opt("center_writing_weights", Type::Bool),
     ],
 };
 
@@ -26,7 +28,7 @@ const LAYER_COLUMNS: [&str; 2] = ["layer1", "layer2"];
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompositionScores {
     pub mode: Mode,
-    pub fold_ln: bool,
+    pub processing: Processing,
     /// A following `filter` on `layer1` and `layer2` only: the layer pairs it keeps are
     /// the only ones computed (30 x 30 pairs take minutes on a CPU; one pair, a second).
     pub layer_filter: Option<ColumnExpr>,
@@ -40,7 +42,14 @@ impl Measure for CompositionScores {
                 Some("V") => Mode::V,
                 _ => Mode::Q,
             },
-            fold_ln: args.opt_bool("fold_ln")?.unwrap_or(false),
+            processing: Processing {
+                fold_ln: args
+                    .opt_bool("fold_ln")?
+                    .unwrap_or(Processing::TRANSFORMER_LENS.fold_ln),
+                center_writing_weights: args
+                    .opt_bool("center_writing_weights")?
+                    .unwrap_or(Processing::TRANSFORMER_LENS.center_writing_weights),
+            },
             layer_filter: None,
         })
     }
@@ -78,7 +87,7 @@ impl Measure for CompositionScores {
             }
         };
         let scores =
-            composition::composition_scores(&config, self.mode, self.fold_ln, wanted, |w| {
+            composition::composition_scores(&config, self.mode, self.processing, wanted, |w| {
                 model.weight(w)
             })
             .map_err(Session::runtime)?;
