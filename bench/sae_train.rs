@@ -46,7 +46,7 @@ fn main() -> anyhow::Result<()> {
         resample_dead: false,
     };
     let start = Instant::now();
-    let (_, summary) = train(&acts, &config, None, |_| {})?;
+    let (_, summary) = train(acts.view(), &config, None, |_| {})?;
     let seconds = start.elapsed().as_secs_f64();
     println!(
         "{}",

@@ -1032,3 +1032,52 @@ fn a_layer_filter_after_composition_scores_gives_the_rows_of_the_full_table() {
     assert!(rows("none").is_empty());
     assert_eq!(rows("mixed"), rows("all"));
 }
+
+#[test]
+fn training_harvests_only_the_tokens_it_reads_once_per_hook_and_dataset() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    // Twenty prompts of 18 tokens each (the tiny vocabulary is mostly bytes), in batches
+    // of two: 36 tokens a batch, 360 in the dataset.
+    let prompts = vec!["\"the cat sat on the mat\""; 20].join(", ");
+    // Each SAE, and a step that reads it on the one-token prompt "a".
+    let train = |name: &str, tokens: usize| {
+        format!(
+            "sae {name} = train(hook = blocks.1.hook_resid_pre, dataset = d, d_sae = 8, tokens = {tokens}, batch_size = 4)\ntable {name}_here = feature_activations({name}, \"a\")\n"
+        )
+    };
+    let run = |saes: &str| {
+        let source = format!(
+            "experiment m\nmodel \"{}\" (batch_size = 2)\ndataset d = prompts([{prompts}])\n{saes}",
+            model_dir.display(),
+        );
+        let plan = common::checked(&source, &model_dir, Default::default());
+        execute::execute(&plan, &runtime(), &common::anywhere()).unwrap()
+    };
+    let activations = |results: &qexp::execute::Results| -> Vec<f64> {
+        results
+            .sections
+            .iter()
+            .filter_map(|s| match s {
+                Section::Table(t) if t.name.ends_with("_training") => {
+                    Some(number(t, 0, "activations"))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+
+    // 30 tokens: one batch, not the dataset's ten.
+    let one = run(&train("a", 30));
+    assert_eq!(activations(&one), [30.0]);
+    assert_eq!(one.tokens_run, 36 + 1, "one batch, then the prompt \"a\"");
+
+    // Two SAEs on the same hook and dataset share one harvest of the larger's tokens,
+    // and each trains on its own first tokens.
+    let two = run(&format!("{}{}", train("a", 30), train("b", 50)));
+    assert_eq!(activations(&two), [30.0, 50.0]);
+    assert_eq!(
+        two.tokens_run,
+        2 * 36 + 2,
+        "two batches once, then \"a\" for each"
+    );
+}

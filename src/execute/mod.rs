@@ -119,7 +119,9 @@ pub fn execute_traced(
         }
     }
     let saes = session.sae_records();
+    drop(session);
     let results = Results {
+        tokens_run: model.tokens_run(),
         sections,
         seconds,
         model_source,

@@ -47,6 +47,8 @@ struct RunRecord<'a> {
     device: crate::device::Device,
     threads: usize,
     seconds_per_step: Vec<String>,
+    /// Real tokens run through the model, over every graph the run compiled.
+    tokens_run: usize,
     /// Every SAE the run used: where it came from and a hash of its weights.
     saes: &'a [crate::results::SaeRecord],
     /// Every seed the experiment sets, by the statement it is in.
@@ -97,6 +99,7 @@ pub fn write(
         device: plan.model.device,
         threads: std::thread::available_parallelism().map_or(1, usize::from),
         seconds_per_step: results.seconds.iter().map(|s| format!("{s:.3}")).collect(),
+        tokens_run: results.tokens_run,
         saes: &results.saes,
         seeds: seeds(plan),
     };

@@ -23,6 +23,9 @@ pub struct Results {
     /// The SAEs the run loaded or trained, for `run.json`.
     #[serde(skip)]
     pub saes: Vec<SaeRecord>,
+    /// Real tokens run through the model, over every graph, for `run.json`.
+    #[serde(skip)]
+    pub tokens_run: usize,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

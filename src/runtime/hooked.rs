@@ -28,6 +28,8 @@ pub struct HookedModel<'r> {
     graph: ModelProto,
     /// Keyed by the requested outputs, or by a caller's name for a compiled variant.
     sessions: HashMap<String, Session>,
+    /// Real (unpadded) tokens run through any graph so far.
+    tokens_run: usize,
 }
 
 /// What one forward pass returned.
@@ -66,6 +68,7 @@ impl<'r> HookedModel<'r> {
             tokenizer,
             graph,
             sessions: HashMap::new(),
+            tokens_run: 0,
         })
     }
 
@@ -145,6 +148,7 @@ impl<'r> HookedModel<'r> {
                 .insert(key.clone(), self.build_session(&compiled)?);
         }
         let session = self.sessions.get_mut(&key).expect("inserted above");
+        self.tokens_run += batch.real_tokens();
         run_session(session, batch, &[])
     }
 
@@ -175,6 +179,7 @@ impl<'r> HookedModel<'r> {
                 .insert(key.clone(), self.build_session(graph)?);
         }
         let session = self.sessions.get_mut(&key).expect("inserted above");
+        self.tokens_run += batch.real_tokens();
         run_session(session, batch, extra)
     }
 
@@ -192,7 +197,13 @@ impl<'r> HookedModel<'r> {
         extra: &[(String, ArrayD<f32>)],
     ) -> Option<Result<Forward, RuntimeError>> {
         let session = self.sessions.get_mut(&format!("graph:{key}"))?;
+        self.tokens_run += batch.real_tokens();
         Some(run_session(session, batch, extra))
+    }
+
+    /// Real tokens run through the model so far, over every graph: the work a run did.
+    pub fn tokens_run(&self) -> usize {
+        self.tokens_run
     }
 
     /// The exported graph, for passes that compile variants from it.

@@ -45,6 +45,8 @@ pub struct Session<'p, 'm, 'r> {
     /// Each variant's `patch` sources, in the order of its graph inputs.
     pub(crate) patches: BTreeMap<String, Vec<PatchSource>>,
     pub(crate) saes: BTreeMap<String, std::sync::Arc<crate::sae::Sae>>,
+    /// Training activations that another SAE still to be trained will read.
+    pub(crate) harvests: std::collections::HashMap<(String, Option<usize>, String), saes::Harvest>,
     /// Tables made along the way (an SAE's training summary), shown before the step
     /// that caused them.
     pub pending: Vec<Table>,
@@ -73,6 +75,7 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
             variants: BTreeMap::new(),
             patches: BTreeMap::new(),
             saes: BTreeMap::new(),
+            harvests: std::collections::HashMap::new(),
             pending: Vec::new(),
             reads: Vec::new(),
             preparing: 0,

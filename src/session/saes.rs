@@ -14,6 +14,13 @@ use crate::plan::Value;
 use crate::results::{Cell, Table};
 use crate::runtime::Batch;
 
+/// Activations harvested for SAE training, shared by the SAEs declared on the same hook
+/// and dataset until the last of them has trained.
+pub(crate) struct Harvest {
+    rows: std::sync::Arc<Array2<f32>>,
+    users_left: usize,
+}
+
 /// An SAE, the hook it reads, and the edit that splices it in.
 pub struct SaeSplice {
     pub sae: std::sync::Arc<crate::sae::Sae>,
@@ -106,29 +113,87 @@ impl Session<'_, '_, '_> {
         })
     }
 
-    /// The activations an SAE reads: every real token of a dataset at its hook (a head's
-    /// slice when it has one), from a graph pruned right after the hook.
+    /// The activations an SAE reads: the real tokens of a dataset at its hook (a head's
+    /// slice when it has one), in dataset order, from a graph pruned right after the hook;
+    /// with a `limit`, only the first `limit` tokens (no later batch is run).
     /// Also returns the shape of one token's value (`[d_head]` for a head, `[n_heads, d_head]`
     /// for a whole per-head hook), since the rows are flattened.
     pub(crate) fn hook_activations(
         &mut self,
         target: &Target,
         dataset: &str,
+        limit: Option<usize>,
     ) -> Result<(Array2<f32>, Vec<usize>), Failure> {
         let sequences = self.dataset(dataset)?;
+        let limit = limit.unwrap_or(usize::MAX);
         let mut blocks = Vec::new();
         let mut shape = Vec::new();
+        let mut rows = 0;
         for chunk in token_chunks(&sequences, self.plan.model.batch_size) {
+            if rows >= limit {
+                break;
+            }
             let batch = self.model.batch(chunk).map_err(Self::runtime)?;
             let forward = self.forward(None, &batch, &[&target.hook])?;
             let activation = &forward.hooks[&target.hook];
             // One token's value: [d_head] for a head, [n_heads, d_head] for a whole hook.
             shape = activation.shape()[2 + usize::from(target.head.is_some())..].to_vec();
-            blocks.push(head_rows(activation, &batch, target.head));
+            let block = head_rows(activation, &batch, target.head);
+            rows += block.nrows();
+            blocks.push(block);
         }
         let views: Vec<_> = blocks.iter().map(|b| b.view()).collect();
-        let rows = ndarray::concatenate(Axis(0), &views).map_err(|e| e.to_string())?;
-        Ok((rows, shape))
+        let mut all = ndarray::concatenate(Axis(0), &views).map_err(|e| e.to_string())?;
+        if all.nrows() > limit {
+            all = all.slice_move(ndarray::s![..limit, ..]);
+        }
+        Ok((all, shape))
+    }
+
+    /// The activations `train` trains an SAE on: its dataset's first `tokens` tokens at
+    /// its hook. SAEs declared on the same hook and dataset share one harvest (as many
+    /// tokens as the largest of them reads), kept until the last of them has trained.
+    fn training_activations(
+        &mut self,
+        target: &Target,
+        train: &Train,
+    ) -> Result<std::sync::Arc<Array2<f32>>, Failure> {
+        let key = (target.hook.clone(), target.head, train.dataset.clone());
+        if let Some(harvest) = self.harvests.get_mut(&key) {
+            let rows = harvest.rows.clone();
+            harvest.users_left = harvest.users_left.saturating_sub(1);
+            if harvest.users_left == 0 {
+                self.harvests.remove(&key);
+            }
+            return Ok(rows);
+        }
+        // Every SAE still to be trained on this hook and dataset (this one among them).
+        let mut peers = 0;
+        let mut tokens = train.config.tokens;
+        for call in &self.plan.saes {
+            if self.saes.contains_key(&call.name) {
+                continue;
+            }
+            if let Ok(SaeSource::Train(other)) = SaeSource::bind(&call.value)
+                && other.dataset == train.dataset
+                && self.target(&other.hook).is_ok_and(|t| t == *target)
+            {
+                peers += 1;
+                tokens = tokens.max(other.config.tokens);
+            }
+        }
+        let (rows, _) = self.hook_activations(target, &train.dataset, Some(tokens))?;
+        let rows = std::sync::Arc::new(rows);
+        if peers > 1 {
+            self.harvests.insert(
+                key,
+                Harvest {
+                    rows: rows.clone(),
+                    users_left: peers - 1,
+                },
+            );
+        }
+        Ok(rows)
     }
 
     pub(crate) fn train_sae(
@@ -149,7 +214,11 @@ impl Session<'_, '_, '_> {
         // Cloned out of the runner's cache once, for the size estimate and the hash that
         // ties checkpoints to their inputs.
         let sequences = self.dataset(dataset)?;
-        let tokens: usize = sequences.iter().map(Vec::len).sum();
+        let tokens = sequences
+            .iter()
+            .map(Vec::len)
+            .sum::<usize>()
+            .min(train.config.tokens);
         let dataset_sha256 = tokens_sha256(&sequences);
         drop(sequences);
         if let Some(width) = crate::hooks::width(hook, Some(&self.model.manifest))
@@ -164,7 +233,9 @@ impl Session<'_, '_, '_> {
                 ));
             }
         }
-        let (activations, _) = self.hook_activations(&target, dataset)?;
+        let harvest = self.training_activations(&target, train)?;
+        // A shared harvest may hold more tokens than this SAE reads.
+        let activations = harvest.slice(ndarray::s![..harvest.nrows().min(tokens), ..]);
         let config = train.config.clone();
         let inputs = format!(
             "model weights sha256 {}, hook {}{}, dataset `{dataset}` token ids sha256 {dataset_sha256}",
@@ -186,7 +257,7 @@ impl Session<'_, '_, '_> {
             "steps",
             &format!("training {name}"),
         );
-        let (mut sae, summary) = run_training(&activations, &config, checkpointing.as_ref(), |p| {
+        let (mut sae, summary) = run_training(activations, &config, checkpointing.as_ref(), |p| {
             bar.set_position(p.step as u64);
             if p.step % 10 == 0 || p.step == p.steps {
                 bar.set_message(format!(

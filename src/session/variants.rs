@@ -160,7 +160,7 @@ impl Session<'_, '_, '_> {
             head: None,
             pos: None,
         };
-        let (rows, shape) = self.hook_activations(&whole_hook, dataset)?;
+        let (rows, shape) = self.hook_activations(&whole_hook, dataset, None)?;
         let mean = rows
             .mapv(f64::from)
             .mean_axis(Axis(0))

@@ -88,7 +88,7 @@ impl Measure for SaeMetrics {
             edit: splice,
             graph: splice_graph,
         } = s.sae_splice(&self.sae)?;
-        let (x, _) = s.hook_activations(&target, dataset)?;
+        let (x, _) = s.hook_activations(&target, dataset, None)?;
         let acts = sae.encode(x.view());
         let recon = sae.reconstruct(x.view(), acts.view());
         let n = x.nrows() as f64;

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array1, Array2, ArrayD, Axis};
+use ndarray::{Array1, Array2, ArrayD, ArrayView2, Axis};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -123,7 +123,7 @@ struct State {
 }
 
 impl State {
-    fn new(activations: &Array2<f32>, scale: f32, config: &TrainConfig) -> Self {
+    fn new(activations: ArrayView2<'_, f32>, scale: f32, config: &TrainConfig) -> Self {
         let d_in = activations.ncols();
         let d_sae = config.d_sae;
         let mut rng = StdRng::seed_from_u64(config.seed);
@@ -181,7 +181,7 @@ impl State {
 /// Trains an SAE on `activations` (`[n, d_in]`, one row per token), writing checkpoints
 /// and resuming from the last one when `checkpointing` says so.
 pub fn train(
-    activations: &Array2<f32>,
+    activations: ArrayView2<'_, f32>,
     config: &TrainConfig,
     checkpointing: Option<&Checkpointing>,
     mut progress: impl FnMut(&Progress),

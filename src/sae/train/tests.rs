@@ -34,7 +34,7 @@ fn config(architecture: Architecture) -> TrainConfig {
 #[test]
 fn a_standard_sae_learns_to_reconstruct_sparse_data() {
     let x = sparse_data(4096, 1);
-    let (sae, summary) = train(&x, &config(Architecture::Standard), None, |_| {}).unwrap();
+    let (sae, summary) = train(x.view(), &config(Architecture::Standard), None, |_| {}).unwrap();
     assert!(summary.explained_variance > 0.9, "{summary:?}");
     assert!(summary.l0 < 16.0, "sparse: {summary:?}");
     let recon = sae.decode(sae.encode(x.view()).view());
@@ -48,7 +48,8 @@ fn a_standard_sae_learns_to_reconstruct_sparse_data() {
 #[test]
 fn topk_keeps_exactly_k_features() {
     let x = sparse_data(2048, 2);
-    let (sae, summary) = train(&x, &config(Architecture::TopK { k: 4 }), None, |_| {}).unwrap();
+    let (sae, summary) =
+        train(x.view(), &config(Architecture::TopK { k: 4 }), None, |_| {}).unwrap();
     assert!(summary.l0 <= 4.0 + 1e-9, "{summary:?}");
     assert!(summary.explained_variance > 0.7, "{summary:?}");
     assert!(
@@ -64,11 +65,11 @@ fn the_same_seed_gives_the_same_sae() {
     let x = sparse_data(1024, 3);
     let mut c = config(Architecture::Standard);
     c.tokens = 256 * 20;
-    let (a, _) = train(&x, &c, None, |_| {}).unwrap();
-    let (b, _) = train(&x, &c, None, |_| {}).unwrap();
+    let (a, _) = train(x.view(), &c, None, |_| {}).unwrap();
+    let (b, _) = train(x.view(), &c, None, |_| {}).unwrap();
     assert_eq!(a.w_enc, b.w_enc);
     c.seed = 8;
-    let (other, _) = train(&x, &c, None, |_| {}).unwrap();
+    let (other, _) = train(x.view(), &c, None, |_| {}).unwrap();
     assert_ne!(a.w_enc, other.w_enc);
 }
 
@@ -78,7 +79,7 @@ fn divergence_is_reported_not_hidden() {
     let mut c = config(Architecture::Standard);
     c.lr = 1e10;
     assert!(matches!(
-        train(&x, &c, None, |_| {}),
+        train(x.view(), &c, None, |_| {}),
         Err(TrainError::Diverged {
             checkpoint: None,
             ..
@@ -92,7 +93,7 @@ fn a_run_resumed_from_a_checkpoint_ends_with_the_same_sae() {
     let mut c = config(Architecture::Standard);
     c.tokens = 256 * 40;
     c.resample_dead = true;
-    let (uninterrupted, _) = train(&x, &c, None, |_| {}).unwrap();
+    let (uninterrupted, _) = train(x.view(), &c, None, |_| {}).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let checkpointing = Checkpointing {
@@ -104,14 +105,14 @@ fn a_run_resumed_from_a_checkpoint_ends_with_the_same_sae() {
     // Interrupted after step 31: the checkpoint of step 30 is the last one.
     let mid = checkpointing;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        train(&x, &c, Some(&mid), |p| {
+        train(x.view(), &c, Some(&mid), |p| {
             if p.step == 31 {
                 panic!("interrupted");
             }
         })
     }));
     assert!(result.is_err());
-    let (resumed, summary) = train(&x, &c, Some(&mid), |_| {}).unwrap();
+    let (resumed, summary) = train(x.view(), &c, Some(&mid), |_| {}).unwrap();
     assert_eq!(summary.resumed_from, 30);
     assert_eq!(resumed.w_enc, uninterrupted.w_enc);
     assert_eq!(resumed.b_dec, uninterrupted.b_dec);
@@ -119,7 +120,7 @@ fn a_run_resumed_from_a_checkpoint_ends_with_the_same_sae() {
     // Other settings do not resume from it.
     let mut other = c.clone();
     other.lr *= 2.0;
-    let refused = train(&x, &other, Some(&mid), |_| {});
+    let refused = train(x.view(), &other, Some(&mid), |_| {});
     assert!(
         matches!(refused, Err(TrainError::Checkpoint { .. })),
         "{refused:?}"
@@ -129,7 +130,7 @@ fn a_run_resumed_from_a_checkpoint_ends_with_the_same_sae() {
         inputs: "data B".into(),
         ..mid.clone()
     };
-    let refused = train(&x, &c, Some(&elsewhere), |_| {});
+    let refused = train(x.view(), &c, Some(&elsewhere), |_| {});
     assert!(
         matches!(&refused, Err(TrainError::Checkpoint { message, .. }) if message.contains("data A; now data B")),
         "{refused:?}"
@@ -141,7 +142,7 @@ fn resampled_features_fire_on_the_inputs_they_were_pointed_at() {
     let x = sparse_data(256, 6);
     let mut c = config(Architecture::Standard);
     c.d_sae = 16;
-    let mut state = State::new(&x, 1.0, &c);
+    let mut state = State::new(x.view(), 1.0, &c);
     // Kill features 3 and 7: encoder columns pointing away from everything.
     for f in [3, 7] {
         state.w_enc.column_mut(f).fill(0.0);
@@ -175,9 +176,9 @@ fn normalizing_activations_makes_training_blind_to_their_scale() {
     let mut c = config(Architecture::Standard);
     c.tokens = 256 * 30;
     c.normalize_activations = true;
-    let (small, _) = train(&x, &c, None, |_| {}).unwrap();
+    let (small, _) = train(x.view(), &c, None, |_| {}).unwrap();
     let big_x = &x * 1000.0;
-    let (big, _) = train(&big_x, &c, None, |_| {}).unwrap();
+    let (big, _) = train(big_x.view(), &c, None, |_| {}).unwrap();
     let (a, b) = (small.encode(x.view()), big.encode(big_x.view()));
     let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     assert!(
@@ -295,7 +296,7 @@ fn a_resumed_run_rounds_exactly_as_an_uninterrupted_one_on_uneven_batches() {
         l1_coefficient: 5e-4,
         ..config(Architecture::Standard)
     };
-    let (uninterrupted, full_summary) = train(&x, &c, None, |_| {}).unwrap();
+    let (uninterrupted, full_summary) = train(x.view(), &c, None, |_| {}).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let checkpointing = Checkpointing {
         dir: dir.path().join("c"),
@@ -304,14 +305,14 @@ fn a_resumed_run_rounds_exactly_as_an_uninterrupted_one_on_uneven_batches() {
         inputs: "data A".into(),
     };
     let interrupted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        train(&x, &c, Some(&checkpointing), |p| {
+        train(x.view(), &c, Some(&checkpointing), |p| {
             if p.step == 2201 {
                 panic!("interrupted");
             }
         })
     }));
     assert!(interrupted.is_err());
-    let (resumed, summary) = train(&x, &c, Some(&checkpointing), |_| {}).unwrap();
+    let (resumed, summary) = train(x.view(), &c, Some(&checkpointing), |_| {}).unwrap();
     assert_eq!(summary.resumed_from, 2000);
     assert_eq!(resumed.w_enc, uninterrupted.w_enc);
     assert_eq!(resumed.w_dec, uninterrupted.w_dec);
