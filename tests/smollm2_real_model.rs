@@ -1,6 +1,8 @@
 //! The real SmolLM2-135M-Instruct, exported from its Q4_1 GGUF, against HF transformers
 //! (tests/fixtures/smollm2/reference.npz). Runs when the model folder exists —
 //! `scripts/test.sh` makes it, and sets QEXP_REQUIRE_REAL_MODEL=1 so CI cannot skip it.
+//! Its tokenizer is also checked against SmolLM2's own tokenizer configuration on text
+//! with digits (tests/fixtures/smollm2/tokenizer_reference.json).
 
 mod common;
 
@@ -123,5 +125,39 @@ fn smollm2_tokens_logits_and_greedy_continuation_match_transformers() {
         "greedy continuation of {:?}: {:?}",
         prompts[0],
         model.to_string(&continuation)
+    );
+}
+
+/// SmolLM2's tokenizer splits every digit before its byte-level BPE (its tokenizer.json's
+/// `Digits` pre-tokenizer, kept in the GGUF as type `smollm`), so whitespace before a
+/// digit stays one token; transformers' GGUF loader drops that split, and the fixture
+/// holds texts where the two differ.
+#[test]
+fn smollm2_tokens_of_text_with_digits_match_its_own_tokenizer() {
+    let Some(dir) = model_dir() else { return };
+    let runtime = runtime();
+    let model = HookedModel::load(&runtime, &dir).unwrap();
+    let cases: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(fixture("smollm2/tokenizer_reference.json")).unwrap(),
+    )
+    .unwrap();
+    let ids = |value: &serde_json::Value| -> Vec<u32> {
+        value
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|id| id.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let mut differing = 0;
+    for case in &cases {
+        let text = case["text"].as_str().unwrap();
+        let expected = ids(&case["ids"]);
+        assert_eq!(model.to_tokens(text, false).unwrap(), expected, "{text:?}");
+        differing += usize::from(expected != ids(&case["transformers_gguf_ids"]));
+    }
+    assert!(
+        differing > 0,
+        "the fixture should hold texts that transformers' GGUF loader tokenizes differently"
     );
 }
