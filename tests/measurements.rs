@@ -924,6 +924,49 @@ fn dashboards_of_a_residual_sae_list_the_tokens_its_directions_promote() {
             page.top.iter().all(|e| e.attends_to.is_none()),
             "no attention for a residual SAE"
         );
+        let counted: usize = effects.histogram.iter().map(|bin| bin.2).sum();
+        assert_eq!(counted, row.len(), "every token is in the logit histogram");
+
+        // Feature f writes dimension f alone, and its activation is that dimension's
+        // positive part: the dimension it aligns with and (when it fires) correlates
+        // with most.
+        let alignment: Vec<(usize, f64, f64)> = page
+            .neuron_alignment
+            .iter()
+            .take(1)
+            .map(|n| (n.index, n.value, n.share_of_l1))
+            .collect();
+        assert_eq!(alignment, [(page.feature, 1.0, 1.0)]);
+        if page.density > 0.0 {
+            let best = &page.correlated_neurons[0];
+            assert_eq!((best.index, best.cosine), (page.feature, 1.0));
+            assert!(best.pearson > 0.0 && best.pearson <= 1.0 + 1e-9);
+            let features = page.correlated_features.as_ref().unwrap();
+            assert!(
+                features
+                    .iter()
+                    .all(|c| c.index != page.feature && c.cosine == 0.0)
+            );
+        }
+
+        // The hover shows the model's most likely next tokens at each example token.
+        for example in &page.top {
+            let tokens = model.to_tokens(PROMPTS[example.prompt], false).unwrap();
+            let mut m = HookedModel::load(&runtime, &model_dir).unwrap();
+            let logits = m
+                .forward(&m.batch(std::slice::from_ref(&tokens)).unwrap(), true, &[])
+                .unwrap()
+                .logits
+                .unwrap();
+            let row = logits.slice(s![0, example.pos, ..]);
+            let argmax = (0..row.len())
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+                .unwrap();
+            let shown = &pages.predictions[&(example.prompt, example.pos)];
+            assert_eq!(shown.len(), 3);
+            assert_eq!(shown[0].0, text(argmax));
+            assert!(shown.windows(2).all(|w| w[0].1 >= w[1].1));
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! Feature dashboard pages: `dashboards/<name>/index.html` (every feature with its
 //! density and strength) and one `feature_<f>.html` per feature (activation histogram,
-//! promoted/suppressed tokens where defined, top examples and examples by quantile band,
-//! each a window of tokens shaded by the feature's activation). Self-contained, escaped.
+//! neuron alignment, correlated hook dimensions and features, promoted/suppressed tokens
+//! and the logit histogram where defined, top examples and examples by quantile band,
+//! each a window of tokens shaded by the feature's activation, with the model's next-token
+//! predictions on hover). Self-contained, escaped.
 
 use std::path::Path;
 
@@ -74,9 +76,35 @@ fn feature_context(
             "activations of feature {} when it fires (a sample)",
             f.feature
         ),
+        "sampled firings",
         &f.histogram,
     )
     .map_err(ReportError::Plot)?;
+    let logit_histogram_svg = match &f.logit_effects {
+        Some(effects) if !effects.histogram.is_empty() => Some(
+            super::plots::svg_bars(
+                &format!(
+                    "logit change of every token from feature {}'s decoder direction",
+                    f.feature
+                ),
+                "tokens",
+                &effects.histogram,
+            )
+            .map_err(ReportError::Plot)?,
+        ),
+        _ => None,
+    };
+    let correlations = |list: &[crate::results::Correlation]| {
+        list.iter()
+            .map(|c| {
+                context! {
+                    index => c.index,
+                    pearson => format!("{:+.3}", c.pearson),
+                    cosine => format!("{:+.3}", c.cosine),
+                }
+            })
+            .collect::<Vec<_>>()
+    };
     let example = |e: &Example| example_context(dashboards, f, e);
     Ok(context! {
         feature => f.feature,
@@ -84,6 +112,14 @@ fn feature_context(
         max => format!("{:.4}", f.max_activation),
         mean => format!("{:.4}", f.mean_activation),
         histogram_svg,
+        logit_histogram_svg,
+        alignment => f.neuron_alignment.iter().map(|n| context! {
+            index => n.index,
+            value => format!("{:+.3}", n.value),
+            share => format!("{:.1}%", 100.0 * n.share_of_l1),
+        }).collect::<Vec<_>>(),
+        correlated_neurons => correlations(&f.correlated_neurons),
+        correlated_features => f.correlated_features.as_deref().map(correlations),
         logits => f.logit_effects.as_ref().map(|effects| {
             let rows = |list: &[(String, f64)]| list.iter().map(|(t, v)| (t.clone(), format!("{v:+.3}"))).collect::<Vec<_>>();
             context! { up => rows(&effects.promoted), down => rows(&effects.suppressed) }
@@ -106,9 +142,16 @@ fn example_context(dashboards: &Dashboards, f: &FeatureDashboard, e: &Example) -
         .enumerate()
         .map(|(i, &act)| {
             let p = from + i;
+            let next = dashboards.predictions.get(&(e.prompt, p)).map(|top| {
+                top.iter()
+                    .map(|(token, prob)| format!("{token:?} {prob:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
             context! {
                 text => strs.get(p).cloned().unwrap_or_default(),
                 act => format!("{act:.3}"),
+                next,
                 shade => format!("{:.2}", (f64::from(act) / peak).clamp(0.0, 1.0)),
                 here => p == e.pos,
             }

@@ -257,8 +257,9 @@ fn draw(root: &Area<'_>, plot: &Plot) -> Result<(), Box<dyn std::error::Error>> 
 }
 
 /// A histogram of already-counted bins `(lo, hi, count)` as a small SVG (the dashboards').
-pub fn svg_bars(title: &str, bins: &[(f64, f64, usize)]) -> Result<String, String> {
+pub fn svg_bars(title: &str, counted: &str, bins: &[(f64, f64, usize)]) -> Result<String, String> {
     render((640, 220), |root| {
+        let low = bins.first().map_or(0.0, |b| b.0).min(0.0);
         let high = bins.last().map_or(1.0, |b| b.1);
         let top = bins.iter().map(|b| b.2).max().unwrap_or(1).max(1) as f64;
         let mut chart = ChartBuilder::on(root)
@@ -266,10 +267,10 @@ pub fn svg_bars(title: &str, bins: &[(f64, f64, usize)]) -> Result<String, Strin
             .margin(6)
             .x_label_area_size(30)
             .y_label_area_size(50)
-            .build_cartesian_2d(0.0..high, 0.0..top * 1.05)?;
+            .build_cartesian_2d(low..high, 0.0..top * 1.05)?;
         chart
             .configure_mesh()
-            .y_desc("sampled firings")
+            .y_desc(counted)
             .light_line_style(WHITE)
             .draw()?;
         chart.draw_series(bins.iter().map(|&(lo, hi, n)| {

@@ -5,7 +5,10 @@ mod dashboards;
 mod plot;
 mod table;
 
-pub use dashboards::{Dashboards, Example, FeatureDashboard, LogitEffects, QuantileBand, WINDOW};
+pub use dashboards::{
+    Correlation, Dashboards, Example, FeatureDashboard, LogitEffects, NeuronWeight, Predictions,
+    QuantileBand, WINDOW,
+};
 pub use plot::{Plot, PlotKind};
 pub use table::{Cell, Table};
 

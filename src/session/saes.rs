@@ -308,21 +308,21 @@ impl Session<'_, '_, '_> {
     }
 
     /// An SAE's activations over a dataset, batch by batch, from a graph pruned to its
-    /// hook: `visit(index of the batch's first prompt, batch, [tokens, d_sae])` for each
-    /// batch until it returns false.
+    /// hook: `visit(index of the batch's first prompt, batch, the SAE's input [tokens,
+    /// d_in], its activations [tokens, d_sae])` for each batch until it returns false.
     pub(crate) fn for_each_sae_batch(
         &mut self,
         sae: &crate::sae::Sae,
         target: &Target,
         sequences: &[Vec<u32>],
-        mut visit: impl FnMut(usize, &Batch, &Array2<f32>) -> bool,
+        mut visit: impl FnMut(usize, &Batch, &Array2<f32>, &Array2<f32>) -> bool,
     ) -> Result<(), Failure> {
         let mut first_prompt = 0;
         for chunk in token_chunks(sequences, self.plan.model.batch_size) {
             let batch = self.model.batch(chunk).map_err(Self::runtime)?;
             let forward = self.forward(None, &batch, &[&target.hook])?;
             let x = head_rows(&forward.hooks[&target.hook], &batch, target.head);
-            if !visit(first_prompt, &batch, &sae.encode(x.view())) {
+            if !visit(first_prompt, &batch, &x, &sae.encode(x.view())) {
                 break;
             }
             first_prompt += chunk.len();

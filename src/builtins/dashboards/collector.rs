@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::results::{Example, FeatureDashboard, QuantileBand};
 
-const TOP_EXAMPLES: usize = 10;
+const TOP_EXAMPLES: usize = 20;
 const RESERVOIR: usize = 400;
 const HISTOGRAM_BINS: usize = 30;
 /// Quantile bands of the nonzero activations, examples drawn from each.
@@ -163,6 +163,9 @@ impl Collector {
             top,
             quantiles,
             logit_effects: None,
+            neuron_alignment: Vec::new(),
+            correlated_neurons: Vec::new(),
+            correlated_features: None,
         }
     }
 }

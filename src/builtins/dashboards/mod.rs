@@ -1,14 +1,20 @@
 //! `feature_dashboards(sae, features, dataset; tokens)`: sae_vis-style dashboards for
-//! features of an SAE over (up to `tokens` tokens of) a dataset, in one streaming pass;
-//! for a query SAE also the key each example's feature pushes the head's attention to,
-//! and for a residual-stream SAE the tokens its decoder direction promotes and
-//! suppresses.
+//! features of an SAE over (up to `tokens` tokens of) a dataset, in one streaming pass
+//! (examples, activation histogram, correlated features and hook dimensions), then one
+//! pass over the prompts that hold examples for the model's next-token predictions
+//! there; for a query SAE also the key each example's feature pushes the head's
+//! attention to, and for a residual-stream SAE the tokens its decoder direction promotes
+//! and suppresses.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use ndarray::{Array2, s};
 
 mod collector;
+mod correlations;
 
 use collector::Collector;
+use correlations::{Correlations, neuron_alignment};
 
 use super::args::{Args, BindError, Features};
 use super::measurements::attribution::{key_suffix, score_context};
@@ -29,6 +35,7 @@ pub const SPEC: Builtin = Builtin {
         req("features", Type::Features),
         req("dataset", Type::Dataset),
         opt("tokens", Type::Integer).within(1.0, MAX_TOKENS),
+        opt("next_tokens", Type::Bool),
     ],
 };
 
@@ -39,6 +46,9 @@ pub struct FeatureDashboards {
     pub dataset: String,
     /// Tokens read at most.
     pub tokens: usize,
+    /// Whether the pages show the model's next-token predictions on hover (one full
+    /// forward pass over the prompts that hold examples).
+    pub next_tokens: bool,
 }
 
 impl FeatureDashboards {
@@ -48,14 +58,19 @@ impl FeatureDashboards {
             features: args.features("features")?,
             dataset: args.name("dataset")?,
             tokens: args.opt_int("tokens")?.unwrap_or(200_000).max(1) as usize,
+            next_tokens: args.opt_bool("next_tokens")?.unwrap_or(true),
         })
     }
 
-    /// The SAE's hook from the clean model, and for a query SAE the layer's keys.
+    /// The SAE's hook from the clean model, its logits unless `next_tokens` is off (the
+    /// predictions shown on hover), and for a query SAE the layer's keys.
     pub fn reads(&self, plan: &Plan) -> Reads {
         let mut reads = Reads::default();
         let hook = plan.sae_hook(&self.sae);
         reads.add(Graph::Clean, hook.clone());
+        if self.next_tokens {
+            reads.add(Graph::Clean, hooks::LOGITS);
+        }
         if let Some(layer) = hooks::layer_of(&hook)
             && hook == hooks::block(layer, hooks::Q)
             && plan.sae_head(&self.sae).is_some()
@@ -84,56 +99,81 @@ impl FeatureDashboards {
         let sequences = s.dataset(dataset)?;
         let bar = crate::session::progress::bar(budget as u64, "tokens", &format!("{name} ="));
         bar.set_message(format!("feature_dashboards({}, {dataset})", self.sae));
+        let mut correlations = Correlations::new(
+            collectors.iter().map(|c| c.feature).collect(),
+            sae.d_sae,
+            sae.d_in,
+        );
         let mut tokens = 0usize;
         let mut used_prompts = 0;
-        s.for_each_sae_batch(&sae, &target, &sequences, |first_prompt, batch, acts| {
-            let mut row_start = 0;
-            for (row, &len) in batch.lengths.iter().enumerate() {
-                for pos in 0..len {
-                    let token = acts.row(row_start + pos);
-                    for (f, &a) in token.iter().enumerate() {
-                        if a <= 0.0 {
-                            continue;
+        let (mut active, mut chosen) = (Vec::new(), Vec::new());
+        s.for_each_sae_batch(
+            &sae,
+            &target,
+            &sequences,
+            |first_prompt, batch, inputs, acts| {
+                let mut row_start = 0;
+                for (row, &len) in batch.lengths.iter().enumerate() {
+                    for pos in 0..len {
+                        let token = acts.row(row_start + pos);
+                        active.clear();
+                        chosen.clear();
+                        for (f, &a) in token.iter().enumerate() {
+                            if a <= 0.0 {
+                                continue;
+                            }
+                            active.push(f);
+                            let Some(slot) = slot_of[f] else { continue };
+                            chosen.push((slot, a));
+                            let collector = &mut collectors[slot];
+                            let (top, keep) = collector.wants(a);
+                            if top || keep.is_some() {
+                                let (from, to) =
+                                    (pos.saturating_sub(WINDOW), (pos + WINDOW).min(len - 1));
+                                let window =
+                                    (from..=to).map(|p| acts[[row_start + p, f]]).collect();
+                                collector.keep(
+                                    crate::results::Example {
+                                        activation: a,
+                                        prompt: first_prompt + row,
+                                        pos,
+                                        window,
+                                        attends_to: None,
+                                    },
+                                    top,
+                                    keep,
+                                );
+                            }
                         }
-                        let Some(slot) = slot_of[f] else { continue };
-                        let collector = &mut collectors[slot];
-                        let (top, keep) = collector.wants(a);
-                        if top || keep.is_some() {
-                            let (from, to) =
-                                (pos.saturating_sub(WINDOW), (pos + WINDOW).min(len - 1));
-                            let window = (from..=to).map(|p| acts[[row_start + p, f]]).collect();
-                            collector.keep(
-                                crate::results::Example {
-                                    activation: a,
-                                    prompt: first_prompt + row,
-                                    pos,
-                                    window,
-                                    attends_to: None,
-                                },
-                                top,
-                                keep,
-                            );
-                        }
+                        correlations.add(inputs.row(row_start + pos), token, &active, &chosen);
                     }
+                    row_start += len;
+                    tokens += len;
                 }
-                row_start += len;
-                tokens += len;
-            }
-            used_prompts = first_prompt + batch.lengths.len();
-            bar.set_position(tokens.min(budget) as u64);
-            tokens < budget
-        })?;
+                used_prompts = first_prompt + batch.lengths.len();
+                bar.set_position(tokens.min(budget) as u64);
+                tokens < budget
+            },
+        )?;
         bar.finish_and_clear();
         let mut features: Vec<_> = collectors
             .into_iter()
-            .map(|mut c| {
+            .enumerate()
+            .map(|(slot, mut c)| {
                 c.tokens = tokens;
-                c.finish()
+                let mut feature = c.finish();
+                let (correlated_features, correlated_neurons) =
+                    correlations.finish(slot, sae.w_dec.view());
+                feature.correlated_features = correlated_features;
+                feature.correlated_neurons = correlated_neurons;
+                feature.neuron_alignment = neuron_alignment(sae.w_dec.row(feature.feature));
+                feature
             })
             .collect();
 
-        // Text of the prompts the pages show.
+        // Text of the prompts the pages show, and the model's predictions in the windows.
         let mut str_tokens = vec![Vec::new(); used_prompts];
+        let mut windows: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
         for feature in &features {
             for example in feature
                 .top
@@ -143,8 +183,18 @@ impl FeatureDashboards {
                 if str_tokens[example.prompt].is_empty() {
                     str_tokens[example.prompt] = s.str_tokens(&sequences[example.prompt])?;
                 }
+                let from = example.pos.saturating_sub(WINDOW);
+                windows
+                    .entry(example.prompt)
+                    .or_default()
+                    .extend(from..from + example.window.len());
             }
         }
+        let predictions = if self.next_tokens {
+            predictions(s, &sequences, &windows)?
+        } else {
+            BTreeMap::new()
+        };
         if let Some(layer) = crate::hooks::layer_of(&target.hook)
             && target.hook == hooks::block(layer, hooks::Q)
             && let Some(head) = target.head
@@ -173,8 +223,50 @@ impl FeatureDashboards {
             tokens,
             features,
             str_tokens,
+            predictions,
         })
     }
+}
+
+/// Next tokens shown for each token of the example windows, as sae_vis shows on hover.
+const PREDICTIONS: usize = 3;
+
+/// The clean model's [`PREDICTIONS`] most likely next tokens at each position of
+/// `windows` (positions by prompt), one prompt at a time (a prompt's logits over the
+/// vocabulary are its length x 49k floats for SmolLM2, so batches would hold too many).
+fn predictions(
+    s: &mut Session,
+    sequences: &[Vec<u32>],
+    windows: &BTreeMap<usize, BTreeSet<usize>>,
+) -> Result<BTreeMap<(usize, usize), crate::results::Predictions>, Failure> {
+    let mut out = BTreeMap::new();
+    for (&prompt, positions) in windows {
+        // Causal: the prompt's tokens after the last window position change nothing here.
+        let last = positions.last().copied().unwrap_or(0);
+        let tokens = &sequences[prompt][..=last.min(sequences[prompt].len() - 1)];
+        let batch = s
+            .model
+            .batch(&[tokens.to_vec()])
+            .map_err(Session::runtime)?;
+        let forward = s.forward(None, &batch, &[hooks::LOGITS])?;
+        let logits = forward.logits.ok_or("the model returned no logits")?;
+        for &pos in positions {
+            let log_probs = crate::runtime::log_softmax_row(logits.slice(s![0, pos, ..]));
+            let mut order: Vec<usize> = (0..log_probs.len()).collect();
+            let k = PREDICTIONS.min(order.len());
+            order.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| {
+                log_probs[b].total_cmp(&log_probs[a]).then(a.cmp(&b))
+            });
+            order.truncate(k);
+            order.sort_by(|&a, &b| log_probs[b].total_cmp(&log_probs[a]).then(a.cmp(&b)));
+            let top = order
+                .into_iter()
+                .map(|t| Ok((s.str_tokens(&[t as u32])?.remove(0), log_probs[t].exp())))
+                .collect::<Result<Vec<_>, Failure>>()?;
+            out.insert((prompt, pos), top);
+        }
+    }
+    Ok(out)
 }
 
 /// For a query SAE at `head`: each shown example's key position that the feature's
@@ -298,7 +390,36 @@ fn logit_effects(
         out.push(crate::results::LogitEffects {
             promoted: pick(order.iter().take(10).copied().collect())?,
             suppressed: pick(order.iter().rev().take(10).copied().collect())?,
+            histogram: logit_histogram(logits.view()),
         });
     }
     Ok(Some(out))
+}
+
+/// Bins of a decoder direction's logit change over the whole vocabulary (sae_vis' logit
+/// histogram), from the smallest change to the largest.
+fn logit_histogram(logits: ndarray::ArrayView1<'_, f32>) -> Vec<(f64, f64, usize)> {
+    const BINS: usize = 40;
+    let (low, high) = logits
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    // Also refuses NaN bounds: a direction with no finite spread has no histogram.
+    if high.partial_cmp(&low) != Some(std::cmp::Ordering::Greater) {
+        return Vec::new();
+    }
+    let width = f64::from(high - low) / BINS as f64;
+    let mut counts = vec![0usize; BINS];
+    for &v in logits {
+        counts[((f64::from(v - low) / width) as usize).min(BINS - 1)] += 1;
+    }
+    counts
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let from = f64::from(low) + i as f64 * width;
+            (from, from + width, n)
+        })
+        .collect()
 }

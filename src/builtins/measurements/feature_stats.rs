@@ -65,7 +65,7 @@ impl Measure for FeatureStats {
         let mut firing: Vec<Vec<f32>> = vec![Vec::new(); sae.d_sae];
         let mut peak: Vec<Option<(f32, usize, usize)>> = vec![None; sae.d_sae];
         let mut tokens = 0usize;
-        s.for_each_sae_batch(&sae, &target, &sequences, |first_prompt, batch, acts| {
+        s.for_each_sae_batch(&sae, &target, &sequences, |first_prompt, batch, _inputs, acts| {
             let mut token = 0;
             for (row, &len) in batch.lengths.iter().enumerate() {
                 for pos in 0..len {
