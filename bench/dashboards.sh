@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash bench/cpu.sh
 if [ ! -f saes/query_sae/cfg.json ]; then
   target/release/qexp sae train experiments/query_composition.qexp query_sae
 fi

@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash bench/cpu.sh
 PYTHON=${BENCH_PYTHON:-bench/.venv/bin/python}
 if [ ! -x "$PYTHON" ]; then
   python3 -m venv bench/.venv
