@@ -147,6 +147,14 @@ fn feature_dashboards_write_one_escaped_page_per_feature_and_an_index() {
         );
         let page = std::fs::read_to_string(pages.join(format!("feature_{f}.html"))).unwrap();
         assert!(!page.contains("<b>"), "prompt text is escaped");
+        // Links go only to pages this step wrote (correlated features may be others).
+        for link in page.split("href=\"feature_").skip(1) {
+            let target = &link[..link.find('"').unwrap()];
+            assert!(
+                pages.join(format!("feature_{target}")).exists(),
+                "dead link to feature_{target}"
+            );
+        }
     }
     let report = std::fs::read_to_string(dir.path().join("reports/pages/index.html")).unwrap();
     assert!(report.contains("dashboards/dash/index.html"));

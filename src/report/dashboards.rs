@@ -94,11 +94,14 @@ fn feature_context(
         ),
         _ => None,
     };
+    // Only features of this dashboards step have a page to link to.
+    let has_page = |index: usize| dashboards.features.iter().any(|g| g.feature == index);
     let correlations = |list: &[crate::results::Correlation]| {
         list.iter()
             .map(|c| {
                 context! {
                     index => c.index,
+                    page => has_page(c.index),
                     pearson => format!("{:+.3}", c.pearson),
                     cosine => format!("{:+.3}", c.cosine),
                 }
