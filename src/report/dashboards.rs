@@ -94,14 +94,14 @@ fn feature_context(
         ),
         _ => None,
     };
-    // Only features of this dashboards step have a page to link to.
+    // Only features of this dashboards step have a page to link to (never dimensions).
     let has_page = |index: usize| dashboards.features.iter().any(|g| g.feature == index);
-    let correlations = |list: &[crate::results::Correlation]| {
+    let correlations = |list: &[crate::results::Correlation], features: bool| {
         list.iter()
             .map(|c| {
                 context! {
                     index => c.index,
-                    page => has_page(c.index),
+                    page => features && has_page(c.index),
                     pearson => format!("{:+.3}", c.pearson),
                     cosine => format!("{:+.3}", c.cosine),
                 }
@@ -121,8 +121,8 @@ fn feature_context(
             value => format!("{:+.3}", n.value),
             share => format!("{:.1}%", 100.0 * n.share_of_l1),
         }).collect::<Vec<_>>(),
-        correlated_neurons => correlations(&f.correlated_neurons),
-        correlated_features => f.correlated_features.as_deref().map(correlations),
+        correlated_neurons => correlations(&f.correlated_neurons, false),
+        correlated_features => f.correlated_features.as_deref().map(|list| correlations(list, true)),
         logits => f.logit_effects.as_ref().map(|effects| {
             let rows = |list: &[(String, f64)]| list.iter().map(|(t, v)| (t.clone(), format!("{v:+.3}"))).collect::<Vec<_>>();
             context! { up => rows(&effects.promoted), down => rows(&effects.suppressed) }

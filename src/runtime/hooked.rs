@@ -147,9 +147,7 @@ impl<'r> HookedModel<'r> {
             self.sessions
                 .insert(key.clone(), self.build_session(&compiled)?);
         }
-        let session = self.sessions.get_mut(&key).expect("inserted above");
-        self.tokens_run += batch.real_tokens();
-        run_session(session, batch, &[])
+        self.run(&key, batch, &[]).expect("inserted above")
     }
 
     /// Runs a graph compiled from this model's `model.onnx` (a variant: pruned, with
@@ -178,9 +176,7 @@ impl<'r> HookedModel<'r> {
             self.sessions
                 .insert(key.clone(), self.build_session(graph)?);
         }
-        let session = self.sessions.get_mut(&key).expect("inserted above");
-        self.tokens_run += batch.real_tokens();
-        run_session(session, batch, extra)
+        self.run(&key, batch, extra).expect("inserted above")
     }
 
     /// A weight by its TransformerLens name, laid out `[in, out]`.
@@ -196,7 +192,18 @@ impl<'r> HookedModel<'r> {
         batch: &Batch,
         extra: &[(String, ArrayD<f32>)],
     ) -> Option<Result<Forward, RuntimeError>> {
-        let session = self.sessions.get_mut(&format!("graph:{key}"))?;
+        self.run(&format!("graph:{key}"), batch, extra)
+    }
+
+    /// Runs `batch` on the session cached under `key` (`None` when there is none),
+    /// counting its tokens.
+    fn run(
+        &mut self,
+        key: &str,
+        batch: &Batch,
+        extra: &[(String, ArrayD<f32>)],
+    ) -> Option<Result<Forward, RuntimeError>> {
+        let session = self.sessions.get_mut(key)?;
         self.tokens_run += batch.real_tokens();
         Some(run_session(session, batch, extra))
     }

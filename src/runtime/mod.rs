@@ -11,7 +11,9 @@ mod weights;
 pub use batch::Batch;
 pub use hooked::{Forward, HookedModel};
 pub use library::{Device, LIBRARY_ENV, Runtime};
-pub use text::{Sampling, kl_divergence, log_softmax_row, per_next_token, token_losses};
+pub use text::{
+    Sampling, kl_divergence, log_softmax_row, log_sum_exp, per_next_token, token_losses,
+};
 pub use weights::read_weight;
 
 use crate::compile::CompileError;

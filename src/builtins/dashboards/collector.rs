@@ -170,21 +170,13 @@ impl Collector {
     }
 }
 
-/// Counts over `[0, max]` in equal bins, from the sample, scaled to the firings it stands for.
+/// Counts over `[0, max]` in equal bins, from the sample.
 fn histogram(sample: &[Example], max: f32) -> Vec<(f64, f64, usize)> {
     if sample.is_empty() || max <= 0.0 {
         return Vec::new();
     }
-    let width = f64::from(max) / HISTOGRAM_BINS as f64;
-    let mut counts = vec![0usize; HISTOGRAM_BINS];
-    for e in sample {
-        counts[((f64::from(e.activation) / width) as usize).min(HISTOGRAM_BINS - 1)] += 1;
-    }
-    counts
-        .into_iter()
-        .enumerate()
-        .map(|(i, n)| (i as f64 * width, (i + 1) as f64 * width, n))
-        .collect()
+    let activations = sample.iter().map(|e| f64::from(e.activation));
+    super::equal_bins(activations, 0.0, f64::from(max), HISTOGRAM_BINS)
 }
 
 #[cfg(test)]

@@ -251,17 +251,22 @@ fn predictions(
         let forward = s.forward(None, &batch, &[hooks::LOGITS])?;
         let logits = forward.logits.ok_or("the model returned no logits")?;
         for &pos in positions {
-            let log_probs = crate::runtime::log_softmax_row(logits.slice(s![0, pos, ..]));
-            let mut order: Vec<usize> = (0..log_probs.len()).collect();
+            let row = logits.slice(s![0, pos, ..]);
+            let log_sum = crate::runtime::log_sum_exp(row);
+            // Largest logits first, ties to the lower id (test_prompt's order).
+            let mut order: Vec<usize> = (0..row.len()).collect();
             let k = PREDICTIONS.min(order.len());
             order.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| {
-                log_probs[b].total_cmp(&log_probs[a]).then(a.cmp(&b))
+                row[b].total_cmp(&row[a]).then(a.cmp(&b))
             });
             order.truncate(k);
-            order.sort_by(|&a, &b| log_probs[b].total_cmp(&log_probs[a]).then(a.cmp(&b)));
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
             let top = order
                 .into_iter()
-                .map(|t| Ok((s.str_tokens(&[t as u32])?.remove(0), log_probs[t].exp())))
+                .map(|t| {
+                    let probability = (f64::from(row[t]) - log_sum).exp();
+                    Ok((s.str_tokens(&[t as u32])?.remove(0), probability))
+                })
                 .collect::<Result<Vec<_>, Failure>>()?;
             out.insert((prompt, pos), top);
         }
@@ -409,17 +414,26 @@ fn logit_histogram(logits: ndarray::ArrayView1<'_, f32>) -> Vec<(f64, f64, usize
     if high.partial_cmp(&low) != Some(std::cmp::Ordering::Greater) {
         return Vec::new();
     }
-    let width = f64::from(high - low) / BINS as f64;
-    let mut counts = vec![0usize; BINS];
-    for &v in logits {
-        counts[((f64::from(v - low) / width) as usize).min(BINS - 1)] += 1;
+    let values = logits.iter().map(|&v| f64::from(v));
+    equal_bins(values, f64::from(low), f64::from(high), BINS)
+}
+
+/// `(from, to, count)` for `bins` equal bins over `[low, high]` (`high > low`); a value
+/// at `high` (or rounding past it) counts in the last bin.
+fn equal_bins(
+    values: impl IntoIterator<Item = f64>,
+    low: f64,
+    high: f64,
+    bins: usize,
+) -> Vec<(f64, f64, usize)> {
+    let width = (high - low) / bins as f64;
+    let mut counts = vec![0usize; bins];
+    for v in values {
+        counts[(((v - low) / width) as usize).min(bins - 1)] += 1;
     }
     counts
         .into_iter()
         .enumerate()
-        .map(|(i, n)| {
-            let from = f64::from(low) + i as f64 * width;
-            (from, from + width, n)
-        })
+        .map(|(i, n)| (low + i as f64 * width, low + (i + 1) as f64 * width, n))
         .collect()
 }
