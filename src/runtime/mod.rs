@@ -12,7 +12,8 @@ pub use batch::Batch;
 pub use hooked::{Forward, HookedModel};
 pub use library::{Device, LIBRARY_ENV, Runtime};
 pub use text::{
-    Sampling, kl_divergence, log_softmax_row, log_sum_exp, per_next_token, token_losses,
+    NextTokenLogits, Sampling, kl_divergence, log_softmax_row, log_sum_exp, per_next_token,
+    token_losses,
 };
 pub use weights::read_weight;
 

@@ -55,7 +55,21 @@ fn sum_exp(values: &[f32], shift: f32) -> f64 {
 /// `KL(p || q)` for the distributions `softmax(p_logits)` and `softmax(q_logits)`:
 /// `sum p_i (x_i - y_i) - lse(x) + lse(y)`, one pass over each row per term.
 pub fn kl_divergence(p_logits: ArrayView1<'_, f32>, q_logits: ArrayView1<'_, f32>) -> f64 {
-    let (lse_p, lse_q) = (log_sum_exp(p_logits), log_sum_exp(q_logits));
+    kl_divergence_given(
+        p_logits,
+        q_logits,
+        log_sum_exp(p_logits),
+        log_sum_exp(q_logits),
+    )
+}
+
+/// [`kl_divergence`] for rows whose log-sum-exps are known already: one pass, not three.
+fn kl_divergence_given(
+    p_logits: ArrayView1<'_, f32>,
+    q_logits: ArrayView1<'_, f32>,
+    lse_p: f64,
+    lse_q: f64,
+) -> f64 {
     let (p, q) = (contiguous(p_logits), contiguous(q_logits));
     let shift = lse_p as f32;
     let weighted: f64 = p
@@ -73,21 +87,71 @@ pub fn kl_divergence(p_logits: ArrayView1<'_, f32>, q_logits: ArrayView1<'_, f32
     (weighted - lse_p + lse_q).max(0.0)
 }
 
+/// A batch's logits with the log-sum-exp of every position that has a next token,
+/// computed once: losses and KL divergences against other passes all need it, and over a
+/// 50k vocabulary it is most of their cost.
+pub struct NextTokenLogits<'a> {
+    logits: &'a Array3<f32>,
+    batch: &'a Batch,
+    /// `[row][pos]`, as [`per_next_token`] lays them out.
+    log_sum_exps: Vec<Vec<f64>>,
+}
+
+impl<'a> NextTokenLogits<'a> {
+    pub fn new(logits: &'a Array3<f32>, batch: &'a Batch) -> Self {
+        let log_sum_exps = per_next_token(batch, |row, pos| {
+            log_sum_exp(logits.slice(ndarray::s![row, pos, ..]))
+        });
+        Self {
+            logits,
+            batch,
+            log_sum_exps,
+        }
+    }
+
+    /// Cross-entropy of each next token: entry `t` of a sequence is `-log p(token[t+1])`
+    /// given tokens `0..=t` (TransformerLens' `loss_per_token=True`). Padding is skipped,
+    /// so a sequence of n tokens has n - 1 losses.
+    pub fn losses(&self) -> Vec<Vec<f32>> {
+        let batch = self.batch;
+        self.log_sum_exps
+            .iter()
+            .enumerate()
+            .map(|(row, sums)| {
+                sums.iter()
+                    .enumerate()
+                    .map(|(pos, &lse)| {
+                        let target = batch.input_ids[[row, pos + 1]] as usize;
+                        (lse - f64::from(self.logits[[row, pos, target]])) as f32
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// `KL(self || other)` of the next-token distributions at every position; `other` is
+    /// another pass over the same batch.
+    pub fn kl_divergences(&self, other: &NextTokenLogits<'_>) -> Vec<Vec<f64>> {
+        per_next_token(self.batch, |row, pos| {
+            kl_divergence_given(
+                self.logits.slice(ndarray::s![row, pos, ..]),
+                other.logits.slice(ndarray::s![row, pos, ..]),
+                self.log_sum_exps[row][pos],
+                other.log_sum_exps[row][pos],
+            )
+        })
+    }
+}
+
 /// `log_softmax` of one row of logits, in f64.
 pub fn log_softmax_row(logits: ArrayView1<'_, f32>) -> Vec<f64> {
     let log_sum = log_sum_exp(logits);
     logits.iter().map(|&x| x as f64 - log_sum).collect()
 }
 
-/// Cross-entropy of each next token: entry `t` of a sequence is `-log p(token[t+1])`
-/// given tokens `0..=t` (TransformerLens' `loss_per_token=True`). Padding is skipped, so
-/// a sequence of n tokens has n - 1 losses.
+/// Cross-entropy of each next token (see [`NextTokenLogits::losses`]).
 pub fn token_losses(logits: &Array3<f32>, batch: &Batch) -> Vec<Vec<f32>> {
-    per_next_token(batch, |row, pos| {
-        let target = batch.input_ids[[row, pos + 1]] as usize;
-        let logits = logits.slice(ndarray::s![row, pos, ..]);
-        (log_sum_exp(logits) - logits[target] as f64) as f32
-    })
+    NextTokenLogits::new(logits, batch).losses()
 }
 
 /// `f(row, pos)` at every real position that has a next token, per row: the shape of

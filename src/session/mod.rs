@@ -22,7 +22,8 @@ use reads::{Graph, Read};
 
 pub(crate) use rows::finite;
 pub use rows::{
-    argmax_attention, context, error_chain, head_rows, kl_divergences, norm, position, token_chunks,
+    argmax_attention, context, error_chain, head_rows, length_sorted_chunks, norm, position,
+    token_chunks,
 };
 pub use saes::{SaeSplice, check_save_paths, checkpoints_dir};
 pub(crate) use variants::PatchSource;

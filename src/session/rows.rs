@@ -1,24 +1,14 @@
 //! Small computations on a forward pass's tensors and a dataset's tokens, shared by the
 //! built-ins' executors.
 
-use ndarray::{Array2, Array3, ArrayD, Axis, s};
+use ndarray::{Array2, ArrayD, Axis, s};
 
 use super::Failure;
-use crate::runtime::{Batch, Forward, RuntimeError, kl_divergence, per_next_token};
+use crate::runtime::{Batch, Forward, RuntimeError};
 
 /// Logits are `tokens x d_vocab` floats; keeping a forward pass under this many tokens
 /// keeps each batch's logits to a few hundred MB on a 50k vocabulary.
 const TOKENS_PER_FORWARD: usize = 2048;
-
-/// `KL(clean || variant)` of the next-token distributions at every real position.
-pub fn kl_divergences(clean: &Array3<f32>, variant: &Array3<f32>, batch: &Batch) -> Vec<Vec<f64>> {
-    per_next_token(batch, |row, pos| {
-        kl_divergence(
-            clean.slice(s![row, pos, ..]),
-            variant.slice(s![row, pos, ..]),
-        )
-    })
-}
 
 /// A forward pass's result, or an error naming the run (a variant or the clean model) and,
 /// for NaNs, the output they came out of.
@@ -121,23 +111,57 @@ pub fn context(strs: &[String], pos: usize, width: usize) -> String {
 /// Consecutive prompts grouped so a batch holds at most `batch_size` prompts and about
 /// [`TOKENS_PER_FORWARD`] padded tokens.
 pub fn token_chunks(sequences: &[Vec<u32>], batch_size: usize) -> Vec<&[Vec<u32>]> {
-    let mut out = Vec::new();
+    let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
     let mut start = 0;
-    while start < sequences.len() {
+    group_by_width(&lengths, batch_size)
+        .into_iter()
+        .map(|size| {
+            start += size;
+            &sequences[start - size..start]
+        })
+        .collect()
+}
+
+/// Prompt indices grouped as [`token_chunks`] groups prompts, after ordering them by
+/// length (ties by index): a batch then pads each prompt to a similar length, where in
+/// file order one long prompt pads seven short ones. For passes whose results are per
+/// prompt, so the order they run in does not matter; callers put the results back in
+/// dataset order.
+pub fn length_sorted_chunks(sequences: &[Vec<u32>], batch_size: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..sequences.len()).collect();
+    order.sort_by_key(|&i| (sequences[i].len(), i));
+    let lengths: Vec<usize> = order.iter().map(|&i| sequences[i].len()).collect();
+    let mut rest = order.as_slice();
+    group_by_width(&lengths, batch_size)
+        .into_iter()
+        .map(|size| {
+            let (chunk, tail) = rest.split_at(size);
+            rest = tail;
+            chunk.to_vec()
+        })
+        .collect()
+}
+
+/// Sizes of consecutive groups of `lengths`, each at most `batch_size` long and at most
+/// [`TOKENS_PER_FORWARD`] once padded to its longest (a longer prompt goes alone).
+fn group_by_width(lengths: &[usize], batch_size: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut start = 0;
+    while start < lengths.len() {
         let mut end = start + 1;
-        let mut width = sequences[start].len();
-        while end < sequences.len() && end - start < batch_size.max(1) {
-            let wider = width.max(sequences[end].len());
+        let mut width = lengths[start];
+        while end < lengths.len() && end - start < batch_size.max(1) {
+            let wider = width.max(lengths[end]);
             if wider * (end - start + 1) > TOKENS_PER_FORWARD {
                 break;
             }
             width = wider;
             end += 1;
         }
-        out.push(&sequences[start..end]);
+        sizes.push(end - start);
         start = end;
     }
-    out
+    sizes
 }
 
 /// An error and its causes on one line.
@@ -150,4 +174,51 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prompts(lengths: &[usize]) -> Vec<Vec<u32>> {
+        lengths.iter().map(|&n| vec![1; n]).collect()
+    }
+
+    #[test]
+    fn consecutive_prompts_batch_up_to_the_size() {
+        let sequences = prompts(&[3, 9, 2, 8, 4]);
+        let sizes: Vec<usize> = token_chunks(&sequences, 2)
+            .iter()
+            .map(|c| c.len())
+            .collect();
+        assert_eq!(sizes, vec![2, 2, 1]);
+    }
+
+    #[test]
+    fn sorted_batches_group_prompts_of_similar_length() {
+        let sequences = prompts(&[3, 9, 2, 8, 4, 3]);
+        // By length, ties by index: 2 (#2), 3 (#0), 3 (#5), 4 (#4), 8 (#3), 9 (#1).
+        assert_eq!(
+            length_sorted_chunks(&sequences, 2),
+            vec![vec![2, 0], vec![5, 4], vec![3, 1]]
+        );
+    }
+
+    #[test]
+    fn a_batch_stays_under_the_padded_token_budget() {
+        // Two of these fit; a third would pad past the budget.
+        let long = TOKENS_PER_FORWARD / 2 - 1;
+        let sequences = prompts(&[long, 1, long]);
+        assert_eq!(
+            length_sorted_chunks(&sequences, 8),
+            vec![vec![1, 0], vec![2]]
+        );
+        let sizes: Vec<usize> = token_chunks(&sequences, 8)
+            .iter()
+            .map(|c| c.len())
+            .collect();
+        assert_eq!(sizes, vec![2, 1]);
+        let too_long = prompts(&[TOKENS_PER_FORWARD + 1, 1]);
+        assert_eq!(length_sorted_chunks(&too_long, 8), vec![vec![1], vec![0]]);
+    }
 }

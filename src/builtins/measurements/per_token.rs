@@ -11,9 +11,9 @@ use crate::builtins::spec::{Builtin, Produces, Type, VARIANTS, opt, req};
 use crate::hooks::{self, LOGITS};
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
-use crate::runtime::token_losses;
+use crate::runtime::NextTokenLogits;
 use crate::session::{
-    Failure, Session, argmax_attention, context, head_rows, kl_divergences, norm, token_chunks,
+    Failure, Session, argmax_attention, context, head_rows, length_sorted_chunks, norm,
 };
 
 pub const SPEC: Builtin = Builtin {
@@ -143,9 +143,12 @@ impl Measure for PerToken {
             None => None,
         };
         let mut table = table(name, &self.columns());
+        // Batches run prompts of similar length together; rows are kept per prompt and
+        // put back in dataset order at the end.
+        let mut prompt_rows: Vec<Vec<Vec<Cell>>> = vec![Vec::new(); sequences.len()];
         // Explained variance needs the mean input over the whole dataset: rows keep their
         // squared error and input until the end, then the column is filled in.
-        let mut sae_inputs: Vec<(Array1<f32>, f64)> = Vec::new();
+        let mut prompt_sae_inputs: Vec<Vec<(Array1<f32>, f64)>> = vec![Vec::new(); sequences.len()];
         let mut input_sum: Option<Array1<f64>> = None;
         let mut input_count = 0usize;
         let explained_variance_column = table.column("explained_variance");
@@ -156,9 +159,9 @@ impl Measure for PerToken {
             &format!("{name} ="),
         );
         bar.set_message(format!("per_token({dataset})"));
-        let mut first_prompt = 0;
-        for chunk in token_chunks(&sequences, s.batch_size()) {
-            let batch = s.model.batch(chunk).map_err(Session::runtime)?;
+        for prompts in length_sorted_chunks(&sequences, s.batch_size()) {
+            let chunk: Vec<Vec<u32>> = prompts.iter().map(|&i| sequences[i].clone()).collect();
+            let batch = s.model.batch(&chunk).map_err(Session::runtime)?;
             let mut clean_outputs = vec!["logits"];
             clean_outputs.extend(pattern_hook.as_deref());
             clean_outputs.extend(q_hook.as_deref());
@@ -168,14 +171,15 @@ impl Measure for PerToken {
             clean_outputs.dedup();
             let clean = s.forward(None, &batch, &clean_outputs)?;
             let clean_logits = clean.logits.as_ref().expect("logits requested");
-            let clean_losses = token_losses(clean_logits, &batch);
+            let clean_next = NextTokenLogits::new(clean_logits, &batch);
+            let clean_losses = clean_next.losses();
             let mut variant_columns: Vec<VariantColumns> = Vec::new();
             for v in variants {
                 let forward = s.forward(Some(v), &batch, &["logits"])?;
-                let logits = forward.logits.as_ref().expect("logits requested");
+                let next = NextTokenLogits::new(forward.logits.as_ref().expect("logits"), &batch);
                 variant_columns.push(VariantColumns {
-                    losses: token_losses(logits, &batch),
-                    kls: kl_divergences(clean_logits, logits, &batch),
+                    losses: next.losses(),
+                    kls: clean_next.kl_divergences(&next),
                 });
             }
             let sae_batch = match &sae {
@@ -201,11 +205,10 @@ impl Measure for PerToken {
                     input_count += x.nrows();
                     let acts = splice.sae.encode(x.view());
                     let recon = splice.sae.reconstruct(x.view(), acts.view());
-                    let kls = kl_divergences(
-                        clean_logits,
+                    let kls = clean_next.kl_divergences(&NextTokenLogits::new(
                         spliced.logits.as_ref().expect("logits requested"),
                         &batch,
-                    );
+                    ));
                     Some((x, acts, recon, kls, spliced))
                 }
                 None => None,
@@ -213,7 +216,7 @@ impl Measure for PerToken {
             let mut sae_row = 0;
             for (row, tokens) in chunk.iter().enumerate() {
                 let strs = s.str_tokens(tokens)?;
-                let index = first_prompt + row;
+                let index = prompts[row];
                 for pos in 0..tokens.len() {
                     let token_row = sae_row;
                     sae_row += 1;
@@ -276,7 +279,7 @@ impl Measure for PerToken {
                             active.iter().map(|(_, a)| f64::from(*a)).collect(),
                         ));
                         cells.push(Cell::Number(kls[row][pos]));
-                        sae_inputs.push((x.to_owned(), squared_error));
+                        prompt_sae_inputs[index].push((x.to_owned(), squared_error));
                         if let (Some((_, h)), Some(pattern_hook)) = (head, &pattern_hook) {
                             let (argmax, value) =
                                 argmax_attention(&spliced.hooks[pattern_hook], row, h, pos);
@@ -285,13 +288,14 @@ impl Measure for PerToken {
                             cells.push(Cell::Number(f64::from(value)));
                         }
                     }
-                    table.rows.push(cells);
+                    prompt_rows[index].push(cells);
                 }
             }
-            first_prompt += chunk.len();
             bar.inc(chunk.iter().map(|s| s.len() as u64).sum());
         }
         bar.finish_and_clear();
+        table.rows = prompt_rows.into_iter().flatten().collect();
+        let sae_inputs: Vec<(Array1<f32>, f64)> = prompt_sae_inputs.into_iter().flatten().collect();
         if let (Some(column), Some(sum)) = (explained_variance_column, input_sum) {
             let mean = sum / input_count.max(1) as f64;
             for (row, (x, squared_error)) in table.rows.iter_mut().zip(&sae_inputs) {

@@ -13,8 +13,8 @@ use crate::compile::interventions::Zero;
 use crate::hooks::LOGITS;
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
-use crate::runtime::token_losses;
-use crate::session::{Failure, SaeSplice, Session, kl_divergences, token_chunks};
+use crate::runtime::NextTokenLogits;
+use crate::session::{Failure, SaeSplice, Session, length_sorted_chunks};
 
 pub const SPEC: Builtin = Builtin {
     name: "sae_metrics",
@@ -114,8 +114,10 @@ impl Measure for SaeMetrics {
             mut kl_baseline,
             mut tokens,
         ) = (0.0, 0.0, 0.0, 0.0, 0.0, 0usize);
-        for chunk in token_chunks(&sequences, s.batch_size()) {
-            let batch = s.model.batch(chunk).map_err(Session::runtime)?;
+        // Sums over tokens: prompts of similar length batch together to pad less.
+        for prompts in length_sorted_chunks(&sequences, s.batch_size()) {
+            let chunk: Vec<Vec<u32>> = prompts.iter().map(|&i| sequences[i].clone()).collect();
+            let batch = s.model.batch(&chunk).map_err(Session::runtime)?;
             let clean = s
                 .forward(None, &batch, &[LOGITS])?
                 .logits
@@ -135,18 +137,18 @@ impl Measure for SaeMetrics {
             }
             .logits
             .expect("logits requested");
+            let (clean, spliced, base) = (
+                NextTokenLogits::new(&clean, &batch),
+                NextTokenLogits::new(&spliced, &batch),
+                NextTokenLogits::new(&base, &batch),
+            );
             let sum = |v: Vec<Vec<f32>>| v.iter().flatten().map(|&l| f64::from(l)).sum::<f64>();
-            clean_loss += sum(token_losses(&clean, &batch));
-            spliced_loss += sum(token_losses(&spliced, &batch));
-            baseline_loss += sum(token_losses(&base, &batch));
-            kl_spliced += kl_divergences(&clean, &spliced, &batch)
-                .iter()
-                .flatten()
-                .sum::<f64>();
-            kl_baseline += kl_divergences(&clean, &base, &batch)
-                .iter()
-                .flatten()
-                .sum::<f64>();
+            clean_loss += sum(clean.losses());
+            spliced_loss += sum(spliced.losses());
+            baseline_loss += sum(base.losses());
+            let sum = |v: Vec<Vec<f64>>| v.iter().flatten().sum::<f64>();
+            kl_spliced += sum(clean.kl_divergences(&spliced));
+            kl_baseline += sum(clean.kl_divergences(&base));
             tokens += batch
                 .lengths
                 .iter()
