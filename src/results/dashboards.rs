@@ -4,7 +4,7 @@
 pub const WINDOW: usize = 8;
 
 /// One place a feature fired: the activation, the token (and its neighbours) where.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Example {
     pub activation: f32,
     pub prompt: usize,
@@ -49,7 +49,7 @@ pub struct NeuronWeight {
     pub share_of_l1: f64,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct QuantileBand {
     pub label: String,
     pub examples: Vec<Example>,

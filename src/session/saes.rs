@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use ndarray::{Array2, Axis};
 
 use super::reads::Graph;
-use super::{Failure, Session, head_rows, token_chunks};
+use super::{Failure, Session, head_rows, length_sorted_chunks, token_chunks};
 use crate::builtins::saes::{SaeSource, Train};
 use crate::compile::{Intervention, SaeEdit, Target};
 use crate::hooks::HookRef;
@@ -307,28 +307,47 @@ impl Session<'_, '_, '_> {
         Ok(sae)
     }
 
-    /// An SAE's activations over a dataset, batch by batch, from a graph pruned to its
-    /// hook: `visit(index of the batch's first prompt, batch, the SAE's input [tokens,
-    /// d_in], its activations [tokens, d_sae])` for each batch until it returns false.
+    /// An SAE's activations over the dataset's first prompts that hold `budget` tokens
+    /// (all of them without one), batch by batch, from a graph pruned to its hook:
+    /// `visit(each row's prompt index, batch, the SAE's input [tokens, d_in], its
+    /// activations [tokens, d_sae])`. Prompts run in batches of similar length, not in
+    /// dataset order, so visitors must not depend on the order. Returns how many prompts
+    /// (from the first) were visited.
     pub(crate) fn for_each_sae_batch(
         &mut self,
         sae: &crate::sae::Sae,
         target: &Target,
         sequences: &[Vec<u32>],
-        mut visit: impl FnMut(usize, &Batch, &Array2<f32>, &Array2<f32>) -> bool,
-    ) -> Result<(), Failure> {
-        let mut first_prompt = 0;
-        for chunk in token_chunks(sequences, self.plan.model.batch_size) {
-            let batch = self.model.batch(chunk).map_err(Self::runtime)?;
+        budget: Option<usize>,
+        mut visit: impl FnMut(&[usize], &Batch, &Array2<f32>, &Array2<f32>),
+    ) -> Result<usize, Failure> {
+        let used = match budget {
+            Some(budget) => prompts_holding(sequences, budget),
+            None => sequences.len(),
+        };
+        let sequences = &sequences[..used];
+        for prompts in length_sorted_chunks(sequences, self.plan.model.batch_size) {
+            let chunk: Vec<Vec<u32>> = prompts.iter().map(|&i| sequences[i].clone()).collect();
+            let batch = self.model.batch(&chunk).map_err(Self::runtime)?;
             let forward = self.forward(None, &batch, &[&target.hook])?;
             let x = head_rows(&forward.hooks[&target.hook], &batch, target.head);
-            if !visit(first_prompt, &batch, &x, &sae.encode(x.view())) {
-                break;
-            }
-            first_prompt += chunk.len();
+            visit(&prompts, &batch, &x, &sae.encode(x.view()));
         }
-        Ok(())
+        Ok(used)
     }
+}
+
+/// How many of the first prompts it takes to hold `budget` tokens (all, if they hold
+/// fewer).
+fn prompts_holding(sequences: &[Vec<u32>], budget: usize) -> usize {
+    let mut tokens = 0;
+    for (i, prompt) in sequences.iter().enumerate() {
+        if tokens >= budget {
+            return i;
+        }
+        tokens += prompt.len();
+    }
+    sequences.len()
 }
 
 /// Whether an SAE may be saved to `dir` (and its checkpoints beside it).

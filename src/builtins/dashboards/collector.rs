@@ -2,18 +2,19 @@
 //! dataset: per feature its firing count, max and mean, a histogram of its activations,
 //! its top activating examples and examples from each activation quantile band, each
 //! with a window of tokens shaded by the feature's activation. Memory stays bounded
-//! however many tokens pass: a fixed top-k and a fixed-size reservoir sample per feature.
+//! however many tokens pass: a fixed top-k and a fixed-size sample per feature. Neither
+//! depends on the order tokens arrive in (batches run by length, not dataset order):
+//! ties break by position, and the sample keeps the firings whose hash of (feature,
+//! prompt, position) is smallest, a uniform sample that any order draws alike.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-
 use crate::results::{Example, FeatureDashboard, QuantileBand};
 
 const TOP_EXAMPLES: usize = 20;
-const RESERVOIR: usize = 400;
+/// Firings sampled per feature for its histogram and quantile bands.
+const SAMPLE: usize = 400;
 const HISTOGRAM_BINS: usize = 30;
 /// Quantile bands of the nonzero activations, examples drawn from each.
 const BANDS: usize = 4;
@@ -45,6 +46,39 @@ impl Ord for Ranked {
     }
 }
 
+/// Whether a firing is kept: among the top examples, in the sample (with its key).
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted {
+    top: bool,
+    sample_key: Option<u64>,
+}
+
+impl Wanted {
+    pub fn any(&self) -> bool {
+        self.top || self.sample_key.is_some()
+    }
+}
+
+/// A sampled firing, ordered by its key (largest on top: the first to go).
+struct Sampled(u64, Example);
+
+impl PartialEq for Sampled {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl Eq for Sampled {}
+impl PartialOrd for Sampled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Sampled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
 /// The running state for one feature.
 pub struct Collector {
     pub feature: usize,
@@ -53,8 +87,7 @@ pub struct Collector {
     pub max: f32,
     pub sum: f64,
     top: BinaryHeap<Ranked>,
-    reservoir: Vec<Example>,
-    rng: StdRng,
+    sample: BinaryHeap<Sampled>,
 }
 
 impl Collector {
@@ -66,38 +99,38 @@ impl Collector {
             max: 0.0,
             sum: 0.0,
             top: BinaryHeap::new(),
-            reservoir: Vec::new(),
-            rng: StdRng::seed_from_u64(feature as u64),
+            sample: BinaryHeap::new(),
         }
     }
 
-    /// Whether an activation would be kept (so callers build examples only then).
-    pub fn wants(&mut self, activation: f32) -> (bool, Option<usize>) {
+    /// Counts a firing and says whether it would be kept (so callers build examples only
+    /// then).
+    pub fn wants(&mut self, activation: f32, prompt: usize, pos: usize) -> Wanted {
         self.fired += 1;
         self.max = self.max.max(activation);
         self.sum += f64::from(activation);
         let top = self.top.len() < TOP_EXAMPLES
-            || self.top.peek().is_some_and(|r| activation > r.0.activation);
-        // Reservoir sampling (Algorithm R): the i-th firing replaces a random slot with
-        // probability RESERVOIR / i.
-        let slot = if self.reservoir.len() < RESERVOIR {
-            Some(self.reservoir.len())
-        } else {
-            let j = self.rng.random_range(0..self.fired);
-            (j < RESERVOIR).then_some(j)
-        };
-        (top, slot)
+            || self.top.peek().is_some_and(|weakest| {
+                let (a, p) = (weakest.0.activation, (weakest.0.prompt, weakest.0.pos));
+                activation > a || (activation == a && (prompt, pos) < p)
+            });
+        let key = sample_key(self.feature, prompt, pos);
+        let sampled =
+            self.sample.len() < SAMPLE || self.sample.peek().is_some_and(|last| key < last.0);
+        Wanted {
+            top,
+            sample_key: sampled.then_some(key),
+        }
     }
 
-    pub fn keep(&mut self, example: Example, top: bool, slot: Option<usize>) {
-        if let Some(slot) = slot {
-            if slot == self.reservoir.len() {
-                self.reservoir.push(example.clone());
-            } else {
-                self.reservoir[slot] = example.clone();
+    pub fn keep(&mut self, example: Example, wanted: Wanted) {
+        if let Some(key) = wanted.sample_key {
+            self.sample.push(Sampled(key, example.clone()));
+            if self.sample.len() > SAMPLE {
+                self.sample.pop();
             }
         }
-        if top {
+        if wanted.top {
             self.top.push(Ranked(example));
             if self.top.len() > TOP_EXAMPLES {
                 self.top.pop();
@@ -113,7 +146,7 @@ impl Collector {
                 .then(a.prompt.cmp(&b.prompt))
                 .then(a.pos.cmp(&b.pos))
         });
-        let mut sample = self.reservoir;
+        let mut sample: Vec<Example> = self.sample.into_iter().map(|s| s.1).collect();
         sample.sort_by(|a, b| {
             a.activation
                 .total_cmp(&b.activation)
@@ -170,6 +203,18 @@ impl Collector {
     }
 }
 
+/// A firing's place in the sample: splitmix64 of its feature, prompt and position, so
+/// the sample is a pseudo-random one that does not depend on the order of arrival.
+fn sample_key(feature: usize, prompt: usize, pos: usize) -> u64 {
+    let mut z = (feature as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add((prompt as u64) << 20)
+        .wrapping_add(pos as u64);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// Counts over `[0, max]` in equal bins, from the sample.
 fn histogram(sample: &[Example], max: f32) -> Vec<(f64, f64, usize)> {
     if sample.is_empty() || max <= 0.0 {
@@ -193,24 +238,35 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_top_examples_are_the_largest_and_memory_stays_bounded() {
+    fn collect(order: impl Iterator<Item = usize>) -> FeatureDashboard {
         let mut collector = Collector::new(3);
-        for i in 0..10_000 {
-            let activation = ((i * 7919) % 10_007) as f32 / 100.0;
-            let (top, slot) = collector.wants(activation);
-            if top || slot.is_some() {
-                collector.keep(example(activation, i), top, slot);
+        for i in order {
+            let activation = activation_at(i);
+            let wanted = collector.wants(activation, 0, i);
+            if wanted.any() {
+                collector.keep(example(activation, i), wanted);
             }
-            assert!(collector.reservoir.len() <= RESERVOIR && collector.top.len() <= TOP_EXAMPLES);
+            assert!(collector.sample.len() <= SAMPLE && collector.top.len() <= TOP_EXAMPLES);
         }
         collector.tokens = 20_000;
-        let dashboard = collector.finish();
-        let mut all: Vec<f32> = (0..10_000)
-            .map(|i| ((i * 7919) % 10_007) as f32 / 100.0)
+        collector.finish()
+    }
+
+    /// Some ties on purpose: 10,000 firings over 5,000 values.
+    fn activation_at(i: usize) -> f32 {
+        ((i * 7919) % 5_003) as f32 / 100.0
+    }
+
+    #[test]
+    fn the_top_examples_are_the_largest_and_memory_stays_bounded() {
+        let dashboard = collect(0..10_000);
+        let mut all: Vec<(f32, usize)> = (0..10_000).map(|i| (activation_at(i), i)).collect();
+        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let top: Vec<(f32, usize)> = dashboard
+            .top
+            .iter()
+            .map(|e| (e.activation, e.pos))
             .collect();
-        all.sort_by(|a, b| b.total_cmp(a));
-        let top: Vec<f32> = dashboard.top.iter().map(|e| e.activation).collect();
         assert_eq!(top, all[..TOP_EXAMPLES]);
         assert_eq!(dashboard.density, 0.5);
         assert_eq!(dashboard.quantiles.len(), BANDS);
@@ -220,6 +276,18 @@ mod tests {
             "bands run from the strongest down"
         );
         let counted: usize = dashboard.histogram.iter().map(|h| h.2).sum();
-        assert_eq!(counted, RESERVOIR);
+        assert_eq!(counted, SAMPLE);
+    }
+
+    #[test]
+    fn the_order_tokens_arrive_in_changes_nothing() {
+        let forward = collect(0..10_000);
+        let backward = collect((0..10_000).rev());
+        let shuffled = collect((0..10_000).map(|i| (i * 3_001) % 10_000));
+        for other in [&backward, &shuffled] {
+            assert_eq!(forward.top, other.top);
+            assert_eq!(forward.quantiles, other.quantiles);
+            assert_eq!(forward.histogram, other.histogram);
+        }
     }
 }

@@ -105,13 +105,13 @@ impl FeatureDashboards {
             sae.d_in,
         );
         let mut tokens = 0usize;
-        let mut used_prompts = 0;
         let (mut active, mut chosen) = (Vec::new(), Vec::new());
-        s.for_each_sae_batch(
+        let used_prompts = s.for_each_sae_batch(
             &sae,
             &target,
             &sequences,
-            |first_prompt, batch, inputs, acts| {
+            Some(budget),
+            |prompts, batch, inputs, acts| {
                 let mut row_start = 0;
                 for (row, &len) in batch.lengths.iter().enumerate() {
                     for pos in 0..len {
@@ -126,8 +126,8 @@ impl FeatureDashboards {
                             let Some(slot) = slot_of[f] else { continue };
                             chosen.push((slot, a));
                             let collector = &mut collectors[slot];
-                            let (top, keep) = collector.wants(a);
-                            if top || keep.is_some() {
+                            let wanted = collector.wants(a, prompts[row], pos);
+                            if wanted.any() {
                                 let (from, to) =
                                     (pos.saturating_sub(WINDOW), (pos + WINDOW).min(len - 1));
                                 let window =
@@ -135,13 +135,12 @@ impl FeatureDashboards {
                                 collector.keep(
                                     crate::results::Example {
                                         activation: a,
-                                        prompt: first_prompt + row,
+                                        prompt: prompts[row],
                                         pos,
                                         window,
                                         attends_to: None,
                                     },
-                                    top,
-                                    keep,
+                                    wanted,
                                 );
                             }
                         }
@@ -150,9 +149,7 @@ impl FeatureDashboards {
                     row_start += len;
                     tokens += len;
                 }
-                used_prompts = first_prompt + batch.lengths.len();
                 bar.set_position(tokens.min(budget) as u64);
-                tokens < budget
             },
         )?;
         bar.finish_and_clear();
@@ -232,46 +229,56 @@ impl FeatureDashboards {
 const PREDICTIONS: usize = 3;
 
 /// The clean model's [`PREDICTIONS`] most likely next tokens at each position of
-/// `windows` (positions by prompt), one prompt at a time (a prompt's logits over the
-/// vocabulary are its length x 49k floats for SmolLM2, so batches would hold too many).
+/// `windows` (positions by prompt), from batches of prompts of similar length, each cut
+/// after its last window position (causal: later tokens change nothing there).
 fn predictions(
     s: &mut Session,
     sequences: &[Vec<u32>],
     windows: &BTreeMap<usize, BTreeSet<usize>>,
 ) -> Result<BTreeMap<(usize, usize), crate::results::Predictions>, Failure> {
+    let wanted: Vec<(usize, &BTreeSet<usize>)> = windows.iter().map(|(&p, w)| (p, w)).collect();
+    let cut: Vec<Vec<u32>> = wanted
+        .iter()
+        .map(|&(prompt, positions)| {
+            let last = positions.last().copied().unwrap_or(0);
+            sequences[prompt][..=last.min(sequences[prompt].len() - 1)].to_vec()
+        })
+        .collect();
     let mut out = BTreeMap::new();
-    for (&prompt, positions) in windows {
-        // Causal: the prompt's tokens after the last window position change nothing here.
-        let last = positions.last().copied().unwrap_or(0);
-        let tokens = &sequences[prompt][..=last.min(sequences[prompt].len() - 1)];
-        let batch = s
-            .model
-            .batch(&[tokens.to_vec()])
-            .map_err(Session::runtime)?;
+    for rows in crate::session::length_sorted_chunks(&cut, s.batch_size()) {
+        let chunk: Vec<Vec<u32>> = rows.iter().map(|&i| cut[i].clone()).collect();
+        let batch = s.model.batch(&chunk).map_err(Session::runtime)?;
         let forward = s.forward(None, &batch, &[hooks::LOGITS])?;
         let logits = forward.logits.ok_or("the model returned no logits")?;
-        for &pos in positions {
-            let row = logits.slice(s![0, pos, ..]);
-            let log_sum = crate::runtime::log_sum_exp(row);
-            // Largest logits first, ties to the lower id (test_prompt's order).
-            let mut order: Vec<usize> = (0..row.len()).collect();
-            let k = PREDICTIONS.min(order.len());
-            order.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| {
-                row[b].total_cmp(&row[a]).then(a.cmp(&b))
-            });
-            order.truncate(k);
-            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-            let top = order
-                .into_iter()
-                .map(|t| {
-                    let probability = (f64::from(row[t]) - log_sum).exp();
-                    Ok((s.str_tokens(&[t as u32])?.remove(0), probability))
-                })
-                .collect::<Result<Vec<_>, Failure>>()?;
-            out.insert((prompt, pos), top);
+        for (row, &i) in rows.iter().enumerate() {
+            let (prompt, positions) = wanted[i];
+            for &pos in positions {
+                let top = top_next_tokens(logits.slice(s![row, pos, ..]))
+                    .into_iter()
+                    .map(|(t, probability)| Ok((s.str_tokens(&[t as u32])?.remove(0), probability)))
+                    .collect::<Result<Vec<_>, Failure>>()?;
+                out.insert((prompt, pos), top);
+            }
         }
     }
     Ok(out)
+}
+
+/// The [`PREDICTIONS`] largest logits of `row` with their probabilities, largest first,
+/// ties to the lower id (test_prompt's order).
+fn top_next_tokens(row: ndarray::ArrayView1<'_, f32>) -> Vec<(usize, f64)> {
+    let log_sum = crate::runtime::log_sum_exp(row);
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    let k = PREDICTIONS.min(order.len());
+    order.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| {
+        row[b].total_cmp(&row[a]).then(a.cmp(&b))
+    });
+    order.truncate(k);
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .map(|t| (t, (f64::from(row[t]) - log_sum).exp()))
+        .collect()
 }
 
 /// For a query SAE at `head`: each shown example's key position that the feature's

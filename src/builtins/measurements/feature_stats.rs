@@ -65,15 +65,20 @@ impl Measure for FeatureStats {
         let mut firing: Vec<Vec<f32>> = vec![Vec::new(); sae.d_sae];
         let mut peak: Vec<Option<(f32, usize, usize)>> = vec![None; sae.d_sae];
         let mut tokens = 0usize;
-        s.for_each_sae_batch(&sae, &target, &sequences, |first_prompt, batch, _inputs, acts| {
+        s.for_each_sae_batch(&sae, &target, &sequences, None, |prompts, batch, _inputs, acts| {
             let mut token = 0;
             for (row, &len) in batch.lengths.iter().enumerate() {
                 for pos in 0..len {
+                    let here = (prompts[row], pos);
                     for (f, &a) in acts.row(token).iter().enumerate() {
+                        // The peak is the largest activation, the earliest on ties, in
+                        // whatever order the batches run.
                         if a > 0.0 {
                             firing[f].push(a);
-                            if peak[f].is_none_or(|(best, _, _)| a > best) {
-                                peak[f] = Some((a, first_prompt + row, pos));
+                            if peak[f].is_none_or(|(best, prompt, at)| {
+                                a > best || (a == best && here < (prompt, at))
+                            }) {
+                                peak[f] = Some((a, here.0, here.1));
                             }
                         }
                     }
@@ -82,7 +87,6 @@ impl Measure for FeatureStats {
             }
             tokens += token;
             bar.inc(token as u64);
-            true
         })?;
         bar.finish_and_clear();
         let mut table = table(name, &self.columns());
