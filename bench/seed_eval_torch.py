@@ -16,6 +16,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_common import padded_batches  # noqa: E402
+
 LAYER, HEAD, D_HEAD, BATCH = 1, 4, 64, 8
 
 
@@ -64,11 +67,7 @@ def main():
     start = time.perf_counter()
     rows = 0
     with torch.inference_mode():
-        for i in range(0, len(sequences), BATCH):
-            chunk = sequences[i : i + BATCH]
-            width = max(map(len, chunk))
-            ids = torch.tensor([s + [0] * (width - len(s)) for s in chunk])
-            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk])
+        for ids, mask in padded_batches(sequences, BATCH):
             clean = run(ids, mask, [(attn.q_proj.register_forward_hook, capture_q)])
             q = captured["q"]
             ablated = run(ids, mask, [(attn.o_proj.register_forward_pre_hook, ablate)])

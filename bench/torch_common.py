@@ -1,0 +1,36 @@
+"""What the Python sides of the benchmarks share: the GGUF as a Hugging Face folder, and
+right-padded batches."""
+
+import os
+import shutil
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+def hf_folder(gguf, tmp):
+    """The benchmark's GGUF as an ordinary Hugging Face folder of float32 weights, for
+    libraries that read no GGUF (TransformerLens, sae-dashboard). transformers
+    dequantizes the GGUF; a model loaded from GGUF refuses save_pretrained, a plain copy
+    of it does not."""
+    shutil.copy(gguf, os.path.join(tmp, "model.gguf"))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file="model.gguf", dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    folder = os.path.join(tmp, "hf")
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tmp, gguf_file="model.gguf").save_pretrained(folder)
+    return folder
+
+
+def padded_batches(sequences, size):
+    """Consecutive groups of `size` token lists as (ids, mask), right-padded with 0."""
+    for i in range(0, len(sequences), size):
+        chunk = sequences[i : i + size]
+        width = max(map(len, chunk))
+        ids = torch.tensor([s + [0] * (width - len(s)) for s in chunk])
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk])
+        yield ids, mask
