@@ -381,3 +381,18 @@ fn tokens_sha256(sequences: &[Vec<u32>]) -> String {
     }
     format!("{:x}", hasher.finalize())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::prompts_holding;
+
+    #[test]
+    fn a_token_budget_takes_the_first_prompts_until_it_is_reached() {
+        let prompts = vec![vec![0; 3], vec![0; 4], vec![0; 5]];
+        assert_eq!(prompts_holding(&prompts, 1), 1);
+        assert_eq!(prompts_holding(&prompts, 3), 1);
+        assert_eq!(prompts_holding(&prompts, 4), 2);
+        assert_eq!(prompts_holding(&prompts, 7), 2);
+        assert_eq!(prompts_holding(&prompts, 100), 3);
+    }
+}
