@@ -14,12 +14,16 @@ pub struct Batch {
 }
 
 impl Batch {
-    pub fn right_padded(sequences: &[Vec<u32>], pad: u32) -> Self {
-        let width = sequences.iter().map(Vec::len).max().unwrap_or(0);
+    pub fn right_padded<S: AsRef<[u32]>>(sequences: &[S], pad: u32) -> Self {
+        let width = sequences
+            .iter()
+            .map(|s| s.as_ref().len())
+            .max()
+            .unwrap_or(0);
         let mut input_ids = Array2::from_elem((sequences.len(), width), i64::from(pad));
         let mut attention_mask = Array2::zeros((sequences.len(), width));
         for (row, tokens) in sequences.iter().enumerate() {
-            for (col, &token) in tokens.iter().enumerate() {
+            for (col, &token) in tokens.as_ref().iter().enumerate() {
                 input_ids[[row, col]] = i64::from(token);
                 attention_mask[[row, col]] = 1;
             }
@@ -27,7 +31,7 @@ impl Batch {
         Self {
             input_ids,
             attention_mask,
-            lengths: sequences.iter().map(Vec::len).collect(),
+            lengths: sequences.iter().map(|s| s.as_ref().len()).collect(),
         }
     }
 

@@ -109,9 +109,10 @@ impl<'r> HookedModel<'r> {
     }
 
     /// Pads `sequences` into a batch, refusing any longer than the model's context.
-    pub fn batch(&self, sequences: &[Vec<u32>]) -> Result<Batch, RuntimeError> {
+    pub fn batch<S: AsRef<[u32]>>(&self, sequences: &[S]) -> Result<Batch, RuntimeError> {
         let n_ctx = self.manifest.config.n_ctx;
         for tokens in sequences {
+            let tokens = tokens.as_ref();
             if tokens.is_empty() {
                 return Err(RuntimeError::EmptyPrompt);
             }

@@ -233,6 +233,17 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
         self.plan.model.batch_size
     }
 
+    /// The prompts of `sequences` at `prompts` (one batch of [`length_sorted_chunks`])
+    /// padded into one batch.
+    pub(crate) fn batch_of(
+        &self,
+        sequences: &[Vec<u32>],
+        prompts: &[usize],
+    ) -> Result<Batch, Failure> {
+        let rows: Vec<&[u32]> = prompts.iter().map(|&i| sequences[i].as_slice()).collect();
+        self.model.batch(&rows).map_err(Self::runtime)
+    }
+
     /// A prompt's tokens, with BOS when the model expects it.
     pub(crate) fn prompt_tokens(&self, prompt: &str) -> Result<Vec<u32>, Failure> {
         let prepend = self.model.manifest.special_tokens.prepend_bos;

@@ -327,8 +327,7 @@ impl Session<'_, '_, '_> {
         };
         let sequences = &sequences[..used];
         for prompts in length_sorted_chunks(sequences, self.plan.model.batch_size) {
-            let chunk: Vec<Vec<u32>> = prompts.iter().map(|&i| sequences[i].clone()).collect();
-            let batch = self.model.batch(&chunk).map_err(Self::runtime)?;
+            let batch = self.batch_of(sequences, &prompts)?;
             let forward = self.forward(None, &batch, &[&target.hook])?;
             let x = head_rows(&forward.hooks[&target.hook], &batch, target.head);
             visit(&prompts, &batch, &x, &sae.encode(x.view()));

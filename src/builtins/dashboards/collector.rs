@@ -8,7 +8,7 @@
 //! prompt, position) is smallest, a uniform sample that any order draws alike.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use crate::results::{Example, FeatureDashboard, QuantileBand};
 
@@ -35,15 +35,24 @@ impl PartialOrd for Ranked {
     }
 }
 impl Ord for Ranked {
+    /// The stronger example is the smaller, so the max-heap's top is the weakest of the
+    /// top k.
     fn cmp(&self, other: &Self) -> Ordering {
-        // Reversed: BinaryHeap is a max-heap, and the weakest of the top k must be on top.
-        other
-            .0
-            .activation
-            .total_cmp(&self.0.activation)
-            .then(self.0.prompt.cmp(&other.0.prompt))
-            .then(self.0.pos.cmp(&other.0.pos))
+        strongest_first(rank(&self.0), rank(&other.0))
     }
+}
+
+/// A firing's activation and place, what top examples are ranked by.
+type Rank = (f32, (usize, usize));
+
+fn rank(example: &Example) -> Rank {
+    (example.activation, (example.prompt, example.pos))
+}
+
+/// Larger activations first; on ties the earlier prompt and position, so the top
+/// examples do not depend on the order firings arrive in.
+fn strongest_first((a, at_a): Rank, (b, at_b): Rank) -> Ordering {
+    b.total_cmp(&a).then(at_a.cmp(&at_b))
 }
 
 /// Whether a firing is kept: among the top examples, in the sample (with its key).
@@ -59,26 +68,6 @@ impl Wanted {
     }
 }
 
-/// A sampled firing, ordered by its key (largest on top: the first to go).
-struct Sampled(u64, Example);
-
-impl PartialEq for Sampled {
-    fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
-    }
-}
-impl Eq for Sampled {}
-impl PartialOrd for Sampled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Sampled {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.cmp(&other.0)
-    }
-}
-
 /// The running state for one feature.
 pub struct Collector {
     pub feature: usize,
@@ -87,7 +76,8 @@ pub struct Collector {
     pub max: f32,
     pub sum: f64,
     top: BinaryHeap<Ranked>,
-    sample: BinaryHeap<Sampled>,
+    /// The sampled firings by key; the largest key is the first to go.
+    sample: BTreeMap<u64, Example>,
 }
 
 impl Collector {
@@ -99,7 +89,7 @@ impl Collector {
             max: 0.0,
             sum: 0.0,
             top: BinaryHeap::new(),
-            sample: BinaryHeap::new(),
+            sample: BTreeMap::new(),
         }
     }
 
@@ -111,12 +101,14 @@ impl Collector {
         self.sum += f64::from(activation);
         let top = self.top.len() < TOP_EXAMPLES
             || self.top.peek().is_some_and(|weakest| {
-                let (a, p) = (weakest.0.activation, (weakest.0.prompt, weakest.0.pos));
-                activation > a || (activation == a && (prompt, pos) < p)
+                strongest_first((activation, (prompt, pos)), rank(&weakest.0)) == Ordering::Less
             });
         let key = sample_key(self.feature, prompt, pos);
-        let sampled =
-            self.sample.len() < SAMPLE || self.sample.peek().is_some_and(|last| key < last.0);
+        let sampled = self.sample.len() < SAMPLE
+            || self
+                .sample
+                .last_key_value()
+                .is_some_and(|(&last, _)| key < last);
         Wanted {
             top,
             sample_key: sampled.then_some(key),
@@ -125,9 +117,9 @@ impl Collector {
 
     pub fn keep(&mut self, example: Example, wanted: Wanted) {
         if let Some(key) = wanted.sample_key {
-            self.sample.push(Sampled(key, example.clone()));
+            self.sample.insert(key, example.clone());
             if self.sample.len() > SAMPLE {
-                self.sample.pop();
+                self.sample.pop_last();
             }
         }
         if wanted.top {
@@ -140,13 +132,8 @@ impl Collector {
 
     pub fn finish(self) -> FeatureDashboard {
         let mut top: Vec<Example> = self.top.into_iter().map(|r| r.0).collect();
-        top.sort_by(|a, b| {
-            b.activation
-                .total_cmp(&a.activation)
-                .then(a.prompt.cmp(&b.prompt))
-                .then(a.pos.cmp(&b.pos))
-        });
-        let mut sample: Vec<Example> = self.sample.into_iter().map(|s| s.1).collect();
+        top.sort_by(|a, b| strongest_first(rank(a), rank(b)));
+        let mut sample: Vec<Example> = self.sample.into_values().collect();
         sample.sort_by(|a, b| {
             a.activation
                 .total_cmp(&b.activation)
@@ -205,6 +192,8 @@ impl Collector {
 
 /// A firing's place in the sample: splitmix64 of its feature, prompt and position, so
 /// the sample is a pseudo-random one that does not depend on the order of arrival.
+/// splitmix64's mixing is a bijection and its input is distinct for each (prompt,
+/// position) of a feature (positions stay below 2^20), so no two firings share a key.
 fn sample_key(feature: usize, prompt: usize, pos: usize) -> u64 {
     let mut z = (feature as u64)
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)

@@ -246,8 +246,7 @@ fn predictions(
         .collect();
     let mut out = BTreeMap::new();
     for rows in crate::session::length_sorted_chunks(&cut, s.batch_size()) {
-        let chunk: Vec<Vec<u32>> = rows.iter().map(|&i| cut[i].clone()).collect();
-        let batch = s.model.batch(&chunk).map_err(Session::runtime)?;
+        let batch = s.batch_of(&cut, &rows)?;
         let forward = s.forward(None, &batch, &[hooks::LOGITS])?;
         let logits = forward.logits.ok_or("the model returned no logits")?;
         for (row, &i) in rows.iter().enumerate() {

@@ -160,8 +160,7 @@ impl Measure for PerToken {
         );
         bar.set_message(format!("per_token({dataset})"));
         for prompts in length_sorted_chunks(&sequences, s.batch_size()) {
-            let chunk: Vec<Vec<u32>> = prompts.iter().map(|&i| sequences[i].clone()).collect();
-            let batch = s.model.batch(&chunk).map_err(Session::runtime)?;
+            let batch = s.batch_of(&sequences, &prompts)?;
             let mut clean_outputs = vec!["logits"];
             clean_outputs.extend(pattern_hook.as_deref());
             clean_outputs.extend(q_hook.as_deref());
@@ -214,9 +213,9 @@ impl Measure for PerToken {
                 None => None,
             };
             let mut sae_row = 0;
-            for (row, tokens) in chunk.iter().enumerate() {
+            for (row, &index) in prompts.iter().enumerate() {
+                let tokens = &sequences[index];
                 let strs = s.str_tokens(tokens)?;
-                let index = prompts[row];
                 for pos in 0..tokens.len() {
                     let token_row = sae_row;
                     sae_row += 1;
@@ -291,7 +290,7 @@ impl Measure for PerToken {
                     prompt_rows[index].push(cells);
                 }
             }
-            bar.inc(chunk.iter().map(|s| s.len() as u64).sum());
+            bar.inc(batch.real_tokens() as u64);
         }
         bar.finish_and_clear();
         table.rows = prompt_rows.into_iter().flatten().collect();

@@ -116,8 +116,7 @@ impl Measure for SaeMetrics {
         ) = (0.0, 0.0, 0.0, 0.0, 0.0, 0usize);
         // Sums over tokens: prompts of similar length batch together to pad less.
         for prompts in length_sorted_chunks(&sequences, s.batch_size()) {
-            let chunk: Vec<Vec<u32>> = prompts.iter().map(|&i| sequences[i].clone()).collect();
-            let batch = s.model.batch(&chunk).map_err(Session::runtime)?;
+            let batch = s.batch_of(&sequences, &prompts)?;
             let clean = s
                 .forward(None, &batch, &[LOGITS])?
                 .logits
