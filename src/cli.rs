@@ -72,6 +72,10 @@ enum Command {
         /// Overrides the experiment's device.
         #[arg(long, value_enum)]
         device: Option<Device>,
+        /// Train every SAE again, even those whose pin (the folder `save` names) was
+        /// trained from the same model, dataset and settings.
+        #[arg(long)]
+        retrain: bool,
         #[command(flatten)]
         outputs: OutputFlags,
     },
@@ -126,6 +130,9 @@ enum SaeCommand {
         out: Option<PathBuf>,
         #[arg(long, value_enum)]
         device: Option<Device>,
+        /// Train it again even when the folder holds a pin trained from the same inputs.
+        #[arg(long)]
+        retrain: bool,
         #[command(flatten)]
         outputs: OutputFlags,
     },
@@ -241,6 +248,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             experiment,
             reports,
             device,
+            retrain,
             outputs,
         } => {
             let scope = outputs.scope()?;
@@ -249,7 +257,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 plan.model.device = device;
             }
             let runtime = Runtime::new(plan.model.device)?;
-            let results = execute::execute(&plan, &runtime, &scope)?;
+            let results =
+                execute::execute_with(&plan, &runtime, &scope, execute::Options { retrain })?;
             let folder = report::write(&reports, &plan, &source, &results, &scope)?;
             for section in &results.sections {
                 if let execute::Section::Table(table) = section
@@ -293,6 +302,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     name,
                     out,
                     device,
+                    retrain,
                     outputs,
                 },
         } => {
@@ -305,7 +315,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", experiment.display()))?;
             execute::check_save_paths(&scope, &out)?;
             let runtime = Runtime::new(plan.model.device)?;
-            let results = execute::execute(&plan, &runtime, &scope)?;
+            let results =
+                execute::execute_with(&plan, &runtime, &scope, execute::Options { retrain })?;
             for section in &results.sections {
                 if let execute::Section::Table(table) = section {
                     for row in &table.rows {
@@ -319,7 +330,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     }
                 }
             }
-            outln!("saved {name} to {}", out.display());
+            match results.saes.iter().find(|s| s.name == name) {
+                Some(sae) if sae.from_pin => {
+                    outln!(
+                        "{name} is pinned at {} with the same inputs; kept it (--retrain trains it again)",
+                        out.display()
+                    )
+                }
+                _ => outln!("saved {name} to {}", out.display()),
+            }
         }
         Command::Diff {
             a,

@@ -258,3 +258,64 @@ fn reports_outside_the_project_are_refused_and_run_json_records_saes_and_seeds()
     assert_eq!(run["saes"][0]["name"], "s");
     assert_eq!(run["saes"][0]["weights_sha256"].as_str().unwrap().len(), 64);
 }
+
+/// A trained SAE with `save` is pinned: reruns read it while the model, dataset and
+/// settings are those it was trained from, train it again when one of them changes or
+/// on `--retrain`, and say which they did.
+#[test]
+fn a_pinned_sae_is_reused_until_its_inputs_change() {
+    let dir = setup();
+    let experiment = |l1: &str| {
+        format!(
+            "experiment pinned\nmodel \"models/tiny\"\ndataset d = prompts([\"the cat sat on the mat\", \"a dog ran\"])\nsae s = train(hook = blocks.1.attn.hook_q[head = 2], dataset = d, d_sae = 16, tokens = 500, batch_size = 8, l1_coefficient = {l1}, save = \"pins/s\")\ntable stats = feature_stats(s, d)\n"
+        )
+    };
+    let run = |args: &[&str]| {
+        let output = qexp(dir.path())
+            .args(["run", "pinned.qexp"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let record: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("reports/pinned/run.json")).unwrap(),
+        )
+        .unwrap();
+        let sae = record["saes"][0].clone();
+        (sae, String::from_utf8(output.stderr).unwrap())
+    };
+    let weights = || std::fs::read(dir.path().join("pins/s/sae_weights.safetensors")).unwrap();
+    let training = || {
+        std::fs::read_to_string(dir.path().join("reports/pinned/results/s_training.csv")).unwrap()
+    };
+
+    std::fs::write(dir.path().join("pinned.qexp"), experiment("0.01")).unwrap();
+    let (first, _) = run(&[]);
+    assert_eq!(first["from_pin"], false);
+    assert!(dir.path().join("pins/s/training.json").exists());
+    let (pinned_weights, first_training) = (weights(), training());
+
+    // The same inputs: read from the pin, the same training table shown.
+    let (again, stderr) = run(&[]);
+    assert_eq!(again["from_pin"], true, "{again}");
+    assert_eq!(again["weights_sha256"], first["weights_sha256"]);
+    assert!(!stderr.contains("training it again"), "{stderr}");
+    assert_eq!(training(), first_training);
+
+    // On request: trained again (same seed, so the same weights on this machine).
+    let (retrained, stderr) = run(&["--retrain"]);
+    assert_eq!(retrained["from_pin"], false);
+    assert!(stderr.contains("--retrain"), "{stderr}");
+
+    // One setting changed: trained again, the change named, the pin replaced.
+    std::fs::write(dir.path().join("pinned.qexp"), experiment("0.5")).unwrap();
+    let (changed, stderr) = run(&[]);
+    assert_eq!(changed["from_pin"], false);
+    assert!(
+        stderr.contains("trained from other inputs (l1_coefficient: 0.01 -> 0.5)"),
+        "{stderr}"
+    );
+    assert_ne!(weights(), pinned_weights);
+    let (after, _) = run(&[]);
+    assert_eq!(after["from_pin"], true);
+}

@@ -40,13 +40,30 @@ fn describe(step: &Step) -> String {
     }
 }
 
+/// How a run treats what earlier runs left behind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Train every SAE again, even where its pin was trained from the same inputs.
+    pub retrain: bool,
+}
+
 /// Runs `plan`; whatever it saves (trained SAEs) must be a place `scope` allows.
 pub fn execute(
     plan: &Plan,
     runtime: &Runtime,
     scope: &crate::output::Scope,
 ) -> Result<Results, ExecuteError> {
-    execute_traced(plan, runtime, scope).map(|(results, _)| results)
+    execute_with(plan, runtime, scope, Options::default())
+}
+
+/// [`execute`] with `options`.
+pub fn execute_with(
+    plan: &Plan,
+    runtime: &Runtime,
+    scope: &crate::output::Scope,
+    options: Options,
+) -> Result<Results, ExecuteError> {
+    run(plan, runtime, scope, options).map(|(results, _)| results)
 }
 
 /// What one step read: the graphs it ran and the outputs it took from each.
@@ -63,6 +80,15 @@ pub fn execute_traced(
     runtime: &Runtime,
     scope: &crate::output::Scope,
 ) -> Result<(Results, Vec<StepReads>), ExecuteError> {
+    run(plan, runtime, scope, Options::default())
+}
+
+fn run(
+    plan: &Plan,
+    runtime: &Runtime,
+    scope: &crate::output::Scope,
+    options: Options,
+) -> Result<(Results, Vec<StepReads>), ExecuteError> {
     let mut model =
         HookedModel::load(runtime, &plan.model.path).map_err(|source| ExecuteError::Load {
             path: plan.model.path.display().to_string(),
@@ -72,6 +98,7 @@ pub fn execute_traced(
     let weights_sha256 = model.manifest.weights_sha256.clone();
     let root = std::env::current_dir().unwrap_or_default();
     let mut session = Session::new(plan, &mut model, root, scope.clone());
+    session.retrain = options.retrain;
     let mut traces = Vec::new();
     let mut sections = Vec::new();
     let mut seconds = Vec::new();

@@ -38,6 +38,8 @@ pub struct SaeRecord {
     pub origin: String,
     /// SHA-256 of its weights as little-endian f32 (W_enc, b_enc, W_dec, b_dec, threshold).
     pub weights_sha256: String,
+    /// Whether a trained SAE was read from its pin rather than trained by this run.
+    pub from_pin: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

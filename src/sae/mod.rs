@@ -2,6 +2,7 @@
 //! pre-6.0 flat form) and `sae_weights.safetensors` (`W_enc [d_in, d_sae]`, `b_enc`,
 //! `W_dec [d_sae, d_in]`, `b_dec`, and `threshold` for JumpReLU).
 
+pub mod pin;
 mod save;
 mod tensors;
 pub mod train;

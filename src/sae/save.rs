@@ -9,12 +9,21 @@ use super::{Architecture, Normalization, Sae, SaeError, tensors};
 use crate::output::{Kind, Staging};
 
 pub fn save(sae: &Sae, dir: &Path) -> Result<(), SaeError> {
+    save_with(sae, dir, &[])
+}
+
+/// [`save`], with `extra` files (name, text) written into the same folder, so they are
+/// swapped in together with the weights.
+pub(super) fn save_with(sae: &Sae, dir: &Path, extra: &[(&str, &str)]) -> Result<(), SaeError> {
     let failed = |message: String| SaeError::Write {
         path: dir.to_owned(),
         message,
     };
     let staging = Staging::new(dir, Kind::Sae).map_err(|e| failed(e.to_string()))?;
     write_into(sae, staging.path()).map_err(failed)?;
+    for (name, text) in extra {
+        std::fs::write(staging.path().join(name), text).map_err(|e| failed(e.to_string()))?;
+    }
     staging.commit().map_err(|e| failed(e.to_string()))
 }
 

@@ -55,6 +55,14 @@ pub struct Session<'p, 'm, 'r> {
     reads: Vec<Read>,
     /// Above zero while preparing a variant or an SAE.
     preparing: usize,
+    /// Train every SAE again, even where a pin with the same inputs exists (`--retrain`).
+    pub retrain: bool,
+    /// How each trained SAE came to be (trained, or read from its pin), for `run.json`.
+    pub(crate) sae_origins: BTreeMap<String, String>,
+    /// The trained SAEs read from their pins.
+    pub(crate) from_pin: std::collections::BTreeSet<String>,
+    /// What the user should know about the run as it goes (a pin retrained, and why).
+    pub notes: Vec<String>,
 }
 
 impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
@@ -80,7 +88,17 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
             pending: Vec::new(),
             reads: Vec::new(),
             preparing: 0,
+            retrain: false,
+            sae_origins: BTreeMap::new(),
+            from_pin: std::collections::BTreeSet::new(),
+            notes: Vec::new(),
         }
+    }
+
+    /// Tells the user something about the run now (on stderr), and keeps it for the end.
+    pub(crate) fn note(&mut self, text: String) {
+        eprintln!("note: {text}");
+        self.notes.push(text);
     }
 
     pub(crate) fn runtime(error: RuntimeError) -> Failure {

@@ -55,13 +55,17 @@ impl Session<'_, '_, '_> {
                 let declared = self.plan.saes.iter().find(|s| &s.name == name);
                 let origin = match declared.map(|s| (s.value.function, s.value.args.get("path"))) {
                     Some(("load", Some(Value::Str(path)))) => format!("load {path}"),
-                    Some((function, _)) => function.to_owned(),
+                    Some((function, _)) => match self.sae_origins.get(name) {
+                        Some(how) => format!("{function}: {how}"),
+                        None => function.to_owned(),
+                    },
                     None => String::new(),
                 };
                 crate::results::SaeRecord {
                     name: name.clone(),
                     origin,
                     weights_sha256: format!("{:x}", hash.finalize()),
+                    from_pin: self.from_pin.contains(name),
                 }
             })
             .collect()
@@ -233,6 +237,20 @@ impl Session<'_, '_, '_> {
                 ));
             }
         }
+        let pin_inputs = crate::sae::pin::inputs(
+            &crate::sae::pin::Provenance {
+                model_weights_sha256: &self.model.manifest.weights_sha256,
+                hook: &target.hook,
+                head: target.head,
+                dataset_token_ids_sha256: &dataset_sha256,
+            },
+            &train.config,
+        );
+        if let Some(dir) = &save_to
+            && let Some(sae) = self.reuse_pin(name, dir, &pin_inputs)
+        {
+            return Ok(sae);
+        }
         let harvest = self.training_activations(&target, train)?;
         // A shared harvest may hold more tokens than this SAE reads.
         let activations = harvest.slice(ndarray::s![..harvest.nrows().min(tokens), ..]);
@@ -277,34 +295,78 @@ impl Session<'_, '_, '_> {
             head_from: None,
             pos: None,
         });
-        let mut table = Table::new(
-            &format!("{name}_training"),
-            &[
-                "activations",
-                "steps",
-                "tokens",
-                "mse",
-                "l0",
-                "explained_variance",
-                "dead_fraction",
-                "resampled",
-            ],
-        );
-        table.rows.push(vec![
-            Cell::Integer(activations.nrows() as i64),
-            Cell::Integer(summary.steps as i64),
-            Cell::Integer(summary.tokens as i64),
-            Cell::Number(summary.mse),
-            Cell::Number(summary.l0),
-            Cell::Number(summary.explained_variance),
-            Cell::Number(summary.dead_fraction),
-            Cell::Integer(summary.resampled as i64),
-        ]);
-        self.pending.push(table);
-        if let Some(dir) = &save_to {
-            crate::sae::save(&sae, dir).map_err(|e| format!("saving `{name}`: {e}"))?;
+        let summary = crate::sae::pin::RecordedSummary::new(activations.nrows(), &summary);
+        self.pending.push(training_table(name, &summary));
+        match &save_to {
+            Some(dir) => {
+                let record = crate::sae::pin::TrainingRecord {
+                    inputs: pin_inputs,
+                    summary,
+                    trained_with: format!("qexp {}", env!("CARGO_PKG_VERSION")),
+                };
+                crate::sae::pin::save(&sae, &record, dir)
+                    .map_err(|e| format!("saving `{name}`: {e}"))?;
+                self.sae_origins.insert(
+                    name.to_owned(),
+                    format!("trained, pinned at {}", self.shown(dir)),
+                );
+            }
+            None => {
+                self.sae_origins
+                    .insert(name.to_owned(), "trained, not pinned (no `save`)".into());
+            }
         }
         Ok(sae)
+    }
+
+    /// The SAE pinned at `dir` if it was trained from `inputs` (and `--retrain` is not
+    /// given), with its recorded training summary queued as the step's table; `None`
+    /// (after a note saying why) when it must be trained.
+    fn reuse_pin(
+        &mut self,
+        name: &str,
+        dir: &std::path::Path,
+        inputs: &std::collections::BTreeMap<String, serde_json::Value>,
+    ) -> Option<crate::sae::Sae> {
+        let record = crate::sae::pin::read(dir)?;
+        let shown = self.shown(dir);
+        let changes = crate::sae::pin::changes(&record.inputs, inputs);
+        if !changes.is_empty() {
+            self.note(format!(
+                "`{name}`: the SAE pinned at {shown} was trained from other inputs ({}); training it again",
+                changes.join(", ")
+            ));
+            return None;
+        }
+        if self.retrain {
+            self.note(format!(
+                "`{name}`: training again over the pin at {shown} (--retrain)"
+            ));
+            return None;
+        }
+        match crate::sae::load(dir) {
+            Ok(sae) => {
+                self.pending.push(training_table(name, &record.summary));
+                self.sae_origins
+                    .insert(name.to_owned(), format!("read from its pin at {shown}"));
+                self.from_pin.insert(name.to_owned());
+                Some(sae)
+            }
+            Err(e) => {
+                self.note(format!(
+                    "`{name}`: the pin at {shown} cannot be read ({e}); training it again"
+                ));
+                None
+            }
+        }
+    }
+
+    /// A path as the user wrote it: relative to the project where it is inside.
+    fn shown(&self, path: &std::path::Path) -> String {
+        path.strip_prefix(&self.root)
+            .unwrap_or(path)
+            .display()
+            .to_string()
     }
 
     /// An SAE's activations over the dataset's first prompts that hold `budget` tokens
@@ -334,6 +396,34 @@ impl Session<'_, '_, '_> {
         }
         Ok(used)
     }
+}
+
+/// The table an SAE's training adds to the report: what training reported.
+fn training_table(name: &str, summary: &crate::sae::pin::RecordedSummary) -> Table {
+    let mut table = Table::new(
+        &format!("{name}_training"),
+        &[
+            "activations",
+            "steps",
+            "tokens",
+            "mse",
+            "l0",
+            "explained_variance",
+            "dead_fraction",
+            "resampled",
+        ],
+    );
+    table.rows.push(vec![
+        Cell::Integer(summary.activations as i64),
+        Cell::Integer(summary.steps as i64),
+        Cell::Integer(summary.tokens as i64),
+        Cell::Number(summary.mse),
+        Cell::Number(summary.l0),
+        Cell::Number(summary.explained_variance),
+        Cell::Number(summary.dead_fraction),
+        Cell::Integer(summary.resampled as i64),
+    ]);
+    table
 }
 
 /// How many of the first prompts it takes to hold `budget` tokens (all, if they hold
