@@ -256,10 +256,33 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if let Some(device) = device {
                 plan.model.device = device;
             }
+            let lock_path = crate::lock::path_for(&experiment);
+            scope.check_file(&lock_path, crate::lock::HEADER)?;
+            let root = std::env::current_dir().context("cannot resolve the current folder")?;
+            let locked = crate::lock::read(&lock_path)?;
+            let mut told = Vec::new();
+            if let Some(locked) = &locked {
+                told = crate::lock::differences(locked, &crate::lock::before_run(&plan, &root));
+                for difference in &told {
+                    eprintln!(
+                        "note: {difference}: the report will not match {}",
+                        lock_path.display()
+                    );
+                }
+            }
             let runtime = Runtime::new(plan.model.device)?;
             let results =
                 execute::execute_with(&plan, &runtime, &scope, execute::Options { retrain })?;
             let folder = report::write(&reports, &plan, &source, &results, &scope)?;
+            let lock = crate::lock::after_run(&plan, &results, &root);
+            if let Some(locked) = &locked {
+                for difference in crate::lock::differences(locked, &lock) {
+                    if !told.contains(&difference) {
+                        eprintln!("note: {difference}");
+                    }
+                }
+            }
+            crate::lock::write(&lock_path, &lock, &scope)?;
             for section in &results.sections {
                 if let execute::Section::Table(table) = section
                     && table.rows.len() == 1

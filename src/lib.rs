@@ -19,6 +19,7 @@ mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hooks;
+pub mod lock;
 pub mod machine;
 pub mod manifest;
 pub mod model;

@@ -67,6 +67,8 @@ pub enum OutputError {
     NotOurs { path: PathBuf, kind: Kind },
     #[error("refusing to write {}: it exists and is not a folder", path.display())]
     NotAFolder { path: PathBuf },
+    #[error("refusing to replace {}: it is not a file qexp wrote (it does not start with `{header}`); move it away, or rename the experiment", path.display())]
+    NotOurFile { path: PathBuf, header: String },
     #[error("cannot inspect {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -103,6 +105,35 @@ impl Scope {
             project: project.canonicalize()?,
             allow_outside,
         })
+    }
+
+    /// Checks that the single file `target` may be (re)written: inside the project (unless
+    /// allowed), and, if it exists, a regular file starting with `header` (one qexp wrote).
+    pub fn check_file(&self, target: &Path, header: &str) -> Result<(), OutputError> {
+        let resolved = resolve(&self.project.join(target)).map_err(io_error(target))?;
+        if !self.allow_outside && !resolved.starts_with(&self.project) {
+            return Err(OutputError::Outside {
+                path: target.to_owned(),
+                resolved,
+                project: self.project.clone(),
+            });
+        }
+        let ours = match std::fs::symlink_metadata(&resolved) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(io_error(target)(e)),
+            Ok(meta) => {
+                meta.is_file()
+                    && std::fs::read_to_string(&resolved).is_ok_and(|t| t.starts_with(header))
+            }
+        };
+        if ours {
+            Ok(())
+        } else {
+            Err(OutputError::NotOurFile {
+                path: target.to_owned(),
+                header: header.to_owned(),
+            })
+        }
     }
 
     /// Checks, without writing anything, that `target` may be (re)written as a `kind`

@@ -319,3 +319,42 @@ fn a_pinned_sae_is_reused_until_its_inputs_change() {
     let (after, _) = run(&[]);
     assert_eq!(after["from_pin"], true);
 }
+
+/// `qexp run` writes a lock beside the experiment; a rerun on another dataset file says
+/// so before it starts.
+#[test]
+fn the_lock_names_the_inputs_and_a_changed_dataset_is_announced() {
+    let dir = setup();
+    std::fs::write(dir.path().join("lines.txt"), "the cat sat\n%\na dog ran\n").unwrap();
+    std::fs::write(
+        dir.path().join("locked.qexp"),
+        "experiment locked\nmodel \"models/tiny\"\ndataset lines = text(\"lines.txt\", separator = \"\\n%\\n\")\ntable losses = per_token(lines)\n",
+    )
+    .unwrap();
+    let run = || {
+        let output = qexp(dir.path())
+            .args(["run", "locked.qexp"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stderr).unwrap()
+    };
+    assert!(!run().contains("note:"));
+    let lock = std::fs::read_to_string(dir.path().join("locked.lock")).unwrap();
+    assert!(lock.starts_with("# qexp lock:"), "{lock}");
+    assert!(lock.contains("path: lines.txt"), "{lock}");
+    assert!(lock.contains("weights_sha256:"), "{lock}");
+    assert!(!run().contains("note:"), "same inputs, nothing to say");
+
+    std::fs::write(
+        dir.path().join("lines.txt"),
+        "the cat sat\n%\na dog walked\n",
+    )
+    .unwrap();
+    let stderr = run();
+    assert!(
+        stderr.contains("note: dataset `lines` (lines.txt) differs from the lock's"),
+        "{stderr}"
+    );
+    assert!(!run().contains("note:"), "the lock now holds the new file");
+}

@@ -270,6 +270,28 @@ pub fn load(dir: &Path) -> Result<Sae, SaeError> {
 }
 
 impl Sae {
+    /// SHA-256 of its weights as little-endian f32 (W_enc, b_enc, W_dec, b_dec, and the
+    /// threshold when it has one): equal for equal weights, whatever file they came from.
+    pub fn weights_sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        let tensors = [
+            self.w_enc.as_slice_memory_order(),
+            self.b_enc.as_slice_memory_order(),
+            self.w_dec.as_slice_memory_order(),
+            self.b_dec.as_slice_memory_order(),
+            self.threshold
+                .as_ref()
+                .and_then(|t| t.as_slice_memory_order()),
+        ];
+        for values in tensors.into_iter().flatten() {
+            for v in values {
+                hash.update(v.to_le_bytes());
+            }
+        }
+        format!("{:x}", hash.finalize())
+    }
+
     /// Feature activations of rows of `x` (`[n, d_in]` -> `[n, d_sae]`), as SAELens'
     /// `encode` computes them.
     pub fn encode(&self, x: ArrayView2<'_, f32>) -> Array2<f32> {

@@ -33,25 +33,9 @@ pub struct SaeSplice {
 impl Session<'_, '_, '_> {
     /// What `run.json` records about each SAE the run made or read.
     pub(crate) fn sae_records(&self) -> Vec<crate::results::SaeRecord> {
-        use sha2::{Digest, Sha256};
         self.saes
             .iter()
             .map(|(name, sae)| {
-                let mut hash = Sha256::new();
-                let tensors = [
-                    sae.w_enc.as_slice_memory_order(),
-                    sae.b_enc.as_slice_memory_order(),
-                    sae.w_dec.as_slice_memory_order(),
-                    sae.b_dec.as_slice_memory_order(),
-                    sae.threshold
-                        .as_ref()
-                        .and_then(|t| t.as_slice_memory_order()),
-                ];
-                for values in tensors.into_iter().flatten() {
-                    for v in values {
-                        hash.update(v.to_le_bytes());
-                    }
-                }
                 let declared = self.plan.saes.iter().find(|s| &s.name == name);
                 let origin = match declared.map(|s| (s.value.function, s.value.args.get("path"))) {
                     Some(("load", Some(Value::Str(path)))) => format!("load {path}"),
@@ -64,7 +48,7 @@ impl Session<'_, '_, '_> {
                 crate::results::SaeRecord {
                     name: name.clone(),
                     origin,
-                    weights_sha256: format!("{:x}", hash.finalize()),
+                    weights_sha256: sae.weights_sha256(),
                     from_pin: self.from_pin.contains(name),
                 }
             })
