@@ -30,8 +30,12 @@ import json, sys
 end_to_end, theirs = float(sys.argv[1]), json.loads(sys.argv[2])
 run = json.load(open("bench/.reports/dashboards_64/run.json"))
 steps = [float(s) for s in run["seconds_per_step"]]
-results = json.load(open("bench/.reports/dashboards_64/results/results.json"))
-tokens = [s["tokens"] for s in results if s["kind"] == "dashboards"]
+import re
+# Each dashboards step's index page says how many tokens it read.
+tokens = [
+    int(re.search(r", (\d+) tokens read", open(f"bench/.reports/dashboards_64/dashboards/{name}/index.html").read()).group(1))
+    for name in ("first_64", "with_predictions")
+]
 print(f"dashboards, {theirs['features']} features of a residual SAE (blocks.6.hook_resid_post):")
 print(f"  sae-dashboard {theirs['sae_dashboard']} runner, {theirs['tokens']} tokens (model and SAE loaded first): "
       f"{theirs['runner_seconds']:.1f} s, + {theirs['write_seconds']:.1f} s writing HTML")

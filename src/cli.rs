@@ -76,6 +76,9 @@ enum Command {
         /// trained from the same model, dataset and settings.
         #[arg(long)]
         retrain: bool,
+        /// Threads for the model's kernels (default: every core).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        threads: Option<u16>,
         #[command(flatten)]
         outputs: OutputFlags,
     },
@@ -83,9 +86,10 @@ enum Command {
     Diff {
         a: PathBuf,
         b: PathBuf,
-        /// Numbers closer than this count as equal.
-        #[arg(long, default_value_t = 0.0)]
-        tolerance: f64,
+        /// Numbers closer than this count as equal (default: each column's own
+        /// tolerance, by the quantity it holds; see GRAMMAR.md).
+        #[arg(long)]
+        tolerance: Option<f64>,
         /// Changed cells listed per table (every changed column is summarised).
         #[arg(long, default_value_t = 10)]
         examples: usize,
@@ -249,6 +253,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             reports,
             device,
             retrain,
+            threads,
             outputs,
         } => {
             let scope = outputs.scope()?;
@@ -270,9 +275,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     );
                 }
             }
-            let runtime = Runtime::new(plan.model.device)?;
-            let results =
-                execute::execute_with(&plan, &runtime, &scope, execute::Options { retrain })?;
+            let mut runtime = Runtime::new(plan.model.device)?;
+            runtime.threads = threads.map(usize::from);
+            let earlier = report::written_tables(&report::folder(&reports, &plan.name));
+            let options = execute::Options { retrain, earlier };
+            let results = execute::execute_with(&plan, &runtime, &scope, options)?;
             let folder = report::write(&reports, &plan, &source, &results, &scope)?;
             let lock = crate::lock::after_run(&plan, &results, &root);
             if let Some(locked) = &locked {
@@ -338,8 +345,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", experiment.display()))?;
             execute::check_save_paths(&scope, &out)?;
             let runtime = Runtime::new(plan.model.device)?;
-            let results =
-                execute::execute_with(&plan, &runtime, &scope, execute::Options { retrain })?;
+            let options = execute::Options {
+                retrain,
+                ..Default::default()
+            };
+            let results = execute::execute_with(&plan, &runtime, &scope, options)?;
             for section in &results.sections {
                 if let execute::Section::Table(table) = section {
                     for row in &table.rows {

@@ -36,7 +36,6 @@ fn run_writes_a_report_that_reruns_byte_identically() {
         .assert()
         .success();
     let files = [
-        "results/results.json",
         "results/sanity.csv",
         "results/continued.csv",
         "plots/heat.svg",

@@ -41,10 +41,13 @@ fn describe(step: &Step) -> String {
 }
 
 /// How a run treats what earlier runs left behind.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Train every SAE again, even where its pin was trained from the same inputs.
     pub retrain: bool,
+    /// The tables of the report this run replaces, by name: numbers within tolerance of
+    /// them keep their earlier value (see `results::tolerance::settle`).
+    pub earlier: std::collections::BTreeMap<String, crate::results::tolerance::Written>,
 }
 
 /// Runs `plan`; whatever it saves (trained SAEs) must be a place `scope` allows.
@@ -99,6 +102,7 @@ fn run(
     let root = std::env::current_dir().unwrap_or_default();
     let mut session = Session::new(plan, &mut model, root, scope.clone());
     session.retrain = options.retrain;
+    session.earlier = options.earlier;
     let mut traces = Vec::new();
     let mut sections = Vec::new();
     let mut seconds = Vec::new();
@@ -113,7 +117,10 @@ fn run(
             step: label.clone(),
             reads: session.take_reads(),
         });
-        for table in session.pending.drain(..) {
+        for mut table in session.pending.drain(..) {
+            if let Some(earlier) = session.earlier.get(&table.name) {
+                crate::results::tolerance::settle(&mut table, earlier);
+            }
             sections.push(Section::Table(table));
             seconds.push(0.0);
         }
@@ -139,7 +146,10 @@ fn run(
                     step: format!("sae {}", sae.name),
                     message,
                 })?;
-            for table in session.pending.drain(..) {
+            for mut table in session.pending.drain(..) {
+                if let Some(earlier) = session.earlier.get(&table.name) {
+                    crate::results::tolerance::settle(&mut table, earlier);
+                }
                 sections.push(Section::Table(table));
                 seconds.push(0.0);
             }
@@ -149,6 +159,9 @@ fn run(
     drop(session);
     let results = Results {
         tokens_run: model.tokens_run(),
+        threads: runtime
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
         sections,
         seconds,
         model_source,
@@ -178,7 +191,13 @@ fn run_step(session: &mut Session<'_, '_, '_>, step: &Step) -> Result<Section, S
                     if let Some(Ok(TableOp::Filter(filter))) = ops.first().map(TableOp::bind) {
                         measurement.narrow(&filter);
                     }
-                    measurement.run(session, name)?
+                    let mut table = measurement.run(session, name)?;
+                    // Before the table's own sorts and cuts, so they order the earlier
+                    // numbers where only noise moved them.
+                    if let Some(earlier) = session.earlier.get(name) {
+                        crate::results::tolerance::settle(&mut table, earlier);
+                    }
+                    table
                 }
                 TableSource::Table(t) => {
                     let mut table = session.table(t)?.clone();
@@ -188,6 +207,9 @@ fn run_step(session: &mut Session<'_, '_, '_>, step: &Step) -> Result<Section, S
             };
             for op in ops {
                 table = TableOp::bind(op).map_err(|e| e.to_string())?.apply(table)?;
+            }
+            if let Some(earlier) = session.earlier.get(name) {
+                crate::results::tolerance::settle(&mut table, earlier);
             }
             session.tables.insert(name.clone(), table.clone());
             Section::Table(table)

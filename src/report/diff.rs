@@ -2,7 +2,7 @@
 //! `results/*.csv` files (the diffable form of a report), so it works on any two report
 //! folders, from two runs or two commits.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -14,11 +14,10 @@ pub enum DiffError {
     Read { path: PathBuf, message: String },
 }
 
+use crate::results::tolerance::{Written, cells_agree};
+
 /// One table's CSV: its header and rows of cells.
-struct Csv {
-    columns: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
+type Csv = Written;
 
 fn tables(report: &Path) -> Result<BTreeSet<String>, DiffError> {
     let dir = report.join("results");
@@ -53,10 +52,28 @@ fn read(report: &Path, table: &str) -> Result<Csv, DiffError> {
     Ok(Csv { columns, rows })
 }
 
+/// Every table a report holds, as written, by name; empty when `report` is not a report
+/// folder (a first run).
+pub fn written_tables(report: &Path) -> BTreeMap<String, Written> {
+    let Ok(names) = tables(report) else {
+        return BTreeMap::new();
+    };
+    names
+        .into_iter()
+        .filter_map(|name| Some((name.clone(), read(report, &name).ok()?)))
+        .collect()
+}
+
 /// What changed from report `a` to report `b`, as text; empty when their result files
-/// agree (numbers within `tolerance`). At most `examples` changed cells per table are
-/// listed; every changed column is summarised.
-pub fn diff(a: &Path, b: &Path, tolerance: f64, examples: usize) -> Result<String, DiffError> {
+/// agree: text equal, numbers within their column's tolerance (see
+/// `results::tolerance`), or within `tolerance` when given. At most `examples` changed
+/// cells per table are listed; every changed column is summarised.
+pub fn diff(
+    a: &Path,
+    b: &Path,
+    tolerance: Option<f64>,
+    examples: usize,
+) -> Result<String, DiffError> {
     let (in_a, in_b) = (tables(a)?, tables(b)?);
     let mut out = String::new();
     for name in in_a.union(&in_b) {
@@ -79,7 +96,7 @@ pub fn diff(a: &Path, b: &Path, tolerance: f64, examples: usize) -> Result<Strin
     Ok(out)
 }
 
-fn diff_table(name: &str, a: &Csv, b: &Csv, tolerance: f64, examples: usize) -> String {
+fn diff_table(name: &str, a: &Csv, b: &Csv, tolerance: Option<f64>, examples: usize) -> String {
     let mut out = String::new();
     let mut say = |line: String| {
         out.push_str(&line);
@@ -115,12 +132,18 @@ fn diff_table(name: &str, a: &Csv, b: &Csv, tolerance: f64, examples: usize) -> 
         let (mut changed, mut largest, mut largest_row) = (0usize, 0.0f64, 0usize);
         for (row, (ra, rb)) in a.rows.iter().zip(&b.rows).enumerate() {
             let (va, vb) = (&ra[ca], &rb[cb]);
+            let agree = match tolerance {
+                Some(t) => match (va.parse::<f64>(), vb.parse::<f64>()) {
+                    (Ok(x), Ok(y)) => (x - y).abs() <= t || (x.is_nan() && y.is_nan()),
+                    _ => va == vb,
+                },
+                None => cells_agree(column, va, vb),
+            };
+            if agree {
+                continue;
+            }
             let delta = match (va.parse::<f64>(), vb.parse::<f64>()) {
-                (Ok(x), Ok(y)) if (x - y).abs() <= tolerance || (x.is_nan() && y.is_nan()) => {
-                    continue;
-                }
                 (Ok(x), Ok(y)) => Some(y - x),
-                _ if va == vb => continue,
                 _ => None,
             };
             changed += 1;
@@ -169,7 +192,7 @@ mod tests {
     fn identical_reports_have_no_differences() {
         let a = report(&[("t", "x,y\n1,a\n2,b\n")]);
         let b = report(&[("t", "x,y\n1,a\n2,b\n")]);
-        assert_eq!(diff(a.path(), b.path(), 0.0, 10).unwrap(), "");
+        assert_eq!(diff(a.path(), b.path(), Some(0.0), 10).unwrap(), "");
     }
 
     #[test]
@@ -182,7 +205,7 @@ mod tests {
             ("t", "loss,token\n3.5,said\n1.0000001,Mom\n"),
             ("new", "x\n1\n"),
         ]);
-        let text = diff(a.path(), b.path(), 1e-6, 10).unwrap();
+        let text = diff(a.path(), b.path(), None, 10).unwrap();
         assert!(text.contains("table gone: only in"), "{text}");
         assert!(text.contains("table new: only in"), "{text}");
         assert!(
@@ -207,7 +230,7 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let a = report(&[]);
         assert!(matches!(
-            diff(a.path(), empty.path(), 0.0, 10),
+            diff(a.path(), empty.path(), None, 10),
             Err(DiffError::NotAReport(_))
         ));
     }

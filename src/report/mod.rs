@@ -1,12 +1,13 @@
-//! Results -> report folder: `index.html` (self-contained), `results/*.csv` and
-//! `results/results.json` (stable order, fixed float formatting, no timestamps: they
-//! diff cleanly in git), and `run.json` (versions, hashes, timings).
+//! Results -> report folder: `index.html` (self-contained), `results/*.csv` (stable
+//! order, fixed float formatting, no timestamps: they diff cleanly in git), plots,
+//! dashboards, and `run.json` (versions, hashes, timings; ignored by git).
 
 mod dashboards;
 mod diff;
+mod keep;
 mod plots;
 
-pub use diff::{DiffError, diff};
+pub use diff::{DiffError, diff, written_tables};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -86,8 +87,6 @@ pub fn write(
     std::fs::create_dir_all(dir.join("results"))?;
 
     write_csvs(&dir.join("results"), results)?;
-    let json = serde_json::to_string_pretty(&rounded(results)).expect("results serialize");
-    std::fs::write(dir.join("results/results.json"), json + "\n")?;
 
     let record = RunRecord {
         qexp_version: env!("CARGO_PKG_VERSION"),
@@ -97,7 +96,7 @@ pub fn write(
         model_source: &results.model_source,
         weights_sha256: &results.weights_sha256,
         device: plan.model.device,
-        threads: std::thread::available_parallelism().map_or(1, usize::from),
+        threads: results.threads,
         seconds_per_step: results.seconds.iter().map(|s| format!("{s:.3}")).collect(),
         tokens_run: results.tokens_run,
         saes: &results.saes,
@@ -122,6 +121,15 @@ pub fn write(
         }
     }
     std::fs::write(dir.join("index.html"), render_html(plan, results, &svgs)?)?;
+    // run.json changes with every run (timings, threads); what a reviewer compares is
+    // the rest, and what the report was made from is in the experiment's lock file.
+    std::fs::write(
+        dir.join(".gitignore"),
+        "# This machine's run: timings and threads. The experiment's .lock file records\n# what the report was made from.\nrun.json\n",
+    )?;
+    if target.is_dir() {
+        keep::keep_unchanged_pages(&target, dir)?;
+    }
 
     staging.commit()?;
     Ok(target)
@@ -154,24 +162,6 @@ fn seeds(plan: &Plan) -> BTreeMap<String, i64> {
     seeds
 }
 
-fn rounded(results: &Results) -> serde_json::Value {
-    let mut value = serde_json::to_value(&results.sections).expect("sections serialize");
-    round_floats(&mut value);
-    value
-}
-
-fn round_floats(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Number(n) if n.is_f64() => {
-            let x = n.as_f64().expect("is f64");
-            *value = serde_json::Value::from((x * 1e6).round() / 1e6);
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(round_floats),
-        serde_json::Value::Object(map) => map.values_mut().for_each(round_floats),
-        _ => {}
-    }
-}
-
 fn write_csvs(dir: &Path, results: &Results) -> Result<(), ReportError> {
     for section in &results.sections {
         if let Section::Table(table) = section {
@@ -186,15 +176,8 @@ fn write_csvs(dir: &Path, results: &Results) -> Result<(), ReportError> {
     Ok(())
 }
 
-/// A cell as CSV text. Text that a spreadsheet would run as a formula (starting with
-/// `=`, `+`, `-`, `@`, a tab or a carriage return) gets a leading `'`, as OWASP's
-/// guidance on CSV injection recommends; numbers are written as they are.
 fn csv_cell(cell: &Cell) -> String {
-    let text = cell.text();
-    match cell {
-        Cell::Str(s) if s.starts_with(['=', '+', '-', '@', '\t', '\r']) => format!("'{text}"),
-        _ => text,
-    }
+    cell.csv_text()
 }
 
 /// JSON to put inside `<script type="application/json">`: `<` written as `\u003c`, so no

@@ -4,6 +4,7 @@
 mod dashboards;
 mod plot;
 mod table;
+pub mod tolerance;
 
 pub use dashboards::{
     Correlation, Dashboards, Example, FeatureDashboard, LogitEffects, NeuronWeight, Predictions,
@@ -29,6 +30,9 @@ pub struct Results {
     /// Real tokens run through the model, over every graph, for `run.json`.
     #[serde(skip)]
     pub tokens_run: usize,
+    /// Threads the model's kernels ran on, for `run.json`.
+    #[serde(skip)]
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -40,6 +40,18 @@ impl Cell {
         }
     }
 
+    /// The cell as a report's CSV file holds it: [`Cell::text`], and text that a
+    /// spreadsheet would run as a formula (starting with `=`, `+`, `-`, `@`, a tab or a
+    /// carriage return) behind a leading `'`, as OWASP's guidance on CSV injection
+    /// recommends; numbers are written as they are.
+    pub fn csv_text(&self) -> String {
+        let text = self.text();
+        match self {
+            Cell::Str(s) if s.starts_with(['=', '+', '-', '@', '\t', '\r']) => format!("'{text}"),
+            _ => text,
+        }
+    }
+
     /// The cell as it appears in a CSV file: floats with six decimals, lists bracketed.
     pub fn text(&self) -> String {
         match self {

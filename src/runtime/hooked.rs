@@ -220,7 +220,10 @@ impl<'r> HookedModel<'r> {
     }
 
     fn build_session(&self, graph: &ModelProto) -> Result<Session, RuntimeError> {
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let threads = self
+            .runtime
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
         let builder_error =
             |e: ort::Error<ort::session::builder::SessionBuilder>| RuntimeError::Ort {
                 doing: "configuring a session".into(),
@@ -278,11 +281,15 @@ fn run_session(
         .map_err(RuntimeError::ort("running the model"))?;
 
     let mut forward = Forward::default();
+    let perturbation = test_perturbation();
     for name in &outputs {
-        let array = results[name.as_str()]
+        let mut array = results[name.as_str()]
             .try_extract_array::<f32>()
             .map_err(RuntimeError::ort(format!("reading output `{name}`")))?
             .to_owned();
+        if let Some(relative) = perturbation {
+            perturb(&mut array, relative);
+        }
         if name == LOGITS {
             forward.logits =
                 Some(
@@ -298,4 +305,29 @@ fn run_session(
         }
     }
     Ok(forward)
+}
+
+/// For tests only: `QEXP_TEST_PERTURB_OUTPUTS=1e-6` scales every value the model outputs
+/// by `1 + relative * u`, `u` in [-1, 1] from a hash of its position, standing in for
+/// another CPU's kernels (which differ in the last digits). Reproducibility tests use it
+/// to show that such noise never reaches a report.
+fn test_perturbation() -> Option<f32> {
+    static RELATIVE: std::sync::OnceLock<Option<f32>> = std::sync::OnceLock::new();
+    *RELATIVE.get_or_init(|| {
+        std::env::var("QEXP_TEST_PERTURB_OUTPUTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+fn perturb(array: &mut ndarray::ArrayD<f32>, relative: f32) {
+    for (index, value) in array.iter_mut().enumerate() {
+        // splitmix64 of the index: a fixed, well-spread sign and size per element.
+        let mut z = (index as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let u = (z >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0;
+        *value *= 1.0 + relative * u;
+    }
 }

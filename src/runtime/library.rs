@@ -19,6 +19,8 @@ pub struct Runtime {
     pub(super) environment: Environment,
     pub device: Device,
     pub library: PathBuf,
+    /// Threads each session's kernels use; all cores when `None`.
+    pub threads: Option<usize>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -47,6 +49,7 @@ impl Runtime {
                 environment: environment.clone(),
                 device,
                 library: library.clone(),
+                threads: None,
             });
         }
         let library = locate_library()?;
@@ -67,6 +70,7 @@ impl Runtime {
             })?;
         *shared = Some((environment.clone(), library.clone()));
         Ok(Self {
+            threads: None,
             environment,
             device,
             library,

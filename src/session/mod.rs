@@ -61,6 +61,8 @@ pub struct Session<'p, 'm, 'r> {
     pub(crate) sae_origins: BTreeMap<String, String>,
     /// The trained SAEs read from their pins.
     pub(crate) from_pin: std::collections::BTreeSet<String>,
+    /// The tables of the report this run replaces (see `results::tolerance::settle`).
+    pub earlier: BTreeMap<String, crate::results::tolerance::Written>,
     /// What the user should know about the run as it goes (a pin retrained, and why).
     pub notes: Vec<String>,
 }
@@ -92,6 +94,7 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
             sae_origins: BTreeMap::new(),
             from_pin: std::collections::BTreeSet::new(),
             notes: Vec::new(),
+            earlier: BTreeMap::new(),
         }
     }
 

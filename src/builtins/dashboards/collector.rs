@@ -10,6 +10,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
 
+use crate::results::tolerance::ranked;
 use crate::results::{Example, FeatureDashboard, QuantileBand};
 
 const TOP_EXAMPLES: usize = 20;
@@ -49,10 +50,11 @@ fn rank(example: &Example) -> Rank {
     (example.activation, (example.prompt, example.pos))
 }
 
-/// Larger activations first; on ties the earlier prompt and position, so the top
-/// examples do not depend on the order firings arrive in.
+/// Larger activations first (to four decimals: see `tolerance::ranked`); on ties the
+/// earlier prompt and position, so the top examples depend neither on the order
+/// firings arrive in nor on kernel noise.
 fn strongest_first((a, at_a): Rank, (b, at_b): Rank) -> Ordering {
-    b.total_cmp(&a).then(at_a.cmp(&at_b))
+    ranked(b).cmp(&ranked(a)).then(at_a.cmp(&at_b))
 }
 
 /// Whether a firing is kept: among the top examples, in the sample (with its key).
@@ -134,12 +136,8 @@ impl Collector {
         let mut top: Vec<Example> = self.top.into_iter().map(|r| r.0).collect();
         top.sort_by(|a, b| strongest_first(rank(a), rank(b)));
         let mut sample: Vec<Example> = self.sample.into_values().collect();
-        sample.sort_by(|a, b| {
-            a.activation
-                .total_cmp(&b.activation)
-                .then(a.prompt.cmp(&b.prompt))
-                .then(a.pos.cmp(&b.pos))
-        });
+        // Weakest first; ties (to four decimals) by place, as the top examples.
+        sample.sort_by(|a, b| strongest_first(rank(b), rank(a)));
         let histogram = histogram(&sample, self.max);
         let quantiles = (0..BANDS)
             .rev()

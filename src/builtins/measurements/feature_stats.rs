@@ -6,6 +6,7 @@ use crate::builtins::args::{Args, BindError, Columns, columns};
 use crate::builtins::measurements::{Graph, Measure, Reads, table};
 use crate::builtins::spec::{Builtin, Produces, Type, req};
 use crate::plan::{ColumnType, Plan};
+use crate::results::tolerance::ranked;
 use crate::results::{Cell, Table};
 use crate::session::{Failure, SaeSplice, Session, context};
 
@@ -71,11 +72,13 @@ impl Measure for FeatureStats {
                 for pos in 0..len {
                     let here = (prompts[row], pos);
                     for (f, &a) in acts.row(token).iter().enumerate() {
-                        // The peak is the largest activation, the earliest on ties, in
-                        // whatever order the batches run.
+                        // The peak is the largest activation (to four decimals, so
+                        // noise does not move it), the earliest on ties, in whatever
+                        // order the batches run.
                         if a > 0.0 {
                             firing[f].push(a);
                             if peak[f].is_none_or(|(best, prompt, at)| {
+                                let (a, best) = (ranked(a), ranked(best));
                                 a > best || (a == best && here < (prompt, at))
                             }) {
                                 peak[f] = Some((a, here.0, here.1));
