@@ -180,6 +180,20 @@ fn csv_cell(cell: &Cell) -> String {
     cell.csv_text()
 }
 
+/// Tables longer than this are not inlined whole into index.html (a per-token table of
+/// a hundred stories is megabytes): the page holds their first [`INLINED_ROWS`] rows and
+/// links the CSV, which holds them all.
+const INLINE_ALL_UP_TO: usize = 1000;
+const INLINED_ROWS: usize = 200;
+
+fn inlined_rows(rows: usize) -> usize {
+    if rows <= INLINE_ALL_UP_TO {
+        rows
+    } else {
+        INLINED_ROWS
+    }
+}
+
 /// JSON to put inside `<script type="application/json">`: `<` written as `\u003c`, so no
 /// text from a prompt can close the script element.
 fn script_json(value: &serde_json::Value) -> String {
@@ -201,16 +215,20 @@ fn render_html(
         .sections
         .iter()
         .map(|section| match section {
-            Section::Table(table) => serde_json::json!({
-                "kind": "table",
-                "name": table.name,
-                "columns": table.columns,
-                "row_count": table.rows.len(),
-                "data_json": script_json(&serde_json::json!({
+            Section::Table(table) => {
+                let inlined = inlined_rows(table.rows.len());
+                serde_json::json!({
+                    "kind": "table",
+                    "name": table.name,
                     "columns": table.columns,
-                    "rows": table.rows.iter().map(|row| row.iter().map(Cell::text).collect::<Vec<_>>()).collect::<Vec<_>>(),
-                })),
-            }),
+                    "row_count": table.rows.len(),
+                    "inlined": inlined,
+                    "data_json": script_json(&serde_json::json!({
+                        "columns": table.columns,
+                        "rows": table.rows[..inlined].iter().map(|row| row.iter().map(Cell::text).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                    })),
+                })
+            }
             // The SVG is plotters' output with every text escaped: safe to inline.
             Section::Dashboards(d) => serde_json::json!({
                 "kind": "dashboards",
