@@ -184,7 +184,7 @@ fn csv_cell(cell: &Cell) -> String {
 /// a hundred stories is megabytes): the page holds their first [`INLINED_ROWS`] rows and
 /// links the CSV, which holds them all.
 const INLINE_ALL_UP_TO: usize = 1000;
-const INLINED_ROWS: usize = 200;
+const INLINED_ROWS: usize = 100;
 
 fn inlined_rows(rows: usize) -> usize {
     if rows <= INLINE_ALL_UP_TO {

@@ -29,14 +29,14 @@ pub fn svg(plot: &Plot) -> Result<String, String> {
     Ok(match &plot.kind {
         PlotKind::Scatter { hover, points, .. } if points.len() > ONE_ELEMENT_PER_POINT_UP_TO => {
             let ys: Vec<f64> = points.iter().map(|p| p.1).collect();
-            as_one_path(&out, hover, &most_extreme(&ys, HOVERED_POINTS))
+            as_paths(&out, hover, &most_extreme(&ys, HOVERED_POINTS))
         }
         PlotKind::Scatter { hover, .. } => with_hover_titles(&out, hover),
         _ => out,
     })
 }
 
-/// Scatter plots with more points than this draw them as one path (a few bytes a
+/// Scatter plots with more points than this draw them as paths of dots (a few bytes a
 /// point instead of an element with its hover text: a per-token scatter of a hundred
 /// stories was 1.9 MB), keeping hover text for the [`HOVERED_POINTS`] points farthest
 /// from the median in y, the outliers a reader points at.
@@ -56,12 +56,17 @@ fn most_extreme(values: &[f64], n: usize) -> std::collections::BTreeSet<usize> {
     order.into_iter().take(n).collect()
 }
 
-/// Replaces the scatter's point circles (the i-th `<circle>` is the i-th point) with one
-/// path of round dots, then draws the `hovered` points again on top as circles with
-/// their hover text.
-fn as_one_path(svg: &str, hover: &[String], hovered: &std::collections::BTreeSet<usize>) -> String {
+/// Points per path: overlapping dots in one path do not darken each other (a path is
+/// painted once), so the points are spread over many short paths, and a dense region
+/// still looks dense.
+const DOTS_PER_PATH: usize = 50;
+
+/// Replaces the scatter's point circles (the i-th `<circle>` is the i-th point) with
+/// paths of round dots, except the `hovered` points, which stay circles with their
+/// hover text, drawn on top.
+fn as_paths(svg: &str, hover: &[String], hovered: &std::collections::BTreeSet<usize>) -> String {
     let mut out = String::with_capacity(svg.len() / 4);
-    let mut dots = String::new();
+    let mut dots: Vec<String> = Vec::new();
     let mut on_top = String::new();
     let mut rest = svg;
     let mut index = 0;
@@ -76,30 +81,39 @@ fn as_one_path(svg: &str, hover: &[String], hovered: &std::collections::BTreeSet
             let from = circle.find(&format!(" {name}=\""))? + name.len() + 3;
             circle[from..].split('"').next()
         };
-        if let (Some(x), Some(y)) = (attribute("cx"), attribute("cy")) {
-            dots.push_str(&format!("M{x} {y}h0"));
-        }
         style.get_or_insert((
             attribute("r").unwrap_or("3").to_owned(),
             attribute("fill").unwrap_or("#1F77B4").to_owned(),
             attribute("opacity").unwrap_or("1").to_owned(),
         ));
-        if hovered.contains(&index)
-            && let Some(text) = hover.get(index).filter(|h| !h.is_empty())
+        match hover
+            .get(index)
+            .filter(|h| hovered.contains(&index) && !h.is_empty())
         {
-            on_top.push_str(circle);
-            on_top.push_str("><title>");
-            on_top.push_str(&escape(text));
-            on_top.push_str("</title></circle>\n");
+            Some(text) => {
+                on_top.push_str(circle);
+                on_top.push_str("><title>");
+                on_top.push_str(&escape(text));
+                on_top.push_str("</title></circle>\n");
+            }
+            None => {
+                if let (Some(x), Some(y)) = (attribute("cx"), attribute("cy")) {
+                    dots.push(format!("M{x} {y}h0"));
+                }
+            }
         }
         rest = rest[start + end + 2..].trim_start_matches('\n');
         index += 1;
     }
     if let Some((radius, fill, opacity)) = style {
         let width = radius.parse::<f64>().unwrap_or(3.0) * 2.0;
-        out.push_str(&format!(
-            "<path d=\"{dots}\" fill=\"none\" stroke=\"{fill}\" stroke-opacity=\"{opacity}\" stroke-width=\"{width}\" stroke-linecap=\"round\"/>\n{on_top}"
-        ));
+        for chunk in dots.chunks(DOTS_PER_PATH) {
+            out.push_str(&format!(
+                "<path d=\"{}\" fill=\"none\" stroke=\"{fill}\" stroke-opacity=\"{opacity}\" stroke-width=\"{width}\" stroke-linecap=\"round\"/>\n",
+                chunk.concat()
+            ));
+        }
+        out.push_str(&on_top);
     }
     out.push_str(rest);
     out
@@ -592,7 +606,7 @@ mod tests {
     }
 
     #[test]
-    fn a_scatter_of_thousands_of_points_is_one_path_with_hover_on_its_outliers() {
+    fn a_scatter_of_thousands_of_points_is_drawn_as_paths_with_hover_on_its_outliers() {
         let n = 5000;
         let points: Vec<(f64, f64)> = (0..n)
             .map(|i| (i as f64 / n as f64, ((i * 7919) % 1000) as f64 / 1000.0))
@@ -605,8 +619,11 @@ mod tests {
             marginals: true,
         }))
         .unwrap();
-        assert_eq!(scatter.matches("stroke-linecap=\"round\"").count(), 1);
-        assert_eq!(scatter.matches("h0").count(), n);
+        assert_eq!(
+            scatter.matches("stroke-linecap=\"round\"").count(),
+            (n - HOVERED_POINTS).div_ceil(DOTS_PER_PATH)
+        );
+        assert_eq!(scatter.matches("h0").count(), n - HOVERED_POINTS);
         assert_eq!(scatter.matches("<title>").count(), HOVERED_POINTS);
         assert!(scatter.len() < 150_000, "{} bytes", scatter.len());
         // The point farthest from the median in y keeps its hover text.
