@@ -1,15 +1,11 @@
 #!/usr/bin/env bash
 # Dashboards for all 4096 features of the flagship's query SAE over 200k tokens, end to
 # end (model load, forward passes, collection, 4097 pages written), in tokens per minute.
-# Needs the SAE the flagship saves (bash scripts/run.sh, or
-# `qexp sae train experiments/query_composition.qexp query_sae`).
+# Reads the SAE the flagship pins in experiments/query_composition.saes/ (committed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash bench/cpu.sh
-if [ ! -f saes/query_sae/cfg.json ]; then
-  target/release/qexp sae train experiments/query_composition.qexp query_sae
-fi
 start=$(date +%s.%N)
 target/release/qexp run bench/dashboards.qexp --reports bench/.reports > /dev/null
 seconds=$(echo "$(date +%s.%N) - $start" | bc)

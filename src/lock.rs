@@ -182,7 +182,7 @@ pub fn after_run(plan: &Plan, results: &crate::results::Results, root: &Path) ->
 }
 
 /// How an SAE declaration makes its SAE, in words that do not change from run to run.
-fn origin(call: &crate::plan::Call) -> String {
+pub fn origin(call: &crate::plan::Call) -> String {
     match SaeSource::bind(call) {
         Ok(SaeSource::Load { path }) => format!("load {path}"),
         Ok(SaeSource::Train(train)) => match train.save {

@@ -256,6 +256,14 @@ fn render_html(
         model => plan.model.path.display().to_string(),
         model_source => results.model_source,
         weights_sha256 => results.weights_sha256,
+        // Where each SAE comes from in words that do not change between a run that
+        // trained it and one that read its pin (run.json says which); its hash shows
+        // whether it is the same SAE.
+        saes => results.saes.iter().map(|sae| serde_json::json!({
+            "name": sae.name,
+            "origin": plan.saes.iter().find(|s| s.name == sae.name).map(|s| crate::lock::origin(&s.value)).unwrap_or_default(),
+            "weights_sha256": sae.weights_sha256,
+        })).collect::<Vec<_>>(),
         version => env!("CARGO_PKG_VERSION"),
         sections => sections,
     })?)

@@ -10,6 +10,7 @@ use crate::builtins::measurements::{Graph, Measure, Reads, table};
 use crate::builtins::spec::{Builtin, Produces, Type, VARIANTS, opt, req};
 use crate::hooks::{self, LOGITS};
 use crate::plan::{ColumnType, Plan};
+use crate::results::tolerance::ranked;
 use crate::results::{Cell, Table};
 use crate::runtime::NextTokenLogits;
 use crate::session::{
@@ -265,7 +266,9 @@ impl Measure for PerToken {
                             .map(|(f, &a)| (f, a))
                             .collect();
                         let num_active = active.len();
-                        active.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                        // Strongest first, to four decimals (noise must not reorder
+                        // two equally strong features), then by feature index.
+                        active.sort_by(|a, b| ranked(b.1).cmp(&ranked(a.1)).then(a.0.cmp(&b.0)));
                         active.truncate(top_k);
                         cells.push(Cell::Number(norm(recon)));
                         cells.push(Cell::Number(squared_error / x.len().max(1) as f64));
