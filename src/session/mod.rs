@@ -57,14 +57,10 @@ pub struct Session<'p, 'm, 'r> {
     preparing: usize,
     /// Train every SAE again, even where a pin with the same inputs exists (`--retrain`).
     pub retrain: bool,
-    /// How each trained SAE came to be (trained, or read from its pin), for `run.json`.
-    pub(crate) sae_origins: BTreeMap<String, String>,
-    /// The trained SAEs read from their pins.
-    pub(crate) from_pin: std::collections::BTreeSet<String>,
+    /// How each trained SAE came to be, for `run.json`.
+    pub(crate) trained: BTreeMap<String, saes::Trained>,
     /// The tables of the report this run replaces (see `results::tolerance::settle`).
     pub earlier: BTreeMap<String, crate::results::tolerance::Written>,
-    /// What the user should know about the run as it goes (a pin retrained, and why).
-    pub notes: Vec<String>,
 }
 
 impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
@@ -91,17 +87,14 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
             reads: Vec::new(),
             preparing: 0,
             retrain: false,
-            sae_origins: BTreeMap::new(),
-            from_pin: std::collections::BTreeSet::new(),
-            notes: Vec::new(),
+            trained: BTreeMap::new(),
             earlier: BTreeMap::new(),
         }
     }
 
-    /// Tells the user something about the run now (on stderr), and keeps it for the end.
-    pub(crate) fn note(&mut self, text: String) {
+    /// Tells the user something about the run now, on stderr (a pin retrained, and why).
+    pub(crate) fn note(&self, text: String) {
         eprintln!("note: {text}");
-        self.notes.push(text);
     }
 
     pub(crate) fn runtime(error: RuntimeError) -> Failure {

@@ -21,6 +21,26 @@ pub(crate) struct Harvest {
     users_left: usize,
 }
 
+/// How a trained SAE came to be in this run.
+pub(crate) enum Trained {
+    /// Trained by this run and saved (pinned) at this path, as shown to the user.
+    Pinned(String),
+    /// Trained by this run, not saved.
+    NotPinned,
+    /// Read from its pin at this path, trained earlier from the same inputs.
+    FromPin(String),
+}
+
+impl Trained {
+    fn describe(&self) -> String {
+        match self {
+            Trained::Pinned(at) => format!("trained, pinned at {at}"),
+            Trained::NotPinned => "trained, not pinned (no `save`)".into(),
+            Trained::FromPin(at) => format!("read from its pin at {at}"),
+        }
+    }
+}
+
 /// An SAE, the hook it reads, and the edit that splices it in.
 pub struct SaeSplice {
     pub sae: std::sync::Arc<crate::sae::Sae>,
@@ -39,8 +59,8 @@ impl Session<'_, '_, '_> {
                 let declared = self.plan.saes.iter().find(|s| &s.name == name);
                 let origin = match declared.map(|s| (s.value.function, s.value.args.get("path"))) {
                     Some(("load", Some(Value::Str(path)))) => format!("load {path}"),
-                    Some((function, _)) => match self.sae_origins.get(name) {
-                        Some(how) => format!("{function}: {how}"),
+                    Some((function, _)) => match self.trained.get(name) {
+                        Some(how) => format!("{function}: {}", how.describe()),
                         None => function.to_owned(),
                     },
                     None => String::new(),
@@ -49,7 +69,7 @@ impl Session<'_, '_, '_> {
                     name: name.clone(),
                     origin,
                     weights_sha256: sae.weights_sha256(),
-                    from_pin: self.from_pin.contains(name),
+                    from_pin: matches!(self.trained.get(name), Some(Trained::FromPin(_))),
                 }
             })
             .collect()
@@ -290,14 +310,11 @@ impl Session<'_, '_, '_> {
                 };
                 crate::sae::pin::save(&sae, &record, dir)
                     .map_err(|e| format!("saving `{name}`: {e}"))?;
-                self.sae_origins.insert(
-                    name.to_owned(),
-                    format!("trained, pinned at {}", self.shown(dir)),
-                );
+                self.trained
+                    .insert(name.to_owned(), Trained::Pinned(self.shown(dir)));
             }
             None => {
-                self.sae_origins
-                    .insert(name.to_owned(), "trained, not pinned (no `save`)".into());
+                self.trained.insert(name.to_owned(), Trained::NotPinned);
             }
         }
         Ok(sae)
@@ -331,9 +348,8 @@ impl Session<'_, '_, '_> {
         match crate::sae::load(dir) {
             Ok(sae) => {
                 self.pending.push(training_table(name, &record.summary));
-                self.sae_origins
-                    .insert(name.to_owned(), format!("read from its pin at {shown}"));
-                self.from_pin.insert(name.to_owned());
+                self.trained
+                    .insert(name.to_owned(), Trained::FromPin(shown));
                 Some(sae)
             }
             Err(e) => {
