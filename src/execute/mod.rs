@@ -117,13 +117,7 @@ fn run(
             step: label.clone(),
             reads: session.take_reads(),
         });
-        for mut table in session.pending.drain(..) {
-            if let Some(earlier) = session.earlier.get(&table.name) {
-                crate::results::tolerance::settle(&mut table, earlier);
-            }
-            sections.push(Section::Table(table));
-            seconds.push(0.0);
-        }
+        push_pending(&mut session, &mut sections, &mut seconds);
         if let Section::Table(table) = &section {
             let finite = table.rows.iter().flatten().all(|c| match c {
                 Cell::Number(x) => x.is_finite(),
@@ -146,13 +140,7 @@ fn run(
                     step: format!("sae {}", sae.name),
                     message,
                 })?;
-            for mut table in session.pending.drain(..) {
-                if let Some(earlier) = session.earlier.get(&table.name) {
-                    crate::results::tolerance::settle(&mut table, earlier);
-                }
-                sections.push(Section::Table(table));
-                seconds.push(0.0);
-            }
+            push_pending(&mut session, &mut sections, &mut seconds);
         }
     }
     let saes = session.sae_records();
@@ -169,6 +157,20 @@ fn run(
         saes,
     };
     Ok((results, traces))
+}
+
+/// Shows the tables a step made along the way (an SAE's training summary) before the
+/// step's own section, settled like any table.
+fn push_pending(
+    session: &mut Session<'_, '_, '_>,
+    sections: &mut Vec<Section>,
+    seconds: &mut Vec<f64>,
+) {
+    for mut table in std::mem::take(&mut session.pending) {
+        session.settle(&mut table);
+        sections.push(Section::Table(table));
+        seconds.push(0.0);
+    }
 }
 
 fn run_step(session: &mut Session<'_, '_, '_>, step: &Step) -> Result<Section, String> {
@@ -194,9 +196,7 @@ fn run_step(session: &mut Session<'_, '_, '_>, step: &Step) -> Result<Section, S
                     let mut table = measurement.run(session, name)?;
                     // Before the table's own sorts and cuts, so they order the earlier
                     // numbers where only noise moved them.
-                    if let Some(earlier) = session.earlier.get(name) {
-                        crate::results::tolerance::settle(&mut table, earlier);
-                    }
+                    session.settle(&mut table);
                     table
                 }
                 TableSource::Table(t) => {
@@ -208,9 +208,7 @@ fn run_step(session: &mut Session<'_, '_, '_>, step: &Step) -> Result<Section, S
             for op in ops {
                 table = TableOp::bind(op).map_err(|e| e.to_string())?.apply(table)?;
             }
-            if let Some(earlier) = session.earlier.get(name) {
-                crate::results::tolerance::settle(&mut table, earlier);
-            }
+            session.settle(&mut table);
             session.tables.insert(name.clone(), table.clone());
             Section::Table(table)
         }

@@ -92,6 +92,14 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
         }
     }
 
+    /// Gives `table`'s numbers within tolerance of the replaced report's table of the same
+    /// name that table's values (see `results::tolerance::settle`).
+    pub fn settle(&self, table: &mut crate::results::Table) {
+        if let Some(earlier) = self.earlier.get(&table.name) {
+            crate::results::tolerance::settle(table, earlier);
+        }
+    }
+
     /// Tells the user something about the run now, on stderr (a pin retrained, and why).
     pub(crate) fn note(&self, text: String) {
         eprintln!("note: {text}");
