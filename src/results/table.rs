@@ -92,3 +92,19 @@ impl Table {
         self.columns.iter().position(|c| c == name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_that_a_spreadsheet_would_run_is_quoted_and_numbers_are_not() {
+        let text = |s: &str| Cell::Str(s.into()).csv_text();
+        assert_eq!(text("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(text("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(text("-"), "'-");
+        assert_eq!(text(" says"), " says");
+        assert_eq!(Cell::Number(-0.5).csv_text(), "-0.500000");
+        assert_eq!(Cell::Integer(-3).csv_text(), "-3");
+    }
+}
