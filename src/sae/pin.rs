@@ -26,32 +26,13 @@ pub struct TrainingRecord {
     pub trained_with: String,
 }
 
-/// The training summary a report shows, as training reported it.
+/// The training summary a report shows: the activations trained on, and what
+/// training reported (written flat, one field each).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedSummary {
     pub activations: usize,
-    pub steps: usize,
-    pub tokens: usize,
-    pub mse: f64,
-    pub l0: f64,
-    pub explained_variance: f64,
-    pub dead_fraction: f64,
-    pub resampled: usize,
-}
-
-impl RecordedSummary {
-    pub fn new(activations: usize, summary: &TrainSummary) -> Self {
-        Self {
-            activations,
-            steps: summary.steps,
-            tokens: summary.tokens,
-            mse: summary.mse,
-            l0: summary.l0,
-            explained_variance: summary.explained_variance,
-            dead_fraction: summary.dead_fraction,
-            resampled: summary.resampled,
-        }
-    }
+    #[serde(flatten)]
+    pub training: TrainSummary,
 }
 
 /// Where the activations come from, in the hashes that identify them.
@@ -182,5 +163,15 @@ mod tests {
         other.l1_coefficient = 5e-3;
         let after = inputs(&provenance(), &other);
         assert_eq!(changes(&before, &after), ["l1_coefficient: 0.002 -> 0.005"]);
+    }
+
+    #[test]
+    fn a_summary_is_recorded_flat_as_the_training_table_shows_it() {
+        let text = r#"{"activations":680830,"steps":3907,"tokens":2000384,"mse":4.31,"l0":24.5,"explained_variance":0.89,"dead_fraction":0.15,"resampled":0}"#;
+        let summary: RecordedSummary = serde_json::from_str(text).unwrap();
+        assert_eq!(summary.activations, 680830);
+        assert_eq!(summary.training.steps, 3907);
+        assert_eq!(summary.training.resumed_from, 0);
+        assert_eq!(serde_json::to_string(&summary).unwrap(), text);
     }
 }

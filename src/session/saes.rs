@@ -299,7 +299,10 @@ impl Session<'_, '_, '_> {
             head_from: None,
             pos: None,
         });
-        let summary = crate::sae::pin::RecordedSummary::new(activations.nrows(), &summary);
+        let summary = crate::sae::pin::RecordedSummary {
+            activations: activations.nrows(),
+            training: summary,
+        };
         self.pending.push(training_table(name, &summary));
         match &save_to {
             Some(dir) => {
@@ -413,15 +416,16 @@ fn training_table(name: &str, summary: &crate::sae::pin::RecordedSummary) -> Tab
             "resampled",
         ],
     );
+    let training = &summary.training;
     table.rows.push(vec![
         Cell::Integer(summary.activations as i64),
-        Cell::Integer(summary.steps as i64),
-        Cell::Integer(summary.tokens as i64),
-        Cell::Number(summary.mse),
-        Cell::Number(summary.l0),
-        Cell::Number(summary.explained_variance),
-        Cell::Number(summary.dead_fraction),
-        Cell::Integer(summary.resampled as i64),
+        Cell::Integer(training.steps as i64),
+        Cell::Integer(training.tokens as i64),
+        Cell::Number(training.mse),
+        Cell::Number(training.l0),
+        Cell::Number(training.explained_variance),
+        Cell::Number(training.dead_fraction),
+        Cell::Integer(training.resampled as i64),
     ]);
     table
 }

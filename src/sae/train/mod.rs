@@ -69,8 +69,8 @@ pub struct Progress {
     pub dead_fraction: f64,
 }
 
-/// How training went, for the report.
-#[derive(Debug, Clone, PartialEq)]
+/// How training went, for the report (and a pin's record of it).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainSummary {
     pub steps: usize,
     pub tokens: usize,
@@ -81,7 +81,9 @@ pub struct TrainSummary {
     /// Features that did not fire on any of the last 10% of training tokens.
     pub dead_fraction: f64,
     pub resampled: usize,
-    /// The step training started from (0, or the checkpoint it resumed).
+    /// The step training started from (0, or the checkpoint it resumed); this run's
+    /// business, not a pin's.
+    #[serde(skip)]
     pub resumed_from: usize,
 }
 
