@@ -147,9 +147,7 @@ fn run(
     drop(session);
     let results = Results {
         tokens_run: model.tokens_run(),
-        threads: runtime
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
+        threads: runtime.kernel_threads(),
         sections,
         seconds,
         model_source,

@@ -220,10 +220,7 @@ impl<'r> HookedModel<'r> {
     }
 
     fn build_session(&self, graph: &ModelProto) -> Result<Session, RuntimeError> {
-        let threads = self
-            .runtime
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+        let threads = self.runtime.kernel_threads();
         let builder_error =
             |e: ort::Error<ort::session::builder::SessionBuilder>| RuntimeError::Ort {
                 doing: "configuring a session".into(),

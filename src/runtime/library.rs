@@ -36,6 +36,12 @@ pub const LIBRARY_ENV: &str = "ORT_DYLIB_PATH";
 const FIX: &str = "run `bash scripts/setup.sh` in the qexp folder (it installs the `onnxruntime` wheel into .venv), or set ORT_DYLIB_PATH to a libonnxruntime of version 1.31 or newer";
 
 impl Runtime {
+    /// Threads each session's kernels run on: as set, or every core.
+    pub fn kernel_threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+    }
+
     /// Loads ONNX Runtime. ONNX Runtime allows one environment per process, so the first
     /// call creates it and later calls share it (whatever device each asks for: the
     /// device is chosen per session, not per environment).
