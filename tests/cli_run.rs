@@ -2,23 +2,14 @@
 //! prompt text escaped in the HTML, a broken experiment stops before anything is written.
 //! The temp folders have no .venv: qexp finds ONNX Runtime beside its own binary.
 
+mod common;
+
 use std::path::Path;
 
-use assert_cmd::Command;
-
-fn qexp(dir: &Path) -> Command {
-    let mut command = Command::cargo_bin("qexp").unwrap();
-    command.current_dir(dir);
-    command
-}
+use common::qexp;
 
 fn setup() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_llama/model.gguf");
-    qexp(dir.path())
-        .args(["export", gguf.to_str().unwrap(), "-o", "models/tiny"])
-        .assert()
-        .success();
+    let dir = common::project_with_tiny_model();
     std::fs::write(
         dir.path().join("exp.qexp"),
         "experiment tiny_run\nmodel \"models/tiny\"\nparagraph \"<b>not bold</b>\"\ntable sanity = sanity_check(\"the the the\")\ntable continued = generate(\"<script>alert(1)</script>\", max_new_tokens = 4)\ntable comp = composition_scores(mode = Q)\nplot heat = heatmap(comp, rows = [layer1, head1], columns = [layer2, head2], value = score)\n",

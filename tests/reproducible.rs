@@ -4,16 +4,12 @@
 //! read from its pin. `QEXP_TEST_PERTURB_OUTPUTS` scales every model output by
 //! 1 ± 1e-6, standing in for another CPU.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use assert_cmd::Command;
-
-fn qexp(dir: &Path) -> Command {
-    let mut command = Command::cargo_bin("qexp").unwrap();
-    command.current_dir(dir);
-    command
-}
+use common::qexp;
 
 const TEXT: &str = "the cat sat on the mat and the dog sat on the log\n%\na dog ran to the cat and the cat ran to the mat\n%\nthe mat sat on the log and the log sat on the dog\n%\na cat and a dog and a mat and a log\n%\nthe dog ran and the cat sat and the log ran\n";
 
@@ -59,12 +55,7 @@ fn report_files(report: &Path) -> BTreeMap<String, Vec<u8>> {
 
 #[test]
 fn noise_from_another_cpu_threads_or_batch_size_never_reaches_the_report() {
-    let dir = tempfile::tempdir().unwrap();
-    let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_llama/model.gguf");
-    qexp(dir.path())
-        .args(["export", gguf.to_str().unwrap(), "-o", "models/tiny"])
-        .assert()
-        .success();
+    let dir = common::project_with_tiny_model();
     std::fs::write(dir.path().join("lines.txt"), TEXT).unwrap();
     let run = |batch_size: usize, threads: &str, perturb: Option<&str>| {
         std::fs::write(dir.path().join("repro.qexp"), experiment(batch_size)).unwrap();

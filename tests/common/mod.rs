@@ -14,6 +14,25 @@ pub fn fixture(path: &str) -> PathBuf {
         .join(path)
 }
 
+/// The `qexp` binary, run in `dir` (a project folder), as a user runs it.
+pub fn qexp(dir: &Path) -> assert_cmd::Command {
+    let mut command = assert_cmd::Command::cargo_bin("qexp").unwrap();
+    command.current_dir(dir);
+    command
+}
+
+/// A temporary project folder with the tiny Llama exported to `models/tiny` by
+/// `qexp export`.
+pub fn project_with_tiny_model() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = fixture("tiny_llama/model.gguf");
+    qexp(dir.path())
+        .args(["export", gguf.to_str().unwrap(), "-o", "models/tiny"])
+        .assert()
+        .success();
+    dir
+}
+
 pub fn runtime() -> Runtime {
     Runtime::new(Device::Cpu)
         .expect("ONNX Runtime loads (run `bash scripts/test.sh`, which installs it)")
