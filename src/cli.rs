@@ -265,9 +265,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             scope.check_file(&lock_path, crate::lock::HEADER)?;
             let root = std::env::current_dir().context("cannot resolve the current folder")?;
             let locked = crate::lock::read(&lock_path)?;
+            // Hashed once, before the run reads them.
+            let datasets = crate::lock::dataset_files(&plan, &root);
             let mut told = Vec::new();
             if let Some(locked) = &locked {
-                told = crate::lock::differences(locked, &crate::lock::before_run(&plan, &root));
+                told = crate::lock::differences(
+                    locked,
+                    &crate::lock::before_run(&plan, &root, &datasets),
+                );
                 for difference in &told {
                     eprintln!(
                         "note: {difference}: the report will not match {}",
@@ -281,7 +286,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let options = execute::Options { retrain, earlier };
             let results = execute::execute_with(&plan, &runtime, &scope, options)?;
             let folder = report::write(&reports, &plan, &source, &results, &scope)?;
-            let lock = crate::lock::after_run(&plan, &results, &root);
+            let lock = crate::lock::after_run(&plan, &results, datasets);
             if let Some(locked) = &locked {
                 for difference in crate::lock::differences(locked, &lock) {
                     if !told.contains(&difference) {

@@ -117,7 +117,7 @@ pub fn write(path: &Path, lock: &Lock, scope: &Scope) -> Result<(), LockError> {
 /// What `plan` reads as far as it can be known before running: the model's weights hash,
 /// each dataset file's hash, and each SAE that exists now (loaded ones, and pins of
 /// trained ones) by the hash of its weights. Paths are taken from `root`.
-pub fn before_run(plan: &Plan, root: &Path) -> Lock {
+pub fn before_run(plan: &Plan, root: &Path, datasets: &BTreeMap<String, LockedFile>) -> Lock {
     let weights_sha256 = crate::manifest::Manifest::read(&root.join(&plan.model.path))
         .map(|m| m.weights_sha256)
         .unwrap_or_else(|_| "(no model folder)".into());
@@ -150,20 +150,25 @@ pub fn before_run(plan: &Plan, root: &Path) -> Lock {
             path: plan.model.path.display().to_string(),
             weights_sha256,
         },
-        datasets: dataset_files(plan, root),
+        datasets: datasets.clone(),
         saes,
     }
 }
 
-/// The lock of a finished run: the model and SAEs as the run used them.
-pub fn after_run(plan: &Plan, results: &crate::results::Results, root: &Path) -> Lock {
+/// The lock of a finished run: the model and SAEs as the run used them, and the
+/// `datasets` hashed as it started.
+pub fn after_run(
+    plan: &Plan,
+    results: &crate::results::Results,
+    datasets: BTreeMap<String, LockedFile>,
+) -> Lock {
     Lock {
         experiment: plan.name.clone(),
         model: LockedModel {
             path: plan.model.path.display().to_string(),
             weights_sha256: results.weights_sha256.clone(),
         },
-        datasets: dataset_files(plan, root),
+        datasets,
         saes: results
             .saes
             .iter()
@@ -198,7 +203,7 @@ pub fn origin(call: &crate::plan::Call) -> String {
 
 /// Each file dataset's path and the hash of its bytes (a file that cannot be read is
 /// left out: the run itself will say why).
-fn dataset_files(plan: &Plan, root: &Path) -> BTreeMap<String, LockedFile> {
+pub fn dataset_files(plan: &Plan, root: &Path) -> BTreeMap<String, LockedFile> {
     use sha2::{Digest, Sha256};
     plan.datasets
         .iter()
