@@ -61,22 +61,16 @@ fn most_extreme(values: &[f64], n: usize) -> std::collections::BTreeSet<usize> {
 /// still looks dense.
 const DOTS_PER_PATH: usize = 50;
 
-/// Replaces the scatter's point circles (the i-th `<circle>` is the i-th point) with
-/// paths of round dots, except the `hovered` points, which stay circles with their
-/// hover text, drawn on top.
+/// Replaces the scatter's point circles with paths of round dots, except the `hovered`
+/// points, which stay circles with their hover text, drawn on top.
 fn as_paths(svg: &str, hover: &[String], hovered: &std::collections::BTreeSet<usize>) -> String {
     let mut out = String::with_capacity(svg.len() / 4);
     let mut dots: Vec<String> = Vec::new();
     let mut on_top = String::new();
-    let mut rest = svg;
-    let mut index = 0;
     let mut style = None;
-    while let Some(start) = rest.find("<circle") {
-        let Some(end) = rest[start..].find("/>") else {
-            break;
-        };
-        let circle = &rest[start..start + end];
-        out.push_str(&rest[..start]);
+    let rest = each_point_circle(svg, |index, before, circle| {
+        // The newline after each circle goes with it.
+        out.push_str(before.trim_start_matches('\n'));
         let attribute = |name: &str| {
             let from = circle.find(&format!(" {name}=\""))? + name.len() + 3;
             circle[from..].split('"').next()
@@ -91,10 +85,8 @@ fn as_paths(svg: &str, hover: &[String], hovered: &std::collections::BTreeSet<us
             .filter(|h| hovered.contains(&index) && !h.is_empty())
         {
             Some(text) => {
-                on_top.push_str(circle);
-                on_top.push_str("><title>");
-                on_top.push_str(&escape(text));
-                on_top.push_str("</title></circle>\n");
+                on_top.push_str(&titled(circle, text));
+                on_top.push('\n');
             }
             None => {
                 if let (Some(x), Some(y)) = (attribute("cx"), attribute("cy")) {
@@ -102,9 +94,7 @@ fn as_paths(svg: &str, hover: &[String], hovered: &std::collections::BTreeSet<us
                 }
             }
         }
-        rest = rest[start + end + 2..].trim_start_matches('\n');
-        index += 1;
-    }
+    });
     if let Some((radius, fill, opacity)) = style {
         let width = radius.parse::<f64>().unwrap_or(3.0) * 2.0;
         for chunk in dots.chunks(DOTS_PER_PATH) {
@@ -115,8 +105,30 @@ fn as_paths(svg: &str, hover: &[String], hovered: &std::collections::BTreeSet<us
         }
         out.push_str(&on_top);
     }
-    out.push_str(rest);
+    out.push_str(rest.trim_start_matches('\n'));
     out
+}
+
+/// Walks the point circles plotters wrote for a scatter (the i-th `<circle .../>` is
+/// the i-th point): `visit(i, the text before it, the circle without its closing "/>")`.
+/// Returns the text after the last one.
+fn each_point_circle<'a>(svg: &'a str, mut visit: impl FnMut(usize, &'a str, &'a str)) -> &'a str {
+    let mut rest = svg;
+    let mut index = 0;
+    while let Some(start) = rest.find("<circle") {
+        let Some(end) = rest[start..].find("/>") else {
+            break;
+        };
+        visit(index, &rest[..start], &rest[start..start + end]);
+        rest = &rest[start + end + 2..];
+        index += 1;
+    }
+    rest
+}
+
+/// A circle (without its closing "/>") with a `<title>`, which browsers show on hover.
+fn titled(circle: &str, text: &str) -> String {
+    format!("{circle}><title>{}</title></circle>", escape(text))
 }
 
 /// An SVG of `size` on a white background, drawn by `draw`.
@@ -485,24 +497,16 @@ fn marginal_histogram(
 /// Gives the i-th point (the i-th `<circle>`) a `<title>`, which browsers show on hover.
 fn with_hover_titles(svg: &str, hover: &[String]) -> String {
     let mut out = String::with_capacity(svg.len() + hover.iter().map(String::len).sum::<usize>());
-    let mut rest = svg;
-    let mut index = 0;
-    while let Some(start) = rest.find("<circle") {
-        let Some(end) = rest[start..].find("/>") else {
-            break;
-        };
-        out.push_str(&rest[..start + end]);
+    let rest = each_point_circle(svg, |index, before, circle| {
+        out.push_str(before);
         match hover.get(index).filter(|h| !h.is_empty()) {
-            Some(text) => {
-                out.push_str("><title>");
-                out.push_str(&escape(text));
-                out.push_str("</title></circle>");
+            Some(text) => out.push_str(&titled(circle, text)),
+            None => {
+                out.push_str(circle);
+                out.push_str("/>");
             }
-            None => out.push_str("/>"),
         }
-        rest = &rest[start + end + 2..];
-        index += 1;
-    }
+    });
     out.push_str(rest);
     out
 }
