@@ -65,7 +65,7 @@ pub fn path_for(experiment: &Path) -> PathBuf {
 }
 
 pub fn read(path: &Path) -> Result<Option<Lock>, LockError> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::files::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
@@ -213,7 +213,8 @@ pub fn dataset_files(plan: &Plan, root: &Path) -> BTreeMap<String, LockedFile> {
                 DatasetKind::Text { path, .. } | DatasetKind::Jsonl { path, .. } => path,
                 _ => return None,
             };
-            let bytes = std::fs::read(root.join(&path)).ok()?;
+            // Only regular files: a FIFO would block here before the run can refuse it.
+            let bytes = crate::files::read(&root.join(&path)).ok()?;
             Some((
                 dataset.name.clone(),
                 LockedFile {
