@@ -79,6 +79,10 @@ enum Command {
         /// Threads for the model's kernels (default: every core).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         threads: Option<u16>,
+        /// Exit with 0 even when an `expect` claim does not hold (the report says so
+        /// either way).
+        #[arg(long)]
+        allow_failed_claims: bool,
         #[command(flatten)]
         outputs: OutputFlags,
     },
@@ -158,7 +162,8 @@ impl OutputFlags {
     }
 }
 
-/// Exit codes: 0 success, 1 a failure while running, 2 a problem in the experiment file.
+/// Exit codes: 0 success, 1 a failure while running, 2 a problem in the experiment file,
+/// 3 a claim of the experiment did not hold (its report is written).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -172,7 +177,30 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(Failure::Differ) => ExitCode::FAILURE,
+        Err(Failure::Claims(failed)) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: {failed} claim{} of the experiment did not hold (the report shows why; --allow-failed-claims exits with 0)",
+                if failed == 1 { "" } else { "s" }
+            );
+            ExitCode::from(3)
+        }
     }
+}
+
+/// Prints each claim's verdict; returns how many did not hold.
+fn claims_summary(results: &execute::Results) -> usize {
+    let mut failed = 0;
+    for claim in results.claims() {
+        let verdict = if claim.holds {
+            "holds"
+        } else {
+            failed += 1;
+            "DOES NOT HOLD"
+        };
+        outln!("claim {verdict}: {} ({})", claim.text, claim.detail);
+    }
+    failed
 }
 
 enum Failure {
@@ -181,6 +209,8 @@ enum Failure {
     Other(anyhow::Error),
     /// `qexp diff --exit-code` found differences (already printed).
     Differ,
+    /// This many of the experiment's claims did not hold (the report is written).
+    Claims(usize),
 }
 
 impl<E: Into<anyhow::Error>> From<E> for Failure {
@@ -254,6 +284,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             device,
             retrain,
             threads,
+            allow_failed_claims,
             outputs,
         } => {
             let scope = outputs.scope()?;
@@ -309,6 +340,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
             outln!("report written to {}", folder.display());
+            let failed = claims_summary(&results);
+            if failed > 0 && !allow_failed_claims {
+                return Err(Failure::Claims(failed));
+            }
         }
         Command::Export {
             checkpoint,

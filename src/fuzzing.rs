@@ -211,8 +211,14 @@ impl Generator<'_> {
                     let op = self.call_producing(|p| p == Produces::TableOp);
                     pipeline.push_str(&format!(" | {op}"));
                 }
-                self.out.push_str(&format!("table {name} = {pipeline}\n"));
-                self.names.tables.push(name);
+                if self.c.chance(25) {
+                    let check = self.call_producing(|p| p == Produces::Check);
+                    self.out
+                        .push_str(&format!("expect \"a claim\" = {pipeline} | {check}\n"));
+                } else {
+                    self.out.push_str(&format!("table {name} = {pipeline}\n"));
+                    self.names.tables.push(name);
+                }
             }
             5 => {
                 let call =
@@ -315,7 +321,7 @@ impl Generator<'_> {
             Type::Dataset => self.name_from(|n| &n.datasets),
             Type::Sae => self.name_from(|n| &n.saes),
             Type::Variant => self.name_from(|n| &n.variants),
-            Type::Table => self.name_from(|n| &n.tables),
+            Type::Table | Type::Shown => self.name_from(|n| &n.tables),
             Type::Column => (*self.c.pick(COLUMNS)).to_owned(),
             Type::ColumnExpr => self.column_expr(0),
             Type::Choice(options) => {
@@ -366,8 +372,19 @@ impl Generator<'_> {
     }
 
     fn column_expr(&mut self, depth: usize) -> String {
-        match self.c.below(if depth > 4 { 3 } else { 6 }) {
+        match self.c.below(if depth > 4 { 3 } else { 8 }) {
             0 => (*self.c.pick(COLUMNS)).to_owned(),
+            6 => format!(
+                "contains([{}, {}], {})",
+                self.number(),
+                self.number(),
+                self.column_expr(depth + 1)
+            ),
+            7 => format!(
+                "ends_with({}, \"{}\")",
+                self.column_expr(depth + 1),
+                self.c.pick(STRINGS)
+            ),
             1 => self.number(),
             2 => format!("\"{}\"", self.c.pick(STRINGS)),
             3 => format!("not {}", self.column_expr(depth + 1)),

@@ -85,6 +85,11 @@ pub enum ColumnExpr {
         Box<ColumnExpr>,
     ),
     Call(String, Vec<ColumnExpr>),
+    /// A list written in the expression: `[",\"", "!\""]`, `[3, 7]`.
+    List(Vec<ColumnExpr>),
+    /// A `let` computed at run time (`FEATURES`), replaced by its value before the
+    /// expression runs (see `table_ops::resolve`).
+    Value(String, ColumnType),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +100,8 @@ pub enum ColumnType {
     Bool,
     IntegerList,
     NumberList,
+    /// Only as a literal to search in (`contains(["a", "b"], str_tokens)`): no cell holds it.
+    StrList,
 }
 
 impl ColumnType {
@@ -128,6 +135,15 @@ pub enum Step {
     Dashboards {
         name: String,
         call: Call,
+    },
+    /// `expect "text" = table | ops | check`: a claim checked on the table the ops make.
+    Expect {
+        text: String,
+        /// The claim's pipeline as written (formatted), for the report.
+        written: String,
+        source: TableSource,
+        ops: Vec<Call>,
+        check: Call,
     },
 }
 
@@ -195,6 +211,11 @@ impl fmt::Display for ColumnExpr {
                 let args: Vec<String> = args.iter().map(ToString::to_string).collect();
                 write!(f, "{function}({})", args.join(", "))
             }
+            ColumnExpr::List(items) => {
+                let items: Vec<String> = items.iter().map(ToString::to_string).collect();
+                write!(f, "[{}]", items.join(", "))
+            }
+            ColumnExpr::Value(name, _) => write!(f, "{name}"),
         }
     }
 }
@@ -260,6 +281,10 @@ impl fmt::Display for Plan {
                 Step::Plot { name, call } => writeln!(f, "{i:>3}. plot {name} = {call}")?,
                 Step::Dashboards { name, call } => {
                     writeln!(f, "{i:>3}. dashboards {name} = {call}")?
+                }
+                Step::Expect { text, written, .. } => {
+                    writeln!(f, "{i:>3}. expect {text:?}")?;
+                    writeln!(f, "       checked as: {written}")?;
                 }
             }
         }

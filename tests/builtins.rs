@@ -69,6 +69,9 @@ plot spread = histogram(tokens, x = loss, bins = 5)
 plot series = line(pattern, y = [attn, ablate_attn], label = str_tokens, top_labels = 2)
 plot counts = bar(fired, x = top_k_features, y = count)
 plot grid = heatmap(composition, rows = [layer1, head1], columns = [layer2, head2], value = score)
+expect "every token has a finite loss" = tokens | all(loss >= 0, show = [spread])
+expect "some token is attended" = tokens | any(max_idx_tok_value > 0)
+expect "most pairs compose a little" = composition | share(score > 0, at_least = 0.5)
 "#;
 
 /// The functions a plan calls, wherever they appear.
@@ -93,6 +96,15 @@ fn functions_used(plan: &Plan) -> BTreeSet<&'static str> {
             | Step::Plot { call, .. }
             | Step::Dashboards { call, .. } => {
                 used.insert(call.function);
+            }
+            Step::Expect {
+                source, ops, check, ..
+            } => {
+                if let TableSource::Call(call) = source {
+                    used.insert(call.function);
+                }
+                used.extend(ops.iter().map(|op| op.function));
+                used.insert(check.function);
             }
             Step::Text { .. } => {}
         }

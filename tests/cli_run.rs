@@ -348,3 +348,81 @@ fn the_lock_names_the_inputs_and_a_changed_dataset_is_announced() {
     );
     assert!(!run().contains("note:"), "the lock now holds the new file");
 }
+
+#[test]
+fn claims_are_checked_summarised_at_the_top_and_a_failed_one_exits_3() {
+    let dir = common::project_with_tiny_model();
+    std::fs::write(
+        dir.path().join("claims.qexp"),
+        r#"experiment claims
+model "models/tiny"
+table sanity = sanity_check("the the the")
+table comp = composition_scores(mode = Q)
+plot heat = heatmap(comp, rows = [layer1, head1], columns = [layer2, head2], value = score)
+table strongest = comp | sort(score, desc) | top(3)
+let WRITERS = values(strongest, head1)
+expect "the loss is positive" = sanity | all(loss > 0, show = [heat])
+expect "the strongest pairs' writers compose somewhere" = comp
+    | filter(contains(WRITERS, head1))
+    | share(score > 0, at_least = 0.5)
+expect "some pair composes above 1000" = comp | any(score > 1000)
+"#,
+    )
+    .unwrap();
+    let output = qexp(dir.path())
+        .args(["run", "claims.qexp"])
+        .assert()
+        .code(3)
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("claim holds: the loss is positive (1 of 1 row; all asked)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("claim DOES NOT HOLD: some pair composes above 1000 (0 of 16 rows (0.0%); at least one asked)"),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("1 claim of the experiment did not hold"),
+        "{stderr}"
+    );
+
+    // The report is written all the same: a summary first, each claim where it stands.
+    let report = dir.path().join("reports/claims");
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    let summary = html.find("Claims: 2 of 3 hold").expect("a summary");
+    let first_table = html.find("id=\"table-sanity\"").unwrap();
+    assert!(summary < first_table, "the summary opens the report");
+    assert!(
+        html.contains(r#"<img src="plots/heat.svg""#),
+        "the claim shows its plot"
+    );
+    assert!(html.contains("id=\"claim-3\""));
+    let claims = std::fs::read_to_string(report.join("results/claims.csv")).unwrap();
+    let lines: Vec<&str> = claims.lines().collect();
+    assert_eq!(lines[0], "claim,holds,rows,meeting,detail,checked_as");
+    assert!(
+        lines[1].starts_with("the loss is positive,true,1,1,"),
+        "{claims}"
+    );
+    assert!(
+        lines[2].starts_with("the strongest pairs' writers compose somewhere,true,"),
+        "{claims}"
+    );
+    assert!(
+        lines[3].starts_with("some pair composes above 1000,false,16,0,"),
+        "{claims}"
+    );
+
+    qexp(dir.path())
+        .args(["run", "claims.qexp", "--allow-failed-claims"])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read_to_string(report.join("results/claims.csv")).unwrap(),
+        claims
+    );
+}

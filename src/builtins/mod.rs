@@ -5,6 +5,7 @@
 //! it and a test keeps them equal.
 
 pub mod args;
+pub mod checks;
 pub mod dashboards;
 pub mod datasets;
 pub mod graphs;
@@ -75,6 +76,10 @@ pub const BUILTINS: &[Builtin] = &[
     plots::HEATMAP,
     // Dashboards.
     dashboards::SPEC,
+    // Checks (last in an `expect` claim).
+    checks::ALL,
+    checks::ANY,
+    checks::SHARE,
 ];
 
 /// GRAMMAR.md's table of built-ins, made from [`BUILTINS`] (a test keeps the two
@@ -94,6 +99,7 @@ pub fn reference_table() -> String {
             Produces::TableOp => "table op".to_owned(),
             Produces::Plot => "plot".to_owned(),
             Produces::Dashboards => "dashboards".to_owned(),
+            Produces::Check => "check (`expect`)".to_owned(),
             Produces::Value(ty) => format!("{} (`let`)", ty.describe()),
         };
 
@@ -165,7 +171,15 @@ pub fn names_producing(produces: impl Fn(Produces) -> bool) -> Vec<&'static str>
 }
 
 /// Columns of a column-expression function's result, for `filter` and `derive`.
-pub const COLUMN_FUNCTIONS: &[(&str, usize)] = &[("contains", 2), ("abs", 1), ("len", 1)];
+pub const COLUMN_FUNCTIONS: &[(&str, usize)] = &[
+    ("contains", 2),
+    ("contains_all", 2),
+    ("contains_any", 2),
+    ("starts_with", 2),
+    ("ends_with", 2),
+    ("abs", 1),
+    ("len", 1),
+];
 
 /// Binds a checked call into its family's typed form. The checker calls this on every
 /// call it accepts, so a disagreement between a built-in's parameters and its typed
@@ -182,5 +196,6 @@ pub fn bind(call: &crate::plan::Call, produces: Produces) -> Result<(), args::Bi
             dashboards::FeatureDashboards::bind(&args::Args::new(call)).map(drop)
         }
         Produces::Value(_) => values::ValueCall::bind(call).map(drop),
+        Produces::Check => checks::Check::bind(call).map(drop),
     }
 }

@@ -27,6 +27,8 @@ pub enum Type {
     /// A list of feature indices, or `all`.
     Features,
     ListOf(&'static Type),
+    /// A plot or table declared earlier, shown beside a claim.
+    Shown,
 }
 
 impl Type {
@@ -47,6 +49,7 @@ impl Type {
             Type::Choice(options) => format!("one of {}", options.join(", ")),
             Type::Position => "a position (an index, negative from the end, or `all`)".into(),
             Type::Features => "a list of feature indices, or `all`".into(),
+            Type::Shown => "a plot or table name".into(),
             Type::ListOf(inner) => format!(
                 "a list of {}",
                 inner
@@ -71,6 +74,8 @@ pub enum Produces {
     Dashboards,
     /// A value computed at run time and bound with `let` (`best_head`).
     Value(Type),
+    /// The verdict of an `expect` claim over the table piped into it.
+    Check,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -368,12 +368,31 @@ pub fn eval(expr: &ColumnExpr, columns: &[String], row: &[Cell]) -> Cell {
         ColumnExpr::Call(function, args) => {
             let values: Vec<Cell> = args.iter().map(|a| eval(a, columns, row)).collect();
             match (function.as_str(), values.as_slice()) {
-                ("contains", [Cell::IntegerList(items), x]) => Cell::Bool(
-                    x.number()
-                        .is_some_and(|x| items.iter().any(|&i| i as f64 == x)),
+                ("contains", [Cell::Str(text), Cell::Str(part)])
+                    if !matches!(args[0], ColumnExpr::List(_)) =>
+                {
+                    Cell::Bool(text.contains(part.as_str()))
+                }
+                ("contains", [_, needle]) => Cell::Bool(
+                    items(&args[0], columns, row)
+                        .iter()
+                        .any(|i| same(i, needle)),
                 ),
-                ("contains", [Cell::NumberList(items), x]) => {
-                    Cell::Bool(x.number().is_some_and(|x| items.contains(&x)))
+                ("contains_all" | "contains_any", [_, _]) => {
+                    let haystack = items(&args[0], columns, row);
+                    let needles = items(&args[1], columns, row);
+                    let found = |n: &Cell| haystack.iter().any(|i| same(i, n));
+                    Cell::Bool(if function == "contains_all" {
+                        needles.iter().all(found)
+                    } else {
+                        needles.iter().any(found)
+                    })
+                }
+                ("starts_with", [Cell::Str(text), Cell::Str(part)]) => {
+                    Cell::Bool(text.starts_with(part.as_str()))
+                }
+                ("ends_with", [Cell::Str(text), Cell::Str(part)]) => {
+                    Cell::Bool(text.ends_with(part.as_str()))
                 }
                 ("abs", [Cell::Integer(n)]) if let Some(abs) = n.checked_abs() => {
                     Cell::Integer(abs)
@@ -386,7 +405,118 @@ pub fn eval(expr: &ColumnExpr, columns: &[String], row: &[Cell]) -> Cell {
                 _ => Cell::Bool(false),
             }
         }
+        ColumnExpr::List(items) => {
+            let cells: Vec<Cell> = items.iter().map(|i| eval(i, columns, row)).collect();
+            let whole = items.iter().zip(&cells).all(|(item, cell)| {
+                matches!(cell, Cell::Integer(_)) || whole_literal(item).is_some()
+            });
+            match cells.iter().map(Cell::number).collect::<Option<Vec<f64>>>() {
+                Some(numbers) if whole => {
+                    Cell::IntegerList(numbers.iter().map(|&x| x as i64).collect())
+                }
+                Some(numbers) => Cell::NumberList(numbers),
+                // Lists of text are only searched (`items`), never cells of a table.
+                None => Cell::Str(String::new()),
+            }
+        }
+        // Replaced by its value before any row is evaluated; unresolved, it matches nothing.
+        ColumnExpr::Value(..) => Cell::Str(String::new()),
     }
+}
+
+/// The elements of a list-valued expression on one row: a written list item by item, a
+/// list cell element by element.
+fn items(expr: &ColumnExpr, columns: &[String], row: &[Cell]) -> Vec<Cell> {
+    match expr {
+        ColumnExpr::List(items) => items.iter().map(|i| eval(i, columns, row)).collect(),
+        other => match eval(other, columns, row) {
+            Cell::IntegerList(v) => v.into_iter().map(Cell::Integer).collect(),
+            Cell::NumberList(v) => v.into_iter().map(Cell::Number).collect(),
+            single => vec![single],
+        },
+    }
+}
+
+/// A written whole number (`947`), which lists keep whole.
+pub fn whole_literal(expr: &ColumnExpr) -> Option<i64> {
+    match expr {
+        ColumnExpr::Number(x) if x.fract() == 0.0 && x.abs() < 9e15 => Some(*x as i64),
+        _ => None,
+    }
+}
+
+/// Equality as `==` means it: numbers by value (3 == 3.0), text by text.
+fn same(a: &Cell, b: &Cell) -> bool {
+    a.compare(b) == Ordering::Equal
+}
+
+/// `expr` with every run-time `let` replaced by its value, or why one cannot be.
+pub fn resolve(
+    expr: &ColumnExpr,
+    values: &std::collections::BTreeMap<String, Value>,
+) -> Result<ColumnExpr, String> {
+    let all = |exprs: &[ColumnExpr]| -> Result<Vec<ColumnExpr>, String> {
+        exprs.iter().map(|e| resolve(e, values)).collect()
+    };
+    Ok(match expr {
+        ColumnExpr::Value(name, _) => {
+            let value = values
+                .get(name)
+                .ok_or_else(|| format!("`{name}` has no value yet"))?;
+            literal(value).ok_or_else(|| {
+                format!("`{name}` = {value} cannot be used in a column expression")
+            })?
+        }
+        ColumnExpr::Not(e) => ColumnExpr::Not(Box::new(resolve(e, values)?)),
+        ColumnExpr::Neg(e) => ColumnExpr::Neg(Box::new(resolve(e, values)?)),
+        ColumnExpr::Binary(op, l, r) => ColumnExpr::Binary(
+            *op,
+            Box::new(resolve(l, values)?),
+            Box::new(resolve(r, values)?),
+        ),
+        ColumnExpr::Call(function, args) => ColumnExpr::Call(function.clone(), all(args)?),
+        ColumnExpr::List(items) => ColumnExpr::List(all(items)?),
+        other => other.clone(),
+    })
+}
+
+/// A computed value as a literal of a column expression.
+fn literal(value: &Value) -> Option<ColumnExpr> {
+    Some(match value {
+        Value::Integer(n) => ColumnExpr::Number(*n as f64),
+        Value::Number(x) => ColumnExpr::Number(*x),
+        Value::Str(s) => ColumnExpr::Str(s.clone()),
+        Value::Bool(b) => ColumnExpr::Bool(*b),
+        Value::List(items) => ColumnExpr::List(items.iter().map(literal).collect::<Option<_>>()?),
+        _ => return None,
+    })
+}
+
+/// Every column expression in a call's arguments with its `let` values filled in.
+pub fn resolve_call(
+    call: &Call,
+    values: &std::collections::BTreeMap<String, Value>,
+) -> Result<Call, String> {
+    fn value(
+        v: &Value,
+        values: &std::collections::BTreeMap<String, Value>,
+    ) -> Result<Value, String> {
+        Ok(match v {
+            Value::Expr(e) => Value::Expr(resolve(e, values)?),
+            Value::List(items) => Value::List(
+                items
+                    .iter()
+                    .map(|i| value(i, values))
+                    .collect::<Result<_, _>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
+    let mut resolved = call.clone();
+    for v in resolved.args.values_mut() {
+        *v = value(v, values)?;
+    }
+    Ok(resolved)
 }
 
 /// The columns an expression reads.
@@ -400,7 +530,10 @@ pub fn columns_read(expr: &ColumnExpr) -> Vec<&str> {
             out.extend(columns_read(r));
             out
         }
-        ColumnExpr::Call(_, args) => args.iter().flat_map(columns_read).collect(),
+        ColumnExpr::Call(_, args) | ColumnExpr::List(args) => {
+            args.iter().flat_map(columns_read).collect()
+        }
+        ColumnExpr::Value(..) => Vec::new(),
     }
 }
 
@@ -435,6 +568,21 @@ pub fn infer(expr: &ColumnExpr, columns: &[(String, ColumnType)]) -> ColumnType 
             "len" => ColumnType::Integer,
             _ => ColumnType::Bool,
         },
+        // Lists of text never reach a table (the checker refuses them outside searches).
+        ColumnExpr::List(items) => {
+            let types: Vec<ColumnType> = items.iter().map(|i| infer(i, columns)).collect();
+            let whole = |(item, ty): (&ColumnExpr, &ColumnType)| {
+                *ty == ColumnType::Integer || whole_literal(item).is_some()
+            };
+            if !types.iter().all(|t| t.is_numeric()) {
+                ColumnType::StrList
+            } else if items.iter().zip(&types).all(whole) {
+                ColumnType::IntegerList
+            } else {
+                ColumnType::NumberList
+            }
+        }
+        ColumnExpr::Value(_, ty) => *ty,
     }
 }
 
@@ -505,6 +653,62 @@ mod tests {
         assert_eq!(t.rows.len(), 1);
         assert_eq!(t.rows[0][0], Cell::Str("c".into()));
         assert_eq!(t.rows[0][4], Cell::Number(4.0));
+    }
+
+    #[test]
+    fn lists_and_text_are_searched() {
+        let rows = |pipeline: &str| -> Vec<String> {
+            run(pipeline).rows.iter().map(|r| r[0].text()).collect()
+        };
+        assert_eq!(
+            rows("filter(contains_all(top_k_features, [1669, 3489]))"),
+            ["c"]
+        );
+        assert_eq!(
+            rows("filter(contains_any(top_k_features, [7, 3489]))"),
+            ["a", "b", "c"]
+        );
+        assert_eq!(
+            rows("filter(contains([\"b\", \"c\"], str_tokens))"),
+            ["b", "c"]
+        );
+        assert_eq!(rows("filter(contains([1, 3], loss))"), ["a", "b"]);
+        assert_eq!(
+            rows("filter(starts_with(str_tokens, \"a\") or ends_with(str_tokens, \"c\"))"),
+            ["a", "c"]
+        );
+        assert_eq!(rows("filter(contains(str_tokens, \"b\"))"), ["b"]);
+    }
+
+    #[test]
+    fn let_values_computed_at_run_time_are_filled_in_before_rows_are_read() {
+        let features = ColumnExpr::Value("FEATURES".into(), ColumnType::IntegerList);
+        let condition = ColumnExpr::Call(
+            "contains_all".into(),
+            vec![ColumnExpr::Column("top_k_features".into()), features],
+        );
+        let values = std::collections::BTreeMap::from([(
+            "FEATURES".to_owned(),
+            Value::List(vec![Value::Integer(1669), Value::Integer(7)]),
+        )]);
+        let resolved = resolve(&condition, &values).unwrap();
+        let kept = TableOp::Filter(resolved).apply(tokens()).unwrap();
+        assert_eq!(kept.rows.len(), 1);
+        assert_eq!(kept.rows[0][0], Cell::Str("a".into()));
+        let unknown = resolve(&condition, &std::collections::BTreeMap::new());
+        assert_eq!(unknown.unwrap_err(), "`FEATURES` has no value yet");
+        // A list value derived into a column stays a list of whole numbers.
+        let derived = TableOp::Derive(vec![(
+            "chosen".into(),
+            resolve(
+                &ColumnExpr::Value("FEATURES".into(), ColumnType::IntegerList),
+                &values,
+            )
+            .unwrap(),
+        )])
+        .apply(tokens())
+        .unwrap();
+        assert_eq!(derived.rows[0][4], Cell::IntegerList(vec![1669, 7]));
     }
 
     #[test]

@@ -178,13 +178,22 @@ impl Checker<'_> {
                     .hint = Some("e.g. derive(loss_diff = ablated_loss - loss)".into());
                 continue;
             };
-            if let Some((expr, ty)) = self.column_expr(&arg.value, &columns) {
-                columns.retain(|(n, _)| n != &name.node);
-                columns.push((name.node.clone(), ty));
-                derived.push(Value::List(vec![
-                    Value::Column(name.node.clone()),
-                    Value::Expr(expr),
-                ]));
+            match self.column_expr(&arg.value, &columns) {
+                Some((_, ColumnType::StrList)) => {
+                    self.error(arg.value.span, "a column cannot hold a list of strings")
+                        .hint = Some(
+                        "search in the list instead: `contains([\"a\", \"b\"], str_tokens)`".into(),
+                    );
+                }
+                Some((expr, ty)) => {
+                    columns.retain(|(n, _)| n != &name.node);
+                    columns.push((name.node.clone(), ty));
+                    derived.push(Value::List(vec![
+                        Value::Column(name.node.clone()),
+                        Value::Expr(expr),
+                    ]));
+                }
+                None => {}
             }
         }
         BTreeMap::from([("columns", Value::List(derived))])
@@ -263,6 +272,9 @@ impl Checker<'_> {
             Type::Sae => self.named(expr, "SAE", |b| matches!(b, Binding::Sae(_))),
             Type::Variant => self.named(expr, "variant", |b| matches!(b, Binding::Variant)),
             Type::Table => self.named(expr, "table", |b| matches!(b, Binding::Table(_))),
+            Type::Shown => self.named(expr, "plot or table", |b| {
+                matches!(b, Binding::Plot | Binding::Table(_))
+            }),
             Type::Column => match (&expr.kind, columns) {
                 (
                     ExprKind::Ref {

@@ -23,8 +23,33 @@ impl Checker<'_> {
                 if let Some((_, ty)) = columns.iter().find(|(n, _)| n == path) {
                     return Some((ColumnExpr::Column(path.clone()), *ty));
                 }
-                if let Some((Binding::Literal(bound), _)) = self.scope.get(path).cloned() {
-                    return self.column_expr(&bound, columns);
+                match self.scope.get(path).cloned() {
+                    Some((Binding::Literal(bound), _)) => return self.column_expr(&bound, columns),
+                    Some((Binding::Computed(ty), _)) => {
+                        let column_type = match ty {
+                            Type::Integer => ColumnType::Integer,
+                            Type::Number => ColumnType::Number,
+                            Type::Str => ColumnType::Str,
+                            Type::Bool => ColumnType::Bool,
+                            Type::ListOf(Type::Integer) | Type::Features => ColumnType::IntegerList,
+                            other => {
+                                self.error(
+                                    expr.span,
+                                    format!(
+                                        "`{path}` is {}, which a column expression cannot read",
+                                        other.describe()
+                                    ),
+                                )
+                                .hint = Some(
+                                    "compare its parts instead: a head's table has `layer` and `head` columns"
+                                        .into(),
+                                );
+                                return None;
+                            }
+                        };
+                        return Some((ColumnExpr::Value(path.clone(), column_type), column_type));
+                    }
+                    _ => {}
                 }
                 self.unknown_column(path, expr.span, columns);
                 None
@@ -118,10 +143,22 @@ impl Checker<'_> {
                     return None;
                 }
                 let types: Vec<ColumnType> = checked.iter().map(|(_, t)| *t).collect();
+                let numeric_list =
+                    |t: &ColumnType| matches!(t, ColumnType::IntegerList | ColumnType::NumberList);
                 let ty = match (function.node.as_str(), types.as_slice()) {
-                    ("contains", [ColumnType::IntegerList | ColumnType::NumberList, t])
-                        if t.is_numeric() =>
+                    ("contains", [list, t]) if numeric_list(list) && t.is_numeric() => {
+                        ColumnType::Bool
+                    }
+                    ("contains", [ColumnType::StrList | ColumnType::Str, ColumnType::Str]) => {
+                        ColumnType::Bool
+                    }
+                    ("contains_all" | "contains_any", [a, b])
+                        if (numeric_list(a) && numeric_list(b))
+                            || (*a == ColumnType::StrList && *b == ColumnType::StrList) =>
                     {
+                        ColumnType::Bool
+                    }
+                    ("starts_with" | "ends_with", [ColumnType::Str, ColumnType::Str]) => {
                         ColumnType::Bool
                     }
                     ("abs", [t]) if t.is_numeric() => *t,
@@ -144,6 +181,24 @@ impl Checker<'_> {
                     ),
                     ty,
                 ))
+            }
+            ExprKind::List(items) => {
+                let checked: Vec<(ColumnExpr, ColumnType)> = items
+                    .iter()
+                    .filter_map(|item| self.column_expr(item, columns))
+                    .collect();
+                if checked.len() != items.len() {
+                    return None;
+                }
+                let all = |wanted: fn(ColumnType) -> bool| checked.iter().all(|(_, t)| wanted(*t));
+                if !(all(ColumnType::is_numeric) || all(|t| t == ColumnType::Str)) {
+                    self.error(expr.span, "this list mixes numbers and strings")
+                        .hint = Some("write `[3, 7]` or `[\"!\\\"\", \"?\\\"\"]`".into());
+                    return None;
+                }
+                let list = ColumnExpr::List(checked.into_iter().map(|(e, _)| e).collect());
+                let ty = crate::builtins::table_ops::infer(&list, columns);
+                Some((list, ty))
             }
             _ => {
                 self.error(

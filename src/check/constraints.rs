@@ -106,6 +106,27 @@ impl Checker<'_> {
 
     /// Checks that need several arguments at once.
     pub(super) fn post_check(&mut self, call: &Call, span: Span) {
+        if call.function == "share" {
+            let bound = |name| match call.args.get(name) {
+                Some(Value::Number(x)) => Some(*x),
+                Some(Value::Integer(n)) => Some(*n as f64),
+                _ => None,
+            };
+            match (bound("at_least"), bound("at_most")) {
+                (None, None) => {
+                    self.error(span, "`share` needs a bound: `at_least`, `at_most` or both")
+                        .hint = Some("e.g. `share(cond, at_least = 0.8)`: 80% of the rows".into());
+                }
+                (Some(low), Some(high)) if low > high => {
+                    self.error(
+                        span,
+                        format!("no share is at least {low} and at most {high}"),
+                    )
+                    .hint = Some("swap the bounds".into());
+                }
+                _ => {}
+            }
+        }
         if let (Some(Value::Name(sae)), Some(Value::List(features))) =
             (call.args.get("sae"), call.args.get("features"))
             && let Some((Binding::Sae(Some(shape)), _)) = self.scope.get(sae).cloned()

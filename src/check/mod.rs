@@ -248,6 +248,7 @@ impl Checker<'_> {
                 }
             }
             Statement::For { var, items, body } => self.for_statement(var, items, body),
+            Statement::Expect { text, claim } => self.expect(text, claim),
         }
     }
 
@@ -408,6 +409,26 @@ impl Checker<'_> {
 
     fn table(&mut self, name: &Name, value: &Expr) {
         let (source, stages) = value.pipeline();
+        let Some((source, ops, columns)) = self.pipeline(source, &stages) else {
+            return;
+        };
+        if let Some(name) = self.bind(name, Binding::Table(columns.clone())) {
+            self.steps.push(Step::Table {
+                name,
+                source,
+                ops,
+                columns,
+            });
+        }
+    }
+
+    /// A table's source and its operations, with the columns they leave; `None` after
+    /// reporting why when one of them is wrong.
+    fn pipeline(
+        &mut self,
+        source: &Expr,
+        stages: &[&Expr],
+    ) -> Option<(TableSource, Vec<Call>, builtins::args::Columns)> {
         let (source, mut columns) = match &source.kind {
             ExprKind::Ref {
                 path,
@@ -420,28 +441,23 @@ impl Checker<'_> {
                     self.unknown_name(path, source.span, "table", |b| {
                         matches!(b, Binding::Table(_))
                     });
-                    return;
+                    return None;
                 }
             },
             _ => {
-                let Some((call, _)) = self.call(source, None, &|p| p == Produces::Table, "a table")
-                else {
-                    return;
-                };
+                let (call, _) = self.call(source, None, &|p| p == Produces::Table, "a table")?;
                 let columns = self.columns_of(&call);
                 (TableSource::Call(call), columns)
             }
         };
         let mut ops = Vec::new();
         for stage in stages {
-            let Some((call, _)) = self.call(
+            let (call, _) = self.call(
                 stage,
                 Some(&columns),
                 &|p| p == Produces::TableOp,
                 "a table operation (after `|`)",
-            ) else {
-                return;
-            };
+            )?;
             columns = match TableOp::bind(&call) {
                 Ok(op) => op.columns(columns),
                 // Its arguments had errors, already reported.
@@ -449,14 +465,43 @@ impl Checker<'_> {
             };
             ops.push(call);
         }
-        if let Some(name) = self.bind(name, Binding::Table(columns.clone())) {
-            self.steps.push(Step::Table {
-                name,
-                source,
-                ops,
-                columns,
-            });
+        Some((source, ops, columns))
+    }
+
+    /// `expect "text" = table | ops | check`.
+    fn expect(&mut self, text: &Spanned<String>, claim: &Expr) {
+        if text.node.trim().is_empty() {
+            self.error(text.span, "a claim without words").hint = Some(
+                "say what should hold: `expect \"the head attends to the quote\" = ...`".into(),
+            );
         }
+        let (source, mut stages) = claim.pipeline();
+        let Some(check) = stages.pop() else {
+            self.error(claim.span, "a claim ends in a check")
+                .hint = Some(
+                "pipe the table into one: `| all(cond)`, `| any(cond)` or `| share(cond, at_least = 0.8)`"
+                    .into(),
+            );
+            return;
+        };
+        let Some((source, ops, columns)) = self.pipeline(source, &stages) else {
+            return;
+        };
+        let Some((check, _)) = self.call(
+            check,
+            Some(&columns),
+            &|p| p == Produces::Check,
+            "a check (last in a claim)",
+        ) else {
+            return;
+        };
+        self.steps.push(Step::Expect {
+            text: text.node.clone(),
+            written: format_expr(claim),
+            source,
+            ops,
+            check,
+        });
     }
 
     /// The columns a measurement's table will have (none when its arguments had errors,

@@ -4,18 +4,19 @@
 use std::time::Instant;
 
 pub use crate::results::{
-    Cell, Dashboards, Example, FeatureDashboard, Plot, PlotKind, QuantileBand, Results, SaeRecord,
-    Section, Table, WINDOW,
+    CLAIM_ROWS, Cell, Claim, Dashboards, Example, FeatureDashboard, Plot, PlotKind, QuantileBand,
+    Results, SaeRecord, Section, Table, WINDOW,
 };
 pub use crate::session::{check_save_paths, checkpoints_dir};
 
 use crate::builtins::args::Args;
+use crate::builtins::checks::{Check, Quantifier};
 use crate::builtins::dashboards::FeatureDashboards;
 use crate::builtins::measurements::{Measurement, Read};
 use crate::builtins::plots::PlotCall;
-use crate::builtins::table_ops::TableOp;
+use crate::builtins::table_ops::{TableOp, columns_read, resolve_call};
 use crate::builtins::values::ValueCall;
-use crate::plan::{Plan, Step, TableSource, Value};
+use crate::plan::{Call, Plan, Step, TableSource, Value};
 use crate::runtime::{HookedModel, Runtime, RuntimeError};
 use crate::session::Session;
 use crate::syntax::ast::TextKind;
@@ -37,6 +38,7 @@ fn describe(step: &Step) -> String {
         Step::Table { name, .. } => format!("table {name}"),
         Step::Plot { name, call } => format!("plot {name} = {}", call.function),
         Step::Dashboards { name, .. } => format!("dashboards {name}"),
+        Step::Expect { text, .. } => format!("expect {text:?}"),
     }
 }
 
@@ -185,30 +187,23 @@ fn run_step(session: &mut Session<'_, '_, '_>, step: &Step) -> Result<Section, S
         Step::Table {
             name, source, ops, ..
         } => {
-            let mut table = match source {
-                TableSource::Call(call) => {
-                    let mut measurement = Measurement::bind(call).map_err(|e| e.to_string())?;
-                    if let Some(Ok(TableOp::Filter(filter))) = ops.first().map(TableOp::bind) {
-                        measurement.narrow(&filter);
-                    }
-                    let mut table = measurement.run(session, name)?;
-                    // Before the table's own sorts and cuts, so they order the earlier
-                    // numbers where only noise moved them.
-                    session.settle(&mut table);
-                    table
-                }
-                TableSource::Table(t) => {
-                    let mut table = session.table(t)?.clone();
-                    table.name = name.clone();
-                    table
-                }
-            };
-            for op in ops {
-                table = TableOp::bind(op).map_err(|e| e.to_string())?.apply(table)?;
-            }
-            session.settle(&mut table);
+            let table = pipeline(session, Some(name), source, ops)?;
             session.tables.insert(name.clone(), table.clone());
             Section::Table(table)
+        }
+        Step::Expect {
+            text,
+            written,
+            source,
+            ops,
+            check,
+        } => {
+            // A claim's table has no name, so no earlier version: it reads the settled
+            // numbers of the tables it starts from.
+            let table = pipeline(session, None, source, ops)?;
+            let check = resolve_call(check, &session.values)?;
+            let check = Check::bind(&check).map_err(|e| e.to_string())?;
+            Section::Claim(claim(text, written, &check, &table))
         }
         Step::Compute { name, call } => {
             let value = ValueCall::bind(call)
@@ -234,4 +229,107 @@ fn run_step(session: &mut Session<'_, '_, '_>, step: &Step) -> Result<Section, S
             Section::Dashboards(dashboards.run(session, name)?)
         }
     })
+}
+
+/// The table a pipeline makes: its source (a measurement or an earlier table) through
+/// its operations. A named table is settled against the earlier report's table of
+/// that name, after its source and after its operations.
+fn pipeline(
+    session: &mut Session<'_, '_, '_>,
+    name: Option<&str>,
+    source: &TableSource,
+    ops: &[Call],
+) -> Result<Table, String> {
+    let ops: Vec<TableOp> = ops
+        .iter()
+        .map(|op| {
+            let op = resolve_call(op, &session.values)?;
+            TableOp::bind(&op).map_err(|e| e.to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    let mut table = match source {
+        TableSource::Call(call) => {
+            let mut measurement = Measurement::bind(call).map_err(|e| e.to_string())?;
+            if let Some(TableOp::Filter(filter)) = ops.first() {
+                measurement.narrow(filter);
+            }
+            let mut table = measurement.run(session, name.unwrap_or("claim"))?;
+            // Before the table's own sorts and cuts, so they order the earlier numbers
+            // where only noise moved them.
+            if name.is_some() {
+                session.settle(&mut table);
+            }
+            table
+        }
+        TableSource::Table(t) => session.table(t)?.clone(),
+    };
+    if let Some(name) = name {
+        table.name = name.to_owned();
+    }
+    for op in &ops {
+        table = op.apply(table)?;
+    }
+    if name.is_some() {
+        session.settle(&mut table);
+    }
+    Ok(table)
+}
+
+/// The verdict of `check` on `table`, with the rows behind it.
+fn claim(text: &str, written: &str, check: &Check, table: &Table) -> Claim {
+    let verdict = check.evaluate(table);
+    // When the claim fails, the rows that make it fail come first: those that miss the
+    // condition, or for an upper bound on a share, those that meet it.
+    let against_meets = matches!(
+        check.quantifier,
+        Quantifier::Share {
+            at_most: Some(high),
+            ..
+        } if verdict.rows > 0 && verdict.meeting as f64 / verdict.rows as f64 > high
+    );
+    let mut order: Vec<usize> = (0..table.rows.len()).collect();
+    if !verdict.holds {
+        order.sort_by_key(|&i| verdict.meets[i] != against_meets);
+    }
+    let read = columns_read(&check.condition);
+    // The row's text (which token, which context) first, then what the condition reads.
+    let mut shown: Vec<usize> = (0..table.columns.len())
+        .filter(|&c| {
+            table
+                .rows
+                .first()
+                .is_some_and(|r| matches!(r[c], Cell::Str(_)))
+        })
+        .take(2)
+        .collect();
+    for (c, column) in table.columns.iter().enumerate() {
+        if read.contains(&column.as_str()) && !shown.contains(&c) {
+            shown.push(c);
+        }
+    }
+    let evidence = Table {
+        name: "evidence".into(),
+        columns: std::iter::once("meets".to_owned())
+            .chain(shown.iter().map(|&c| table.columns[c].clone()))
+            .collect(),
+        rows: order
+            .iter()
+            .take(CLAIM_ROWS)
+            .map(|&i| {
+                std::iter::once(Cell::Bool(verdict.meets[i]))
+                    .chain(shown.iter().map(|&c| table.rows[i][c].clone()))
+                    .collect()
+            })
+            .collect(),
+    };
+    Claim {
+        text: text.to_owned(),
+        written: written.to_owned(),
+        holds: verdict.holds,
+        rows: verdict.rows,
+        meeting: verdict.meeting,
+        detail: verdict.detail,
+        evidence,
+        show: check.show.clone(),
+    }
 }

@@ -162,7 +162,26 @@ fn seeds(plan: &Plan) -> BTreeMap<String, i64> {
     seeds
 }
 
+/// `results/claims.csv`: one row per claim, so a claim that stops holding is a line in
+/// the diff.
+const CLAIMS_FILE: &str = "claims.csv";
+
 fn write_csvs(dir: &Path, results: &Results) -> Result<(), ReportError> {
+    if results.claims().next().is_some() {
+        let mut csv = csv::Writer::from_path(dir.join(CLAIMS_FILE))?;
+        csv.write_record(["claim", "holds", "rows", "meeting", "detail", "checked_as"])?;
+        for claim in results.claims() {
+            csv.write_record([
+                claim.text.clone(),
+                claim.holds.to_string(),
+                claim.rows.to_string(),
+                claim.meeting.to_string(),
+                claim.detail.clone(),
+                claim.written.clone(),
+            ])?;
+        }
+        csv.flush()?;
+    }
     for section in &results.sections {
         if let Section::Table(table) = section {
             let mut csv = csv::Writer::from_path(dir.join(format!("{}.csv", table.name)))?;
@@ -188,6 +207,39 @@ fn inlined_rows(rows: usize) -> usize {
     } else {
         INLINED_ROWS
     }
+}
+
+/// A claim as the template shows it: in the summary at the top (with the plots it
+/// names) and in its place among the sections (with the rows behind its verdict).
+fn claim_json(claim: &crate::results::Claim, results: &Results) -> serde_json::Value {
+    let number = results
+        .claims()
+        .position(|c| std::ptr::eq(c, claim))
+        .map_or(0, |i| i + 1);
+    let plots: Vec<&str> = results
+        .sections
+        .iter()
+        .filter_map(|s| match s {
+            Section::Plot(plot) => Some(plot.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    serde_json::json!({
+        "kind": "claim",
+        "number": number,
+        "text": claim.text,
+        "written": claim.written,
+        "holds": claim.holds,
+        "detail": claim.detail,
+        "columns": claim.evidence.columns,
+        "rows": claim.evidence.rows.iter().map(|row| row.iter().map(Cell::text).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        "shown_rows": claim.evidence.rows.len(),
+        "total_rows": claim.rows,
+        "show": claim.show.iter().map(|name| serde_json::json!({
+            "name": name,
+            "plot": plots.contains(&name.as_str()),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// JSON to put inside `<script type="application/json">`: `<` written as `\u003c`, so no
@@ -243,8 +295,14 @@ fn render_html(
                 "title": plot.title,
                 "svg": svgs[&plot.name],
             }),
+            Section::Claim(claim) => claim_json(claim, results),
             other => serde_json::to_value(other).expect("section serializes"),
         })
+        .collect();
+    let claims: Vec<serde_json::Value> = sections
+        .iter()
+        .filter(|s| s["kind"] == "claim")
+        .cloned()
         .collect();
     Ok(env.get_template("report.html")?.render(context! {
         name => plan.name,
@@ -261,6 +319,8 @@ fn render_html(
             "weights_sha256": sae.weights_sha256,
         })).collect::<Vec<_>>(),
         version => env!("CARGO_PKG_VERSION"),
+        holding => claims.iter().filter(|c| c["holds"] == true).count(),
+        claims => claims,
         sections => sections,
     })?)
 }

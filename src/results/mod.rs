@@ -61,4 +61,37 @@ pub enum Section {
         name: String,
         value: String,
     },
+    Claim(Claim),
+}
+
+/// An `expect` claim and what the run found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Claim {
+    pub text: String,
+    /// The claim's pipeline as written.
+    pub written: String,
+    pub holds: bool,
+    /// Rows checked, and how many meet the condition.
+    pub rows: usize,
+    pub meeting: usize,
+    /// The verdict's numbers in words: "86 of 86 rows (100.0%); at least 80% asked".
+    pub detail: String,
+    /// The rows behind the verdict (those against the claim first when it fails), at
+    /// most [`CLAIM_ROWS`], with a first column `meets`.
+    pub evidence: Table,
+    /// Plots and tables the summary shows beside the claim.
+    pub show: Vec<String>,
+}
+
+/// Rows of evidence a claim shows; the whole table is one click away.
+pub const CLAIM_ROWS: usize = 10;
+
+impl Results {
+    /// The claims the run checked, in the order written.
+    pub fn claims(&self) -> impl Iterator<Item = &Claim> {
+        self.sections.iter().filter_map(|s| match s {
+            Section::Claim(claim) => Some(claim),
+            _ => None,
+        })
+    }
 }

@@ -91,6 +91,12 @@ pub enum Statement {
         items: Expr,
         body: Vec<Spanned<Statement>>,
     },
+    /// `expect "text" = table | ops | all(condition)`: a claim the run checks and the
+    /// report's summary shows.
+    Expect {
+        text: Spanned<String>,
+        claim: Expr,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -270,6 +276,10 @@ fn strip_statement(s: &Spanned<Statement>) -> Spanned<Statement> {
             items: strip_expr(items),
             body: body.iter().map(strip_statement).collect(),
         },
+        Statement::Expect { text, claim } => Statement::Expect {
+            text: name(text),
+            claim: strip_expr(claim),
+        },
     };
     Spanned::new(node, Span::default())
 }
@@ -353,6 +363,9 @@ fn statement_sexpr(statement: &Statement, depth: usize, out: &mut String) {
             }
             out.push_str(&format!("{indent})\n"));
             return;
+        }
+        Statement::Expect { text, claim } => {
+            format!("(expect {:?} {})", text.node, expr_sexpr(claim))
         }
     };
     out.push_str(&indent);

@@ -192,6 +192,11 @@ fn write_statement(
             out.push_str(&indent);
             out.push('}');
         }
+        Statement::Expect { text, claim } => {
+            let head = format!("expect {} = ", quote(&text.node));
+            out.push_str(&head);
+            out.push_str(&expr_at(claim, indent.len() + head.len(), depth));
+        }
     }
     out.push('\n');
 }

@@ -82,6 +82,8 @@ pub(super) fn describe(rule: Rule) -> String {
         | Rule::decl_stmt
         | Rule::variant_stmt
         | Rule::for_stmt
+        | Rule::expect_stmt
+        | Rule::kw_expect
         | Rule::kw_experiment
         | Rule::kw_model
         | Rule::kw_let

@@ -143,6 +143,7 @@ fn parts<'a>(pair: Pair<'a, Rule>) -> impl Iterator<Item = Pair<'a, Rule>> {
                 | Rule::kw_variant
                 | Rule::kw_for
                 | Rule::kw_in
+                | Rule::kw_expect
         )
     })
 }
@@ -227,6 +228,10 @@ fn statement(pair: Pair<'_, Rule>) -> Spanned<Statement> {
                 body: p.map(statement).collect(),
             }
         }
+        Rule::expect_stmt => Statement::Expect {
+            text: string(&next()),
+            claim: expr(next()),
+        },
         other => unreachable!("statement rule {other:?}"),
     };
     Spanned::new(node, whole)
