@@ -51,6 +51,10 @@ enum Command {
         /// Where report folders go.
         #[arg(long, default_value = "reports")]
         reports: PathBuf,
+        /// Check the file without its model folder (hooks, heads and shapes are then
+        /// not checked against the model).
+        #[arg(long)]
+        syntax_only: bool,
         #[command(flatten)]
         outputs: OutputFlags,
     },
@@ -225,7 +229,8 @@ fn load_plan(
     reports: Option<&Path>,
     scope: &Scope,
 ) -> Result<(Plan, String), Failure> {
-    crate::experiment::load(path, reports, scope).map_err(Failure::from_load)
+    crate::experiment::load(path, reports, scope, crate::experiment::Model::Required)
+        .map_err(Failure::from_load)
 }
 
 impl Failure {
@@ -251,10 +256,20 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Check {
             experiment,
             reports,
+            syntax_only,
             outputs,
         } => {
-            let (plan, _) = load_plan(&experiment, Some(&reports), &outputs.scope()?)?;
-            outln!("{}: ok ({} steps)", experiment.display(), plan.steps.len());
+            let model = if syntax_only {
+                crate::experiment::Model::Optional
+            } else {
+                crate::experiment::Model::Required
+            };
+            let (plan, _) =
+                crate::experiment::load(&experiment, Some(&reports), &outputs.scope()?, model)
+                    .map_err(Failure::from_load)?;
+            let steps = plan.steps.len();
+            let plural = if steps == 1 { "" } else { "s" };
+            outln!("{}: ok ({steps} step{plural})", experiment.display());
         }
         Command::Plan { experiment } => {
             let scope = Scope::current(true).context("cannot resolve the current folder")?;

@@ -24,15 +24,25 @@ pub enum LoadError {
     Sae(String),
 }
 
+/// Whether a check needs the model's folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Model {
+    /// A model that cannot be read is an error (what running needs).
+    Required,
+    /// The file alone is checked; model-dependent checks are skipped without one.
+    Optional,
+}
+
 /// The experiment at `path` and its source. `reports`: where its report would be
 /// written (checked too), or `None` when nothing will be written.
 pub fn load(
     path: &Path,
     reports: Option<&Path>,
     scope: &Scope,
+    model: Model,
 ) -> Result<(Plan, String), LoadError> {
     let (file, source) = parse(path)?;
-    let mut context = context_for(&file, reports, scope);
+    let mut context = context_for(&file, reports, scope, model);
     let name = path.display().to_string();
     let render = |d: Vec<syntax::Diagnostic>| LoadError::Source(syntax::render(&d, &name, &source));
     let plan = check::check(&file, &context).map_err(render)?;
@@ -111,7 +121,7 @@ pub fn only_training(
 
 /// The files a check consults: the model's manifest, every loaded SAE's cfg.json, and
 /// the folders the run would write (every `save =` of a `train`, and the report).
-fn context_for(file: &File, reports: Option<&Path>, scope: &Scope) -> check::Context {
+fn context_for(file: &File, reports: Option<&Path>, scope: &Scope, model: Model) -> check::Context {
     let mut context = check::Context {
         memory_bytes: crate::machine::total_memory(),
         ..check::Context::default()
@@ -119,9 +129,13 @@ fn context_for(file: &File, reports: Option<&Path>, scope: &Scope) -> check::Con
     let mut statements: Vec<&Spanned<Statement>> = file.statements.iter().collect();
     while let Some(statement) = statements.pop() {
         match &statement.node {
-            Statement::Model { path, .. } => {
-                context.manifest = Manifest::read(Path::new(&path.node)).ok()
-            }
+            Statement::Model { path, .. } => match Manifest::read(Path::new(&path.node)) {
+                Ok(manifest) => context.manifest = Some(manifest),
+                Err(why) if model == Model::Required => {
+                    context.model_unreadable = Some(why.to_string())
+                }
+                Err(_) => {}
+            },
             Statement::Declare {
                 kind: DeclKind::Sae,
                 value,

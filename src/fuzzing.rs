@@ -331,7 +331,7 @@ impl Generator<'_> {
                     (*self.c.pick(options)).to_owned()
                 }
             }
-            Type::Position => {
+            Type::Position | Type::OnePosition => {
                 if self.c.chance(20) {
                     "all".into()
                 } else {

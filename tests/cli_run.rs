@@ -426,3 +426,34 @@ expect "some pair composes above 1000" = comp | any(score > 1000)
         claims
     );
 }
+
+#[test]
+fn a_missing_model_folder_is_an_error_unless_only_the_syntax_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("exp.qexp"),
+        "experiment no_model\nmodel \"models/typo\"\ntable t = attention(\"the cat\", L9H9, pos = -1)\n",
+    )
+    .unwrap();
+    for command in ["check", "plan", "run"] {
+        let output = qexp(dir.path())
+            .args([command, "exp.qexp"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains(
+                "exp.qexp:2:7: cannot read the model: models/typo is not a qexp model folder"
+            ),
+            "{command}: {stderr}"
+        );
+        assert!(stderr.contains("--syntax-only"), "{stderr}");
+    }
+    assert!(!dir.path().join("reports").exists());
+    qexp(dir.path())
+        .args(["check", "--syntax-only", "exp.qexp"])
+        .assert()
+        .success()
+        .stdout("exp.qexp: ok (1 step)\n");
+}

@@ -1124,3 +1124,37 @@ fn training_harvests_only_the_tokens_it_reads_once_per_hook_and_dataset() {
         "two batches once, then \"a\" for each"
     );
 }
+
+#[test]
+fn attention_from_every_position_holds_each_query_rows_pattern() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let prompt = "the cat sat on";
+    let mut body = format!("table every = attention(\"{prompt}\", L1H2, pos = all)\n");
+    for query in 0..4 {
+        body.push_str(&format!(
+            "table at_{query} = attention(\"{prompt}\", L1H2, pos = {query})\n"
+        ));
+    }
+    let tables = run(&model_dir, &body);
+    let every = &tables[0];
+    assert_eq!(
+        &every.columns[..3],
+        ["query_pos", "query_str_tokens", "pos"]
+    );
+    let n = tables.len() - 1;
+    assert!(n >= 4, "the prompt is at least 4 tokens");
+    let mut row = 0;
+    for (query, single) in tables[1..].iter().enumerate() {
+        assert_eq!(single.rows.len(), query + 1, "keys 0..=query");
+        let mut total = 0.0;
+        for (key, single_row) in single.rows.iter().enumerate() {
+            let cells = &every.rows[row];
+            assert_eq!(cells[0], Cell::Integer(query as i64));
+            assert_eq!(cells[2], Cell::Integer(key as i64));
+            assert_eq!(&cells[3..], &single_row[1..], "query {query}, key {key}");
+            total += number(every, row, "attn");
+            row += 1;
+        }
+        assert!((total - 1.0).abs() < 1e-5, "query {query}'s row sums to 1");
+    }
+}

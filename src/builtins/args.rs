@@ -241,6 +241,11 @@ impl<'c> Args<'c> {
     }
 
     /// A position: an index, negative from the end; `None` when absent or `all`.
+    /// Whether the argument is `all` (every position or feature).
+    pub fn is_all(&self, name: &str) -> bool {
+        matches!(self.get(name), Some(Value::All))
+    }
+
     pub fn position(&self, name: &str) -> Result<Option<i64>, BindError> {
         match self.get(name) {
             None | Some(Value::All) => Ok(None),

@@ -24,6 +24,8 @@ pub enum Type {
     Choice(&'static [&'static str]),
     /// An integer position, negative from the end, or `all`.
     Position,
+    /// One integer position, negative from the end (`all` is refused).
+    OnePosition,
     /// A list of feature indices, or `all`.
     Features,
     ListOf(&'static Type),
@@ -48,6 +50,7 @@ impl Type {
             Type::ColumnExpr => "an expression over columns".into(),
             Type::Choice(options) => format!("one of {}", options.join(", ")),
             Type::Position => "a position (an index, negative from the end, or `all`)".into(),
+            Type::OnePosition => "one position (an index, negative from the end)".into(),
             Type::Features => "a list of feature indices, or `all`".into(),
             Type::Shown => "a plot or table name".into(),
             Type::ListOf(inner) => format!(

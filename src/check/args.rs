@@ -332,11 +332,18 @@ impl Checker<'_> {
                     None
                 }
             }
-            Type::Position => match &expr.kind {
+            Type::Position | Type::OnePosition => match &expr.kind {
                 ExprKind::Ref {
                     path,
                     selector: None,
-                } if path == "all" => Some(Value::All),
+                } if path == "all" => {
+                    if ty == Type::OnePosition {
+                        self.error(expr.span, "this takes one position, not `all`")
+                            .hint = Some("give an index: `pos = -1` is the last token".into());
+                        return None;
+                    }
+                    Some(Value::All)
+                }
                 _ => {
                     let Some(position) =
                         number(expr).filter(|n| n.fract() == 0.0).map(|n| n as i64)

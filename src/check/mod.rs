@@ -38,6 +38,9 @@ pub const MAX_EXPERIMENT_NAME: usize = 100;
 pub struct Context {
     /// The model's manifest, when its folder exists.
     pub manifest: Option<Manifest>,
+    /// Why the model's folder could not be read, when the caller needs the model (every
+    /// command but `qexp check --syntax-only`): then it is an error, not a skipped check.
+    pub model_unreadable: Option<String>,
     /// `load("path")` SAEs by path: their shape, or why it could not be read.
     pub saes: BTreeMap<String, Result<SaeShape, String>>,
     /// `save = "path"` folders by path: why qexp may not write there, if it may not.
@@ -256,6 +259,12 @@ impl Checker<'_> {
         if self.model.is_some() {
             self.error(span, "a second `model`").hint = Some("an experiment runs one model".into());
             return;
+        }
+        if let Some(why) = &self.context.model_unreadable {
+            self.error(path.span, format!("cannot read the model: {why}"))
+                .hint = Some(
+                "export it there with `qexp export CHECKPOINT -o PATH` (paths are relative to the folder qexp runs in), or check the file alone with `qexp check --syntax-only`".into(),
+            );
         }
         let args = self.bind_args(args, builtins::MODEL_PARAMS, "model", span, None);
         let device = match args.get("device") {

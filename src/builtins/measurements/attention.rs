@@ -1,5 +1,6 @@
 //! `attention(prompt, head; pos, variants)`: a head's attention from one query position
-//! to every earlier position, clean and under each variant.
+//! (or, with `pos = all`, from every one) to every earlier position, clean and under
+//! each variant.
 
 use ndarray::s;
 
@@ -14,7 +15,7 @@ use crate::session::{Failure, Session, context, position};
 pub const SPEC: Builtin = Builtin {
     name: "attention",
     produces: Produces::Table,
-    summary: "a head's attention from one position, under variants",
+    summary: "a head's attention from one position (or every one), under variants",
     params: &[
         req("prompt", Type::Str).non_empty(),
         req("head", Type::Head),
@@ -29,6 +30,8 @@ pub struct Attention {
     pub head: HeadArg,
     /// The query position, negative from the end; the last token when absent.
     pub pos: Option<i64>,
+    /// `pos = all`: a row for every query and key position.
+    pub every_query: bool,
     pub variants: Vec<String>,
 }
 
@@ -38,18 +41,24 @@ impl Measure for Attention {
             prompt: args.text("prompt")?,
             head: args.head("head")?,
             pos: args.position("pos")?,
+            every_query: args.is_all("pos"),
             variants: args.names("variants")?,
         })
     }
 
     fn columns(&self) -> Columns {
         use ColumnType::{Integer, Number, Str};
-        let mut c = columns(&[
+        let mut c = if self.every_query {
+            columns(&[("query_pos", Integer), ("query_str_tokens", Str)])
+        } else {
+            Vec::new()
+        };
+        c.extend(columns(&[
             ("pos", Integer),
             ("str_tokens", Str),
             ("context", Str),
             ("attn", Number),
-        ]);
+        ]));
         c.extend(self.variants.iter().map(|v| (format!("{v}_attn"), Number)));
         c
     }
@@ -64,7 +73,12 @@ impl Measure for Attention {
         let prompt = self.prompt.resolve(&s.values)?;
         let (layer, head) = self.head.resolve(&s.values)?;
         let tokens = s.prompt_tokens(&prompt)?;
-        let query = position(&tokens, self.pos)?;
+        let queries = if self.every_query {
+            0..tokens.len()
+        } else {
+            let query = position(&tokens, self.pos)?;
+            query..query + 1
+        };
         let batch = s
             .model
             .batch(std::slice::from_ref(&tokens))
@@ -75,22 +89,25 @@ impl Measure for Attention {
         runs.extend(self.variants.iter().map(|v| Some(v.as_str())));
         for variant in runs {
             let forward = s.forward(variant, &batch, &[&hook])?;
-            patterns.push(
-                forward.hooks[&hook]
-                    .slice(s![0, head, query, ..=query])
-                    .to_owned(),
-            );
+            patterns.push(forward.hooks[&hook].slice(s![0, head, .., ..]).to_owned());
         }
         let strs = s.str_tokens(&tokens)?;
         let mut table = table(name, &self.columns());
-        for key in 0..=query {
-            let mut cells = vec![
-                Cell::Integer(key as i64),
-                Cell::Str(strs[key].clone()),
-                Cell::Str(context(&strs, key, 3)),
-            ];
-            cells.extend(patterns.iter().map(|p| Cell::Number(f64::from(p[key]))));
-            table.rows.push(cells);
+        for query in queries {
+            for key in 0..=query {
+                let mut cells = Vec::new();
+                if self.every_query {
+                    cells.push(Cell::Integer(query as i64));
+                    cells.push(Cell::Str(strs[query].clone()));
+                }
+                cells.extend([
+                    Cell::Integer(key as i64),
+                    Cell::Str(strs[key].clone()),
+                    Cell::Str(context(&strs, key, 3)),
+                ]);
+                cells.extend(patterns.iter().map(|p| Cell::Number(f64::from(p[[query, key]]))));
+                table.rows.push(cells);
+            }
         }
         Ok(table)
     }

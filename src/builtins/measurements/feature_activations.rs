@@ -17,7 +17,7 @@ pub const SPEC: Builtin = Builtin {
     params: &[
         req("sae", Type::Sae),
         req("prompt", Type::Str).non_empty(),
-        opt("pos", Type::Position),
+        opt("pos", Type::OnePosition),
     ],
 };
 

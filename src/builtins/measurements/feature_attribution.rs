@@ -18,7 +18,7 @@ pub const SPEC: Builtin = Builtin {
         req("sae", Type::Sae),
         req("head", Type::Head),
         req("prompt", Type::Str).non_empty(),
-        opt("pos", Type::Position),
+        opt("pos", Type::OnePosition),
         opt("key_pos", Type::Integer).within(-1e6, 1e6),
     ],
 };
