@@ -1158,3 +1158,28 @@ fn attention_from_every_position_holds_each_query_rows_pattern() {
         assert!((total - 1.0).abs() < 1e-5, "query {query}'s row sums to 1");
     }
 }
+
+#[test]
+fn aggregate_summarises_a_per_token_table_per_prompt() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let tables = run(
+        &model_dir,
+        "variant ablated {\n zero(blocks.1.attn.hook_z[head = 2])\n}\ntable tokens = per_token(d, variants = [ablated]) | derive(diff = ablated_loss - loss)\ntable per_prompt = tokens | aggregate(by = [batch], n = count(), mean_diff = mean(diff), worst = max(diff), hurt = sum(diff > 0))",
+    );
+    let (tokens, per_prompt) = (&tables[0], &tables[1]);
+    assert_eq!(per_prompt.rows.len(), PROMPTS.len());
+    for (g, row) in per_prompt.rows.iter().enumerate() {
+        assert_eq!(row[0], Cell::Integer(g as i64));
+        let diffs: Vec<f64> = (0..tokens.rows.len())
+            .filter(|&r| tokens.rows[r][tokens.column("batch").unwrap()] == Cell::Integer(g as i64))
+            .map(|r| number(tokens, r, "diff"))
+            .collect();
+        assert_eq!(row[1], Cell::Integer(diffs.len() as i64));
+        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+        assert!((number(per_prompt, g, "mean_diff") - mean).abs() < 1e-12);
+        let worst = diffs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        assert_eq!(number(per_prompt, g, "worst"), worst);
+        let hurt = diffs.iter().filter(|d| **d > 0.0).count() as f64;
+        assert_eq!(number(per_prompt, g, "hurt"), hurt);
+    }
+}

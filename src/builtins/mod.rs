@@ -65,6 +65,7 @@ pub const BUILTINS: &[Builtin] = &[
     table_ops::TOP,
     table_ops::SELECT_COLUMNS,
     table_ops::DERIVE,
+    table_ops::AGGREGATE,
     table_ops::COUNT,
     table_ops::GROUP_COUNT,
     table_ops::EXPLODE,
@@ -118,6 +119,10 @@ pub fn reference_table() -> String {
         let arguments = match (required.is_empty(), optional.is_empty()) {
             // `derive` names its own arguments: one per new column.
             _ if builtin.name == "derive" => "`name = expression`, ...".to_owned(),
+            _ if builtin.name == "aggregate" => {
+                "; by, `name = mean(expression)`, ... (mean, sum, min, max, std, count())"
+                    .to_owned()
+            }
             (true, true) => "—".to_owned(),
             (false, true) => required.join(", "),
             (true, false) => format!("; {}", optional.join(", ")),

@@ -44,6 +44,16 @@ pub const DERIVE: Builtin = Builtin {
     params: &[],
 };
 
+pub const AGGREGATE: Builtin = Builtin {
+    name: "aggregate",
+    produces: Produces::TableOp,
+    summary: "one row per group of `by` (or one row): aggregate(by = [layer, head], mean_diff = mean(loss_diff), n = count())",
+    params: &[opt("by", COLUMNS)],
+};
+
+/// The functions `aggregate` computes over a group's rows.
+pub const AGGREGATES: &[&str] = &["mean", "sum", "min", "max", "std", "count"];
+
 pub const COUNT: Builtin = Builtin {
     name: "count",
     produces: Produces::TableOp,
@@ -84,6 +94,47 @@ pub enum TableOp {
     GroupCount(String),
     /// One row per element of list columns.
     Explode(Vec<String>),
+    /// One row per distinct value of the `by` columns (in order of first appearance),
+    /// with each new column an aggregate over the group's rows.
+    Aggregate {
+        by: Vec<String>,
+        columns: Vec<(String, Aggregate)>,
+    },
+}
+
+/// One column `aggregate` computes: a function over an expression of each row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aggregate {
+    /// One of [`AGGREGATES`].
+    pub function: String,
+    /// What it reads of each row; `count()` reads nothing.
+    pub of: Option<ColumnExpr>,
+}
+
+impl Aggregate {
+    /// The aggregate over `values` (the expression on each row of a group; a
+    /// non-numeric value is skipped, as pandas skips NaN). `std` is the sample standard
+    /// deviation (n - 1), as pandas and torch compute it. Where an aggregate is undefined
+    /// (the mean of no values, the std of one) the cell is empty, not NaN: a run refuses
+    /// non-finite numbers as a sign of a broken model.
+    fn over(&self, rows: usize, values: &[f64]) -> Cell {
+        let n = values.len() as f64;
+        let sum: f64 = values.iter().sum();
+        let mean = sum / n;
+        let undefined = Cell::Str(String::new());
+        match self.function.as_str() {
+            "count" => Cell::Integer(rows as i64),
+            "sum" => Cell::Number(sum),
+            _ if values.is_empty() => undefined,
+            "mean" => Cell::Number(mean),
+            "min" => Cell::Number(values.iter().copied().fold(f64::INFINITY, f64::min)),
+            "max" => Cell::Number(values.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
+            _ if values.len() < 2 => undefined,
+            _ => Cell::Number(
+                (values.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt(),
+            ),
+        }
+    }
 }
 
 impl TableOp {
@@ -117,6 +168,36 @@ impl TableOp {
                 }
                 TableOp::Derive(derived)
             }
+            "aggregate" => {
+                let mut columns = Vec::new();
+                if let Some(Value::List(items)) = call.args.get("columns") {
+                    for item in items {
+                        let Value::List(parts) = item else { continue };
+                        match parts.as_slice() {
+                            [Value::Column(name), Value::Str(function)] => columns.push((
+                                name.clone(),
+                                Aggregate {
+                                    function: function.clone(),
+                                    of: None,
+                                },
+                            )),
+                            [Value::Column(name), Value::Str(function), Value::Expr(of)] => columns
+                                .push((
+                                    name.clone(),
+                                    Aggregate {
+                                        function: function.clone(),
+                                        of: Some(of.clone()),
+                                    },
+                                )),
+                            _ => {}
+                        }
+                    }
+                }
+                TableOp::Aggregate {
+                    by: args.names("by")?,
+                    columns,
+                }
+            }
             "count" => TableOp::Count,
             "group_count" => TableOp::GroupCount(args.column("by")?),
             "explode" => TableOp::Explode(args.names("names")?),
@@ -149,6 +230,22 @@ impl TableOp {
                 let mut out = columns;
                 for (name, expr) in derived {
                     let ty = infer(expr, &out);
+                    out.retain(|(c, _)| c != name);
+                    out.push((name.clone(), ty));
+                }
+                out
+            }
+            TableOp::Aggregate { by, columns: made } => {
+                let mut out: Columns = by
+                    .iter()
+                    .filter_map(|b| columns.iter().find(|(c, _)| c == b).cloned())
+                    .collect();
+                for (name, aggregate) in made {
+                    let ty = if aggregate.function == "count" {
+                        ColumnType::Integer
+                    } else {
+                        ColumnType::Number
+                    };
                     out.retain(|(c, _)| c != name);
                     out.push((name.clone(), ty));
                 }
@@ -205,6 +302,7 @@ impl TableOp {
                     name: table.name,
                 }
             }
+            TableOp::Aggregate { by, columns } => aggregate(table, by, columns),
             TableOp::Count => Table {
                 name: table.name,
                 columns: vec!["count".into()],
@@ -253,6 +351,64 @@ impl TableOp {
                 table
             }
         })
+    }
+}
+
+/// One row per group of the `by` columns' values (in order of first appearance; one row
+/// for the whole table when `by` is empty), each aggregate computed over its rows.
+fn aggregate(table: Table, by: &[String], columns: &[(String, Aggregate)]) -> Table {
+    let keys: Vec<usize> = by.iter().filter_map(|c| table.column(c)).collect();
+    let mut groups: Vec<(Vec<Cell>, Vec<usize>)> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (r, row) in table.rows.iter().enumerate() {
+        let key: Vec<Cell> = keys.iter().map(|&k| row[k].clone()).collect();
+        // Cells as their CSV text: equal text is an equal key, and text hashes.
+        let text = key
+            .iter()
+            .map(Cell::csv_text)
+            .collect::<Vec<_>>()
+            .join("\u{1f}");
+        let g = *index.entry(text).or_insert_with(|| {
+            groups.push((key, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(r);
+    }
+    if keys.is_empty() && groups.is_empty() {
+        groups.push((Vec::new(), Vec::new()));
+    }
+    let mut names: Vec<String> = keys.iter().map(|&k| table.columns[k].clone()).collect();
+    for (name, _) in columns {
+        names.retain(|n| n != name);
+        names.push(name.clone());
+    }
+    let rows = groups
+        .into_iter()
+        .map(|(key, members)| {
+            let mut cells: Vec<(String, Cell)> = keys
+                .iter()
+                .map(|&k| table.columns[k].clone())
+                .zip(key)
+                .collect();
+            for (name, aggregate) in columns {
+                let values: Vec<f64> = match &aggregate.of {
+                    Some(of) => members
+                        .iter()
+                        .filter_map(|&r| eval(of, &table.columns, &table.rows[r]).number())
+                        .filter(|x| !x.is_nan())
+                        .collect(),
+                    None => Vec::new(),
+                };
+                cells.retain(|(n, _)| n != name);
+                cells.push((name.clone(), aggregate.over(members.len(), &values)));
+            }
+            cells.into_iter().map(|(_, cell)| cell).collect()
+        })
+        .collect();
+    Table {
+        name: table.name,
+        columns: names,
+        rows,
     }
 }
 
@@ -709,6 +865,49 @@ mod tests {
         .apply(tokens())
         .unwrap();
         assert_eq!(derived.rows[0][4], Cell::IntegerList(vec![1669, 7]));
+    }
+
+    #[test]
+    fn aggregate_makes_one_row_per_group_in_order_of_first_appearance() {
+        let mut table = tokens();
+        table.rows.push(vec![
+            Cell::Str("a".into()),
+            Cell::Number(5.0),
+            Cell::IntegerList(vec![]),
+            Cell::NumberList(vec![]),
+        ]);
+        let ops = ops(
+            "aggregate(by = [str_tokens], n = count(), mean_loss = mean(loss), total = sum(loss), low = min(loss), high = max(loss), spread = std(loss), big = mean(loss > 2))",
+        );
+        let t = TableOp::bind(&ops[0]).unwrap().apply(table).unwrap();
+        assert_eq!(
+            t.columns,
+            [
+                "str_tokens",
+                "n",
+                "mean_loss",
+                "total",
+                "low",
+                "high",
+                "spread",
+                "big"
+            ]
+        );
+        let row = |i: usize| t.rows[i].iter().map(Cell::text).collect::<Vec<_>>();
+        assert_eq!(
+            row(0),
+            [
+                "a", "2", "3.000000", "6.000000", "1.000000", "5.000000", "2.828427", "0.500000"
+            ]
+        );
+        assert_eq!(row(1)[..3], ["b", "1", "3.000000"]);
+        // One value has no sample standard deviation: the cell is empty.
+        assert_eq!(row(1)[6], "");
+        assert_eq!(row(2)[0], "c");
+        // Without `by`, one row over the whole table.
+        let whole = run("aggregate(n = count(), mean_loss = mean(loss))");
+        assert_eq!(whole.columns, ["n", "mean_loss"]);
+        assert_eq!(whole.rows, [vec![Cell::Integer(3), Cell::Number(2.0)]]);
     }
 
     #[test]

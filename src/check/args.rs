@@ -47,6 +47,8 @@ impl Checker<'_> {
         let errors_before = self.errors.len();
         let bound = if builtin.name == "derive" {
             self.derive_args(args, input.unwrap_or(&[]), expr.span)
+        } else if builtin.name == "aggregate" {
+            self.aggregate_args(args, input.unwrap_or(&[]), expr.span)
         } else {
             self.bind_args(args, builtin.params, builtin.name, expr.span, input)
         };
@@ -197,6 +199,113 @@ impl Checker<'_> {
             }
         }
         BTreeMap::from([("columns", Value::List(derived))])
+    }
+
+    /// `aggregate(by = [columns], name = mean(expression), n = count(), ...)`.
+    fn aggregate_args(
+        &mut self,
+        args: &[Arg],
+        input: &[(String, ColumnType)],
+        span: Span,
+    ) -> BTreeMap<&'static str, Value> {
+        use builtins::table_ops::AGGREGATES;
+        let mut bound = BTreeMap::new();
+        let mut made = Vec::new();
+        for (i, arg) in args.iter().enumerate() {
+            let name = match &arg.name {
+                Some(name) if name.node == "by" => {
+                    if let Some(by) = self.value(&arg.value, builtins::spec::COLUMNS, Some(input)) {
+                        bound.insert("by", by);
+                    }
+                    continue;
+                }
+                None if i == 0 => {
+                    if let Some(by) = self.value(&arg.value, builtins::spec::COLUMNS, Some(input)) {
+                        bound.insert("by", by);
+                    }
+                    continue;
+                }
+                Some(name) => name,
+                None => {
+                    self.error(arg.value.span, "`aggregate` columns are `name = mean(expression)`")
+                        .hint = Some("e.g. aggregate(by = [layer, head], mean_diff = mean(loss_diff), n = count())".into());
+                    continue;
+                }
+            };
+            let ExprKind::Call {
+                function,
+                args: inner,
+            } = &arg.value.kind
+            else {
+                self.error(
+                    arg.value.span,
+                    "an aggregate column is a call: `mean(loss_diff)`",
+                )
+                .hint = Some(format!("aggregates: {}", AGGREGATES.join(", ")));
+                continue;
+            };
+            if !AGGREGATES.contains(&function.node.as_str()) {
+                let hint = match nearest(&function.node, AGGREGATES) {
+                    Some(n) => format!("did you mean `{n}`?"),
+                    None => format!("aggregates: {}", AGGREGATES.join(", ")),
+                };
+                self.error(
+                    function.span,
+                    format!("unknown aggregate `{}`", function.node),
+                )
+                .hint = Some(hint);
+                continue;
+            }
+            let mut parts = vec![
+                Value::Column(name.node.clone()),
+                Value::Str(function.node.clone()),
+            ];
+            match (function.node.as_str(), inner.as_slice()) {
+                ("count", []) => {}
+                ("count", _) => {
+                    self.error(
+                        arg.value.span,
+                        "`count()` takes no argument: it counts the group's rows",
+                    )
+                    .hint = Some("to count rows that meet a condition, `sum(condition)`".into());
+                    continue;
+                }
+                (_, [one]) if one.name.is_none() => {
+                    let Some((of, ty)) = self.column_expr(&one.value, input) else {
+                        continue;
+                    };
+                    if !(ty.is_numeric() || ty == ColumnType::Bool) {
+                        self.error(
+                            one.value.span,
+                            format!(
+                                "`{}` needs numbers (or true/false), not {ty:?}",
+                                function.node
+                            ),
+                        );
+                        continue;
+                    }
+                    parts.push(Value::Expr(of));
+                }
+                _ => {
+                    self.error(
+                        arg.value.span,
+                        format!("`{}` takes one expression", function.node),
+                    );
+                    continue;
+                }
+            }
+            made.push(Value::List(parts));
+        }
+        let named_columns = args
+            .iter()
+            .filter(|a| a.name.as_ref().is_some_and(|n| n.node != "by"))
+            .count();
+        if named_columns == 0 {
+            self.error(span, "`aggregate` makes no column").hint =
+                Some("name at least one: `n = count()`, `mean_diff = mean(loss_diff)`".into());
+        }
+        bound.insert("columns", Value::List(made));
+        bound
     }
 
     /// Checks one argument against the type expected there.
