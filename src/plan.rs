@@ -31,6 +31,8 @@ pub struct ModelSpec {
     /// Whether the model rotates queries and keys (so attention reads `hook_rot_k`);
     /// assumed when its manifest could not be read.
     pub rotary: bool,
+    /// Its layers, from its manifest (unknown when only the syntax was checked).
+    pub n_layers: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1183,3 +1183,108 @@ fn aggregate_summarises_a_per_token_table_per_prompt() {
         assert_eq!(number(per_prompt, g, "hurt"), hurt);
     }
 }
+
+#[test]
+fn pattern_scores_on_repeated_random_tokens_match_the_patterns_read_directly() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let length = 7;
+    let body = format!(
+        "dataset rep = repeated_tokens({length}, count = 3, seed = 5)\ntable scores = pattern_scores(rep)\ntable tokens = per_token(rep)"
+    );
+    let tables = run(&model_dir, &body);
+    let (scores, tokens) = (&tables[0], &tables[1]);
+
+    // The prompts: the generator's token ids after BOS, as per_token's tokens show.
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let config = model.manifest.config.clone();
+    let special = &model.manifest.special_tokens;
+    let specials: Vec<u32> = [special.bos, special.eos, Some(special.pad)]
+        .into_iter()
+        .flatten()
+        .collect();
+    let bos: Vec<u32> = special
+        .bos
+        .into_iter()
+        .filter(|_| special.prepend_bos)
+        .collect();
+    let generated = qexp::builtins::datasets::DatasetKind::RepeatedTokens {
+        length,
+        count: 3,
+        repeats: 2,
+        seed: 5,
+    }
+    .generated(config.d_vocab, &specials)
+    .unwrap();
+    let prompts: Vec<Vec<u32>> = generated
+        .iter()
+        .map(|ids| bos.iter().chain(ids).copied().collect())
+        .collect();
+    let mut row = 0;
+    for p in &prompts {
+        assert_eq!(p.len(), bos.len() + 2 * length, "{p:?}");
+        assert_eq!(p[bos.len()..bos.len() + length], p[bos.len() + length..]);
+        let strs = model.to_str_tokens(p).unwrap();
+        // per_token has a row for every position but the last (it predicts the next).
+        for s in &strs[..strs.len() - 1] {
+            assert_eq!(tokens.rows[row][0], Cell::Str(s.clone()));
+            row += 1;
+        }
+    }
+    assert_eq!(row, tokens.rows.len());
+
+    // Each score, from the patterns read directly, by its definition on token ids.
+    let hooks: Vec<String> = (0..config.n_layers)
+        .map(|l| format!("blocks.{l}.attn.hook_pattern"))
+        .collect();
+    let hook_refs: Vec<&str> = hooks.iter().map(String::as_str).collect();
+    let mut expected = vec![[(0.0, 0usize); 3]; config.n_layers * config.n_heads];
+    for p in &prompts {
+        let batch = model.batch(std::slice::from_ref(p)).unwrap();
+        let forward = model.forward(&batch, false, &hook_refs).unwrap();
+        for (layer, hook) in hooks.iter().enumerate() {
+            for head in 0..config.n_heads {
+                let a = |q: usize, k: usize| f64::from(forward.hooks[hook][[0, head, q, k]]);
+                let e = &mut expected[layer * config.n_heads + head];
+                for q in 0..p.len() {
+                    let earlier: Vec<usize> = (0..q).filter(|&k| p[k] == p[q]).collect();
+                    let following: Vec<usize> = earlier
+                        .iter()
+                        .filter(|&&k| k + 1 < q)
+                        .map(|k| k + 1)
+                        .collect();
+                    if !following.is_empty() {
+                        e[0].0 += following.iter().map(|&k| a(q, k)).sum::<f64>();
+                        e[0].1 += 1;
+                    }
+                    if q > 0 {
+                        e[1].0 += a(q, q - 1);
+                        e[1].1 += 1;
+                    }
+                    if !earlier.is_empty() {
+                        e[2].0 += earlier.iter().map(|&k| a(q, k)).sum::<f64>();
+                        e[2].1 += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(scores.rows.len(), config.n_layers * config.n_heads);
+    for (r, e) in expected.iter().enumerate() {
+        for (c, column) in [
+            "induction_score",
+            "previous_token_score",
+            "duplicate_token_score",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let want = e[c].0 / e[c].1 as f64;
+            let got = number(scores, r, column);
+            assert!(
+                (got - want).abs() < 1e-6,
+                "row {r} {column}: {got} vs {want}"
+            );
+        }
+    }
+}

@@ -51,6 +51,18 @@ pub const PROMPTS: Builtin = Builtin {
     ],
 };
 
+pub const REPEATED_TOKENS: Builtin = Builtin {
+    name: "repeated_tokens",
+    produces: Produces::Dataset,
+    summary: "prompts of random tokens repeated (BOS first where the model expects it), for induction",
+    params: &[
+        req("length", Type::Integer).within(1.0, 1e5),
+        opt("count", Type::Integer).within(1.0, 1e5),
+        opt("repeats", Type::Integer).within(1.0, 100.0),
+        opt("seed", Type::Integer).within(0.0, MAX_SEED),
+    ],
+};
+
 /// A dataset declaration, its arguments typed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DatasetSource {
@@ -78,6 +90,45 @@ pub enum DatasetKind {
     Prompts {
         texts: Vec<String>,
     },
+    /// `count` prompts, each `length` random token ids repeated `repeats` times.
+    RepeatedTokens {
+        length: usize,
+        count: usize,
+        repeats: usize,
+        seed: u64,
+    },
+}
+
+impl DatasetKind {
+    /// The token ids of a generated dataset (BOS not included), drawn uniformly from the
+    /// vocabulary's ids but the special ones, from the seed alone; `None` for datasets
+    /// of text.
+    pub fn generated(&self, d_vocab: usize, special: &[u32]) -> Option<Vec<Vec<u32>>> {
+        let DatasetKind::RepeatedTokens {
+            length,
+            count,
+            repeats,
+            seed,
+        } = self
+        else {
+            return None;
+        };
+        use rand::Rng;
+        let mut rng = StdRng::seed_from_u64(*seed);
+        let ordinary: Vec<u32> = (0..d_vocab as u32)
+            .filter(|t| !special.contains(t))
+            .collect();
+        Some(
+            (0..*count)
+                .map(|_| {
+                    let once: Vec<u32> = (0..*length)
+                        .map(|_| ordinary[rng.random_range(0..ordinary.len())])
+                        .collect();
+                    once.repeat(*repeats)
+                })
+                .collect(),
+        )
+    }
 }
 
 impl DatasetSource {
@@ -102,6 +153,12 @@ impl DatasetSource {
             })
         };
         let kind = match call.function {
+            "repeated_tokens" => DatasetKind::RepeatedTokens {
+                length: args.opt_int("length")?.unwrap_or(1).max(1) as usize,
+                count: args.opt_int("count")?.unwrap_or(1).max(1) as usize,
+                repeats: args.opt_int("repeats")?.unwrap_or(2).max(1) as usize,
+                seed: args.opt_int("seed")?.unwrap_or(0).max(0) as u64,
+            },
             "text" => DatasetKind::Text {
                 path: path()?,
                 separator: given("separator")?.unwrap_or_else(|| "\n\n".into()),
@@ -148,6 +205,8 @@ pub enum DatasetError {
     },
     #[error("the dataset is empty after skipping and taking; check the file and `skip`/`take`")]
     Empty,
+    #[error("the dataset is made of token ids, not text")]
+    NotText,
 }
 
 /// The prompts of a dataset declaration, in the order they will run.
@@ -188,6 +247,8 @@ pub fn load(source: &DatasetSource, root: &Path) -> Result<Vec<String>, DatasetE
             prompts
         }
         DatasetKind::Prompts { texts } => texts.clone(),
+        // Token ids, made by the session from the model's vocabulary.
+        DatasetKind::RepeatedTokens { .. } => return Err(DatasetError::NotText),
     };
     if let Some(seed) = source.shuffle_seed {
         prompts.shuffle(&mut StdRng::seed_from_u64(seed));
@@ -212,6 +273,32 @@ mod tests {
             args: args.into_iter().collect::<BTreeMap<_, _>>(),
         })
         .unwrap()
+    }
+
+    #[test]
+    fn repeated_tokens_repeat_random_ids_from_the_seed_alone() {
+        let kind = |seed| DatasetKind::RepeatedTokens {
+            length: 6,
+            count: 3,
+            repeats: 3,
+            seed,
+        };
+        let special = [0, 1, 2];
+        let prompts = kind(9).generated(50, &special).unwrap();
+        assert_eq!(prompts, kind(9).generated(50, &special).unwrap());
+        assert_ne!(prompts, kind(10).generated(50, &special).unwrap());
+        assert_eq!(prompts.len(), 3);
+        for p in &prompts {
+            assert_eq!(p.len(), 18);
+            assert_eq!(p[..6], p[6..12]);
+            assert_eq!(p[..6], p[12..]);
+            assert!(
+                p.iter().all(|t| *t >= 3 && *t < 50),
+                "no special ids: {p:?}"
+            );
+        }
+        let text = DatasetKind::Prompts { texts: vec![] };
+        assert_eq!(text.generated(50, &special), None);
     }
 
     #[test]

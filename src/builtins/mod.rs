@@ -31,6 +31,7 @@ pub const BUILTINS: &[Builtin] = &[
     datasets::TEXT,
     datasets::JSONL,
     datasets::PROMPTS,
+    datasets::REPEATED_TOKENS,
     // SAEs.
     saes::LOAD,
     saes::TRAIN,
@@ -56,6 +57,7 @@ pub const BUILTINS: &[Builtin] = &[
     measurements::feature_cooccurrence::SPEC,
     measurements::sae_metrics::SPEC,
     measurements::feature_stats::SPEC,
+    measurements::pattern_scores::SPEC,
     values::ROW,
     values::VALUES,
     values::BEST_HEAD,

@@ -284,6 +284,7 @@ impl Checker<'_> {
             rotary: self.manifest().is_none_or(|m| {
                 matches!(m.config.positional, crate::model::Positional::Rotary { .. })
             }),
+            n_layers: self.manifest().map(|m| m.config.n_layers),
         });
     }
 

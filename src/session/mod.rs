@@ -117,11 +117,37 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
         }
         let call = declared(&self.plan.datasets, name, "dataset")?;
         let source = DatasetSource::bind(call).map_err(|e| e.to_string())?;
+        let prepend = self.model.manifest.special_tokens.prepend_bos;
+        let special = &self.model.manifest.special_tokens;
+        let special: Vec<u32> = [special.bos, special.eos, Some(special.pad)]
+            .into_iter()
+            .flatten()
+            .collect();
+        let d_vocab = self.model.manifest.config.d_vocab;
+        if let Some(generated) = source.kind.generated(d_vocab, &special) {
+            let bos = self.model.manifest.special_tokens.bos.filter(|_| prepend);
+            let mut all = Vec::with_capacity(generated.len());
+            let mut texts = Vec::with_capacity(generated.len());
+            for ids in generated {
+                let tokens: Vec<u32> = bos.into_iter().chain(ids).collect();
+                if tokens.len() > self.model.manifest.config.n_ctx {
+                    return Err(format!(
+                        "dataset `{name}` makes prompts of {} tokens, more than the model's context of {}; ask for fewer tokens",
+                        tokens.len(),
+                        self.model.manifest.config.n_ctx
+                    ));
+                }
+                texts.push(self.model.to_string(&tokens).map_err(Self::runtime)?);
+                all.push(tokens);
+            }
+            self.prompts.insert(name.to_owned(), texts);
+            self.datasets.insert(name.to_owned(), all.clone());
+            return Ok(all);
+        }
         let prompts = crate::builtins::datasets::load(&source, &self.root)
             .map_err(|e| format!("dataset `{name}`: {e}"))?;
         let max_tokens = source.max_tokens;
         let n_ctx = self.model.manifest.config.n_ctx;
-        let prepend = self.model.manifest.special_tokens.prepend_bos;
         let mut all = Vec::with_capacity(prompts.len());
         for (index, prompt) in prompts.iter().enumerate() {
             let mut tokens = self

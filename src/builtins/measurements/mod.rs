@@ -122,6 +122,7 @@ measurements! {
     feature_cooccurrence => FeatureCooccurrence,
     sae_metrics => SaeMetrics,
     feature_stats => FeatureStats,
+    pattern_scores => PatternScores,
 }
 
 pub(crate) mod attribution;
