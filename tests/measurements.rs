@@ -1288,3 +1288,27 @@ fn pattern_scores_on_repeated_random_tokens_match_the_patterns_read_directly() {
         }
     }
 }
+
+#[test]
+fn a_test_prompt_answer_of_several_tokens_is_refused_with_its_pieces() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let source = format!(
+        "experiment m\nmodel \"{}\"\ntable next = test_prompt(\"the cat\", \" sat on the mat\")\n",
+        model_dir.display()
+    );
+    let plan = common::checked(&source, &model_dir, Default::default());
+    let error = execute::execute(&plan, &runtime(), &common::anywhere()).unwrap_err();
+    let message = format!("{error}");
+    assert!(
+        message.contains("the answer \" sat on the mat\" is "),
+        "{message}"
+    );
+    assert!(
+        message.contains("tokens (\" \", \"s\""),
+        "the pieces are named: {message}"
+    );
+    assert!(
+        message.contains("test_prompt ranks the one next token, so give one: \" \""),
+        "{message}"
+    );
+}
