@@ -171,7 +171,7 @@ fn test_prompt_ranks_tokens_and_attention_reads_the_pattern_row() {
     let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
     let tables = run(
         &model_dir,
-        "variant ablated {\n zero(blocks.1.attn.hook_z[head = 2])\n}\ntable next = test_prompt(\"the cat\", \" sat\", variants = [ablated], top_k = 5)\ntable attn = attention(\"the cat sat\", L1H2, pos = -1, variants = [ablated])",
+        "variant ablated {\n zero(blocks.1.attn.hook_z[head = 2])\n}\ntable next = test_prompt(\"the cat\", \" the\", variants = [ablated], top_k = 5)\ntable attn = attention(\"the cat sat\", L1H2, pos = -1, variants = [ablated])",
     );
     let (next, attn) = (&tables[0], &tables[1]);
     assert_eq!(next.rows.len(), 10, "top 5 for clean and for the variant");
@@ -376,7 +376,7 @@ fn loaded_saes_give_feature_activations_and_splice_into_variants() {
     let tables = run(
         &model_dir,
         &format!(
-            "sae s = load(\"{}\")\nvariant spliced {{\n splice(s)\n}}\nvariant removed {{\n remove_features(s, [0, 1, 2], pos = -1)\n}}\ntable acts = feature_activations(s, \"the cat sat\", pos = -1)\ntable next = test_prompt(\"the cat sat\", \" on\", variants = [spliced, removed], top_k = 3)",
+            "sae s = load(\"{}\")\nvariant spliced {{\n splice(s)\n}}\nvariant removed {{\n remove_features(s, [0, 1, 2], pos = -1)\n}}\ntable acts = feature_activations(s, \"the cat sat\", pos = -1)\ntable next = test_prompt(\"the cat sat\", \" the\", variants = [spliced, removed], top_k = 3)",
             sae_dir.display()
         ),
     );
@@ -716,8 +716,8 @@ variant restored {{\n zero(blocks.0.attn.hook_z)\n patch(blocks.0.hook_resid_pos
 variant head_from_zeroed {{\n patch(blocks.0.attn.hook_z[head = 1], from_variant = zeroed)\n}}
 variant transplanted {{\n patch(blocks.0.hook_resid_post, from_prompt = \"{b}\")\n}}
 table t = per_token(d, variants = [zeroed, restored, head_from_zeroed])
-table pa = test_prompt(\"{a}\", \" on\", variants = [transplanted], top_k = 5)
-table pb = test_prompt(\"{b}\", \" on\", top_k = 5)"
+table pa = test_prompt(\"{a}\", \" the\", variants = [transplanted], top_k = 5)
+table pb = test_prompt(\"{b}\", \" the\", top_k = 5)"
         ),
     );
     let t = &tables[0];

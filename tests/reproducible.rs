@@ -26,7 +26,7 @@ table tokens = per_token(lines, head = L1H2, sae = s, variants = [ablated]) | de
 table top = tokens | sort(loss_diff, desc) | top(5)
 table quality = sae_metrics(s, lines, baseline = ablated)
 table stats = feature_stats(s, lines) | sort(max_activation, desc) | top(5)
-table next = test_prompt("the cat sat on the", " mat", variants = [ablated])
+table next = test_prompt("the cat sat on the", " the", variants = [ablated])
 table pattern = attention("the cat sat on the mat", L1H2, pos = -1)
 table comp = composition_scores(mode = Q)
 plot spread = histogram(tokens, x = loss_diff, bins = 10)
