@@ -1308,7 +1308,56 @@ fn a_test_prompt_answer_of_several_tokens_is_refused_with_its_pieces() {
         "the pieces are named: {message}"
     );
     assert!(
-        message.contains("test_prompt ranks the one next token, so give one: \" \""),
+        message.contains("an answer is scored as one next token, so give one: \" \""),
         "{message}"
     );
+}
+
+#[test]
+fn the_logit_lens_after_the_last_block_is_the_models_own_logits() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let prompt = "the cat sat on";
+    let tables = run(
+        &model_dir,
+        &format!("table lens = logit_lens(\"{prompt}\", \" the\", versus = \"t\")"),
+    );
+    let lens = &tables[0];
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let n_layers = model.manifest.config.n_layers;
+    assert_eq!(
+        lens.rows.len(),
+        n_layers + 1,
+        "the embeddings, then each block"
+    );
+    assert_eq!(lens.rows[0][1], Cell::Str("blocks.0.hook_resid_pre".into()));
+    assert_eq!(
+        lens.rows[n_layers][1],
+        Cell::Str(format!("blocks.{}.hook_resid_post", n_layers - 1))
+    );
+
+    let bos = model.manifest.special_tokens.prepend_bos;
+    let tokens = model.to_tokens(prompt, bos).unwrap();
+    let (answer, versus) = (
+        model.to_tokens(" the", false).unwrap()[0] as usize,
+        model.to_tokens("t", false).unwrap()[0] as usize,
+    );
+    let batch = model.batch(std::slice::from_ref(&tokens)).unwrap();
+    let logits = model.forward(&batch, true, &[]).unwrap().logits.unwrap();
+    let last = logits.slice(s![0, tokens.len() - 1, ..]);
+    let log_probs = log_softmax_row(last);
+    let rank = last.iter().filter(|&&l| l > last[answer]).count();
+    let row = n_layers;
+    assert!(
+        (number(lens, row, "answer_logit") - f64::from(last[answer])).abs() < 1e-4,
+        "{} vs {}",
+        number(lens, row, "answer_logit"),
+        last[answer]
+    );
+    assert!((number(lens, row, "answer_prob") - log_probs[answer].exp()).abs() < 1e-6);
+    assert_eq!(lens.rows[row][4], Cell::Integer(rank as i64));
+    let diff = f64::from(last[answer] - last[versus]);
+    assert!((number(lens, row, "logit_diff") - diff).abs() < 1e-4);
+    // Earlier rows read less of the stream: their answers differ from the model's.
+    assert!((number(lens, 0, "answer_logit") - f64::from(last[answer])).abs() > 1e-3);
 }

@@ -58,6 +58,7 @@ pub const BUILTINS: &[Builtin] = &[
     measurements::sae_metrics::SPEC,
     measurements::feature_stats::SPEC,
     measurements::pattern_scores::SPEC,
+    measurements::logit_lens::SPEC,
     values::ROW,
     values::VALUES,
     values::BEST_HEAD,

@@ -292,6 +292,29 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
         self.model.batch(&rows).map_err(Self::runtime)
     }
 
+    /// The one token an answer stands for (`" says"`); an answer of several tokens is
+    /// refused, naming its pieces, rather than scored by its first.
+    pub(crate) fn answer_token(&self, answer: &str) -> Result<u32, Failure> {
+        let tokens = self.model.to_tokens(answer, false).map_err(Self::runtime)?;
+        match tokens.as_slice() {
+            [one] => Ok(*one),
+            [] => Err("the answer is empty".to_owned()),
+            several => {
+                let pieces = self.str_tokens(several)?;
+                Err(format!(
+                    "the answer {answer:?} is {} tokens ({}); an answer is scored as one next token, so give one: {:?}",
+                    several.len(),
+                    pieces
+                        .iter()
+                        .map(|p| format!("{p:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    pieces[0]
+                ))
+            }
+        }
+    }
+
     /// A prompt's tokens, with BOS when the model expects it.
     pub(crate) fn prompt_tokens(&self, prompt: &str) -> Result<Vec<u32>, Failure> {
         let prepend = self.model.manifest.special_tokens.prepend_bos;

@@ -123,6 +123,7 @@ measurements! {
     sae_metrics => SaeMetrics,
     feature_stats => FeatureStats,
     pattern_scores => PatternScores,
+    logit_lens => LogitLens,
 }
 
 pub(crate) mod attribution;

@@ -64,20 +64,7 @@ impl Measure for TestPrompt {
         let prompt = self.prompt.resolve(&s.values)?;
         let answer = self.answer.resolve(&s.values)?;
         let tokens = s.prompt_tokens(&prompt)?;
-        let answer_tokens = s.model.to_tokens(&answer, false).map_err(Session::runtime)?;
-        let answer_token = match answer_tokens.as_slice() {
-            [one] => *one,
-            [] => return Err("the answer is empty".to_owned()),
-            several => {
-                let pieces = s.str_tokens(several)?;
-                return Err(format!(
-                    "the answer {answer:?} is {} tokens ({}); test_prompt ranks the one next token, so give one: {:?}",
-                    several.len(),
-                    pieces.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", "),
-                    pieces[0]
-                ));
-            }
-        };
+        let answer_token = s.answer_token(&answer)?;
         let batch = s
             .model
             .batch(std::slice::from_ref(&tokens))
