@@ -33,6 +33,9 @@ pub struct ModelSpec {
     pub rotary: bool,
     /// Its layers, from its manifest (unknown when only the syntax was checked).
     pub n_layers: Option<usize>,
+    /// Whether prompts start with BOS, where the experiment says (TransformerLens'
+    /// `prepend_bos`); otherwise as the model was exported to expect.
+    pub prepend_bos: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

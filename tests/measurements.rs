@@ -1361,3 +1361,33 @@ fn the_logit_lens_after_the_last_block_is_the_models_own_logits() {
     // Earlier rows read less of the stream: their answers differ from the model's.
     assert!((number(lens, 0, "answer_logit") - f64::from(last[answer])).abs() > 1e-3);
 }
+
+#[test]
+fn prepend_bos_in_the_model_statement_decides_whether_prompts_start_with_bos() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let runtime = runtime();
+    let model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let bos = model
+        .manifest
+        .special_tokens
+        .bos
+        .expect("the tiny model has BOS");
+    let bos_text = model.to_str_tokens(&[bos]).unwrap().remove(0);
+    let tokens_with = |prepend: bool| {
+        let source = format!(
+            "experiment m\nmodel \"{}\" (prepend_bos = {prepend})\ndataset d = prompts([\"the cat sat\"])\ntable t = per_token(d)\n",
+            model_dir.display()
+        );
+        let plan = common::checked(&source, &model_dir, Default::default());
+        let results = execute::execute(&plan, &runtime, &common::anywhere()).unwrap();
+        match &results.sections[0] {
+            Section::Table(t) => t.rows.iter().map(|r| r[0].text()).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let (with, without) = (tokens_with(true), tokens_with(false));
+    assert_eq!(with[0], bos_text, "{with:?}");
+    assert_ne!(without[0], bos_text, "{without:?}");
+    assert_eq!(with.len(), without.len() + 1);
+    assert_eq!(with[1..], without[..]);
+}

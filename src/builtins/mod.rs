@@ -24,6 +24,7 @@ pub use spec::{Builtin, Limit, Param, Produces, Type};
 pub const MODEL_PARAMS: &[Param] = &[
     opt("device", Type::Choice(&["cpu", "cuda", "coreml"])),
     opt("batch_size", Type::Integer).within(1.0, 4096.0),
+    opt("prepend_bos", Type::Bool),
 ];
 
 pub const BUILTINS: &[Builtin] = &[

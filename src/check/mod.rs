@@ -272,6 +272,17 @@ impl Checker<'_> {
             Some(Value::Choice(d)) if d == "coreml" => Device::Coreml,
             _ => Device::Cpu,
         };
+        let prepend_bos = match args.get("prepend_bos") {
+            Some(Value::Bool(b)) => Some(*b),
+            _ => None,
+        };
+        if prepend_bos == Some(true)
+            && let Some(manifest) = self.manifest()
+            && manifest.special_tokens.bos.is_none()
+        {
+            self.error(span, "`prepend_bos = true`, but the model has no BOS token")
+                .hint = Some("leave `prepend_bos` out: its prompts run without one".into());
+        }
         let batch_size = match args.get("batch_size") {
             // Out of range is an error above, so no plan carries it.
             Some(Value::Integer(n)) => *n as usize,
@@ -285,6 +296,7 @@ impl Checker<'_> {
                 matches!(m.config.positional, crate::model::Positional::Rotary { .. })
             }),
             n_layers: self.manifest().map(|m| m.config.n_layers),
+            prepend_bos,
         });
     }
 

@@ -99,6 +99,9 @@ fn run(
             path: plan.model.path.display().to_string(),
             source,
         })?;
+    if let Some(prepend_bos) = plan.model.prepend_bos {
+        model.manifest.special_tokens.prepend_bos = prepend_bos;
+    }
     let model_source = model.manifest.source.clone();
     let weights_sha256 = model.manifest.weights_sha256.clone();
     let root = std::env::current_dir().unwrap_or_default();
