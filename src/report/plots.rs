@@ -313,7 +313,12 @@ fn draw(root: &Area<'_>, plot: &Plot) -> Result<(), Box<dyn std::error::Error>> 
             let low = present.iter().copied().fold(f64::INFINITY, f64::min);
             let high = present.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let (n_rows, n_columns) = (rows.len().max(1), columns.len().max(1));
-            let mut chart = ChartBuilder::on(root)
+            // The colour bar on the right says what each shade means.
+            let (root, bar) = root.split_horizontally(root.dim_in_pixel().0.saturating_sub(110));
+            if low.is_finite() && high.is_finite() {
+                colour_bar(&bar, low, high)?;
+            }
+            let mut chart = ChartBuilder::on(&root)
                 .caption(format!("{} ({value_label})", title.0), title.1)
                 .margin(8)
                 .x_label_area_size(50)
@@ -392,6 +397,35 @@ fn key_at(keys: &[String], v: f64) -> String {
     } else {
         String::new()
     }
+}
+
+/// A vertical bar of the heatmap's colours from `low` to `high`, with its values marked.
+fn colour_bar(area: &Area<'_>, low: f64, high: f64) -> Result<(), Box<dyn std::error::Error>> {
+    let top = if high > low { high } else { low + 1e-9 };
+    let mut chart = ChartBuilder::on(area)
+        .margin_top(40)
+        .margin_bottom(58)
+        .margin_right(4)
+        .y_label_area_size(62)
+        .build_cartesian_2d(0.0..1.0, low..top)?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .disable_x_axis()
+        .y_labels(6)
+        .y_label_style((FONT, 12))
+        .y_label_formatter(&|v: &f64| format!("{v:.3}"))
+        .draw()?;
+    const STEPS: usize = 64;
+    let step = (top - low) / STEPS as f64;
+    chart.draw_series((0..STEPS).map(|k| {
+        let from = low + step * k as f64;
+        Rectangle::new(
+            [(0.0, from), (1.0, from + step)],
+            colour(from + step / 2.0, low, high).filled(),
+        )
+    }))?;
+    Ok(())
 }
 
 /// White to blue for values of one sign; red through white to blue across zero.
