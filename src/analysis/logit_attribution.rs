@@ -35,3 +35,31 @@ pub fn direct_logits(
         Unembed::TiedEmbedding(w_e) => w_e.mapv(f64::from).dot(&x),
     }
 }
+
+/// What reading a residual-stream vector as logits needs, owned: the final norm's kind
+/// and weight, and the unembedding.
+pub struct Readout {
+    pub normalization: Normalization,
+    pub ln_w: ndarray::Array1<f32>,
+    /// `[d_model, vocab]`, or the token embedding `[vocab, d_model]` when `tied`.
+    pub unembed: ndarray::Array2<f32>,
+    pub tied: bool,
+}
+
+impl Readout {
+    /// [`direct_logits`] of `component` at a position whose final-norm scale is `scale`.
+    pub fn logits(&self, component: ArrayView1<'_, f32>, scale: f32) -> Array1<f64> {
+        let unembed = if self.tied {
+            Unembed::TiedEmbedding(self.unembed.view())
+        } else {
+            Unembed::Matrix(self.unembed.view())
+        };
+        direct_logits(
+            component,
+            scale,
+            self.ln_w.view(),
+            self.normalization,
+            &unembed,
+        )
+    }
+}

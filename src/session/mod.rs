@@ -292,6 +292,34 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
         self.model.batch(&rows).map_err(Self::runtime)
     }
 
+    /// The model's final norm and unembedding, for reading residual-stream vectors as
+    /// logits (direct logit attribution, the logit lens).
+    pub(crate) fn readout(&self) -> Result<crate::analysis::logit_attribution::Readout, Failure> {
+        let config = &self.model.manifest.config;
+        let ln_w = self
+            .model
+            .weight("ln_final.w")
+            .map_err(Self::runtime)?
+            .into_dimensionality::<ndarray::Ix1>()
+            .map_err(|e| e.to_string())?;
+        let unembed = self
+            .model
+            .weight(if config.tied_embeddings {
+                "embed.W_E"
+            } else {
+                "unembed.W_U"
+            })
+            .map_err(Self::runtime)?
+            .into_dimensionality::<ndarray::Ix2>()
+            .map_err(|e| e.to_string())?;
+        Ok(crate::analysis::logit_attribution::Readout {
+            normalization: config.normalization,
+            ln_w,
+            unembed,
+            tied: config.tied_embeddings,
+        })
+    }
+
     /// The one token an answer stands for (`" says"`); an answer of several tokens is
     /// refused, naming its pieces, rather than scored by its first.
     pub(crate) fn answer_token(&self, answer: &str) -> Result<u32, Failure> {

@@ -5,7 +5,6 @@
 
 use ndarray::s;
 
-use crate::analysis::logit_attribution::{Unembed, direct_logits};
 use crate::builtins::args::{Args, BindError, Columns, HeadArg, Text, columns};
 use crate::builtins::measurements::{Graph, Measure, Reads, table};
 use crate::builtins::spec::{Builtin, Produces, Type, opt, req};
@@ -78,38 +77,12 @@ impl Measure for DirectLogitAttribution {
         let ablated = s.forward(Some(&self.ablation), &batch, &[LOGITS])?;
         let last = tokens.len() - 1;
 
-        let config = s.model.manifest.config.clone();
-        let ln_w = s.model.weight("ln_final.w").map_err(Session::runtime)?;
-        let ln_w = ln_w
-            .view()
-            .into_dimensionality::<ndarray::Ix1>()
-            .map_err(|e| e.to_string())?;
-        let unembed_weight = if config.tied_embeddings {
-            s.model.weight("embed.W_E")
-        } else {
-            s.model.weight("unembed.W_U")
-        }
-        .map_err(Session::runtime)?;
-        let matrix = unembed_weight
-            .view()
-            .into_dimensionality::<ndarray::Ix2>()
-            .map_err(|e| e.to_string())?;
-        let unembed = if config.tied_embeddings {
-            Unembed::TiedEmbedding(matrix)
-        } else {
-            Unembed::Matrix(matrix)
-        };
+        let readout = s.readout()?;
         let scale = clean.hooks[hooks::FINAL_SCALE][[0, last, 0]];
         let component = clean.hooks[&result_hook]
             .slice(s![0, last, head, ..])
             .to_owned();
-        let direct = direct_logits(
-            component.view(),
-            scale,
-            ln_w,
-            config.normalization,
-            &unembed,
-        );
+        let direct = readout.logits(component.view(), scale);
 
         let clean_logits = clean.logits.expect("logits requested");
         let ablated_logits = ablated.logits.expect("logits requested");

@@ -5,7 +5,6 @@
 
 use ndarray::s;
 
-use crate::analysis::logit_attribution::{Unembed, direct_logits};
 use crate::builtins::args::{Args, BindError, Columns, Text, columns};
 use crate::builtins::measurements::{Graph, Measure, Reads, table};
 use crate::builtins::spec::{Builtin, Produces, Type, opt, req};
@@ -108,31 +107,12 @@ impl Measure for LogitLens {
         // sum of it, as TransformerLens' apply_ln_to_stack does by default.
         let scale = forward.hooks[hooks::FINAL_SCALE][[0, at, 0]];
 
-        let ln_w = s.model.weight("ln_final.w").map_err(Session::runtime)?;
-        let ln_w = ln_w
-            .view()
-            .into_dimensionality::<ndarray::Ix1>()
-            .map_err(|e| e.to_string())?;
-        let unembed_weight = if config.tied_embeddings {
-            s.model.weight("embed.W_E")
-        } else {
-            s.model.weight("unembed.W_U")
-        }
-        .map_err(Session::runtime)?;
-        let matrix = unembed_weight
-            .view()
-            .into_dimensionality::<ndarray::Ix2>()
-            .map_err(|e| e.to_string())?;
-        let unembed = if config.tied_embeddings {
-            Unembed::TiedEmbedding(matrix)
-        } else {
-            Unembed::Matrix(matrix)
-        };
+        let readout = s.readout()?;
 
         let mut table = table(name, &self.columns());
         for (blocks, hook) in hooks.iter().enumerate() {
             let resid = forward.hooks[hook].slice(s![0, at, ..]).to_owned();
-            let logits = direct_logits(resid.view(), scale, ln_w, config.normalization, &unembed);
+            let logits = readout.logits(resid.view(), scale);
             let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let log_sum = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
             let above = logits.iter().filter(|&&l| l > logits[answer]).count();
