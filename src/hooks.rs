@@ -115,6 +115,15 @@ pub fn block(layer: usize, suffix: &str) -> String {
     format!("blocks.{layer}.{suffix}")
 }
 
+/// `suffix` in every block of a model of `n_layers`; when the layer count is unknown
+/// (the model was not read), one placeholder name that says so, for `qexp plan`.
+pub fn every_block(n_layers: Option<usize>, suffix: &str) -> Vec<String> {
+    match n_layers {
+        Some(n) => (0..n).map(|layer| block(layer, suffix)).collect(),
+        None => vec![format!("blocks.<every layer>.{suffix}")],
+    }
+}
+
 /// Whether `name` is a hook point of the vocabulary (any layer).
 pub fn is_known(name: &str) -> bool {
     MODEL_HOOKS.contains(&name) || (layer_of(name).is_some() && point(name).is_some())

@@ -38,15 +38,9 @@ pub struct LogitLens {
 impl LogitLens {
     /// The residual stream before the first block, then after each block.
     fn hooks(n_layers: Option<usize>) -> Vec<String> {
-        match n_layers {
-            Some(n) => std::iter::once(hooks::block(0, RESID_PRE))
-                .chain((0..n).map(|l| hooks::block(l, RESID_POST)))
-                .collect(),
-            None => vec![
-                hooks::block(0, RESID_PRE),
-                format!("blocks.<every layer>.{RESID_POST}"),
-            ],
-        }
+        std::iter::once(hooks::block(0, RESID_PRE))
+            .chain(hooks::every_block(n_layers, RESID_POST))
+            .collect()
     }
 }
 

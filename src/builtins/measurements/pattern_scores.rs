@@ -67,15 +67,6 @@ impl Targets {
     }
 }
 
-impl PatternScores {
-    fn hooks(plan_layers: Option<usize>) -> Vec<String> {
-        match plan_layers {
-            Some(n) => (0..n).map(|l| hooks::block(l, hooks::PATTERN)).collect(),
-            None => vec![format!("blocks.<every layer>.{}", hooks::PATTERN)],
-        }
-    }
-}
-
 impl Measure for PatternScores {
     fn bind(args: &Args) -> Result<Self, BindError> {
         Ok(Self {
@@ -96,7 +87,7 @@ impl Measure for PatternScores {
 
     fn reads(&self, plan: &Plan) -> Reads {
         let mut reads = Reads::default();
-        for hook in Self::hooks(plan.model.n_layers) {
+        for hook in hooks::every_block(plan.model.n_layers, hooks::PATTERN) {
             reads.add(Graph::Clean, hook);
         }
         reads
@@ -106,7 +97,7 @@ impl Measure for PatternScores {
         let sequences = s.dataset(&self.dataset)?;
         let config = &s.model.manifest.config;
         let (n_layers, n_heads) = (config.n_layers, config.n_heads);
-        let hooks = Self::hooks(Some(n_layers));
+        let hooks = hooks::every_block(Some(n_layers), hooks::PATTERN);
         let wanted: Vec<&str> = hooks.iter().map(String::as_str).collect();
         let mut sums = vec![Sums::default(); n_layers * n_heads];
         for prompts in length_sorted_chunks(&sequences, s.batch_size()) {
