@@ -212,25 +212,23 @@ impl Checker<'_> {
         let mut bound = BTreeMap::new();
         let mut made = Vec::new();
         for (i, arg) in args.iter().enumerate() {
-            let name = match &arg.name {
-                Some(name) if name.node == "by" => {
-                    if let Some(by) = self.value(&arg.value, builtins::spec::COLUMNS, Some(input)) {
-                        bound.insert("by", by);
-                    }
-                    continue;
+            // `by`, named or first.
+            if arg.name.as_ref().map_or(i == 0, |name| name.node == "by") {
+                if let Some(by) = self.value(&arg.value, builtins::spec::COLUMNS, Some(input)) {
+                    bound.insert("by", by);
                 }
-                None if i == 0 => {
-                    if let Some(by) = self.value(&arg.value, builtins::spec::COLUMNS, Some(input)) {
-                        bound.insert("by", by);
-                    }
-                    continue;
-                }
-                Some(name) => name,
-                None => {
-                    self.error(arg.value.span, "`aggregate` columns are `name = mean(expression)`")
-                        .hint = Some("e.g. aggregate(by = [layer, head], mean_diff = mean(loss_diff), n = count())".into());
-                    continue;
-                }
+                continue;
+            }
+            let Some(name) = &arg.name else {
+                self.error(
+                    arg.value.span,
+                    "`aggregate` columns are `name = mean(expression)`",
+                )
+                .hint = Some(
+                    "e.g. aggregate(by = [layer, head], mean_diff = mean(loss_diff), n = count())"
+                        .into(),
+                );
+                continue;
             };
             let ExprKind::Call {
                 function,

@@ -210,20 +210,9 @@ fn inlined_rows(rows: usize) -> usize {
 }
 
 /// A claim as the template shows it: in the summary at the top (with the plots it
-/// names) and in its place among the sections (with the rows behind its verdict).
-fn claim_json(claim: &crate::results::Claim, results: &Results) -> serde_json::Value {
-    let number = results
-        .claims()
-        .position(|c| std::ptr::eq(c, claim))
-        .map_or(0, |i| i + 1);
-    let plots: Vec<&str> = results
-        .sections
-        .iter()
-        .filter_map(|s| match s {
-            Section::Plot(plot) => Some(plot.name.as_str()),
-            _ => None,
-        })
-        .collect();
+/// names, `plots` being every plot of the report) and in its place among the sections
+/// (with the rows behind its verdict). `number` counts claims from 1.
+fn claim_json(claim: &crate::results::Claim, number: usize, plots: &[&str]) -> serde_json::Value {
     serde_json::json!({
         "kind": "claim",
         "number": number,
@@ -259,6 +248,15 @@ fn render_html(
     // A misspelt variable in a template is a bug to catch, not an empty string to ship.
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.add_template("report.html", include_str!("templates/report.html"))?;
+    let plots: Vec<&str> = results
+        .sections
+        .iter()
+        .filter_map(|s| match s {
+            Section::Plot(plot) => Some(plot.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut claims_so_far = 0;
     let sections: Vec<serde_json::Value> = results
         .sections
         .iter()
@@ -295,7 +293,10 @@ fn render_html(
                 "title": plot.title,
                 "svg": svgs[&plot.name],
             }),
-            Section::Claim(claim) => claim_json(claim, results),
+            Section::Claim(claim) => {
+                claims_so_far += 1;
+                claim_json(claim, claims_so_far, &plots)
+            }
             other => serde_json::to_value(other).expect("section serializes"),
         })
         .collect();
