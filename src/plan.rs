@@ -154,8 +154,50 @@ pub enum Step {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TableSource {
-    Call(Call),
+    /// A measurement. `labels` maps variants a `for` body declared (`ablated_3`) to
+    /// their names as written (`ablated`), which the table's columns and cells use, so
+    /// every pass's table has the same columns.
+    Call {
+        call: Call,
+        labels: Vec<(String, String)>,
+    },
     Table(String),
+    /// `collect(name)`: the tables a `for` loop declared under one name, stacked in
+    /// the order the loop made them, each row led by its pass's loop variables.
+    Collect {
+        name: String,
+        parts: Vec<CollectedPart>,
+    },
+}
+
+/// One pass's table in a `collect`, with the values of the loop variables it was made
+/// under (outermost first).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectedPart {
+    pub table: String,
+    pub keys: Vec<(String, Value)>,
+}
+
+/// A measurement's column (`ablated_3_loss`) or variant cell (`ablated_3`) named after a
+/// variant a `for` body declared, under the name written for it (`ablated_loss`,
+/// `ablated`); `None` when it names none of `labels`.
+pub fn relabel(name: &str, labels: &[(String, String)]) -> Option<String> {
+    labels.iter().find_map(|(full, written)| {
+        let rest = name.strip_prefix(full.as_str())?;
+        (rest.is_empty() || rest.starts_with('_')).then(|| format!("{written}{rest}"))
+    })
+}
+
+impl fmt::Display for TableSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TableSource::Call { call, .. } => write!(f, "{call}"),
+            TableSource::Table(t) => write!(f, "{t}"),
+            TableSource::Collect { name, parts } => {
+                write!(f, "collect({name}: {} tables)", parts.len())
+            }
+        }
+    }
 }
 
 impl fmt::Display for Value {
@@ -274,10 +316,6 @@ impl fmt::Display for Plan {
                     ops,
                     columns,
                 } => {
-                    let source = match source {
-                        TableSource::Call(call) => call.to_string(),
-                        TableSource::Table(t) => t.clone(),
-                    };
                     let ops: String = ops.iter().map(|op| format!(" | {op}")).collect();
                     writeln!(f, "{i:>3}. table {name} = {source}{ops}")?;
                     let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();

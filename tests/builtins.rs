@@ -91,7 +91,7 @@ fn functions_used(plan: &Plan) -> BTreeSet<&'static str> {
     for step in &plan.steps {
         match step {
             Step::Table { source, ops, .. } => {
-                if let TableSource::Call(call) = source {
+                if let TableSource::Call { call, .. } = source {
                     used.insert(call.function);
                 }
                 used.extend(ops.iter().map(|op| op.function));
@@ -104,7 +104,7 @@ fn functions_used(plan: &Plan) -> BTreeSet<&'static str> {
             Step::Expect {
                 source, ops, check, ..
             } => {
-                if let TableSource::Call(call) = source {
+                if let TableSource::Call { call, .. } = source {
                     used.insert(call.function);
                 }
                 used.extend(ops.iter().map(|op| op.function));

@@ -1391,3 +1391,84 @@ fn prepend_bos_in_the_model_statement_decides_whether_prompts_start_with_bos() {
     assert_eq!(with.len(), without.len() + 1);
     assert_eq!(with[1..], without[..]);
 }
+
+#[test]
+fn a_head_ablation_sweep_collects_one_row_per_head_each_matching_an_edited_model() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let tables = run(
+        &model_dir,
+        "for layer in range(2) {
+    for head in range(0, 4) {
+        variant zeroed {
+            zero(blocks.layer.attn.hook_z[head = head])
+        }
+        table loss = per_token(d, variants = [zeroed])
+            | aggregate(clean_loss = mean(loss), ablated_loss = mean(zeroed_loss), n = count())
+        table next = test_prompt(\"the cat\", \" the\", variants = [zeroed], top_k = 1)
+    }
+}
+table sweep = collect(loss) | derive(loss_change = ablated_loss - clean_loss)
+table answers = collect(next) | filter(variant == \"zeroed\")",
+    );
+    let sweep = tables.iter().find(|t| t.name == "sweep").unwrap();
+    assert_eq!(
+        sweep.columns,
+        [
+            "layer",
+            "head",
+            "clean_loss",
+            "ablated_loss",
+            "n",
+            "loss_change"
+        ]
+    );
+    assert_eq!(sweep.rows.len(), 8, "one row per head of two layers");
+    // Each passes' variant is named as written, so every pass's table has its columns.
+    let answers = tables.iter().find(|t| t.name == "answers").unwrap();
+    assert_eq!(answers.rows.len(), 8);
+    assert_eq!(answers.columns[..2], ["layer", "head"]);
+
+    // Each row against the model exported with that head's rows of W_O zeroed.
+    let runtime = runtime();
+    let model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let sequences: Vec<Vec<u32>> = PROMPTS
+        .iter()
+        .map(|p| model.to_tokens(p, false).unwrap())
+        .collect();
+    let batch = model.batch(&sequences).unwrap();
+    let mean_loss = |model: &mut HookedModel| {
+        let logits = model.forward(&batch, true, &[]).unwrap().logits.unwrap();
+        let losses: Vec<f32> = token_losses(&logits, &batch).concat();
+        losses.iter().map(|&l| f64::from(l)).sum::<f64>() / losses.len() as f64
+    };
+    let mut clean_model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let clean = mean_loss(&mut clean_model);
+    let mut changes = Vec::new();
+    for (row, (layer, head)) in (0..2).flat_map(|l| (0..4).map(move |h| (l, h))).enumerate() {
+        assert_eq!(number(sweep, row, "layer"), layer as f64);
+        assert_eq!(number(sweep, row, "head"), head as f64);
+        let mut checkpoint = Checkpoint::load(&fixture("tiny_llama/model.gguf")).unwrap();
+        checkpoint
+            .transformer
+            .weights
+            .get_mut(&format!("blocks.{layer}.attn.W_O"))
+            .unwrap()
+            .slice_mut(s![head * 16..(head + 1) * 16, ..])
+            .fill(0.0);
+        let edited_dir = tempfile::tempdir().unwrap();
+        qexp::export::export_checkpoint(&checkpoint, &edited_dir.path().join("m")).unwrap();
+        let mut edited = HookedModel::load(&runtime, &edited_dir.path().join("m")).unwrap();
+        let ablated = mean_loss(&mut edited);
+        assert!((number(sweep, row, "clean_loss") - clean).abs() < 1e-5);
+        assert!(
+            (number(sweep, row, "ablated_loss") - ablated).abs() < 1e-4,
+            "L{layer}H{head}: {} vs {ablated}",
+            number(sweep, row, "ablated_loss")
+        );
+        changes.push(number(sweep, row, "loss_change"));
+    }
+    assert!(
+        changes.iter().any(|c| c.abs() > 1e-3),
+        "some head's ablation changes the loss"
+    );
+}

@@ -22,7 +22,7 @@ pub fn step_reads(plan: &Plan, step: &Step) -> Option<(String, Reads)> {
     match step {
         Step::Table {
             name,
-            source: TableSource::Call(call),
+            source: TableSource::Call { call, .. },
             ..
         } => Some((name.clone(), Measurement::bind(call).ok()?.reads(plan))),
         Step::Dashboards { name, call } => Some((

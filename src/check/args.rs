@@ -313,11 +313,14 @@ impl Checker<'_> {
         ty: Type,
         columns: Option<&[(String, ColumnType)]>,
     ) -> Option<Value> {
+        // A column name is a column's even where a `let` or loop variable shares it.
         if let ExprKind::Ref {
             path,
             selector: None,
         } = &expr.kind
-            && let Some((binding, _)) = self.scope.get(path).cloned()
+            && ty != Type::Column
+            && let Some((full, (binding, _))) =
+                self.lookup(path).map(|(full, found)| (full, found.clone()))
         {
             match binding {
                 Binding::Literal(bound) => return self.value(&bound, ty, columns),
@@ -326,7 +329,7 @@ impl Checker<'_> {
                         || (ty == Type::Number && computed == Type::Integer)
                         || (ty == Type::Features && computed == Type::ListOf(&Type::Integer)) =>
                 {
-                    return Some(Value::Computed(path.clone()));
+                    return Some(Value::Computed(full));
                 }
                 _ => {}
             }
@@ -484,8 +487,8 @@ impl Checker<'_> {
                             &item.kind,
                             ExprKind::Ref { path, selector: None }
                                 if matches!(
-                                    self.scope.get(path),
-                                    Some((Binding::Computed(Type::ListOf(_)), _))
+                                    self.lookup(path),
+                                    Some((_, (Binding::Computed(Type::ListOf(_)), _)))
                                 )
                         );
                         let item_type = if is_list {
@@ -532,8 +535,8 @@ impl Checker<'_> {
             );
             return None;
         };
-        match self.scope.get(path) {
-            Some((binding, _)) if is(binding) => Some(Value::Name(path.clone())),
+        match self.lookup(path) {
+            Some((full, (binding, _))) if is(binding) => Some(Value::Name(full)),
             _ => {
                 self.unknown_name(path, expr.span, what, is);
                 None
@@ -562,8 +565,8 @@ impl Checker<'_> {
             ),
             (None, false) => format!("declared so far: {}", declared.join(", ")),
         };
-        let message = match self.scope.get(name) {
-            Some((other, _)) => format!("`{name}` is {}, not a {what}", other.describe()),
+        let message = match self.lookup(name) {
+            Some((_, (other, _))) => format!("`{name}` is {}, not a {what}", other.describe()),
             None => format!("unknown {what} `{name}`"),
         };
         self.error(span, message).hint = Some(hint);

@@ -23,9 +23,12 @@ impl Checker<'_> {
                 if let Some((_, ty)) = columns.iter().find(|(n, _)| n == path) {
                     return Some((ColumnExpr::Column(path.clone()), *ty));
                 }
-                match self.scope.get(path).cloned() {
-                    Some((Binding::Literal(bound), _)) => return self.column_expr(&bound, columns),
-                    Some((Binding::Computed(ty), _)) => {
+                match self
+                    .lookup(path)
+                    .map(|(full, found)| (full, found.0.clone()))
+                {
+                    Some((_, Binding::Literal(bound))) => return self.column_expr(&bound, columns),
+                    Some((full, Binding::Computed(ty))) => {
                         let column_type = match ty {
                             Type::Integer => ColumnType::Integer,
                             Type::Number => ColumnType::Number,
@@ -47,7 +50,7 @@ impl Checker<'_> {
                                 return None;
                             }
                         };
-                        return Some((ColumnExpr::Value(path.clone(), column_type), column_type));
+                        return Some((ColumnExpr::Value(full, column_type), column_type));
                     }
                     _ => {}
                 }

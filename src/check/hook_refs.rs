@@ -28,12 +28,58 @@ impl Checker<'_> {
         Some(Value::Head { layer, head })
     }
 
+    /// `blocks.L.attn.hook_z` with `L` a loop variable (or `let`) bound to a whole
+    /// number: `blocks.3.attn.hook_z` in the pass over 3.
+    fn expand_layer(&self, path: &str) -> String {
+        let mut parts: Vec<&str> = path.split('.').collect();
+        let layer = match parts.get(1) {
+            Some(name) if parts[0] == "blocks" => self
+                .lookup(name)
+                .and_then(|(_, (binding, _))| match binding {
+                    Binding::Literal(bound) => number(bound),
+                    _ => None,
+                })
+                .filter(|n| n.fract() == 0.0 && *n >= 0.0)
+                .map(|n| (n as u64).to_string()),
+            _ => None,
+        };
+        match layer {
+            Some(layer) => {
+                parts[1] = &layer;
+                parts.join(".")
+            }
+            None => path.to_owned(),
+        }
+    }
+
+    /// `expr`, or what a `let` or loop variable it names is bound to (followed through
+    /// names bound to names).
+    pub(super) fn dereference(&self, expr: &Expr) -> Expr {
+        let mut expr = expr.clone();
+        for _ in 0..64 {
+            let ExprKind::Ref {
+                path,
+                selector: None,
+            } = &expr.kind
+            else {
+                break;
+            };
+            match self.lookup(path) {
+                Some((_, (Binding::Literal(bound), _))) => expr = bound.clone(),
+                _ => break,
+            }
+        }
+        expr
+    }
+
     pub(super) fn hook(
         &mut self,
         path: &str,
         selector: Option<&[Arg]>,
         span: Span,
     ) -> Option<HookRef> {
+        let expanded = self.expand_layer(path);
+        let path = expanded.as_str();
         let known: Vec<String> = match self.manifest() {
             Some(m) => m.hooks.iter().map(|h| h.name.clone()).collect(),
             None => hooks::generic_names(path),
@@ -66,11 +112,13 @@ impl Checker<'_> {
                             Some("heads can be selected on attn.hook_q/k/v/rot_q/rot_k/z/result/attn_scores/pattern".into());
                         continue;
                     };
+                    // A loop variable or `let` bound to a number is that number.
+                    let value = self.dereference(&arg.value);
                     // `head = HEAD` where HEAD is a head (`L1H11`, or computed at run time).
                     if let ExprKind::Ref {
                         path: head_name,
                         selector: None,
-                    } = &arg.value.kind
+                    } = &value.kind
                     {
                         match self.value(&arg.value, Type::Head, None) {
                             Some(Value::Head { layer, head }) => {
@@ -89,8 +137,7 @@ impl Checker<'_> {
                         }
                         continue;
                     }
-                    let Some(n) = number(&arg.value).filter(|n| n.fract() == 0.0 && *n >= 0.0)
-                    else {
+                    let Some(n) = number(&value).filter(|n| n.fract() == 0.0 && *n >= 0.0) else {
                         self.error(
                             arg.value.span,
                             "`head` takes a head index or a head like `L1H11`",

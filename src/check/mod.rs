@@ -64,7 +64,9 @@ pub fn check(file: &File, context: &Context) -> Result<Plan, Vec<Diagnostic>> {
         variants: Vec::new(),
         sae_hooks: BTreeMap::new(),
         steps: Vec::new(),
-        suffix: String::new(),
+        loops: Vec::new(),
+        loop_tables: Vec::new(),
+        written: HashMap::new(),
         unrolled: 0,
     };
     for statement in &file.statements {
@@ -152,10 +154,36 @@ struct Checker<'c> {
     variants: Vec<Named<Vec<Call>>>,
     sae_hooks: BTreeMap<String, HookRef>,
     steps: Vec<Step>,
-    /// Appended to names declared inside a `for` body (`_1669`), so each pass declares its own.
-    suffix: String,
+    /// The `for` passes being checked, outermost first: names declared inside get their
+    /// labels appended (`_1669`), so each pass declares its own.
+    loops: Vec<LoopPass>,
+    /// Tables declared inside `for` loops, for `collect`.
+    loop_tables: Vec<LoopTable>,
+    /// Names declared inside `for` loops (`ablated_3`), to what was written (`ablated`).
+    written: HashMap<String, String>,
     /// Statements checked so far, `for` bodies counted once per pass.
     unrolled: usize,
+}
+
+/// One pass of a `for` loop: its variable bound to one item.
+#[derive(Debug, Clone)]
+struct LoopPass {
+    var: String,
+    /// The item as a name suffix: `_` and its letters and digits.
+    label: String,
+    /// The item as a table cell, for `collect`.
+    key: (Value, ColumnType),
+    /// The labels of this pass and every enclosing one, appended to names declared here.
+    suffix: String,
+}
+
+/// A table a `for` body declared, with the passes it was declared in.
+#[derive(Debug, Clone)]
+struct LoopTable {
+    written: String,
+    full: String,
+    passes: Vec<LoopPass>,
+    columns: Vec<(String, ColumnType)>,
 }
 
 /// Statements an experiment may unroll to: nested `for` loops multiply, and 30 nested
@@ -166,6 +194,26 @@ impl Checker<'_> {
     fn error(&mut self, span: Span, message: impl Into<String>) -> &mut Diagnostic {
         self.errors.push(Diagnostic::new(span, message));
         self.errors.last_mut().expect("just pushed")
+    }
+
+    /// What is appended to names declared here: the labels of the `for` passes around.
+    fn suffix(&self) -> &str {
+        self.loops.last().map_or("", |pass| pass.suffix.as_str())
+    }
+
+    /// A name as written, resolved to what it was declared as: inside a `for` body, a
+    /// name the body declared in this pass (`ablated` is `ablated_3` in the pass over
+    /// 3) before one declared outside. Returns the declared name and its binding.
+    fn lookup(&self, name: &str) -> Option<(String, &(Binding, Span))> {
+        self.loops
+            .iter()
+            .rev()
+            .map(|pass| format!("{name}{}", pass.suffix))
+            .chain(std::iter::once(name.to_owned()))
+            .find_map(|full| {
+                let binding = self.scope.get(&full)?;
+                Some((full, binding))
+            })
     }
 
     fn manifest(&self) -> Option<&Manifest> {
@@ -302,7 +350,7 @@ impl Checker<'_> {
 
     /// Declares `name` (with the `for` suffix), refusing a second declaration.
     fn bind(&mut self, name: &Name, binding: Binding) -> Option<String> {
-        let full = format!("{}{}", name.node, self.suffix);
+        let full = format!("{}{}", name.node, self.suffix());
         if let Some((earlier, at)) = self.scope.get(&full) {
             let what = earlier.describe();
             let line = at.start;
@@ -311,6 +359,9 @@ impl Checker<'_> {
                 "names are declared once (the first is at byte {line}); pick another name"
             ));
             return None;
+        }
+        if !self.loops.is_empty() {
+            self.written.insert(full.clone(), name.node.clone());
         }
         self.scope.insert(full.clone(), (binding, name.span));
         Some(full)
@@ -339,38 +390,37 @@ impl Checker<'_> {
     }
 
     fn for_statement(&mut self, var: &Name, items: &Expr, body: &[Spanned<Statement>]) {
-        let items = match &items.kind {
-            ExprKind::List(items) => items.clone(),
-            ExprKind::Ref {
-                path,
-                selector: None,
-            } => match self.scope.get(path) {
-                Some((
-                    Binding::Literal(Expr {
-                        kind: ExprKind::List(items),
-                        ..
-                    }),
-                    _,
-                )) => items.clone(),
-                _ => {
-                    self.error(items.span, "`for` needs a list").hint =
-                        Some("write the items, `[1669, 3489]`, or a `let` bound to a list".into());
-                    return;
-                }
-            },
-            _ => {
-                self.error(items.span, "`for` needs a list").hint =
-                    Some("write the items, `[1669, 3489]`".into());
-                return;
-            }
+        let Some(items) = self.loop_items(items) else {
+            return;
         };
         for item in items {
             let label: String = format_expr(&item)
                 .chars()
                 .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect();
-            let suffix = format!("{}_{label}", self.suffix);
-            let saved_suffix = std::mem::replace(&mut self.suffix, suffix);
+            let key = match &item.kind {
+                ExprKind::Number { value, .. } if value.fract() == 0.0 => {
+                    (Value::Integer(*value as i64), ColumnType::Integer)
+                }
+                ExprKind::Number { value, .. } => (Value::Number(*value), ColumnType::Number),
+                ExprKind::Unary {
+                    op: UnaryOp::Neg, ..
+                } => match args::number(&item) {
+                    Some(n) if n.fract() == 0.0 => (Value::Integer(n as i64), ColumnType::Integer),
+                    Some(n) => (Value::Number(n), ColumnType::Number),
+                    None => (Value::Str(format_expr(&item)), ColumnType::Str),
+                },
+                ExprKind::Bool(b) => (Value::Bool(*b), ColumnType::Bool),
+                ExprKind::Str(text) => (Value::Str(text.clone()), ColumnType::Str),
+                _ => (Value::Str(format_expr(&item)), ColumnType::Str),
+            };
+            let suffix = format!("{}_{label}", self.suffix());
+            self.loops.push(LoopPass {
+                var: var.node.clone(),
+                label,
+                key,
+                suffix,
+            });
             let saved_var = self
                 .scope
                 .insert(var.node.clone(), (Binding::Literal(item.clone()), var.span));
@@ -381,8 +431,125 @@ impl Checker<'_> {
                 Some(previous) => self.scope.insert(var.node.clone(), previous),
                 None => self.scope.remove(&var.node),
             };
-            self.suffix = saved_suffix;
+            self.loops.pop();
         }
+    }
+
+    /// What a `for` loops over: a written list, a `let` list, or `range(start, end)`.
+    fn loop_items(&mut self, items: &Expr) -> Option<Vec<Expr>> {
+        match &items.kind {
+            ExprKind::List(items) => Some(items.clone()),
+            ExprKind::Ref {
+                path,
+                selector: None,
+            } => match self.lookup(path) {
+                Some((
+                    _,
+                    (
+                        Binding::Literal(Expr {
+                            kind: ExprKind::List(items),
+                            ..
+                        }),
+                        _,
+                    ),
+                )) => Some(items.clone()),
+                _ => {
+                    self.error(items.span, "`for` needs a list").hint = Some(
+                        "write the items, `[1669, 3489]`, a `let` bound to a list, or `range(0, 9)`"
+                            .into(),
+                    );
+                    None
+                }
+            },
+            ExprKind::Call { function, args } if function.node == "range" => {
+                self.range(args, items.span)
+            }
+            _ => {
+                self.error(items.span, "`for` needs a list").hint =
+                    Some("write the items, `[1669, 3489]`, or `range(0, 9)`".into());
+                None
+            }
+        }
+    }
+
+    /// `range(end)` or `range(start, end)`: the whole numbers from `start` (default 0)
+    /// up to but not including `end`, as Python's `range`.
+    fn range(&mut self, args: &[Arg], span: Span) -> Option<Vec<Expr>> {
+        let mut bounds = Vec::with_capacity(2);
+        for arg in args {
+            if let Some(name) = &arg.name {
+                self.error(
+                    name.span,
+                    "`range` takes its bounds in order: `range(0, 9)`",
+                );
+                return None;
+            }
+            let value = match &arg.value.kind {
+                ExprKind::Ref {
+                    path,
+                    selector: None,
+                } => match self.lookup(path) {
+                    Some((_, (Binding::Literal(bound), _))) => args::number(bound),
+                    _ => None,
+                },
+                _ => args::number(&arg.value),
+            };
+            match value {
+                Some(n) if n.fract() == 0.0 => bounds.push(n as i64),
+                _ => {
+                    self.error(arg.value.span, "`range` counts in whole numbers")
+                        .hint =
+                        Some("write them, or name a `let` (or loop variable) bound to one".into());
+                    return None;
+                }
+            }
+        }
+        let (start, end) = match bounds[..] {
+            [end] => (0, end),
+            [start, end] => (start, end),
+            _ => {
+                self.error(span, "`range` takes an end, or a start and an end")
+                    .hint = Some("`range(9)` is 0 to 8; `range(2, 5)` is 2, 3, 4".into());
+                return None;
+            }
+        };
+        if start >= end {
+            self.error(span, format!("`range({start}, {end})` is empty"))
+                .hint = Some("the end is not included: `range(0, 1)` is just 0".into());
+            return None;
+        }
+        if end - start > MAX_UNROLLED_STATEMENTS as i64 {
+            self.error(
+                span,
+                format!("`range({start}, {end})` has more than {MAX_UNROLLED_STATEMENTS} items"),
+            )
+            .hint = Some("loop over fewer items".into());
+            return None;
+        }
+        Some(
+            (start..end)
+                .map(|n| Expr {
+                    kind: if n < 0 {
+                        ExprKind::Unary {
+                            op: UnaryOp::Neg,
+                            operand: Box::new(Expr {
+                                kind: ExprKind::Number {
+                                    value: -n as f64,
+                                    text: (-n).to_string(),
+                                },
+                                span,
+                            }),
+                        }
+                    } else {
+                        ExprKind::Number {
+                            value: n as f64,
+                            text: n.to_string(),
+                        }
+                    },
+                    span,
+                })
+                .collect(),
+        )
     }
 
     fn declare(&mut self, kind: DeclKind, name: &Name, value: &Expr) {
@@ -434,9 +601,17 @@ impl Checker<'_> {
         let Some((source, ops, columns)) = self.pipeline(source, &stages) else {
             return;
         };
-        if let Some(name) = self.bind(name, Binding::Table(columns.clone())) {
+        if let Some(full) = self.bind(name, Binding::Table(columns.clone())) {
+            if !self.loops.is_empty() {
+                self.loop_tables.push(LoopTable {
+                    written: name.node.clone(),
+                    full: full.clone(),
+                    passes: self.loops.clone(),
+                    columns: columns.clone(),
+                });
+            }
             self.steps.push(Step::Table {
-                name,
+                name: full,
                 source,
                 ops,
                 columns,
@@ -455,9 +630,9 @@ impl Checker<'_> {
             ExprKind::Ref {
                 path,
                 selector: None,
-            } => match self.scope.get(path) {
-                Some((Binding::Table(columns), _)) => {
-                    (TableSource::Table(path.clone()), columns.clone())
+            } => match self.lookup(path) {
+                Some((full, (Binding::Table(columns), _))) => {
+                    (TableSource::Table(full), columns.clone())
                 }
                 _ => {
                     self.unknown_name(path, source.span, "table", |b| {
@@ -466,10 +641,18 @@ impl Checker<'_> {
                     return None;
                 }
             },
+            ExprKind::Call { function, args } if function.node == "collect" => {
+                self.collect(args, source.span)?
+            }
             _ => {
                 let (call, _) = self.call(source, None, &|p| p == Produces::Table, "a table")?;
-                let columns = self.columns_of(&call);
-                (TableSource::Call(call), columns)
+                let labels = self.loop_labels(&call);
+                let columns = self
+                    .columns_of(&call)
+                    .into_iter()
+                    .map(|(name, ty)| (crate::plan::relabel(&name, &labels).unwrap_or(name), ty))
+                    .collect();
+                (TableSource::Call { call, labels }, columns)
             }
         };
         let mut ops = Vec::new();
@@ -524,6 +707,136 @@ impl Checker<'_> {
             ops,
             check,
         });
+    }
+
+    /// The variants a measurement names that a `for` body declared, each with its name as
+    /// written: the measurement's columns and cells use that name.
+    fn loop_labels(&self, call: &Call) -> Vec<(String, String)> {
+        fn names<'v>(value: &'v Value, out: &mut Vec<&'v str>) {
+            match value {
+                Value::Name(name) => out.push(name),
+                Value::List(items) => items.iter().for_each(|item| names(item, out)),
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        call.args
+            .values()
+            .for_each(|value| names(value, &mut found));
+        let mut labels: Vec<(String, String)> = found
+            .into_iter()
+            .filter(|name| matches!(self.scope.get(*name), Some((Binding::Variant, _))))
+            .filter_map(|name| Some((name.to_owned(), self.written.get(name)?.clone())))
+            .collect();
+        labels.dedup();
+        labels
+    }
+
+    /// `collect(name)`: the tables declared as `name` by the `for` loops inside the
+    /// current pass (or anywhere, outside every loop), stacked.
+    fn collect(
+        &mut self,
+        args: &[Arg],
+        span: Span,
+    ) -> Option<(TableSource, builtins::args::Columns)> {
+        let [
+            Arg {
+                name: None,
+                value:
+                    Expr {
+                        kind:
+                            ExprKind::Ref {
+                                path: written,
+                                selector: None,
+                            },
+                        span: name_span,
+                    },
+            },
+        ] = args
+        else {
+            self.error(
+                span,
+                "`collect` takes the name of a table a `for` loop declares",
+            )
+            .hint =
+                Some("`collect(loss)` after `for h in range(0, 9) { table loss = ... }`".into());
+            return None;
+        };
+        let depth = self.loops.len();
+        let here: Vec<&str> = self.loops.iter().map(|p| p.label.as_str()).collect();
+        let parts: Vec<&LoopTable> = self
+            .loop_tables
+            .iter()
+            .filter(|t| {
+                &t.written == written
+                    && t.passes.len() > depth
+                    && t.passes[..depth]
+                        .iter()
+                        .map(|p| p.label.as_str())
+                        .eq(here.iter().copied())
+            })
+            .collect();
+        let Some(first) = parts.first() else {
+            self.error(
+                *name_span,
+                format!("no `for` loop before this declares a table `{written}`"),
+            )
+            .hint = Some("collect a table declared inside a loop, after the loop".into());
+            return None;
+        };
+        let mut columns: Vec<(String, ColumnType)> = first.passes[depth..]
+            .iter()
+            .map(|p| (p.var.clone(), p.key.1))
+            .collect();
+        if let Some((clash, _)) = first
+            .columns
+            .iter()
+            .find(|(c, _)| columns.iter().any(|(v, _)| v == c))
+        {
+            self.error(
+                *name_span,
+                format!("the loop variable `{clash}` would be a second `{clash}` column"),
+            )
+            .hint = Some(
+                "rename the loop variable, or leave the column out in the loop: `| columns([...])`"
+                    .into(),
+            );
+            return None;
+        }
+        columns.extend(first.columns.iter().cloned());
+        let mut collected = Vec::with_capacity(parts.len());
+        let mut mismatch = None;
+        for part in &parts {
+            let keys: Vec<(String, ColumnType)> = part.passes[depth..]
+                .iter()
+                .map(|p| (p.var.clone(), p.key.1))
+                .collect();
+            if part.columns != first.columns || keys[..] != columns[..keys.len()] {
+                mismatch = Some(part.full.clone());
+            }
+            collected.push(crate::plan::CollectedPart {
+                table: part.full.clone(),
+                keys: part.passes[depth..]
+                    .iter()
+                    .map(|p| (p.var.clone(), p.key.0.clone()))
+                    .collect(),
+            });
+        }
+        if let Some(other) = mismatch {
+            self.error(
+                *name_span,
+                format!("`{other}` does not have the columns of `{}`", first.full),
+            )
+            .hint = Some("collected tables must have the same columns of the same types, and the loop items one type".into());
+            return None;
+        }
+        Some((
+            TableSource::Collect {
+                name: written.clone(),
+                parts: collected,
+            },
+            columns,
+        ))
     }
 
     /// The columns a measurement's table will have (none when its arguments had errors,

@@ -111,7 +111,8 @@ fn run(
     let mut traces = Vec::new();
     let mut sections = Vec::new();
     let mut seconds = Vec::new();
-    for step in &plan.steps {
+    let last_use = variants_last_used(plan);
+    for (index, step) in plan.steps.iter().enumerate() {
         let started = Instant::now();
         let label = describe(step);
         let section = run_step(&mut session, step).map_err(|message| ExecuteError::Invalid {
@@ -123,6 +124,11 @@ fn run(
             reads: session.take_reads(),
         });
         push_pending(&mut session, &mut sections, &mut seconds);
+        // A sweep declares a variant per pass: each holds a copy of the weights, so it
+        // goes once no later step runs it.
+        for (variant, _) in last_use.iter().filter(|(_, last)| **last == index) {
+            session.forget_variant(variant);
+        }
         if let Section::Table(table) = &section {
             let finite = table.rows.iter().flatten().all(|c| match c {
                 Cell::Number(x) => x.is_finite(),
@@ -160,6 +166,61 @@ fn run(
         saes,
     };
     Ok((results, traces))
+}
+
+/// The index of the last step that runs each variant, directly or as the source another
+/// variant patches from.
+fn variants_last_used(plan: &Plan) -> std::collections::BTreeMap<String, usize> {
+    fn names<'v>(value: &'v Value, out: &mut Vec<&'v str>) {
+        match value {
+            Value::Name(name) => out.push(name),
+            Value::List(items) => items.iter().for_each(|item| names(item, out)),
+            _ => {}
+        }
+    }
+    fn call_names<'c>(call: &'c Call, out: &mut Vec<&'c str>) {
+        call.args.values().for_each(|value| names(value, out));
+    }
+    let mut last = std::collections::BTreeMap::new();
+    for (index, step) in plan.steps.iter().enumerate() {
+        let mut found = Vec::new();
+        match step {
+            Step::Text { .. } => {}
+            Step::Compute { call, .. }
+            | Step::Plot { call, .. }
+            | Step::Dashboards { call, .. } => call_names(call, &mut found),
+            Step::Table { source, ops, .. } | Step::Expect { source, ops, .. } => {
+                if let TableSource::Call { call, .. } = source {
+                    call_names(call, &mut found);
+                }
+                ops.iter().for_each(|op| call_names(op, &mut found));
+            }
+        }
+        for name in found {
+            if plan.variants.iter().any(|v| v.name == name) {
+                last.insert(name.to_owned(), index);
+            }
+        }
+    }
+    // A variant patches only from variants declared before it: walking back, each
+    // source outlives every variant that reads it.
+    for variant in plan.variants.iter().rev() {
+        let Some(&until) = last.get(&variant.name) else {
+            continue;
+        };
+        let mut sources = Vec::new();
+        variant
+            .value
+            .iter()
+            .for_each(|call| call_names(call, &mut sources));
+        for source in sources {
+            if plan.variants.iter().any(|v| v.name == source) {
+                let entry = last.entry(source.to_owned()).or_insert(until);
+                *entry = (*entry).max(until);
+            }
+        }
+    }
+    last
 }
 
 /// Shows the tables a step made along the way (an SAE's training summary) before the
@@ -251,12 +312,13 @@ fn pipeline(
         })
         .collect::<Result<_, _>>()?;
     let mut table = match source {
-        TableSource::Call(call) => {
+        TableSource::Call { call, labels } => {
             let mut measurement = Measurement::bind(call).map_err(|e| e.to_string())?;
             if let Some(TableOp::Filter(filter)) = ops.first() {
                 measurement.narrow(filter);
             }
             let mut table = measurement.run(session, name.unwrap_or("claim"))?;
+            relabel(&mut table, labels);
             // Before the table's own sorts and cuts, so they order the earlier numbers
             // where only noise moved them.
             if name.is_some() {
@@ -265,6 +327,7 @@ fn pipeline(
             table
         }
         TableSource::Table(t) => session.table(t)?.clone(),
+        TableSource::Collect { name, parts } => collect(session, name, parts)?,
     };
     if let Some(name) = name {
         table.name = name.to_owned();
@@ -276,6 +339,65 @@ fn pipeline(
         session.settle(&mut table);
     }
     Ok(table)
+}
+
+/// Names the columns and `variant` cells of variants a `for` body declared as written.
+fn relabel(table: &mut Table, labels: &[(String, String)]) {
+    if labels.is_empty() {
+        return;
+    }
+    for column in &mut table.columns {
+        if let Some(written) = crate::plan::relabel(column, labels) {
+            *column = written;
+        }
+    }
+    if let Some(variant) = table.column("variant") {
+        for row in &mut table.rows {
+            if let Cell::Str(cell) = &mut row[variant]
+                && let Some(written) = crate::plan::relabel(cell, labels)
+            {
+                *cell = written;
+            }
+        }
+    }
+}
+
+/// The tables of a `collect`, stacked, each row led by its pass's loop variables.
+fn collect(
+    session: &Session<'_, '_, '_>,
+    name: &str,
+    parts: &[crate::plan::CollectedPart],
+) -> Result<Table, String> {
+    let mut columns: Vec<String> = Vec::new();
+    let mut rows = Vec::new();
+    for part in parts {
+        let table = session.table(&part.table)?;
+        if columns.is_empty() {
+            columns = part.keys.iter().map(|(var, _)| var.clone()).collect();
+            columns.extend(table.columns.iter().cloned());
+        }
+        let keys: Vec<Cell> = part
+            .keys
+            .iter()
+            .map(|(_, value)| match value {
+                Value::Integer(n) => Cell::Integer(*n),
+                Value::Number(x) => Cell::Number(*x),
+                Value::Bool(b) => Cell::Bool(*b),
+                Value::Str(s) => Cell::Str(s.clone()),
+                other => Cell::Str(other.to_string()),
+            })
+            .collect();
+        rows.extend(table.rows.iter().map(|row| {
+            let mut collected = keys.clone();
+            collected.extend(row.iter().cloned());
+            collected
+        }));
+    }
+    Ok(Table {
+        name: name.to_owned(),
+        columns,
+        rows,
+    })
 }
 
 /// The verdict of `check` on `table`, with the rows behind it.

@@ -144,7 +144,7 @@ fn seeds(plan: &Plan) -> BTreeMap<String, i64> {
     for step in &plan.steps {
         if let crate::plan::Step::Table {
             name,
-            source: crate::plan::TableSource::Call(call),
+            source: crate::plan::TableSource::Call { call, .. },
             ..
         } = step
         {

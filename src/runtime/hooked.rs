@@ -209,6 +209,13 @@ impl<'r> HookedModel<'r> {
         Some(run_session(session, batch, extra))
     }
 
+    /// Drops the sessions of graphs cached under `key` (what [`Self::forward_graph`]
+    /// was given), releasing their copies of the weights.
+    pub fn forget_graphs(&mut self, key: impl Fn(&str) -> bool) {
+        self.sessions
+            .retain(|cached, _| !cached.strip_prefix("graph:").is_some_and(&key));
+    }
+
     /// Real tokens run through the model so far, over every graph: the work a run did.
     pub fn tokens_run(&self) -> usize {
         self.tokens_run

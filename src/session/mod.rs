@@ -48,6 +48,9 @@ pub struct Session<'p, 'm, 'r> {
     pub(crate) saes: BTreeMap<String, std::sync::Arc<crate::sae::Sae>>,
     /// Training activations that another SAE still to be trained will read.
     pub(crate) harvests: std::collections::HashMap<(String, Option<usize>, String), saes::Harvest>,
+    /// Each (hook, dataset) mean a `mean` ablation took, so a sweep of mean ablations
+    /// over one hook runs the dataset once.
+    pub(crate) means: BTreeMap<(String, String), ndarray::ArrayD<f32>>,
     /// Tables made along the way (an SAE's training summary), shown before the step
     /// that caused them.
     pub pending: Vec<Table>,
@@ -83,6 +86,7 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
             patches: BTreeMap::new(),
             saes: BTreeMap::new(),
             harvests: std::collections::HashMap::new(),
+            means: BTreeMap::new(),
             pending: Vec::new(),
             reads: Vec::new(),
             preparing: 0,

@@ -150,6 +150,10 @@ impl Session<'_, '_, '_> {
         hook: &str,
         dataset: &str,
     ) -> Result<ArrayD<f32>, Failure> {
+        let key = (hook.to_owned(), dataset.to_owned());
+        if let Some(mean) = self.means.get(&key) {
+            return Ok(mean.clone());
+        }
         if crate::hooks::has_key_axis(hook) {
             return Err(format!(
                 "mean ablation of `{hook}` is not defined: its shape depends on the prompt length"
@@ -165,9 +169,12 @@ impl Session<'_, '_, '_> {
             .mapv(f64::from)
             .mean_axis(Axis(0))
             .ok_or_else(|| format!("dataset `{dataset}` has no tokens"))?;
-        mean.mapv(|x| x as f32)
+        let mean = mean
+            .mapv(|x| x as f32)
             .into_shape_with_order(shape)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.means.insert(key, mean.clone());
+        Ok(mean)
     }
 
     /// The values a variant's `patch` interventions feed into its graph for `batch`: each
@@ -212,6 +219,13 @@ impl Session<'_, '_, '_> {
             feeds.push((source.input, value));
         }
         Ok(feeds)
+    }
+
+    /// Releases the compiled graphs of `variant` (each a session holding its own copy
+    /// of the weights); a later step that runs it compiles it again.
+    pub fn forget_variant(&mut self, variant: &str) {
+        let prefix = format!("{variant}|");
+        self.model.forget_graphs(|key| key.starts_with(&prefix));
     }
 
     pub(crate) fn variant_graph(
