@@ -112,6 +112,19 @@ fn run(
     let mut sections = Vec::new();
     let mut seconds = Vec::new();
     let last_use = variants_last_used(plan);
+    // A loop's tables that a `collect` stacks show in the report once, collected.
+    let collected: std::collections::BTreeSet<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::Table {
+                source: TableSource::Collect { parts, .. },
+                ..
+            } => Some(parts.iter().map(|part| part.table.as_str())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
     for (index, step) in plan.steps.iter().enumerate() {
         let started = Instant::now();
         let label = describe(step);
@@ -138,6 +151,9 @@ fn run(
             if !finite {
                 return Err(ExecuteError::NotFinite { step: label });
             }
+        }
+        if matches!(step, Step::Table { name, .. } if collected.contains(name.as_str())) {
+            continue;
         }
         sections.push(section);
         seconds.push(started.elapsed().as_secs_f64());
