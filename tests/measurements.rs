@@ -1472,3 +1472,260 @@ table answers = collect(next) | filter(variant == \"zeroed\")",
         "some head's ablation changes the loss"
     );
 }
+
+/// The unembedding column of `token` and the final norm's weight and bias (zero for an
+/// RMSNorm), read from the model folder.
+fn readout_parts(model: &HookedModel, token: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let to_vec = |a: ndarray::ArrayD<f32>| a.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+    let column = if model.manifest.config.tied_embeddings {
+        to_vec(
+            model
+                .weight("embed.W_E")
+                .unwrap()
+                .index_axis(ndarray::Axis(0), token)
+                .to_owned(),
+        )
+    } else {
+        to_vec(
+            model
+                .weight("unembed.W_U")
+                .unwrap()
+                .index_axis(ndarray::Axis(1), token)
+                .to_owned(),
+        )
+    };
+    let ln_w = to_vec(model.weight("ln_final.w").unwrap());
+    let ln_b = model
+        .weight("ln_final.b")
+        .map(to_vec)
+        .unwrap_or_else(|_| vec![0.0; ln_w.len()]);
+    (column, ln_w, ln_b)
+}
+
+#[test]
+fn logit_attribution_splits_the_answers_logit_over_embeddings_heads_and_mlps() {
+    for (checkpoint, prompt, layernorm) in [
+        ("tiny_llama/model.gguf", "the cat sat on the", false),
+        ("tiny_gpt_neo", "the cat sat on the", true),
+    ] {
+        let (_dir, model_dir) = export_to_temp(&fixture(checkpoint));
+        let tables = run(
+            &model_dir,
+            &format!(
+                "table parts = logit_attribution(\"{prompt}\", \" the\")\ntable diff = logit_attribution(\"{prompt}\", \" the\", versus = \" a\")"
+            ),
+        );
+        let (parts, diff) = (&tables[0], &tables[1]);
+        let runtime = runtime();
+        let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+        let config = model.manifest.config.clone();
+        let (n_layers, n_heads) = (config.n_layers, config.n_heads);
+        let the = model.to_tokens(" the", false).unwrap()[0] as usize;
+        let a = model.to_tokens(" a", false).unwrap()[0] as usize;
+        let prepend_bos = model.manifest.special_tokens.prepend_bos;
+        let tokens = model.to_tokens(prompt, prepend_bos).unwrap();
+        let last = tokens.len() - 1;
+        let batch = model.batch(&[tokens]).unwrap();
+        let result_hooks: Vec<String> = (0..n_layers)
+            .map(|l| format!("blocks.{l}.attn.hook_result"))
+            .collect();
+        let wanted: Vec<&str> = result_hooks
+            .iter()
+            .map(String::as_str)
+            .chain(["ln_final.hook_scale"])
+            .collect();
+        let forward = model.forward(&batch, true, &wanted).unwrap();
+        let scale = f64::from(forward.hooks["ln_final.hook_scale"][[0, last, 0]]);
+        let logits = forward.logits.unwrap();
+
+        // Each head from the graph's own per-head output (hook_result), centred for a
+        // LayerNorm, through the norm's frozen scale and weight, dotted with the
+        // answer's unembedding.
+        let (w_u, ln_w, ln_b) = readout_parts(&model, the);
+        let read = |write: &[f64]| {
+            let mean = if layernorm {
+                write.iter().sum::<f64>() / write.len() as f64
+            } else {
+                0.0
+            };
+            write
+                .iter()
+                .zip(&ln_w)
+                .zip(&w_u)
+                .map(|((x, w), u)| (x - mean) / scale * w * u)
+                .sum::<f64>()
+        };
+        let expected_rows =
+            1 + usize::from(layernorm) + n_layers * (n_heads + 1 + usize::from(layernorm));
+        assert_eq!(parts.rows.len(), expected_rows, "{checkpoint}");
+        for (layer, hook) in result_hooks.iter().enumerate() {
+            let result = &forward.hooks[hook];
+            for head in 0..n_heads {
+                let write: Vec<f64> = (0..config.d_model)
+                    .map(|d| f64::from(result[[0, last, head, d]]))
+                    .collect();
+                let row = parts
+                    .rows
+                    .iter()
+                    .position(|r| r[0] == Cell::Str(format!("L{layer}H{head}")))
+                    .unwrap();
+                assert_eq!(number(parts, row, "layer"), layer as f64);
+                assert_eq!(number(parts, row, "head"), head as f64);
+                let got = number(parts, row, "attribution");
+                assert!(
+                    (got - read(&write)).abs() < 1e-4,
+                    "{checkpoint} L{layer}H{head}: {got} vs {}",
+                    read(&write)
+                );
+            }
+        }
+
+        // Every component together is the logit, less what the final norm's bias adds.
+        let sum = |t: &Table| {
+            (0..t.rows.len())
+                .map(|r| number(t, r, "attribution"))
+                .sum::<f64>()
+        };
+        let bias_part = |u: &[f64]| ln_b.iter().zip(u).map(|(b, u)| b * u).sum::<f64>();
+        let logit = f64::from(logits[[0, last, the]]);
+        assert!(
+            (sum(parts) + bias_part(&w_u) - logit).abs() < 1e-3,
+            "{checkpoint}: {} vs {logit}",
+            sum(parts)
+        );
+        let (w_u_a, _, _) = readout_parts(&model, a);
+        let logit_diff = logit - f64::from(logits[[0, last, a]]);
+        assert!(
+            (sum(diff) + bias_part(&w_u) - bias_part(&w_u_a) - logit_diff).abs() < 1e-3,
+            "{checkpoint}: {} vs {logit_diff}",
+            sum(diff)
+        );
+    }
+}
+
+#[test]
+fn activation_patching_rows_equal_one_patched_run_each_and_recover_what_they_must() {
+    use qexp::compile::{self, Intervention, Target, interventions};
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let (clean_prompt, corrupted_prompt) = ("the cat sat on the", "the dog sat on the");
+    let tables = run(
+        &model_dir,
+        &format!(
+            "table resid = activation_patching(\"{clean_prompt}\", \"{corrupted_prompt}\", \" the\", \" a\")
+table final = activation_patching(\"{clean_prompt}\", \"{corrupted_prompt}\", \" the\", \" a\", hook = resid_post, layers = [1])
+table heads = activation_patching(\"{clean_prompt}\", \"{corrupted_prompt}\", \" the\", \" a\", hook = z, by = head_pos)"
+        ),
+    );
+    let (resid, last_block, heads) = (&tables[0], &tables[1], &tables[2]);
+
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let bos = model.manifest.special_tokens.prepend_bos;
+    let clean = model.to_tokens(clean_prompt, bos).unwrap();
+    let corrupted = model.to_tokens(corrupted_prompt, bos).unwrap();
+    assert_eq!(clean.len(), corrupted.len());
+    let (n, last) = (clean.len(), clean.len() - 1);
+    let the = model.to_tokens(" the", false).unwrap()[0] as usize;
+    let a = model.to_tokens(" a", false).unwrap()[0] as usize;
+    let diff = |logits: &ndarray::Array3<f32>| {
+        f64::from(logits[[0, last, the]]) - f64::from(logits[[0, last, a]])
+    };
+    let clean_batch = model.batch(&[&clean]).unwrap();
+    let corrupted_batch = model.batch(&[&corrupted]).unwrap();
+
+    // One run per piece, through the pipeline's own single-patch path: the hook's
+    // clean value fed in, and a mask choosing the piece (not the batched rows).
+    let patched = |model: &mut HookedModel, hook: &str, head: Option<usize>, pos: usize| {
+        let source = model.forward(&clean_batch, false, &[hook]).unwrap().hooks[hook].clone();
+        let edit = Intervention::Patch(interventions::Patch {
+            target: Target {
+                hook: hook.into(),
+                head,
+                pos: Some(pos as i64),
+            },
+            input: "source".into(),
+        });
+        let graph = compile::select_outputs(
+            &interventions::apply(model.graph(), &[edit], |_| 4).unwrap(),
+            &["logits"],
+        )
+        .unwrap();
+        let key = format!("{hook}/{head:?}/{pos}");
+        let logits = model
+            .forward_graph_fed(&key, &graph, &corrupted_batch, &[("source".into(), source)])
+            .unwrap()
+            .logits
+            .unwrap();
+        diff(&logits)
+    };
+    assert_eq!(resid.rows.len(), 2 * n, "every position of both blocks");
+    for row in 0..resid.rows.len() {
+        let (layer, pos) = (
+            number(resid, row, "layer") as usize,
+            number(resid, row, "pos") as usize,
+        );
+        let expected = patched(
+            &mut model,
+            &format!("blocks.{layer}.hook_resid_pre"),
+            None,
+            pos,
+        );
+        assert!(
+            (number(resid, row, "logit_diff") - expected).abs() < 1e-4,
+            "resid_pre L{layer} pos {pos}"
+        );
+        // Where both prompts have the same token, the embedding patched in is the one
+        // already there.
+        if layer == 0 && clean[pos] == corrupted[pos] {
+            assert!(number(resid, row, "recovered").abs() < 1e-6);
+        }
+    }
+    let clean_diff = diff(
+        &model
+            .forward(&clean_batch, true, &[])
+            .unwrap()
+            .logits
+            .unwrap(),
+    );
+    let corrupted_diff = diff(
+        &model
+            .forward(&corrupted_batch, true, &[])
+            .unwrap()
+            .logits
+            .unwrap(),
+    );
+    assert!((number(resid, 0, "clean_logit_diff") - clean_diff).abs() < 1e-5);
+    assert!((number(resid, 0, "corrupted_logit_diff") - corrupted_diff).abs() < 1e-5);
+    assert!(
+        (clean_diff - corrupted_diff).abs() > 1e-3,
+        "the prompts differ in the metric"
+    );
+    // The last block's output at the last position is all the logits read.
+    let at_last = last_block
+        .rows
+        .iter()
+        .position(|r| r[1] == Cell::Integer(last as i64))
+        .unwrap();
+    assert!((number(last_block, at_last, "recovered") - 1.0).abs() < 1e-4);
+
+    assert_eq!(
+        heads.rows.len(),
+        2 * 4 * n,
+        "every head at every position of both blocks"
+    );
+    for row in (0..heads.rows.len()).step_by(5) {
+        let layer = number(heads, row, "layer") as usize;
+        let head = number(heads, row, "head") as usize;
+        let pos = number(heads, row, "pos") as usize;
+        let expected = patched(
+            &mut model,
+            &format!("blocks.{layer}.attn.hook_z"),
+            Some(head),
+            pos,
+        );
+        assert!(
+            (number(heads, row, "logit_diff") - expected).abs() < 1e-4,
+            "z L{layer}H{head} pos {pos}"
+        );
+    }
+}

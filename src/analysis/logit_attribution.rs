@@ -22,6 +22,47 @@ pub fn direct_logits(
     normalization: Normalization,
     unembed: &Unembed<'_>,
 ) -> Array1<f64> {
+    let x = normalized(component, scale, ln_w, normalization);
+    // Products in f64 without a widened copy of the unembedding (hundreds of MB for a
+    // 50k vocabulary), which would be made again for every component.
+    match unembed {
+        Unembed::Matrix(w_u) => {
+            let mut logits = Array1::<f64>::zeros(w_u.ncols());
+            for (x_d, row) in x.iter().zip(w_u.rows()) {
+                for (logit, &w) in logits.iter_mut().zip(row) {
+                    *logit += x_d * f64::from(w);
+                }
+            }
+            logits
+        }
+        Unembed::TiedEmbedding(w_e) => w_e.rows().into_iter().map(|row| dot(row, &x)).collect(),
+    }
+}
+
+/// [`direct_logits`] of one token only.
+pub fn direct_logit(
+    component: ArrayView1<'_, f32>,
+    scale: f32,
+    ln_w: ArrayView1<'_, f32>,
+    normalization: Normalization,
+    unembed: &Unembed<'_>,
+    token: usize,
+) -> f64 {
+    let x = normalized(component, scale, ln_w, normalization);
+    match unembed {
+        Unembed::Matrix(w_u) => dot(w_u.column(token), &x),
+        Unembed::TiedEmbedding(w_e) => dot(w_e.row(token), &x),
+    }
+}
+
+/// The component as the final norm leaves it: centred for a LayerNorm, divided by the
+/// frozen scale, times the norm's weight.
+fn normalized(
+    component: ArrayView1<'_, f32>,
+    scale: f32,
+    ln_w: ArrayView1<'_, f32>,
+    normalization: Normalization,
+) -> Array1<f64> {
     let centred: Array1<f64> = match normalization {
         Normalization::LayerNorm => {
             let mean = component.mean().unwrap_or(0.0);
@@ -29,11 +70,11 @@ pub fn direct_logits(
         }
         Normalization::RmsNorm => component.mapv(f64::from),
     };
-    let x: Array1<f64> = &centred / f64::from(scale) * &ln_w.mapv(f64::from);
-    match unembed {
-        Unembed::Matrix(w_u) => w_u.t().mapv(f64::from).dot(&x),
-        Unembed::TiedEmbedding(w_e) => w_e.mapv(f64::from).dot(&x),
-    }
+    &centred / f64::from(scale) * &ln_w.mapv(f64::from)
+}
+
+fn dot(weights: ArrayView1<'_, f32>, x: &Array1<f64>) -> f64 {
+    weights.iter().zip(x).map(|(&w, x)| f64::from(w) * x).sum()
 }
 
 /// What reading a residual-stream vector as logits needs, owned: the final norm's kind
@@ -47,19 +88,34 @@ pub struct Readout {
 }
 
 impl Readout {
-    /// [`direct_logits`] of `component` at a position whose final-norm scale is `scale`.
-    pub fn logits(&self, component: ArrayView1<'_, f32>, scale: f32) -> Array1<f64> {
-        let unembed = if self.tied {
+    fn unembed(&self) -> Unembed<'_> {
+        if self.tied {
             Unembed::TiedEmbedding(self.unembed.view())
         } else {
             Unembed::Matrix(self.unembed.view())
-        };
+        }
+    }
+
+    /// [`direct_logit`]: `token`'s logit alone.
+    pub fn logit(&self, component: ArrayView1<'_, f32>, scale: f32, token: usize) -> f64 {
+        direct_logit(
+            component,
+            scale,
+            self.ln_w.view(),
+            self.normalization,
+            &self.unembed(),
+            token,
+        )
+    }
+
+    /// [`direct_logits`] of `component` at a position whose final-norm scale is `scale`.
+    pub fn logits(&self, component: ArrayView1<'_, f32>, scale: f32) -> Array1<f64> {
         direct_logits(
             component,
             scale,
             self.ln_w.view(),
             self.normalization,
-            &unembed,
+            &self.unembed(),
         )
     }
 }

@@ -215,6 +215,22 @@ impl<'c> Args<'c> {
         }
     }
 
+    /// A list of whole numbers (`layers = [0, 1]`); `None` when absent.
+    pub fn opt_integers(&self, name: &str) -> Result<Option<Vec<i64>>, BindError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::List(items)) => items
+                .iter()
+                .map(|item| match item {
+                    Value::Integer(n) => Ok(*n),
+                    other => Err(self.error(name, format!("holds {other}, not a whole number"))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(other) => Err(self.error(name, format!("is {other}, not a list"))),
+        }
+    }
+
     pub fn opt_number(&self, name: &str) -> Result<Option<f64>, BindError> {
         match self.get(name) {
             None => Ok(None),

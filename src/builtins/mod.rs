@@ -60,6 +60,8 @@ pub const BUILTINS: &[Builtin] = &[
     measurements::feature_stats::SPEC,
     measurements::pattern_scores::SPEC,
     measurements::logit_lens::SPEC,
+    measurements::logit_attribution::SPEC,
+    measurements::activation_patching::SPEC,
     values::ROW,
     values::VALUES,
     values::BEST_HEAD,

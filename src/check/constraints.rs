@@ -157,6 +157,36 @@ impl Checker<'_> {
                 );
             }
         }
+        if call.function == "activation_patching" {
+            let by = match call.args.get("by") {
+                Some(Value::Choice(by)) => by.as_str(),
+                _ => "pos",
+            };
+            let hook = match call.args.get("hook") {
+                Some(Value::Choice(hook)) => hook.as_str(),
+                _ => "resid_pre",
+            };
+            if by != "pos" && hook != "z" {
+                self.error(span, format!("`{hook}` has no heads to patch `by = {by}`"))
+                    .hint = Some(
+                    "patch heads on `hook = z` (each head's output before W_O), or use `by = pos`"
+                        .into(),
+                );
+            }
+            if let Some(Value::List(layers)) = call.args.get("layers")
+                && let Some(manifest) = self.manifest()
+            {
+                let n_layers = manifest.config.n_layers as i64;
+                for layer in layers {
+                    if let Value::Integer(l) = layer
+                        && !(0..n_layers).contains(l)
+                    {
+                        self.error(span, format!("the model has no block {l}")).hint =
+                            Some(format!("its blocks are 0 to {}", n_layers - 1));
+                    }
+                }
+            }
+        }
         if call.function == "generate"
             && let Some(Value::Integer(n)) = call.args.get("max_new_tokens")
             && let Some(manifest) = self.manifest()

@@ -234,15 +234,38 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
         batch: &Batch,
         outputs: &[&str],
     ) -> Result<Forward, Failure> {
+        self.forward_edits_fed(graph, edits, batch, &[], outputs)
+    }
+
+    /// [`Self::forward_edits`] for edits that read graph inputs of their own (a
+    /// patch's values), fed from `feeds`.
+    pub(crate) fn forward_edits_fed(
+        &mut self,
+        graph: &Graph,
+        edits: &[Intervention],
+        batch: &Batch,
+        feeds: &[(String, ndarray::ArrayD<f32>)],
+        outputs: &[&str],
+    ) -> Result<Forward, Failure> {
         for output in outputs {
             self.note_read(graph.clone(), *output);
         }
         let key = format!("{graph}|{}", outputs.join(","));
-        if let Some(forward) = self.model.forward_cached(&key, batch, &[]) {
+        if let Some(forward) = self.model.forward_cached(&key, batch, feeds) {
             return finite(None, forward);
         }
         let compiled = self.edits_graph(edits, outputs)?;
-        finite(None, self.model.forward_graph(&key, &compiled, batch))
+        finite(
+            None,
+            self.model.forward_graph_fed(&key, &compiled, batch, feeds),
+        )
+    }
+
+    /// Releases the compiled sessions of an ad-hoc `graph` (each holds a copy of the
+    /// weights) once a step is done with it.
+    pub(crate) fn forget_graph(&mut self, graph: &Graph) {
+        let prefix = format!("{graph}|");
+        self.model.forget_graphs(|key| key.starts_with(&prefix));
     }
 
     /// Records that the current step read `output` from `graph` (unless the read serves

@@ -15,6 +15,9 @@ pub enum Graph {
     Spliced(String),
     /// The hook of an SAE zero-ablated (the baseline of SAE metrics).
     Ablated(String),
+    /// A hook replaced by values fed in: another prompt's run of it, in part
+    /// (activation patching).
+    Patched(String),
 }
 
 impl fmt::Display for Graph {
@@ -24,6 +27,7 @@ impl fmt::Display for Graph {
             Graph::Variant(v) => write!(f, "variant {v}"),
             Graph::Spliced(sae) => write!(f, "{sae} spliced in"),
             Graph::Ablated(sae) => write!(f, "{sae}'s hook zero-ablated"),
+            Graph::Patched(hook) => write!(f, "{hook} patched from the clean prompt"),
         }
     }
 }

@@ -124,6 +124,8 @@ measurements! {
     feature_stats => FeatureStats,
     pattern_scores => PatternScores,
     logit_lens => LogitLens,
+    logit_attribution => LogitAttribution,
+    activation_patching => ActivationPatching,
 }
 
 pub(crate) mod attribution;
