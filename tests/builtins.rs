@@ -75,6 +75,13 @@ plot grid = heatmap(composition, rows = [layer1, head1], columns = [layer2, head
 dataset rep = repeated_tokens(5, count = 2, seed = 1)
 table patterns = pattern_scores(rep)
 table lens = logit_lens("the cat sat on the", " the", versus = "t", pos = -1)
+let TOWARDS_CAT = activation_difference("the cat", "a dog", hook = blocks.0.hook_resid_post)
+let FROM_FILE = vector_file("{VECTOR}")
+variant pushed {
+    add(blocks.1.hook_resid_pre, TOWARDS_CAT, scale = 2.0)
+    add(blocks.0.hook_resid_post, FROM_FILE)
+}
+table pushed_answers = test_prompt("the cat sat on the", " the", variants = [pushed])
 table per_layer = patterns | aggregate(by = [layer], best = max(induction_score), n = count())
 expect "every token has a finite loss" = tokens | all(loss >= 0, show = [spread])
 expect "some token is attended" = tokens | any(max_idx_tok_value > 0)
@@ -123,6 +130,12 @@ fn check_model(model_dir: &Path, reloaded: &str) {
     let files = tempfile::tempdir().unwrap();
     let text = files.path().join("lines.txt");
     std::fs::write(&text, "the cat sat\na dog ran\nthe mat\n").unwrap();
+    let vector = files.path().join("direction.npy");
+    let d_model = qexp::manifest::Manifest::read(model_dir)
+        .unwrap()
+        .config
+        .d_model;
+    ndarray_npy::write_npy(&vector, &ndarray::Array1::<f32>::from_elem(d_model, 0.01)).unwrap();
     let jsonl = files.path().join("records.jsonl");
     std::fs::write(
         &jsonl,
@@ -132,6 +145,7 @@ fn check_model(model_dir: &Path, reloaded: &str) {
     let body = BODY
         .replace("{TEXT}", &text.display().to_string())
         .replace("{JSONL}", &jsonl.display().to_string())
+        .replace("{VECTOR}", &vector.display().to_string())
         .replace("{RELOADED}", reloaded);
     let source = format!(
         "experiment every_builtin\nmodel \"{}\"\n{body}",

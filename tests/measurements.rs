@@ -1729,3 +1729,129 @@ table heads = activation_patching(\"{clean_prompt}\", \"{corrupted_prompt}\", \"
         );
     }
 }
+
+#[test]
+fn steering_adds_an_activation_difference_or_a_file_vector_times_its_scale() {
+    use qexp::compile::{self, Intervention, Target, interventions};
+    let (dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let bos = model.manifest.special_tokens.prepend_bos;
+    let d_model = model.manifest.config.d_model;
+    let at_last = |model: &mut HookedModel, prompt: &str| {
+        let tokens = model.to_tokens(prompt, bos).unwrap();
+        let batch = model.batch(&[&tokens]).unwrap();
+        let value = model
+            .forward(&batch, false, &["blocks.0.hook_resid_post"])
+            .unwrap()
+            .hooks["blocks.0.hook_resid_post"]
+            .clone();
+        value.slice(s![0, tokens.len() - 1, ..]).to_owned()
+    };
+    let difference = at_last(&mut model, "the cat") - at_last(&mut model, "a dog");
+    // The same direction from files: .npy, and safetensors with two tensors.
+    let npy = dir.path().join("direction.npy");
+    ndarray_npy::write_npy(&npy, &difference).unwrap();
+    let st = dir.path().join("directions.safetensors");
+    let bytes: Vec<u8> = difference.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let zeros = vec![0u8; d_model * 4];
+    safetensors::serialize_to_file(
+        [
+            (
+                "cat",
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    vec![d_model],
+                    &bytes,
+                )
+                .unwrap(),
+            ),
+            (
+                "none",
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    vec![d_model],
+                    &zeros,
+                )
+                .unwrap(),
+            ),
+        ],
+        None,
+        &st,
+    )
+    .unwrap();
+
+    let tables = run(
+        &model_dir,
+        &format!(
+            "let CAT = activation_difference(\"the cat\", \"a dog\", hook = blocks.0.hook_resid_post)
+let FROM_NPY = vector_file(\"{}\")
+let FROM_ST = vector_file(\"{}\", tensor = \"cat\")
+variant by_difference {{
+    add(blocks.1.hook_resid_pre, CAT, scale = 3)
+}}
+variant by_npy {{
+    add(blocks.1.hook_resid_pre, FROM_NPY, scale = 3)
+}}
+variant by_safetensors {{
+    add(blocks.1.hook_resid_pre, FROM_ST, scale = 3)
+}}
+table answers = test_prompt(\"the cat sat on the\", \" the\", variants = [by_difference, by_npy, by_safetensors], top_k = 3)",
+            npy.display(),
+            st.display()
+        ),
+    );
+    let answers = &tables[0];
+
+    // The steered logits, computed with the vector added by hand.
+    let edit = Intervention::Add(interventions::Add {
+        target: Target {
+            hook: "blocks.1.hook_resid_pre".into(),
+            head: None,
+            pos: None,
+        },
+        vector: difference.mapv(|x| x * 3.0),
+    });
+    let graph = compile::select_outputs(
+        &interventions::apply(model.graph(), &[edit], |_| 4).unwrap(),
+        &["logits"],
+    )
+    .unwrap();
+    let tokens = model.to_tokens("the cat sat on the", bos).unwrap();
+    let batch = model.batch(&[&tokens]).unwrap();
+    let steered = model
+        .forward_graph("steered", &graph, &batch)
+        .unwrap()
+        .logits
+        .unwrap();
+    let clean = model.forward(&batch, true, &[]).unwrap().logits.unwrap();
+    let last = tokens.len() - 1;
+    assert!(
+        (&steered - &clean).mapv(f32::abs).sum() > 1e-2,
+        "the vector changes the logits"
+    );
+    // Token texts can be byte pieces that do not re-tokenize: compare the top logits.
+    let mut top: Vec<f64> = steered
+        .slice(s![0, last, ..])
+        .iter()
+        .map(|&x| f64::from(x))
+        .collect();
+    top.sort_by(|a, b| b.total_cmp(a));
+    let variant = answers.column("variant").unwrap();
+    let mut checked = 0;
+    for row in 0..answers.rows.len() {
+        let Cell::Str(v) = &answers.rows[row][variant] else {
+            panic!()
+        };
+        if v == "clean" {
+            continue;
+        }
+        let rank = number(answers, row, "rank") as usize;
+        assert!(
+            (number(answers, row, "logit") - top[rank]).abs() < 1e-4,
+            "{v}: rank {rank}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 9, "three tokens under each of three variants");
+}

@@ -215,6 +215,27 @@ impl<'c> Args<'c> {
         }
     }
 
+    /// A vector: numbers written in the source, or a `let` computed at run time.
+    pub fn vector(
+        &self,
+        name: &str,
+    ) -> Result<crate::builtins::interventions::VectorArg, BindError> {
+        use crate::builtins::interventions::VectorArg;
+        match self.get(name) {
+            Some(Value::Computed(n)) => Ok(VectorArg::Computed(n.clone())),
+            Some(Value::List(items)) => items
+                .iter()
+                .map(|item| match item {
+                    Value::Number(x) => Ok(*x),
+                    Value::Integer(n) => Ok(*n as f64),
+                    other => Err(self.error(name, format!("holds {other}, not a number"))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(VectorArg::Given),
+            _ => Err(self.error(name, "is missing or not a vector")),
+        }
+    }
+
     /// A list of whole numbers (`layers = [0, 1]`); `None` when absent.
     pub fn opt_integers(&self, name: &str) -> Result<Option<Vec<i64>>, BindError> {
         match self.get(name) {

@@ -63,6 +63,17 @@ pub const STEER: Builtin = Builtin {
     ],
 };
 
+pub const ADD: Builtin = Builtin {
+    name: "add",
+    produces: Produces::Intervention,
+    summary: "add a vector (times scale) to a hook: activation_difference, vector_file or a written list",
+    params: &[
+        req("hook", Type::Hook),
+        req("vector", super::values::VECTOR),
+        opt("scale", Type::Number).within(-1e6, 1e6),
+    ],
+};
+
 pub const PATCH: Builtin = Builtin {
     name: "patch",
     produces: Produces::Intervention,
@@ -104,6 +115,41 @@ pub enum InterventionCall {
         from_variant: Option<String>,
         from_prompt: Option<Text>,
     },
+    Add {
+        hook: HookRef,
+        vector: VectorArg,
+        scale: f32,
+    },
+}
+
+/// A vector written in the source, or computed by a `let` at run time.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VectorArg {
+    Given(Vec<f64>),
+    Computed(String),
+}
+
+impl VectorArg {
+    pub fn resolve(
+        &self,
+        values: &std::collections::BTreeMap<String, crate::plan::Value>,
+    ) -> Result<Vec<f64>, String> {
+        use crate::plan::Value;
+        let list = match self {
+            VectorArg::Given(numbers) => return Ok(numbers.clone()),
+            VectorArg::Computed(name) => match values.get(name) {
+                Some(Value::List(items)) => items,
+                _ => return Err(format!("`{name}` has no vector value")),
+            },
+        };
+        list.iter()
+            .map(|item| match item {
+                Value::Number(x) => Ok(*x),
+                Value::Integer(n) => Ok(*n as f64),
+                other => Err(format!("a vector holds numbers, not {other}")),
+            })
+            .collect()
+    }
 }
 
 impl InterventionCall {
@@ -135,6 +181,11 @@ impl InterventionCall {
                 hook: args.hook("hook")?,
                 sae: args.name("sae")?,
                 feature: args.opt_int("feature")?.unwrap_or(0).max(0) as usize,
+                scale: args.opt_number("scale")?.unwrap_or(1.0) as f32,
+            },
+            "add" => InterventionCall::Add {
+                hook: args.hook("hook")?,
+                vector: args.vector("vector")?,
                 scale: args.opt_number("scale")?.unwrap_or(1.0) as f32,
             },
             "patch" => InterventionCall::Patch {

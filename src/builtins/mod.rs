@@ -44,6 +44,7 @@ pub const BUILTINS: &[Builtin] = &[
     interventions::SCALE_FEATURES,
     interventions::STEER,
     interventions::PATCH,
+    interventions::ADD,
     // Tables.
     measurements::sanity_check::SPEC,
     measurements::generate::SPEC,
@@ -65,6 +66,8 @@ pub const BUILTINS: &[Builtin] = &[
     values::ROW,
     values::VALUES,
     values::BEST_HEAD,
+    values::ACTIVATION_DIFFERENCE,
+    values::VECTOR_FILE,
     // Table operations (after `|`).
     table_ops::FILTER,
     table_ops::SORT,

@@ -1,5 +1,6 @@
 //! Values computed at run time and bound with `let`: `row` (a prompt's text),
-//! `values` (whole numbers from a column), `best_head` (the head in a table's best row).
+//! `values` (whole numbers from a column), `best_head` (the head in a table's best row),
+//! and steering vectors: `activation_difference` (ActAdd) and `vector_file`.
 
 use crate::builtins::args::{Args, BindError};
 use crate::builtins::spec::{Builtin, Produces, Type, opt, req};
@@ -37,6 +38,31 @@ pub const BEST_HEAD: Builtin = Builtin {
     ],
 };
 
+/// A steering vector: a list of numbers the width of the hook it is added to.
+pub const VECTOR: Type = Type::ListOf(&Type::Number);
+
+pub const ACTIVATION_DIFFERENCE: Builtin = Builtin {
+    name: "activation_difference",
+    produces: Produces::Value(VECTOR),
+    summary: "a hook's value on one prompt minus on another, at the last token or averaged over positions: an ActAdd steering vector",
+    params: &[
+        req("positive", Type::Str).non_empty(),
+        req("negative", Type::Str).non_empty(),
+        req("hook", Type::Hook),
+        opt("pos", Type::Position),
+    ],
+};
+
+pub const VECTOR_FILE: Builtin = Builtin {
+    name: "vector_file",
+    produces: Produces::Value(VECTOR),
+    summary: "a vector from a .npy file or a safetensors file (its one tensor, or `tensor`)",
+    params: &[
+        req("path", Type::Str).non_empty(),
+        opt("tensor", Type::Str).non_empty(),
+    ],
+};
+
 /// A value-computing call, its arguments typed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ValueCall {
@@ -54,6 +80,19 @@ pub enum ValueCall {
         by: String,
         layer: String,
         head: String,
+    },
+    /// `hook` on `positive` minus on `negative`: at `pos` of each (the last token by
+    /// default), or the mean over each prompt's positions with `pos = all`.
+    ActivationDifference {
+        positive: crate::builtins::args::Text,
+        negative: crate::builtins::args::Text,
+        hook: crate::hooks::HookRef,
+        pos: Option<i64>,
+    },
+    /// A 1-D tensor of a `.npy` or safetensors file.
+    VectorFile {
+        path: crate::builtins::args::Text,
+        tensor: Option<crate::builtins::args::Text>,
     },
 }
 
@@ -76,6 +115,20 @@ impl ValueCall {
                 layer: args.opt_column("layer")?.unwrap_or_else(|| "layer".into()),
                 head: args.opt_column("head")?.unwrap_or_else(|| "head".into()),
             },
+            "activation_difference" => ValueCall::ActivationDifference {
+                positive: args.text("positive")?,
+                negative: args.text("negative")?,
+                hook: args.hook("hook")?,
+                pos: if args.is_all("pos") {
+                    None
+                } else {
+                    Some(args.position("pos")?.unwrap_or(-1))
+                },
+            },
+            "vector_file" => ValueCall::VectorFile {
+                path: args.text("path")?,
+                tensor: args.opt_text("tensor")?,
+            },
             other => {
                 return Err(BindError {
                     function: other.to_owned(),
@@ -88,6 +141,37 @@ impl ValueCall {
 
     pub fn compute(&self, s: &mut Session) -> Result<Value, Failure> {
         match self {
+            ValueCall::ActivationDifference {
+                positive,
+                negative,
+                hook,
+                pos,
+            } => {
+                let positive = positive.resolve(&s.values)?;
+                let negative = negative.resolve(&s.values)?;
+                let target = s.target(hook)?;
+                let read =
+                    |s: &mut Session, prompt: &str| -> Result<ndarray::Array1<f64>, Failure> {
+                        let tokens = s.prompt_tokens(prompt)?;
+                        let batch = s.model.batch(&[&tokens]).map_err(Session::runtime)?;
+                        let mut forward = s.forward(None, &batch, &[&hook.name])?;
+                        let value = forward.hooks.remove(&hook.name).expect("asked for");
+                        vector_at(value, target.head, *pos, tokens.len(), &hook.name)
+                    };
+                let difference = read(s, &positive)? - read(s, &negative)?;
+                Ok(Value::List(
+                    difference.iter().map(|&x| Value::Number(x)).collect(),
+                ))
+            }
+            ValueCall::VectorFile { path, tensor } => {
+                let path = s.root.join(path.resolve(&s.values)?);
+                let tensor = match tensor {
+                    Some(tensor) => Some(tensor.resolve(&s.values)?),
+                    None => None,
+                };
+                let vector = read_vector(&path, tensor.as_deref())?;
+                Ok(Value::List(vector.into_iter().map(Value::Number).collect()))
+            }
             ValueCall::BestHead {
                 table,
                 by,
@@ -173,4 +257,104 @@ impl ValueCall {
             }
         }
     }
+}
+
+/// The vector at one position (negative from the end) of a `[1, pos, ...]` hook value, or
+/// its mean over positions (`pos` absent), for one head where the hook has heads.
+fn vector_at(
+    value: ndarray::ArrayD<f32>,
+    head: Option<usize>,
+    pos: Option<i64>,
+    len: usize,
+    hook: &str,
+) -> Result<ndarray::Array1<f64>, Failure> {
+    use ndarray::Axis;
+    let per_position = match (value.ndim(), head) {
+        (3, _) => value.index_axis(Axis(0), 0).to_owned(),
+        (4, Some(head)) => value
+            .index_axis(Axis(0), 0)
+            .index_axis(Axis(1), head)
+            .to_owned(),
+        (4, None) => {
+            return Err(format!(
+                "`{hook}` has a value per head: choose one, `{hook}[head = 0]`"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "`{hook}` is not laid out by position: take the difference of a residual-stream, attention or MLP output hook"
+            ));
+        }
+    };
+    let per_position = per_position
+        .into_dimensionality::<ndarray::Ix2>()
+        .map_err(|e| e.to_string())?
+        .mapv(f64::from);
+    Ok(match pos {
+        Some(pos) => {
+            let at = if pos < 0 { len as i64 + pos } else { pos };
+            if at < 0 || at as usize >= len {
+                return Err(format!(
+                    "position {pos} is outside a prompt of {len} tokens"
+                ));
+            }
+            per_position.row(at as usize).to_owned()
+        }
+        None => per_position
+            .mean_axis(Axis(0))
+            .ok_or("an empty prompt has no positions")?,
+    })
+}
+
+/// A 1-D vector from a `.npy` file (float32 or float64) or a safetensors file (the tensor
+/// named, or its only one).
+pub fn read_vector(path: &std::path::Path, tensor: Option<&str>) -> Result<Vec<f64>, Failure> {
+    let shown = path.display();
+    crate::files::ensure_regular(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let is_npy = path.extension().is_some_and(|e| e == "npy");
+    if is_npy {
+        if tensor.is_some() {
+            return Err(format!(
+                "{shown} is a .npy file: it holds one array, so give no `tensor`"
+            ));
+        }
+        let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+        use ndarray_npy::ReadNpyExt;
+        if let Ok(v) = ndarray::Array1::<f32>::read_npy(&file) {
+            return Ok(v.iter().map(|&x| f64::from(x)).collect());
+        }
+        let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+        return ndarray::Array1::<f64>::read_npy(file)
+            .map(|v| v.to_vec())
+            .map_err(|e| format!("{shown} is not a 1-D float32 or float64 .npy array: {e}"));
+    }
+    let tensors =
+        crate::sae::tensors::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let names = || {
+        tensors
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (name, values) = match tensor {
+        Some(name) => tensors
+            .get_key_value(name)
+            .ok_or_else(|| format!("{shown} has no tensor `{name}`; it has {}", names()))?,
+        None if tensors.len() == 1 => tensors.iter().next().expect("one"),
+        None => {
+            return Err(format!(
+                "{shown} holds {} tensors ({}): name one with `tensor = \"...\"`",
+                tensors.len(),
+                names()
+            ));
+        }
+    };
+    if values.ndim() != 1 {
+        return Err(format!(
+            "tensor `{name}` of {shown} has shape {:?}, not a vector",
+            values.shape()
+        ));
+    }
+    Ok(values.iter().map(|&x| f64::from(x)).collect())
 }

@@ -803,23 +803,37 @@ impl Checker<'_> {
             );
             return None;
         }
+        // A loop over `[0.5, 1, 1.5]` mixes whole numbers and numbers: one number column.
+        for part in &parts {
+            for (column, pass) in columns.iter_mut().zip(&part.passes[depth..]) {
+                if column.1 != pass.key.1 && column.1.is_numeric() && pass.key.1.is_numeric() {
+                    column.1 = ColumnType::Number;
+                }
+            }
+        }
+        let keys_end = columns.len();
         columns.extend(first.columns.iter().cloned());
         let mut collected = Vec::with_capacity(parts.len());
         let mut mismatch = None;
         for part in &parts {
-            let keys: Vec<(String, ColumnType)> = part.passes[depth..]
-                .iter()
-                .map(|p| (p.var.clone(), p.key.1))
-                .collect();
-            if part.columns != first.columns || keys[..] != columns[..keys.len()] {
+            let mut keys = Vec::with_capacity(keys_end);
+            for ((_, ty), pass) in columns[..keys_end].iter().zip(&part.passes[depth..]) {
+                let value = match (&pass.key.0, ty) {
+                    (Value::Integer(n), ColumnType::Number) => Value::Number(*n as f64),
+                    (value, _) if pass.key.1 == *ty => value.clone(),
+                    _ => {
+                        mismatch = Some(part.full.clone());
+                        pass.key.0.clone()
+                    }
+                };
+                keys.push((pass.var.clone(), value));
+            }
+            if part.columns != first.columns || part.passes.len() - depth != keys_end {
                 mismatch = Some(part.full.clone());
             }
             collected.push(crate::plan::CollectedPart {
                 table: part.full.clone(),
-                keys: part.passes[depth..]
-                    .iter()
-                    .map(|p| (p.var.clone(), p.key.0.clone()))
-                    .collect(),
+                keys,
             });
         }
         if let Some(other) = mismatch {

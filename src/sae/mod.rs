@@ -4,7 +4,7 @@
 
 pub mod pin;
 mod save;
-mod tensors;
+pub(crate) mod tensors;
 pub mod train;
 
 pub use save::save;

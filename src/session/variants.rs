@@ -108,6 +108,28 @@ impl Session<'_, '_, '_> {
                         vector: direction,
                     })
                 }
+                InterventionCall::Add {
+                    hook,
+                    vector,
+                    scale,
+                } => {
+                    let target = self.target(&hook)?;
+                    let vector = vector.resolve(&self.values)?;
+                    let width = crate::hooks::width(&hook, Some(&self.model.manifest));
+                    if let Some(width) = width
+                        && width != vector.len()
+                    {
+                        return Err(format!(
+                            "the vector has {} numbers, but `{}` is {width} wide",
+                            vector.len(),
+                            hook.name
+                        ));
+                    }
+                    Intervention::Add(Add {
+                        target,
+                        vector: vector.iter().map(|&x| x as f32 * scale).collect(),
+                    })
+                }
                 InterventionCall::Patch {
                     hook,
                     from_variant,
