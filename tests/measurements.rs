@@ -1855,3 +1855,56 @@ table answers = test_prompt(\"the cat sat on the\", \" the\", variants = [by_dif
     }
     assert_eq!(checked, 9, "three tokens under each of three variants");
 }
+
+#[test]
+fn a_patching_sweep_of_declared_variants_gives_what_activation_patching_batches() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let (clean, corrupted) = ("the cat sat on the", "the dog sat on the");
+    let runtime = runtime();
+    let model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let bos = model.manifest.special_tokens.prepend_bos;
+    let n = model.to_tokens(clean, bos).unwrap().len();
+    drop(model);
+    let tables = run(
+        &model_dir,
+        &format!(
+            "for layer in range(2) {{
+    for pos in range({n}) {{
+        variant patched {{
+            patch(blocks.layer.hook_resid_pre[pos = pos], from_prompt = \"{clean}\")
+        }}
+        table metric = logit_diff(\"{corrupted}\", \" the\", versus = \" a\", variants = [patched])
+            | filter(variant == \"patched\")
+    }}
+}}
+table sweep = collect(metric)
+table batched = activation_patching(\"{clean}\", \"{corrupted}\", \" the\", \" a\")
+table corrupted_run = logit_diff(\"{corrupted}\", \" the\", versus = \" a\")"
+        ),
+    );
+    let sweep = tables.iter().find(|t| t.name == "sweep").unwrap();
+    let batched = tables.iter().find(|t| t.name == "batched").unwrap();
+    let corrupted_run = tables.iter().find(|t| t.name == "corrupted_run").unwrap();
+    assert_eq!(sweep.rows.len(), 2 * n);
+    assert_eq!(batched.rows.len(), 2 * n);
+    for row in 0..sweep.rows.len() {
+        assert_eq!(number(sweep, row, "layer"), number(batched, row, "layer"));
+        assert_eq!(number(sweep, row, "pos"), number(batched, row, "pos"));
+        assert!(
+            (number(sweep, row, "logit_diff") - number(batched, row, "logit_diff")).abs() < 1e-4,
+            "row {row}"
+        );
+    }
+    // The metric itself: the unpatched corrupted run's difference.
+    assert!(
+        (number(corrupted_run, 0, "logit_diff") - number(batched, 0, "corrupted_logit_diff")).abs()
+            < 1e-5
+    );
+    assert!(
+        (number(corrupted_run, 0, "answer_logit")
+            - number(corrupted_run, 0, "versus_logit")
+            - number(corrupted_run, 0, "logit_diff"))
+        .abs()
+            < 1e-9
+    );
+}

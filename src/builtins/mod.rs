@@ -63,6 +63,7 @@ pub const BUILTINS: &[Builtin] = &[
     measurements::logit_lens::SPEC,
     measurements::logit_attribution::SPEC,
     measurements::activation_patching::SPEC,
+    measurements::logit_diff::SPEC,
     values::ROW,
     values::VALUES,
     values::BEST_HEAD,

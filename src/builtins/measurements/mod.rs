@@ -126,6 +126,7 @@ measurements! {
     logit_lens => LogitLens,
     logit_attribution => LogitAttribution,
     activation_patching => ActivationPatching,
+    logit_diff => LogitDiff,
 }
 
 pub(crate) mod attribution;
