@@ -84,6 +84,8 @@ variant pushed {
 table pushed_answers = test_prompt("the cat sat on the", " the", variants = [pushed])
 table pushed_diff = logit_diff("the cat sat on the", " the", versus = " a", variants = [pushed, ablate])
 table pushed_logit = logit_diff("the cat sat on the", " the", pos = -2)
+table norms = activations(d, blocks.1.hook_resid_post, direction = TOWARDS_CAT)
+table query_norms = activations(lines, blocks.1.attn.hook_q[head = 1, pos = -1])
 table per_layer = patterns | aggregate(by = [layer], best = max(induction_score), n = count())
 expect "every token has a finite loss" = tokens | all(loss >= 0, show = [spread])
 expect "some token is attended" = tokens | any(max_idx_tok_value > 0)

@@ -1908,3 +1908,65 @@ table corrupted_run = logit_diff(\"{corrupted}\", \" the\", versus = \" a\")"
             < 1e-9
     );
 }
+
+#[test]
+fn activations_give_each_tokens_norm_and_projection_in_dataset_order() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let d_model = model.manifest.config.d_model;
+    let direction: Vec<f64> = (0..d_model).map(|i| (i as f64 * 0.37).sin()).collect();
+    let written: Vec<String> = direction.iter().map(|x| format!("{x:.6}")).collect();
+    let tables = run(
+        &model_dir,
+        &format!(
+            "table acts = activations(d, blocks.1.hook_resid_mid, direction = [{}])
+table heads = activations(d, blocks.0.attn.hook_z[head = 2, pos = -1])",
+            written.join(", ")
+        ),
+    );
+    let (acts, heads) = (&tables[0], &tables[1]);
+    let direction: Vec<f64> = written.iter().map(|x| x.parse().unwrap()).collect();
+    let length = direction.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let bos = model.manifest.special_tokens.prepend_bos;
+    let mut row = 0;
+    for (b, prompt) in PROMPTS.iter().enumerate() {
+        let tokens = model.to_tokens(prompt, bos).unwrap();
+        let batch = model.batch(&[&tokens]).unwrap();
+        let forward = model
+            .forward(
+                &batch,
+                false,
+                &["blocks.1.hook_resid_mid", "blocks.0.attn.hook_z"],
+            )
+            .unwrap();
+        let resid = &forward.hooks["blocks.1.hook_resid_mid"];
+        for pos in 0..tokens.len() {
+            let x: Vec<f64> = (0..d_model)
+                .map(|d| f64::from(resid[[0, pos, d]]))
+                .collect();
+            assert_eq!(number(acts, row, "batch"), b as f64);
+            assert_eq!(number(acts, row, "pos"), pos as f64);
+            let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+            let projection = x.iter().zip(&direction).map(|(v, d)| v * d).sum::<f64>() / length;
+            assert!((number(acts, row, "norm") - norm).abs() < 1e-4);
+            assert!((number(acts, row, "projection") - projection).abs() < 1e-4);
+            row += 1;
+        }
+        let z = &forward.hooks["blocks.0.attn.hook_z"];
+        let last = tokens.len() - 1;
+        let d_head = z.shape()[3];
+        let norm = (0..d_head)
+            .map(|i| f64::from(z[[0, last, 2, i]]).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert_eq!(number(heads, b, "pos"), last as f64);
+        assert!((number(heads, b, "norm") - norm).abs() < 1e-5);
+    }
+    assert_eq!(row, acts.rows.len());
+    assert_eq!(
+        heads.rows.len(),
+        PROMPTS.len(),
+        "one row per prompt at pos = -1"
+    );
+}

@@ -215,6 +215,11 @@ impl<'c> Args<'c> {
         }
     }
 
+    /// Whether the call gives `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
     /// A vector: numbers written in the source, or a `let` computed at run time.
     pub fn vector(
         &self,

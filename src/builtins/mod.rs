@@ -64,6 +64,7 @@ pub const BUILTINS: &[Builtin] = &[
     measurements::logit_attribution::SPEC,
     measurements::activation_patching::SPEC,
     measurements::logit_diff::SPEC,
+    measurements::activations::SPEC,
     values::ROW,
     values::VALUES,
     values::BEST_HEAD,

@@ -127,6 +127,7 @@ measurements! {
     logit_attribution => LogitAttribution,
     activation_patching => ActivationPatching,
     logit_diff => LogitDiff,
+    activations => Activations,
 }
 
 pub(crate) mod attribution;
