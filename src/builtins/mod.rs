@@ -80,6 +80,8 @@ pub const BUILTINS: &[Builtin] = &[
     table_ops::COUNT,
     table_ops::GROUP_COUNT,
     table_ops::EXPLODE,
+    table_ops::JOIN,
+    table_ops::CONCAT,
     // Plots.
     plots::SCATTER,
     plots::HISTOGRAM,

@@ -75,6 +75,81 @@ pub const EXPLODE: Builtin = Builtin {
     params: &[req("names", COLUMNS)],
 };
 
+pub const JOIN: Builtin = Builtin {
+    name: "join",
+    produces: Produces::TableOp,
+    summary: "the rows of another table whose `on` columns equal this row's, side by side",
+    params: &[req("with", Type::Table), req("on", COLUMNS)],
+};
+
+pub const CONCAT: Builtin = Builtin {
+    name: "concat",
+    produces: Produces::TableOp,
+    summary: "this table's rows, then another table's with the same columns",
+    params: &[req("with", Type::Table)],
+};
+
+/// The columns after `join(with, on)`: this table's, then `with`'s other than `on`; the
+/// names both have besides `on` are returned as clashes.
+pub fn joined_columns(left: &Columns, right: &Columns, on: &[String]) -> (Columns, Vec<String>) {
+    let mut out = left.clone();
+    let mut clashes = Vec::new();
+    for (name, ty) in right {
+        if on.contains(name) {
+            continue;
+        }
+        if left.iter().any(|(c, _)| c == name) {
+            clashes.push(name.clone());
+        } else {
+            out.push((name.clone(), *ty));
+        }
+    }
+    (out, clashes)
+}
+
+fn join(left: Table, right: &Table, on: &[String]) -> Result<Table, String> {
+    let index = |table: &Table, name: &str| {
+        table
+            .column(name)
+            .ok_or_else(|| format!("table `{}` has no column `{name}`", table.name))
+    };
+    let left_keys: Vec<usize> = on
+        .iter()
+        .map(|c| index(&left, c))
+        .collect::<Result<_, _>>()?;
+    let right_keys: Vec<usize> = on
+        .iter()
+        .map(|c| index(right, c))
+        .collect::<Result<_, _>>()?;
+    let kept: Vec<usize> = (0..right.columns.len())
+        .filter(|i| !right_keys.contains(i))
+        .collect();
+    // Keys compared as their written form: whole numbers, text and true/false exactly.
+    let key = |row: &[Cell], at: &[usize]| -> Vec<String> {
+        at.iter().map(|&i| format!("{:?}", row[i])).collect()
+    };
+    let mut by_key: std::collections::HashMap<Vec<String>, Vec<usize>> =
+        std::collections::HashMap::new();
+    for (i, row) in right.rows.iter().enumerate() {
+        by_key.entry(key(row, &right_keys)).or_default().push(i);
+    }
+    let mut columns = left.columns.clone();
+    columns.extend(kept.iter().map(|&i| right.columns[i].clone()));
+    let mut rows = Vec::new();
+    for row in &left.rows {
+        for &matched in by_key.get(&key(row, &left_keys)).into_iter().flatten() {
+            let mut joined = row.clone();
+            joined.extend(kept.iter().map(|&i| right.rows[matched][i].clone()));
+            rows.push(joined);
+        }
+    }
+    Ok(Table {
+        name: left.name,
+        columns,
+        rows,
+    })
+}
+
 /// A table operation, its arguments typed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TableOp {
@@ -94,6 +169,11 @@ pub enum TableOp {
     GroupCount(String),
     /// One row per element of list columns.
     Explode(Vec<String>),
+    /// An inner join on the `on` columns: each row with every row of `with` whose `on`
+    /// cells are equal, in this table's order and then `with`'s.
+    Join { with: String, on: Vec<String> },
+    /// The rows of `with` after these.
+    Concat(String),
     /// One row per distinct value of the `by` columns (in order of first appearance),
     /// with each new column an aggregate over the group's rows.
     Aggregate {
@@ -198,6 +278,11 @@ impl TableOp {
                     columns,
                 }
             }
+            "join" => TableOp::Join {
+                with: args.name("with")?,
+                on: args.names("on")?,
+            },
+            "concat" => TableOp::Concat(args.name("with")?),
             "count" => TableOp::Count,
             "group_count" => TableOp::GroupCount(args.column("by")?),
             "explode" => TableOp::Explode(args.names("names")?),
@@ -252,6 +337,37 @@ impl TableOp {
                 out
             }
             TableOp::Filter(_) | TableOp::Sort { .. } | TableOp::Top(_) => columns,
+            // The other table's columns come from the checker: see `joined_columns`.
+            TableOp::Join { .. } | TableOp::Concat(_) => columns,
+        }
+    }
+
+    /// [`Self::apply`], with the tables made so far for the operations that read another.
+    pub fn apply_with(
+        &self,
+        table: Table,
+        tables: &std::collections::BTreeMap<String, Table>,
+    ) -> Result<Table, String> {
+        let other = |name: &str| {
+            tables
+                .get(name)
+                .ok_or_else(|| format!("no table `{name}` has been made"))
+        };
+        match self {
+            TableOp::Join { with, on } => join(table, other(with)?, on),
+            TableOp::Concat(with) => {
+                let other = other(with)?;
+                if other.columns != table.columns {
+                    return Err(format!(
+                        "`{with}` has columns {:?}, not {:?}",
+                        other.columns, table.columns
+                    ));
+                }
+                let mut table = table;
+                table.rows.extend(other.rows.iter().cloned());
+                Ok(table)
+            }
+            _ => self.apply(table),
         }
     }
 
@@ -259,6 +375,11 @@ impl TableOp {
     /// division by zero, an overflow), naming the column and the row.
     pub fn apply(&self, mut table: Table) -> Result<Table, String> {
         Ok(match self {
+            TableOp::Join { with, .. } | TableOp::Concat(with) => {
+                return Err(format!(
+                    "this operation reads table `{with}`: run it with apply_with"
+                ));
+            }
             TableOp::Derive(derived) => {
                 for (name, expr) in derived {
                     derive(&mut table, name, expr)?;
@@ -933,5 +1054,54 @@ mod tests {
         let t = run("explode([top_k_features]) | group_count(top_k_features)");
         assert_eq!(t.columns, vec!["top_k_features", "count"]);
         assert_eq!(t.rows[0], vec![Cell::Integer(1669), Cell::Integer(2)]);
+    }
+
+    #[test]
+    fn join_pairs_rows_with_equal_keys_in_order_and_concat_stacks() {
+        let mut heads = Table::new("heads", &["layer", "head", "score"]);
+        for (layer, head, score) in [(0, 0, 0.1), (0, 1, 0.4), (1, 0, 0.2), (2, 0, 0.9)] {
+            heads.rows.push(vec![
+                Cell::Integer(layer),
+                Cell::Integer(head),
+                Cell::Number(score),
+            ]);
+        }
+        let mut layers = Table::new("layers", &["layer", "best"]);
+        for (layer, best) in [(1, 0.2), (0, 0.4), (0, 0.5)] {
+            layers
+                .rows
+                .push(vec![Cell::Integer(layer), Cell::Number(best)]);
+        }
+        let tables = [
+            ("layers".to_owned(), layers),
+            ("heads2".to_owned(), heads.clone()),
+        ]
+        .into_iter()
+        .collect();
+        let joined = TableOp::Join {
+            with: "layers".into(),
+            on: vec!["layer".into()],
+        }
+        .apply_with(heads.clone(), &tables)
+        .unwrap();
+        assert_eq!(joined.columns, ["layer", "head", "score", "best"]);
+        // Layer 0 matches two rows of `layers` (in their order); layer 2 none (inner join).
+        let best: Vec<(i64, f64)> = joined
+            .rows
+            .iter()
+            .map(|r| match (&r[0], &r[3]) {
+                (Cell::Integer(l), Cell::Number(b)) => (*l, *b),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(best, [(0, 0.4), (0, 0.5), (0, 0.4), (0, 0.5), (1, 0.2)]);
+
+        let stacked = TableOp::Concat("heads2".into())
+            .apply_with(heads.clone(), &tables)
+            .unwrap();
+        assert_eq!(stacked.rows.len(), 8);
+        assert_eq!(stacked.rows[4], heads.rows[0]);
+        let refused = TableOp::Concat("layers".into()).apply_with(heads, &tables);
+        assert!(refused.is_err(), "different columns are not stacked");
     }
 }

@@ -664,6 +664,27 @@ impl Checker<'_> {
                 "a table operation (after `|`)",
             )?;
             columns = match TableOp::bind(&call) {
+                // Without a list `on` had errors, already reported.
+                Ok(TableOp::Join { with, on })
+                    if matches!(call.args.get("on"), Some(Value::List(_))) =>
+                {
+                    self.join_columns(columns, &with, &on, stage.span)?
+                }
+                Ok(TableOp::Join { .. }) => return None,
+                Ok(TableOp::Concat(with)) => {
+                    let other = self.table_columns(&with);
+                    if other.as_ref().is_some_and(|other| *other != columns) {
+                        self.error(
+                            stage.span,
+                            format!("`{with}` does not have this table's columns"),
+                        )
+                        .hint = Some(
+                            "concat stacks tables with the same columns of the same types, in the same order: pick them with `columns([...])`".into(),
+                        );
+                        return None;
+                    }
+                    columns
+                }
                 Ok(op) => op.columns(columns),
                 // Its arguments had errors, already reported.
                 Err(_) => columns,
@@ -671,6 +692,73 @@ impl Checker<'_> {
             ops.push(call);
         }
         Some((source, ops, columns))
+    }
+
+    fn table_columns(&self, name: &str) -> Option<builtins::args::Columns> {
+        match self.scope.get(name) {
+            Some((Binding::Table(columns), _)) => Some(columns.clone()),
+            _ => None,
+        }
+    }
+
+    /// The columns after `join(with, on)`, refusing keys either side lacks and other
+    /// columns both sides have.
+    fn join_columns(
+        &mut self,
+        columns: builtins::args::Columns,
+        with: &str,
+        on: &[String],
+        span: Span,
+    ) -> Option<builtins::args::Columns> {
+        let right = self.table_columns(with)?;
+        for key in on {
+            let left_type = columns.iter().find(|(c, _)| c == key).map(|(_, t)| *t);
+            let right_type = right.iter().find(|(c, _)| c == key).map(|(_, t)| *t);
+            match (left_type, right_type) {
+                (Some(l), Some(r)) if l == r => {}
+                (Some(_), Some(_)) => {
+                    self.error(
+                        span,
+                        format!("`{key}` holds different types in the two tables"),
+                    );
+                    return None;
+                }
+                _ => {
+                    let side = if left_type.is_none() {
+                        "this table"
+                    } else {
+                        with
+                    };
+                    self.error(span, format!("`{key}` is not a column of {side}"))
+                        .hint = Some("join on columns both tables have".into());
+                    return None;
+                }
+            }
+        }
+        if on.is_empty() {
+            self.error(span, "`join` needs at least one column to join on")
+                .hint = Some("`join(other, on = [layer, head])`".into());
+            return None;
+        }
+        let (joined, clashes) = builtins::table_ops::joined_columns(&columns, &right, on);
+        if !clashes.is_empty() {
+            self.error(
+                span,
+                format!(
+                    "both tables have {}: the joined table would have two of each",
+                    clashes
+                        .iter()
+                        .map(|c| format!("`{c}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+            .hint = Some(
+                "rename one side's first (`derive(zero_loss = loss) | columns([...])`), or join on them too".into(),
+            );
+            return None;
+        }
+        Some(joined)
     }
 
     /// `expect "text" = table | ops | check`.

@@ -349,7 +349,7 @@ fn pipeline(
         table.name = name.to_owned();
     }
     for op in &ops {
-        table = op.apply(table)?;
+        table = op.apply_with(table, &session.tables)?;
     }
     if name.is_some() {
         session.settle(&mut table);
