@@ -183,3 +183,18 @@ fn grammar_md_lists_every_builtin_as_the_code_declares_it() {
         "GRAMMAR.md's built-in table is out of date; it should read:\n{table}"
     );
 }
+
+#[test]
+fn every_loop_item_gives_its_own_names_signs_and_decimals_included() {
+    let source = "experiment e\nmodel \"m\"\ndataset d = prompts([\"a b\"])\nfor x in [-1, 1, 1.5, 15] {\n    table t = per_token(d)\n}\ntable all = collect(t)\n";
+    let plan = check::check(&syntax::parse(source).unwrap(), &context()).unwrap();
+    let names: Vec<String> = plan
+        .steps
+        .iter()
+        .filter_map(|step| match step {
+            qexp::plan::Step::Table { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(names, ["t_m1", "t_1", "t_1p5", "t_15", "all"]);
+}

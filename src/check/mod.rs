@@ -394,9 +394,15 @@ impl Checker<'_> {
             return;
         };
         for item in items {
+            // `-1` is `m1` and `1.5` is `1p5`, so no two numbers share a suffix.
             let label: String = format_expr(&item)
                 .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .filter_map(|c| match c {
+                    '-' => Some('m'),
+                    '.' => Some('p'),
+                    c if c.is_ascii_alphanumeric() || c == '_' => Some(c),
+                    _ => None,
+                })
                 .collect();
             let key = match &item.kind {
                 ExprKind::Number { value, .. } if value.fract() == 0.0 => {
