@@ -52,6 +52,23 @@ pub struct Call {
     pub args: BTreeMap<&'static str, Value>,
 }
 
+impl Call {
+    /// The declared names (datasets, SAEs, variants, tables) its arguments refer to,
+    /// lists included, in argument order.
+    pub fn names(&self) -> Vec<&str> {
+        fn walk<'v>(value: &'v Value, out: &mut Vec<&'v str>) {
+            match value {
+                Value::Name(name) => out.push(name),
+                Value::List(items) => items.iter().for_each(|item| walk(item, out)),
+                _ => {}
+            }
+        }
+        let mut names = Vec::new();
+        self.args.values().for_each(|value| walk(value, &mut names));
+        names
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Number(f64),

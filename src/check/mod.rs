@@ -404,21 +404,13 @@ impl Checker<'_> {
                     _ => None,
                 })
                 .collect();
-            let key = match &item.kind {
-                ExprKind::Number { value, .. } if value.fract() == 0.0 => {
-                    (Value::Integer(*value as i64), ColumnType::Integer)
-                }
-                ExprKind::Number { value, .. } => (Value::Number(*value), ColumnType::Number),
-                ExprKind::Unary {
-                    op: UnaryOp::Neg, ..
-                } => match args::number(&item) {
-                    Some(n) if n.fract() == 0.0 => (Value::Integer(n as i64), ColumnType::Integer),
-                    Some(n) => (Value::Number(n), ColumnType::Number),
-                    None => (Value::Str(format_expr(&item)), ColumnType::Str),
-                },
-                ExprKind::Bool(b) => (Value::Bool(*b), ColumnType::Bool),
-                ExprKind::Str(text) => (Value::Str(text.clone()), ColumnType::Str),
-                _ => (Value::Str(format_expr(&item)), ColumnType::Str),
+            let key = match (args::number(&item), &item.kind) {
+                (Some(n), _) if n.fract() == 0.0 => (Value::Integer(n as i64), ColumnType::Integer),
+                (Some(n), _) => (Value::Number(n), ColumnType::Number),
+                (None, ExprKind::Bool(b)) => (Value::Bool(*b), ColumnType::Bool),
+                (None, ExprKind::Str(text)) => (Value::Str(text.clone()), ColumnType::Str),
+                // A head (`L1H4`) or a name: its text.
+                (None, _) => (Value::Str(format_expr(&item)), ColumnType::Str),
             };
             let suffix = format!("{}_{label}", self.suffix());
             self.loops.push(LoopPass {
@@ -490,17 +482,7 @@ impl Checker<'_> {
                 );
                 return None;
             }
-            let value = match &arg.value.kind {
-                ExprKind::Ref {
-                    path,
-                    selector: None,
-                } => match self.lookup(path) {
-                    Some((_, (Binding::Literal(bound), _))) => args::number(bound),
-                    _ => None,
-                },
-                _ => args::number(&arg.value),
-            };
-            match value {
+            match args::number(&self.dereference(&arg.value)) {
                 Some(n) if n.fract() == 0.0 => bounds.push(n as i64),
                 _ => {
                     self.error(arg.value.span, "`range` counts in whole numbers")
@@ -806,18 +788,8 @@ impl Checker<'_> {
     /// The variants a measurement names that a `for` body declared, each with its name as
     /// written: the measurement's columns and cells use that name.
     fn loop_labels(&self, call: &Call) -> Vec<(String, String)> {
-        fn names<'v>(value: &'v Value, out: &mut Vec<&'v str>) {
-            match value {
-                Value::Name(name) => out.push(name),
-                Value::List(items) => items.iter().for_each(|item| names(item, out)),
-                _ => {}
-            }
-        }
-        let mut found = Vec::new();
-        call.args
-            .values()
-            .for_each(|value| names(value, &mut found));
-        let mut labels: Vec<(String, String)> = found
+        let mut labels: Vec<(String, String)> = call
+            .names()
             .into_iter()
             .filter(|name| matches!(self.scope.get(*name), Some((Binding::Variant, _))))
             .filter_map(|name| Some((name.to_owned(), self.written.get(name)?.clone())))

@@ -187,31 +187,24 @@ fn run(
 /// The index of the last step that runs each variant, directly or as the source another
 /// variant patches from.
 fn variants_last_used(plan: &Plan) -> std::collections::BTreeMap<String, usize> {
-    fn names<'v>(value: &'v Value, out: &mut Vec<&'v str>) {
-        match value {
-            Value::Name(name) => out.push(name),
-            Value::List(items) => items.iter().for_each(|item| names(item, out)),
-            _ => {}
-        }
-    }
-    fn call_names<'c>(call: &'c Call, out: &mut Vec<&'c str>) {
-        call.args.values().for_each(|value| names(value, out));
-    }
     let mut last = std::collections::BTreeMap::new();
     for (index, step) in plan.steps.iter().enumerate() {
-        let mut found = Vec::new();
-        match step {
-            Step::Text { .. } => {}
+        let found: Vec<&str> = match step {
+            Step::Text { .. } => Vec::new(),
             Step::Compute { call, .. }
             | Step::Plot { call, .. }
-            | Step::Dashboards { call, .. } => call_names(call, &mut found),
+            | Step::Dashboards { call, .. } => call.names(),
             Step::Table { source, ops, .. } | Step::Expect { source, ops, .. } => {
-                if let TableSource::Call { call, .. } = source {
-                    call_names(call, &mut found);
-                }
-                ops.iter().for_each(|op| call_names(op, &mut found));
+                let source = match source {
+                    TableSource::Call { call, .. } => call.names(),
+                    _ => Vec::new(),
+                };
+                source
+                    .into_iter()
+                    .chain(ops.iter().flat_map(Call::names))
+                    .collect()
             }
-        }
+        };
         for name in found {
             if plan.variants.iter().any(|v| v.name == name) {
                 last.insert(name.to_owned(), index);
@@ -224,12 +217,7 @@ fn variants_last_used(plan: &Plan) -> std::collections::BTreeMap<String, usize> 
         let Some(&until) = last.get(&variant.name) else {
             continue;
         };
-        let mut sources = Vec::new();
-        variant
-            .value
-            .iter()
-            .for_each(|call| call_names(call, &mut sources));
-        for source in sources {
+        for source in variant.value.iter().flat_map(Call::names) {
             if plan.variants.iter().any(|v| v.name == source) {
                 let entry = last.entry(source.to_owned()).or_insert(until);
                 *entry = (*entry).max(until);
