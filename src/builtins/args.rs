@@ -228,15 +228,9 @@ impl<'c> Args<'c> {
         use crate::builtins::interventions::VectorArg;
         match self.get(name) {
             Some(Value::Computed(n)) => Ok(VectorArg::Computed(n.clone())),
-            Some(Value::List(items)) => items
-                .iter()
-                .map(|item| match item {
-                    Value::Number(x) => Ok(*x),
-                    Value::Integer(n) => Ok(*n as f64),
-                    other => Err(self.error(name, format!("holds {other}, not a number"))),
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(VectorArg::Given),
+            Some(Value::List(items)) => crate::builtins::interventions::vector_numbers(items)
+                .map(VectorArg::Given)
+                .map_err(|why| self.error(name, why)),
             _ => Err(self.error(name, "is missing or not a vector")),
         }
     }

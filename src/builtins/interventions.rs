@@ -134,22 +134,27 @@ impl VectorArg {
         &self,
         values: &std::collections::BTreeMap<String, crate::plan::Value>,
     ) -> Result<Vec<f64>, String> {
-        use crate::plan::Value;
-        let list = match self {
-            VectorArg::Given(numbers) => return Ok(numbers.clone()),
+        match self {
+            VectorArg::Given(numbers) => Ok(numbers.clone()),
             VectorArg::Computed(name) => match values.get(name) {
-                Some(Value::List(items)) => items,
-                _ => return Err(format!("`{name}` has no vector value")),
+                Some(crate::plan::Value::List(items)) => vector_numbers(items),
+                _ => Err(format!("`{name}` has no vector value")),
             },
-        };
-        list.iter()
-            .map(|item| match item {
-                Value::Number(x) => Ok(*x),
-                Value::Integer(n) => Ok(*n as f64),
-                other => Err(format!("a vector holds numbers, not {other}")),
-            })
-            .collect()
+        }
     }
+}
+
+/// The numbers of a vector's items (whole numbers count as numbers).
+pub fn vector_numbers(items: &[crate::plan::Value]) -> Result<Vec<f64>, String> {
+    use crate::plan::Value;
+    items
+        .iter()
+        .map(|item| match item {
+            Value::Number(x) => Ok(*x),
+            Value::Integer(n) => Ok(*n as f64),
+            other => Err(format!("a vector holds numbers, not {other}")),
+        })
+        .collect()
 }
 
 impl InterventionCall {
