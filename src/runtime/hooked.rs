@@ -209,11 +209,12 @@ impl<'r> HookedModel<'r> {
         Some(run_session(session, batch, extra))
     }
 
-    /// Drops the sessions of graphs cached under `key` (what [`Self::forward_graph`]
-    /// was given), releasing their copies of the weights.
-    pub fn forget_graphs(&mut self, key: impl Fn(&str) -> bool) {
-        self.sessions
-            .retain(|cached, _| !cached.strip_prefix("graph:").is_some_and(&key));
+    /// Drops the sessions of the graphs cached under `name|outputs` keys (how callers
+    /// key [`Self::forward_graph`] for a variant or an edited graph), releasing their
+    /// copies of the weights.
+    pub fn forget_graphs(&mut self, name: &str) {
+        let prefix = format!("graph:{name}|");
+        self.sessions.retain(|key, _| !key.starts_with(&prefix));
     }
 
     /// Real tokens run through the model so far, over every graph: the work a run did.

@@ -149,6 +149,17 @@ pub fn log_softmax_row(logits: ArrayView1<'_, f32>) -> Vec<f64> {
     logits.iter().map(|&x| x as f64 - log_sum).collect()
 }
 
+/// How many tokens rank above `token` in one row of logits: those with a higher logit,
+/// and those with an equal one and a lower id (the order `test_prompt` lists).
+pub fn token_rank(logits: ArrayView1<'_, f32>, token: usize) -> usize {
+    let own = logits[token];
+    logits
+        .iter()
+        .enumerate()
+        .filter(|&(t, &l)| l > own || (l == own && t < token))
+        .count()
+}
+
 /// Cross-entropy of each next token (see [`NextTokenLogits::losses`]).
 pub fn token_losses(logits: &Array3<f32>, batch: &Batch) -> Vec<Vec<f32>> {
     NextTokenLogits::new(logits, batch).losses()

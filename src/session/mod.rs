@@ -264,8 +264,7 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
     /// Releases the compiled sessions of an ad-hoc `graph` (each holds a copy of the
     /// weights) once a step is done with it.
     pub(crate) fn forget_graph(&mut self, graph: &Graph) {
-        let prefix = format!("{graph}|");
-        self.model.forget_graphs(|key| key.starts_with(&prefix));
+        self.model.forget_graphs(&graph.to_string());
     }
 
     /// Records that the current step read `output` from `graph` (unless the read serves
@@ -345,6 +344,12 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
             unembed,
             tied: config.tied_embeddings,
         })
+    }
+
+    /// [`Self::answer_token`] of an answer given in the source or computed by a `let`, as
+    /// an index into the logits.
+    pub(crate) fn answer(&self, answer: &crate::builtins::args::Text) -> Result<usize, Failure> {
+        Ok(self.answer_token(&answer.resolve(&self.values)?)? as usize)
     }
 
     /// The one token an answer stands for (`" says"`); an answer of several tokens is

@@ -246,8 +246,7 @@ impl Session<'_, '_, '_> {
     /// Releases the compiled graphs of `variant` (each a session holding its own copy
     /// of the weights); a later step that runs it compiles it again.
     pub fn forget_variant(&mut self, variant: &str) {
-        let prefix = format!("{variant}|");
-        self.model.forget_graphs(|key| key.starts_with(&prefix));
+        self.model.forget_graphs(variant);
     }
 
     pub(crate) fn variant_graph(

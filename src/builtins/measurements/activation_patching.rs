@@ -151,8 +151,8 @@ impl Measure for ActivationPatching {
                 corrupted.len()
             ));
         }
-        let answer = s.answer_token(&self.answer.resolve(&s.values)?)? as usize;
-        let versus = s.answer_token(&self.versus.resolve(&s.values)?)? as usize;
+        let answer = s.answer(&self.answer)?;
+        let versus = s.answer(&self.versus)?;
         let n_layers = s.model.manifest.config.n_layers;
         let layers = self.layers(Some(n_layers));
         if let Some(layer) = layers.iter().find(|&&l| l >= n_layers) {

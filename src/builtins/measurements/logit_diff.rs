@@ -11,7 +11,7 @@ use crate::builtins::spec::{Builtin, Produces, Type, VARIANTS, opt, req};
 use crate::hooks::LOGITS;
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
-use crate::runtime::log_softmax_row;
+use crate::runtime::{log_softmax_row, token_rank};
 use crate::session::{Failure, Session, position};
 
 pub const SPEC: Builtin = Builtin {
@@ -70,11 +70,8 @@ impl Measure for LogitDiff {
 
     fn run(&self, s: &mut Session, name: &str) -> Result<Table, Failure> {
         let prompt = self.prompt.resolve(&s.values)?;
-        let answer = s.answer_token(&self.answer.resolve(&s.values)?)? as usize;
-        let versus = match &self.versus {
-            Some(text) => Some(s.answer_token(&text.resolve(&s.values)?)? as usize),
-            None => None,
-        };
+        let answer = s.answer(&self.answer)?;
+        let versus = self.versus.as_ref().map(|v| s.answer(v)).transpose()?;
         let tokens = s.prompt_tokens(&prompt)?;
         let at = position(&tokens, self.pos)?;
         let batch = s
@@ -89,12 +86,7 @@ impl Measure for LogitDiff {
             let logits = forward.logits.expect("logits requested");
             let row = logits.slice(s![0, at, ..]);
             let log_probs = log_softmax_row(row);
-            // Tokens with a higher logit (ties to the lower id), as test_prompt ranks.
-            let rank = row
-                .iter()
-                .enumerate()
-                .filter(|&(t, &l)| l > row[answer] || (l == row[answer] && t < answer))
-                .count();
+            let rank = token_rank(row, answer);
             let mut cells = vec![
                 Cell::Str(variant.unwrap_or("clean").to_owned()),
                 Cell::Number(f64::from(row[answer])),

@@ -81,11 +81,8 @@ impl Measure for LogitLens {
 
     fn run(&self, s: &mut Session, name: &str) -> Result<Table, Failure> {
         let prompt = self.prompt.resolve(&s.values)?;
-        let answer = s.answer_token(&self.answer.resolve(&s.values)?)? as usize;
-        let versus = match &self.versus {
-            Some(text) => Some(s.answer_token(&text.resolve(&s.values)?)? as usize),
-            None => None,
-        };
+        let answer = s.answer(&self.answer)?;
+        let versus = self.versus.as_ref().map(|v| s.answer(v)).transpose()?;
         let tokens = s.prompt_tokens(&prompt)?;
         let at = position(&tokens, self.pos)?;
         let batch = s

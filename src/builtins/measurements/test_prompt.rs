@@ -9,7 +9,7 @@ use crate::builtins::spec::{Builtin, Produces, Type, VARIANTS, opt, req};
 use crate::hooks::LOGITS;
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
-use crate::runtime::log_softmax_row;
+use crate::runtime::{log_softmax_row, token_rank};
 use crate::session::{Failure, Session};
 
 pub const SPEC: Builtin = Builtin {
@@ -79,10 +79,7 @@ impl Measure for TestPrompt {
             let log_probs = log_softmax_row(last);
             let mut order: Vec<usize> = (0..last.len()).collect();
             order.sort_by(|&a, &b| last[b].total_cmp(&last[a]).then(a.cmp(&b)));
-            let answer_rank = order
-                .iter()
-                .position(|&t| t == answer_token as usize)
-                .unwrap_or(order.len());
+            let answer_rank = token_rank(last, answer_token as usize);
             for (rank, &token) in order.iter().take(self.top_k).enumerate() {
                 table.rows.push(vec![
                     Cell::Str(variant.unwrap_or("clean").to_owned()),
