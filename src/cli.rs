@@ -48,9 +48,9 @@ enum Command {
     /// the SAEs' configs and the folders it would write, when they exist).
     Check {
         experiment: PathBuf,
-        /// Where report folders go.
-        #[arg(long, default_value = "reports")]
-        reports: PathBuf,
+        /// Where report folders go (default: reports/ in the experiment's project).
+        #[arg(long)]
+        reports: Option<PathBuf>,
         /// Check the file without its model folder (hooks, heads and shapes are then
         /// not checked against the model).
         #[arg(long)]
@@ -70,9 +70,9 @@ enum Command {
     /// Run an experiment and write its report to reports/<experiment name>/.
     Run {
         experiment: PathBuf,
-        /// Where report folders go.
-        #[arg(long, default_value = "reports")]
-        reports: PathBuf,
+        /// Where report folders go (default: reports/ in the experiment's project).
+        #[arg(long)]
+        reports: Option<PathBuf>,
         /// Overrides the experiment's device.
         #[arg(long, value_enum)]
         device: Option<Device>,
@@ -242,6 +242,44 @@ impl Failure {
     }
 }
 
+/// A command that reads an experiment, moved into the experiment's project root: the
+/// experiment's own paths then resolve there from whichever folder the command was
+/// started in, while paths typed on the command line keep meaning what they meant there.
+struct InProject {
+    /// The experiment file, relative to the root where it lies inside it.
+    experiment: PathBuf,
+    started_in: PathBuf,
+    project: crate::project::Project,
+}
+
+impl InProject {
+    fn enter(experiment: &Path) -> Result<InProject, Failure> {
+        let started_in = std::env::current_dir().context("cannot resolve the current folder")?;
+        let project = crate::project::Project::of(experiment, &started_in)
+            .with_context(|| format!("cannot read {}", experiment.display()))?;
+        if started_in.canonicalize().ok().as_ref() != Some(&project.root) {
+            eprintln!("note: {}", project.describe());
+        }
+        std::env::set_current_dir(&project.root)
+            .with_context(|| format!("cannot enter {}", project.root.display()))?;
+        Ok(InProject {
+            experiment: project.relative(&started_in, experiment),
+            started_in,
+            project,
+        })
+    }
+
+    /// A path typed on the command line, as seen from the project root.
+    fn typed(&self, path: &Path) -> PathBuf {
+        self.project.relative(&self.started_in, path)
+    }
+
+    /// Where reports go: `--reports` as typed, else reports/ in the project.
+    fn reports(&self, typed: Option<&Path>) -> PathBuf {
+        typed.map_or_else(|| PathBuf::from("reports"), |path| self.typed(path))
+    }
+}
+
 fn parse_temperature(text: &str) -> Result<f32, String> {
     let t: f32 = text.parse().map_err(|e| format!("{e}"))?;
     if (0.0..=100.0).contains(&t) {
@@ -264,16 +302,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 crate::experiment::Model::Required
             };
-            let (plan, _) =
-                crate::experiment::load(&experiment, Some(&reports), &outputs.scope()?, model)
-                    .map_err(Failure::from_load)?;
+            let entered = InProject::enter(&experiment)?;
+            let reports = entered.reports(reports.as_deref());
+            let (plan, _) = crate::experiment::load(
+                &entered.experiment,
+                Some(&reports),
+                &outputs.scope()?,
+                model,
+            )
+            .map_err(Failure::from_load)?;
             let steps = plan.steps.len();
             let plural = if steps == 1 { "" } else { "s" };
             outln!("{}: ok ({steps} step{plural})", experiment.display());
         }
         Command::Plan { experiment } => {
+            let entered = InProject::enter(&experiment)?;
             let scope = Scope::current(true).context("cannot resolve the current folder")?;
-            let (plan, _) = load_plan(&experiment, None, &scope)?;
+            let (plan, _) = load_plan(&entered.experiment, None, &scope)?;
             out!("{}", crate::builtins::graphs::describe(&plan));
         }
         Command::Fmt { experiment, check } => {
@@ -302,12 +347,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             allow_failed_claims,
             outputs,
         } => {
+            let entered = InProject::enter(&experiment)?;
+            let (experiment, reports) = (&entered.experiment, entered.reports(reports.as_deref()));
             let scope = outputs.scope()?;
-            let (mut plan, source) = load_plan(&experiment, Some(&reports), &scope)?;
+            let (mut plan, source) = load_plan(experiment, Some(&reports), &scope)?;
             if let Some(device) = device {
                 plan.model.device = device;
             }
-            let lock_path = crate::lock::path_for(&experiment);
+            let lock_path = crate::lock::path_for(experiment);
             scope.check_file(&lock_path, crate::lock::HEADER)?;
             let root = std::env::current_dir().context("cannot resolve the current folder")?;
             let locked = crate::lock::read(&lock_path)?;
@@ -391,8 +438,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     outputs,
                 },
         } => {
+            let entered = InProject::enter(&experiment)?;
+            let (experiment, out) = (&entered.experiment, out.map(|p| entered.typed(&p)));
             let scope = outputs.scope()?;
-            let (mut plan, _) = load_plan(&experiment, None, &scope)?;
+            let (mut plan, _) = load_plan(experiment, None, &scope)?;
             if let Some(device) = device {
                 plan.model.device = device;
             }

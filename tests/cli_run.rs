@@ -457,3 +457,58 @@ fn a_missing_model_folder_is_an_error_unless_only_the_syntax_is_checked() {
         .success()
         .stdout("exp.qexp: ok (1 step)\n");
 }
+
+#[test]
+fn paths_resolve_against_the_project_root_from_any_folder() {
+    let dir = common::project_with_tiny_model();
+    let root = dir.path();
+    std::fs::write(root.join("qexp.toml"), "").unwrap();
+    std::fs::create_dir_all(root.join("experiments")).unwrap();
+    std::fs::write(
+        root.join("experiments/e.qexp"),
+        "experiment rooted\nmodel \"models/tiny\"\ndataset d = text(\"data/t.txt\")\ntable s = activations(d, hook = blocks.0.hook_resid_post)\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::write(root.join("data/t.txt"), "the cat sat on the mat\n").unwrap();
+
+    // From the experiment's own folder: the model and dataset are found at the root,
+    // the report goes to the root's reports/ and the lock sits beside the experiment.
+    let output = qexp(&root.join("experiments"))
+        .args(["run", "e.qexp"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("it holds qexp.toml"), "{stderr}");
+    assert!(root.join("reports/rooted/index.html").is_file());
+    assert!(root.join("experiments/e.lock").is_file());
+    assert!(!root.join("experiments/reports").exists());
+    let lock = std::fs::read_to_string(root.join("experiments/e.lock")).unwrap();
+    assert!(lock.contains("data/t.txt"), "{lock}");
+
+    // From an unrelated folder, naming the experiment by its absolute path: the same.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let absolute = root.join("experiments/e.qexp");
+    qexp(elsewhere.path())
+        .args(["check", absolute.to_str().unwrap()])
+        .assert()
+        .success();
+    qexp(elsewhere.path())
+        .args(["run", absolute.to_str().unwrap()])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read_to_string(root.join("experiments/e.lock")).unwrap(),
+        lock
+    );
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+
+    // `--reports` typed on the command line means the folder it names from where it
+    // was typed.
+    qexp(&root.join("experiments"))
+        .args(["run", "e.qexp", "--reports", "here"])
+        .assert()
+        .success();
+    assert!(root.join("experiments/here/rooted/index.html").is_file());
+}
