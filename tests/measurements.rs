@@ -1397,8 +1397,8 @@ fn a_head_ablation_sweep_collects_one_row_per_head_each_matching_an_edited_model
     let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
     let tables = run(
         &model_dir,
-        "for layer in range(2) {
-    for head in range(0, 4) {
+        "for layer in range(model.n_layers) {
+    for head in range(0, model.n_heads) {
         variant zeroed {
             zero(blocks.layer.attn.hook_z[head = head])
         }

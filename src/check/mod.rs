@@ -51,6 +51,33 @@ pub struct Context {
     pub memory_bytes: Option<u64>,
 }
 
+/// `model.NAME` as written, where NAME is none of [`MODEL_SIZES`] (those are bound).
+fn unknown_model_size(expr: &Expr) -> Option<&str> {
+    match &expr.kind {
+        ExprKind::Ref {
+            path,
+            selector: None,
+        } if path.starts_with("model.") => Some(path),
+        _ => None,
+    }
+}
+
+/// Reads one size of a model's configuration.
+pub type ModelSize = fn(&crate::model::TransformerConfig) -> usize;
+
+/// The sizes of the model an experiment may name as `model.NAME`, with TransformerLens'
+/// names (`model.cfg.n_layers`).
+pub const MODEL_SIZES: &[(&str, ModelSize)] = &[
+    ("n_layers", |c| c.n_layers),
+    ("n_heads", |c| c.n_heads),
+    ("n_key_value_heads", |c| c.n_kv_heads),
+    ("d_model", |c| c.d_model),
+    ("d_head", |c| c.d_head),
+    ("d_mlp", |c| c.d_mlp),
+    ("d_vocab", |c| c.d_vocab),
+    ("n_ctx", |c| c.n_ctx),
+];
+
 pub fn check(file: &File, context: &Context) -> Result<Plan, Vec<Diagnostic>> {
     let mut checker = Checker {
         context,
@@ -311,7 +338,7 @@ impl Checker<'_> {
         if let Some(why) = &self.context.model_unreadable {
             self.error(path.span, format!("cannot read the model: {why}"))
                 .hint = Some(
-                "export it there with `qexp export CHECKPOINT -o PATH` (paths are relative to the folder qexp runs in), or check the file alone with `qexp check --syntax-only`".into(),
+                "export it there with `qexp export CHECKPOINT -o PATH` (paths are relative to the project root), or check the file alone with `qexp check --syntax-only`".into(),
             );
         }
         let args = self.bind_args(args, builtins::MODEL_PARAMS, "model", span, None);
@@ -346,6 +373,22 @@ impl Checker<'_> {
             n_layers: self.manifest().map(|m| m.config.n_layers),
             prepend_bos,
         });
+        // TransformerLens' `model.cfg.n_layers`: the model's sizes as names, so a sweep
+        // over every layer or head reads `for layer in range(model.n_layers)`. Checking
+        // a file alone (no manifest) loops such ranges once.
+        let config = self.manifest().map(|m| m.config.clone());
+        for (name, size) in MODEL_SIZES {
+            let value = config.as_ref().map_or(1, size);
+            let literal = Expr {
+                kind: ExprKind::Number {
+                    value: value as f64,
+                    text: value.to_string(),
+                },
+                span,
+            };
+            self.scope
+                .insert(format!("model.{name}"), (Binding::Literal(literal), span));
+        }
     }
 
     /// Declares `name` (with the `for` suffix), refusing a second declaration.
@@ -482,8 +525,24 @@ impl Checker<'_> {
                 );
                 return None;
             }
-            match args::number(&self.dereference(&arg.value)) {
+            let bound = self.dereference(&arg.value);
+            match args::number(&bound) {
                 Some(n) if n.fract() == 0.0 => bounds.push(n as i64),
+                _ if unknown_model_size(&bound).is_some() => {
+                    let sizes: Vec<String> = MODEL_SIZES
+                        .iter()
+                        .map(|(n, _)| format!("model.{n}"))
+                        .collect();
+                    let candidates: Vec<&str> = sizes.iter().map(String::as_str).collect();
+                    let written = unknown_model_size(&bound).unwrap_or_default();
+                    let hint = match nearest(written, &candidates) {
+                        Some(near) => format!("did you mean `{near}`?"),
+                        None => format!("the sizes are {}", sizes.join(", ")),
+                    };
+                    self.error(arg.value.span, format!("the model has no size `{written}`"))
+                        .hint = Some(hint);
+                    return None;
+                }
                 _ => {
                     self.error(arg.value.span, "`range` counts in whole numbers")
                         .hint =
