@@ -323,6 +323,13 @@ impl Generator<'_> {
             Type::Variant => self.name_from(|n| &n.variants),
             Type::Table | Type::Shown => self.name_from(|n| &n.tables),
             Type::Column => (*self.c.pick(COLUMNS)).to_owned(),
+            Type::NewColumn => {
+                if self.mistake(10) {
+                    (*self.c.pick(COLUMNS)).to_owned()
+                } else {
+                    format!("made_{}", self.c.below(3))
+                }
+            }
             Type::ColumnExpr => self.column_expr(0),
             Type::Choice(options) => {
                 if self.mistake(10) {

@@ -130,6 +130,19 @@ impl ColumnType {
     pub fn is_numeric(self) -> bool {
         matches!(self, ColumnType::Integer | ColumnType::Number)
     }
+
+    /// What its cells hold, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ColumnType::Integer => "whole numbers",
+            ColumnType::Number => "numbers",
+            ColumnType::Str => "text",
+            ColumnType::Bool => "true or false",
+            ColumnType::IntegerList => "lists of whole numbers",
+            ColumnType::NumberList => "lists of numbers",
+            ColumnType::StrList => "lists of text",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -193,6 +206,19 @@ pub enum TableSource {
 pub struct CollectedPart {
     pub table: String,
     pub keys: Vec<(String, Value)>,
+}
+
+/// A value written as part of a name: `-1` is `m1` and `1.5` is `1p5`, so no two
+/// numbers share a label; other characters that cannot be in a name are dropped.
+pub fn name_label(text: &str) -> String {
+    text.chars()
+        .filter_map(|c| match c {
+            '-' => Some('m'),
+            '.' => Some('p'),
+            c if c.is_ascii_alphanumeric() || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A measurement's column (`ablated_3_loss`) or variant cell (`ablated_3`) named after a

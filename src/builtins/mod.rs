@@ -82,6 +82,8 @@ pub const BUILTINS: &[Builtin] = &[
     table_ops::EXPLODE,
     table_ops::JOIN,
     table_ops::CONCAT,
+    table_ops::PIVOT,
+    table_ops::UNPIVOT,
     // Plots.
     plots::SCATTER,
     plots::HISTOGRAM,

@@ -18,6 +18,8 @@ pub enum Type {
     Table,
     /// A column of the input table.
     Column,
+    /// A name for a column the operation makes (none of the input's).
+    NewColumn,
     /// An expression over the input table's columns.
     ColumnExpr,
     /// One of a fixed set of names.
@@ -47,6 +49,7 @@ impl Type {
             Type::Variant => "a variant name".into(),
             Type::Table => "a table name".into(),
             Type::Column => "a column name".into(),
+            Type::NewColumn => "a name for a new column".into(),
             Type::ColumnExpr => "an expression over columns".into(),
             Type::Choice(options) => format!("one of {}", options.join(", ")),
             Type::Position => "a position (an index, negative from the end, or `all`)".into(),

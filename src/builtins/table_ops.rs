@@ -89,6 +89,192 @@ pub const CONCAT: Builtin = Builtin {
     params: &[req("with", Type::Table)],
 };
 
+pub const PIVOT: Builtin = Builtin {
+    name: "pivot",
+    produces: Produces::TableOp,
+    summary: "long to wide, last in a pipeline: one row per `rows` key, one column per value of `columns` holding `value`",
+    params: &[
+        req("rows", COLUMNS),
+        req("columns", Type::Column),
+        req("value", Type::Column),
+    ],
+};
+
+pub const UNPIVOT: Builtin = Builtin {
+    name: "unpivot",
+    produces: Produces::TableOp,
+    summary: "wide to long: one row per listed column, its name in `name` and its cell in `value`",
+    params: &[
+        req("columns", COLUMNS),
+        req("name", Type::NewColumn),
+        req("value", Type::NewColumn),
+    ],
+};
+
+/// The name `pivot` gives the column of `value` where the `columns` column holds
+/// `key`: `recovered_head_3`, `loss_variant_zeroed` (the value's name first, so its
+/// tolerance carries over; signs and decimal points spelt as loop labels are).
+pub fn pivoted_name(value: &str, columns: &str, key: &Cell) -> String {
+    // A number as written shortest (`1.5`, not the CSV's `1.500000`).
+    let text = match key {
+        Cell::Number(x) => x.to_string(),
+        other => other.text(),
+    };
+    format!("{value}_{columns}_{}", crate::plan::name_label(&text))
+}
+
+fn pivot(table: Table, rows: &[String], columns: &str, value: &str) -> Result<Table, String> {
+    let index = |name: &str| {
+        table
+            .column(name)
+            .ok_or_else(|| format!("table `{}` has no column `{name}`", table.name))
+    };
+    let row_keys: Vec<usize> = rows.iter().map(|c| index(c)).collect::<Result<_, _>>()?;
+    let (column_key, value_at) = (index(columns)?, index(value)?);
+    // Keys as their CSV text, in order of first appearance (a sweep's order).
+    let text = |row: &[Cell], at: &[usize]| -> String {
+        at.iter()
+            .map(|&i| row[i].csv_text())
+            .collect::<Vec<_>>()
+            .join("\u{1f}")
+    };
+    let mut wide_rows: Vec<Vec<Cell>> = Vec::new();
+    let mut row_of = std::collections::HashMap::new();
+    let mut wide_columns: Vec<String> = Vec::new();
+    let mut column_of: std::collections::HashMap<String, (usize, Cell)> =
+        std::collections::HashMap::new();
+    let mut filled = std::collections::HashSet::new();
+    for row in &table.rows {
+        let key = text(row, &[column_key]);
+        let next = column_of.len();
+        let (c, first) = column_of
+            .entry(key)
+            .or_insert_with(|| (next, row[column_key].clone()))
+            .clone();
+        if c == next {
+            let name = pivoted_name(value, columns, &first);
+            if let Some(clash) = wide_columns.iter().position(|n| *n == name) {
+                let earlier = column_of
+                    .values()
+                    .find(|(i, _)| *i == clash)
+                    .map(|(_, k)| k);
+                return Err(format!(
+                    "`{columns}` values {} and {} would both name column `{name}`",
+                    earlier.map_or_else(String::new, Cell::text),
+                    first.text()
+                ));
+            }
+            wide_columns.push(name);
+        }
+        let next = wide_rows.len();
+        let r = *row_of.entry(text(row, &row_keys)).or_insert(next);
+        if r == next {
+            wide_rows.push(row_keys.iter().map(|&i| row[i].clone()).collect());
+        }
+        if !filled.insert((r, c)) {
+            return Err(format!(
+                "two rows of `{}` have the same {} and `{columns}` {}: pivot needs one `{value}` per cell; `aggregate(by = [...])` them first",
+                table.name,
+                rows.iter()
+                    .map(|r| format!("`{r}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                row[column_key].text()
+            ));
+        }
+        let cells = &mut wide_rows[r];
+        if cells.len() < rows.len() + c + 1 {
+            // A cell no row fills stays empty, as an undefined aggregate does.
+            cells.resize(rows.len() + c + 1, Cell::Str(String::new()));
+        }
+        cells[rows.len() + c] = row[value_at].clone();
+    }
+    let width = rows.len() + wide_columns.len();
+    for cells in &mut wide_rows {
+        cells.resize(width, Cell::Str(String::new()));
+    }
+    let mut names = rows.to_vec();
+    names.extend(wide_columns);
+    Ok(Table {
+        name: table.name,
+        columns: names,
+        rows: wide_rows,
+    })
+}
+
+/// The columns after `unpivot(columns, name, value)`: the others, then `name` (text)
+/// and `value` (the listed columns' type; whole numbers among numbers become numbers).
+/// `Err` names a listed column whose type differs from the first's.
+pub fn unpivoted_columns(
+    columns: Columns,
+    listed: &[String],
+    name: &str,
+    value: &str,
+) -> Result<Columns, String> {
+    let mut value_type: Option<ColumnType> = None;
+    for column in listed {
+        let Some((_, ty)) = columns.iter().find(|(c, _)| c == column) else {
+            continue;
+        };
+        value_type = Some(match (value_type, *ty) {
+            (None, ty) => ty,
+            (Some(a), b) if a == b => a,
+            (Some(a), b) if a.is_numeric() && b.is_numeric() => ColumnType::Number,
+            (Some(a), b) => {
+                return Err(format!(
+                    "`{column}` holds {} where the columns before it hold {}",
+                    b.describe(),
+                    a.describe()
+                ));
+            }
+        });
+    }
+    let mut out: Columns = columns
+        .into_iter()
+        .filter(|(c, _)| !listed.contains(c))
+        .collect();
+    out.push((name.to_owned(), ColumnType::Str));
+    out.push((value.to_owned(), value_type.unwrap_or(ColumnType::Number)));
+    Ok(out)
+}
+
+fn unpivot(table: Table, listed: &[String], name: &str, value: &str) -> Result<Table, String> {
+    let at: Vec<usize> = listed
+        .iter()
+        .map(|c| {
+            table
+                .column(c)
+                .ok_or_else(|| format!("table `{}` has no column `{c}`", table.name))
+        })
+        .collect::<Result<_, _>>()?;
+    let kept: Vec<usize> = (0..table.columns.len())
+        .filter(|i| !at.contains(i))
+        .collect();
+    // Whole numbers stack with numbers as numbers, as the checker typed the column.
+    let numbers = at
+        .iter()
+        .any(|&i| table.rows.iter().any(|r| matches!(r[i], Cell::Number(_))));
+    let mut columns: Vec<String> = kept.iter().map(|&i| table.columns[i].clone()).collect();
+    columns.extend([name.to_owned(), value.to_owned()]);
+    let mut rows = Vec::with_capacity(table.rows.len() * at.len());
+    for row in &table.rows {
+        for (&i, column) in at.iter().zip(listed) {
+            let mut out: Vec<Cell> = kept.iter().map(|&k| row[k].clone()).collect();
+            out.push(Cell::Str(column.clone()));
+            out.push(match &row[i] {
+                Cell::Integer(n) if numbers => Cell::Number(*n as f64),
+                cell => cell.clone(),
+            });
+            rows.push(out);
+        }
+    }
+    Ok(Table {
+        name: table.name,
+        columns,
+        rows,
+    })
+}
+
 /// The columns after `join(with, on)`: this table's, then `with`'s other than `on`; the
 /// names both have besides `on` are returned as clashes.
 pub fn joined_columns(left: &Columns, right: &Columns, on: &[String]) -> (Columns, Vec<String>) {
@@ -174,6 +360,21 @@ pub enum TableOp {
     Join { with: String, on: Vec<String> },
     /// The rows of `with` after these.
     Concat(String),
+    /// Long to wide: one row per distinct `rows` key, one column per distinct value of
+    /// `columns` (both in order of first appearance) holding `value`. Its columns come
+    /// from the data, so the checker knows only `rows`: nothing may follow it.
+    Pivot {
+        rows: Vec<String>,
+        columns: String,
+        value: String,
+    },
+    /// Wide to long: each row once per listed column, with the column's name in `name`
+    /// and its cell in `value`.
+    Unpivot {
+        columns: Vec<String>,
+        name: String,
+        value: String,
+    },
     /// One row per distinct value of the `by` columns (in order of first appearance),
     /// with each new column an aggregate over the group's rows.
     Aggregate {
@@ -283,6 +484,16 @@ impl TableOp {
                 on: args.names("on")?,
             },
             "concat" => TableOp::Concat(args.name("with")?),
+            "pivot" => TableOp::Pivot {
+                rows: args.names("rows")?,
+                columns: args.column("columns")?,
+                value: args.column("value")?,
+            },
+            "unpivot" => TableOp::Unpivot {
+                columns: args.names("columns")?,
+                name: args.column("name")?,
+                value: args.column("value")?,
+            },
             "count" => TableOp::Count,
             "group_count" => TableOp::GroupCount(args.column("by")?),
             "explode" => TableOp::Explode(args.names("names")?),
@@ -336,6 +547,15 @@ impl TableOp {
                 }
                 out
             }
+            TableOp::Pivot { rows, .. } => rows
+                .iter()
+                .filter_map(|r| columns.iter().find(|(c, _)| c == r).cloned())
+                .collect(),
+            TableOp::Unpivot {
+                columns: listed,
+                name,
+                value,
+            } => unpivoted_columns(columns.clone(), listed, name, value).unwrap_or(columns),
             TableOp::Filter(_) | TableOp::Sort { .. } | TableOp::Top(_) => columns,
             // The other table's columns come from the checker: see `joined_columns`.
             TableOp::Join { .. } | TableOp::Concat(_) => columns,
@@ -386,6 +606,16 @@ impl TableOp {
                 }
                 table
             }
+            TableOp::Pivot {
+                rows,
+                columns,
+                value,
+            } => pivot(table, rows, columns, value)?,
+            TableOp::Unpivot {
+                columns,
+                name,
+                value,
+            } => unpivot(table, columns, name, value)?,
             TableOp::Filter(condition) => {
                 let columns = table.columns.clone();
                 table
@@ -1103,5 +1333,91 @@ mod tests {
         assert_eq!(stacked.rows[4], heads.rows[0]);
         let refused = TableOp::Concat("layers".into()).apply_with(heads, &tables);
         assert!(refused.is_err(), "different columns are not stacked");
+    }
+
+    #[test]
+    fn pivot_spreads_a_long_table_and_unpivot_stacks_it_back() {
+        let mut long = Table::new("sweep", &["layer", "head", "change"]);
+        for (layer, head, change) in [(0, 0, 0.1), (0, 1, 0.4), (1, 0, 0.2), (1, 1, -0.3)] {
+            long.rows.push(vec![
+                Cell::Integer(layer),
+                Cell::Integer(head),
+                Cell::Number(change),
+            ]);
+        }
+        let pivot = TableOp::Pivot {
+            rows: vec!["layer".into()],
+            columns: "head".into(),
+            value: "change".into(),
+        };
+        let wide = pivot.apply(long.clone()).unwrap();
+        assert_eq!(wide.columns, ["layer", "change_head_0", "change_head_1"]);
+        assert_eq!(
+            wide.rows[1],
+            [Cell::Integer(1), Cell::Number(0.2), Cell::Number(-0.3)]
+        );
+
+        let unpivot = TableOp::Unpivot {
+            columns: vec!["change_head_0".into(), "change_head_1".into()],
+            name: "which".into(),
+            value: "change".into(),
+        };
+        let back = unpivot.apply(wide).unwrap();
+        assert_eq!(back.columns, ["layer", "which", "change"]);
+        let changes: Vec<&Cell> = back.rows.iter().map(|r| &r[2]).collect();
+        let original: Vec<&Cell> = long.rows.iter().map(|r| &r[2]).collect();
+        assert_eq!(changes, original, "row-major order comes back");
+        assert_eq!(back.rows[1][1], Cell::Str("change_head_1".into()));
+
+        // A key with no row leaves its cell empty; two rows for one cell are refused.
+        let mut gappy = long.clone();
+        gappy.rows.remove(3);
+        let wide = pivot.apply(gappy).unwrap();
+        assert_eq!(wide.rows[1][2], Cell::Str(String::new()));
+        let mut doubled = long.clone();
+        doubled.rows.push(long.rows[0].clone());
+        let refused = pivot.apply(doubled).unwrap_err();
+        assert!(refused.contains("aggregate"), "{refused}");
+        // Values that would name the same column are refused, not merged.
+        let mut text = Table::new("t", &["k", "tok", "x"]);
+        for tok in [" the", "the"] {
+            text.rows.push(vec![
+                Cell::Integer(0),
+                Cell::Str(tok.into()),
+                Cell::Number(1.0),
+            ]);
+        }
+        let clash = TableOp::Pivot {
+            rows: vec!["k".into()],
+            columns: "tok".into(),
+            value: "x".into(),
+        }
+        .apply(text)
+        .unwrap_err();
+        assert!(clash.contains("x_tok_the"), "{clash}");
+        assert_eq!(
+            pivoted_name("loss", "scale", &Cell::Number(-1.5)),
+            "loss_scale_m1p5"
+        );
+    }
+
+    #[test]
+    fn unpivot_types_its_value_column() {
+        let columns: Columns = vec![
+            ("prompt".into(), ColumnType::Str),
+            ("n".into(), ColumnType::Integer),
+            ("loss".into(), ColumnType::Number),
+        ];
+        let stacked = unpivoted_columns(
+            columns.clone(),
+            &["n".into(), "loss".into()],
+            "which",
+            "value",
+        )
+        .unwrap();
+        assert_eq!(stacked[2], ("value".to_owned(), ColumnType::Number));
+        assert!(unpivoted_columns(columns, &["prompt".into(), "loss".into()], "w", "v").is_err());
+        let ok = ops("pivot(rows = [str_tokens], columns = pos, value = loss)");
+        assert_eq!(ok.len(), 1);
     }
 }

@@ -409,6 +409,25 @@ impl Checker<'_> {
                 ) => Some(Value::Column(path.clone())),
                 _ => mismatch(self),
             },
+            Type::NewColumn => match &expr.kind {
+                ExprKind::Ref {
+                    path,
+                    selector: None,
+                } if !path.contains('.') => {
+                    if let Some(columns) = columns
+                        && columns.iter().any(|(n, _)| n == path)
+                    {
+                        self.error(
+                            expr.span,
+                            format!("the table already has a column `{path}`"),
+                        )
+                        .hint = Some("name the new column something else".into());
+                        return None;
+                    }
+                    Some(Value::Column(path.clone()))
+                }
+                _ => mismatch(self),
+            },
             Type::ColumnExpr => {
                 let (expr_value, column_type) = self.column_expr(expr, columns.unwrap_or(&[]))?;
                 if column_type != ColumnType::Bool {

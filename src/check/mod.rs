@@ -437,16 +437,7 @@ impl Checker<'_> {
             return;
         };
         for item in items {
-            // `-1` is `m1` and `1.5` is `1p5`, so no two numbers share a suffix.
-            let label: String = format_expr(&item)
-                .chars()
-                .filter_map(|c| match c {
-                    '-' => Some('m'),
-                    '.' => Some('p'),
-                    c if c.is_ascii_alphanumeric() || c == '_' => Some(c),
-                    _ => None,
-                })
-                .collect();
+            let label = crate::plan::name_label(&format_expr(&item));
             let key = match (args::number(&item), &item.kind) {
                 (Some(n), _) if n.fract() == 0.0 => (Value::Integer(n as i64), ColumnType::Integer),
                 (Some(n), _) => (Value::Number(n), ColumnType::Number),
@@ -703,7 +694,7 @@ impl Checker<'_> {
             }
         };
         let mut ops = Vec::new();
-        for stage in stages {
+        for (at, stage) in stages.iter().enumerate() {
             let (call, _) = self.call(
                 stage,
                 Some(&columns),
@@ -731,6 +722,44 @@ impl Checker<'_> {
                         return None;
                     }
                     columns
+                }
+                Ok(TableOp::Unpivot {
+                    columns: listed,
+                    name,
+                    value,
+                }) => {
+                    let problem = if listed.is_empty() {
+                        Some("`unpivot` needs at least one column to stack".to_owned())
+                    } else if name == value {
+                        Some(format!("`name` and `value` are both `{name}`"))
+                    } else {
+                        None
+                    };
+                    let unpivoted = match problem {
+                        Some(problem) => Err(problem),
+                        None => {
+                            builtins::table_ops::unpivoted_columns(columns, &listed, &name, &value)
+                        }
+                    };
+                    match unpivoted {
+                        Ok(columns) => columns,
+                        Err(why) => {
+                            self.error(stage.span, why).hint = Some(
+                                "`unpivot(columns = [clean_loss, zeroed_loss], name = variant, value = loss)` stacks columns of one type".into(),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                Ok(op @ TableOp::Pivot { .. }) => {
+                    if at + 1 < stages.len() {
+                        self.error(stages[at + 1].span, "nothing can follow `pivot`")
+                            .hint = Some(
+                            "pivot's columns come from the data, so they cannot be named before it runs: filter, derive and aggregate the long table, then pivot last".into(),
+                        );
+                        return None;
+                    }
+                    op.columns(columns)
                 }
                 Ok(op) => op.columns(columns),
                 // Its arguments had errors, already reported.
