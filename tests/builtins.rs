@@ -86,6 +86,7 @@ table pushed_diff = logit_diff("the cat sat on the", " the", versus = " a", vari
 table pushed_logit = logit_diff("the cat sat on the", " the", pos = -2)
 table norms = activations(d, blocks.1.hook_resid_post, direction = TOWARDS_CAT)
 table query_norms = activations(lines, blocks.1.attn.hook_q[head = 1, pos = -1])
+table lensed = activations(d, blocks.0.hook_mlp_out, unembed = true)
 table per_layer = patterns | aggregate(by = [layer], best = max(induction_score), n = count())
 table joined = patterns | join(per_layer, on = [layer]) | derive(below_best = best - induction_score)
 table twice = lens | concat(lens)

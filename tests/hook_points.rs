@@ -184,3 +184,33 @@ fn seeded_temperature_sampling_repeats_and_greedy_is_the_argmax() {
         .0;
     assert_eq!(greedy, vec![best as u32]);
 }
+
+#[test]
+fn more_hook_sets_than_sessions_kept_give_the_same_values_when_read_again() {
+    // The clean model keeps a few output-keyed sessions; reading more hook sets than
+    // that evicts the oldest, and reading it again compiles it anew, same numbers.
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let batch = model.batch(&[vec![1, 70, 71]]).unwrap();
+    let hooks = [
+        "blocks.0.hook_resid_pre",
+        "blocks.0.hook_resid_mid",
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_resid_mid",
+        "blocks.1.hook_resid_post",
+        "blocks.1.attn.hook_q",
+    ];
+    let read = |model: &mut HookedModel, hook: &str| {
+        model
+            .forward(&batch, false, &[hook])
+            .unwrap()
+            .hooks
+            .remove(hook)
+            .unwrap()
+    };
+    let first: Vec<_> = hooks.iter().map(|h| read(&mut model, h)).collect();
+    for (hook, before) in hooks.iter().zip(&first) {
+        assert_eq!(&read(&mut model, hook), before, "{hook}");
+    }
+}

@@ -1970,3 +1970,84 @@ table heads = activations(d, blocks.0.attn.hook_z[head = 2, pos = -1])",
         "one row per prompt at pos = -1"
     );
 }
+
+#[test]
+fn activations_through_the_unembedding_at_the_last_block_are_the_logits_less_biases() {
+    // At the last block's output, the final norm's own scale and the unembedding give
+    // the logits less what the biases add (the final LayerNorm's bias and the
+    // unembedding's, left out as logit_lens and logit_attribution leave them out): the
+    // top token, and the next token's logit and rank, must be those of these logits.
+    for (checkpoint, last) in [
+        ("tiny_llama/model.gguf", "blocks.1.hook_resid_post"),
+        ("tiny_gpt_neo", "blocks.1.hook_resid_post"),
+    ] {
+        let (_dir, model_dir) = export_to_temp(&fixture(checkpoint));
+        let tables = run(
+            &model_dir,
+            &format!(
+                "table lens = activations(d, {last}, unembed = true)
+table early = activations(d, blocks.0.hook_resid_post, unembed = true) | filter(next_token_rank >= 0)"
+            ),
+        );
+        let (lens, early) = (&tables[0], &tables[1]);
+        let runtime = runtime();
+        let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+        let bos = model.manifest.special_tokens.prepend_bos;
+        let vocab = model.manifest.config.d_vocab;
+        let mut biases = ndarray::Array1::<f32>::zeros(vocab);
+        if let Ok(ln_b) = model.weight("ln_final.b") {
+            let ln_b = ln_b.into_dimensionality::<ndarray::Ix1>().unwrap();
+            biases += &match model.weight("unembed.W_U") {
+                Ok(w_u) => ln_b.dot(&w_u.into_dimensionality::<ndarray::Ix2>().unwrap()),
+                Err(_) => {
+                    let w_e = model.weight("embed.W_E").unwrap();
+                    w_e.into_dimensionality::<ndarray::Ix2>()
+                        .unwrap()
+                        .dot(&ln_b)
+                }
+            };
+        }
+        if let Ok(b_u) = model.weight("unembed.b_U") {
+            biases += &b_u.into_dimensionality::<ndarray::Ix1>().unwrap();
+        }
+        let mut row = 0;
+        for prompt in PROMPTS {
+            let tokens = model.to_tokens(prompt, bos).unwrap();
+            let batch = model.batch(&[&tokens]).unwrap();
+            let logits = model.forward(&batch, true, &[]).unwrap().logits.unwrap();
+            for pos in 0..tokens.len() {
+                let at = &logits.slice(s![0, pos, ..]) - &biases;
+                let at = at.view();
+                let top = (0..at.len())
+                    .max_by(|&a, &b| at[a].total_cmp(&at[b]).then(b.cmp(&a)))
+                    .unwrap();
+                let text = |column: &str| lens.rows[row][lens.column(column).unwrap()].text();
+                assert_eq!(
+                    text("top_token"),
+                    model.to_string(&[top as u32]).unwrap(),
+                    "{checkpoint} {prompt:?} at {pos}"
+                );
+                match tokens.get(pos + 1) {
+                    Some(&next) => {
+                        let next = next as usize;
+                        let logit = f64::from(at[next]);
+                        assert!(
+                            (number(lens, row, "next_token_logit") - logit).abs() < 1e-3,
+                            "{checkpoint}: {} vs {logit}",
+                            number(lens, row, "next_token_logit")
+                        );
+                        assert_eq!(
+                            number(lens, row, "next_token_rank") as usize,
+                            qexp::runtime::token_rank(at, next)
+                        );
+                    }
+                    None => assert_eq!(text("next_token"), "", "no token after the last"),
+                }
+                row += 1;
+            }
+        }
+        assert_eq!(row, lens.rows.len());
+        // An earlier block reads differently, and the last tokens' empty cells filter out.
+        assert_eq!(early.rows.len(), lens.rows.len() - PROMPTS.len());
+    }
+}

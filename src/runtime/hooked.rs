@@ -20,6 +20,9 @@ use crate::onnx::ModelProto;
 /// itself is handed over from memory.
 const EXTERNAL_DATA_FOLDER: &str = "session.model_external_initializers_file_folder_path";
 
+/// Output-keyed sessions of the clean model kept at once (see `clean_used`).
+const CLEAN_SESSIONS: usize = 4;
+
 pub struct HookedModel<'r> {
     runtime: &'r Runtime,
     dir: PathBuf,
@@ -28,6 +31,10 @@ pub struct HookedModel<'r> {
     graph: ModelProto,
     /// Keyed by the requested outputs, or by a caller's name for a compiled variant.
     sessions: HashMap<String, Session>,
+    /// The output-keyed sessions of the clean model, least recently used first: at most
+    /// [`CLEAN_SESSIONS`] are kept, since each holds its own copy of the weights and a
+    /// sweep reading one hook per pass would otherwise keep one per hook.
+    clean_used: std::collections::VecDeque<String>,
     /// Real (unpadded) tokens run through any graph so far.
     tokens_run: usize,
 }
@@ -68,6 +75,7 @@ impl<'r> HookedModel<'r> {
             tokenizer,
             graph,
             sessions: HashMap::new(),
+            clean_used: std::collections::VecDeque::new(),
             tokens_run: 0,
         })
     }
@@ -143,11 +151,18 @@ impl<'r> HookedModel<'r> {
         }
         outputs.extend_from_slice(hooks);
         let key = outputs.join("\n");
+        self.clean_used.retain(|used| *used != key);
         if !self.sessions.contains_key(&key) {
+            if self.clean_used.len() >= CLEAN_SESSIONS
+                && let Some(oldest) = self.clean_used.pop_front()
+            {
+                self.sessions.remove(&oldest);
+            }
             let compiled = compile::select_outputs(&self.graph, &outputs)?;
             self.sessions
                 .insert(key.clone(), self.build_session(&compiled)?);
         }
+        self.clean_used.push_back(key.clone());
         self.run(&key, batch, &[]).expect("inserted above")
     }
 

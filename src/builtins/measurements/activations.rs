@@ -2,7 +2,10 @@
 //! dataset, reduced so the table stays small: its norm, and its projection on a
 //! direction (a steering vector, a probe, an SAE feature's decoder row written out).
 //! TransformerLens' `cache[hook].norm(dim=-1)` and `cache[hook] @ direction`, over a
-//! whole dataset; `aggregate` makes the means over positions or prompts.
+//! whole dataset; `aggregate` makes the means over positions or prompts. With
+//! `unembed = true`, each residual-stream-wide vector is also read through the final norm
+//! and the unembedding: a logit lens (or, for a component's output, its direct effect)
+//! at every token, `cache[hook]` through `ln_final` and `W_U`.
 
 use ndarray::Axis;
 
@@ -23,6 +26,7 @@ pub const SPEC: Builtin = Builtin {
         req("dataset", Type::Dataset),
         req("hook", Type::Hook),
         opt("direction", crate::builtins::values::VECTOR),
+        opt("unembed", Type::Bool),
     ],
 };
 
@@ -32,7 +36,13 @@ pub struct Activations {
     /// With a head selected, that head's vector; with a position, that position only.
     pub hook: HookRef,
     pub direction: Option<VectorArg>,
+    /// Each vector through the final norm and the unembedding: the token it promotes
+    /// most, and the next token's logit and rank.
+    pub unembed: bool,
 }
+
+/// Rows of vectors read through the unembedding at once: `[rows, vocab]` floats each.
+const UNEMBED_ROWS: usize = 128;
 
 impl Measure for Activations {
     fn bind(args: &Args) -> Result<Self, BindError> {
@@ -43,6 +53,7 @@ impl Measure for Activations {
                 true => Some(args.vector("direction")?),
                 false => None,
             },
+            unembed: args.opt_bool("unembed")?.unwrap_or(false),
         })
     }
 
@@ -57,12 +68,23 @@ impl Measure for Activations {
         if self.direction.is_some() {
             c.push(("projection".into(), Number));
         }
+        if self.unembed {
+            c.extend(columns(&[
+                ("top_token", Str),
+                ("next_token", Str),
+                ("next_token_logit", Number),
+                ("next_token_rank", Integer),
+            ]));
+        }
         c
     }
 
     fn reads(&self, _plan: &Plan) -> Reads {
         let mut reads = Reads::default();
         reads.add(Graph::Clean, self.hook.name.clone());
+        if self.unembed {
+            reads.add(Graph::Clean, crate::hooks::FINAL_SCALE);
+        }
         reads
     }
 
@@ -85,12 +107,22 @@ impl Measure for Activations {
             }
             None => None,
         };
+        let readout = match self.unembed {
+            true => Some(s.readout()?),
+            false => None,
+        };
+        let mut wanted = vec![hook.as_str()];
+        if self.unembed {
+            wanted.push(crate::hooks::FINAL_SCALE);
+        }
         let sequences = s.dataset(&self.dataset)?;
         let mut per_prompt: Vec<Vec<Vec<Cell>>> = vec![Vec::new(); sequences.len()];
         for prompts in length_sorted_chunks(&sequences, s.batch_size()) {
             let batch = s.batch_of(&sequences, &prompts)?;
-            let forward = s.forward(None, &batch, &[hook])?;
+            let forward = s.forward(None, &batch, &wanted)?;
             let value = &forward.hooks[hook];
+            // (prompt, pos, vector, final-norm scale) of each row read through W_U.
+            let mut unembedded: Vec<(usize, usize, Vec<f32>, f32)> = Vec::new();
             for (row, &prompt) in prompts.iter().enumerate() {
                 let tokens = &sequences[prompt];
                 let str_tokens = s.str_tokens(tokens)?;
@@ -106,6 +138,10 @@ impl Measure for Activations {
                         vector.index_axis_inplace(Axis(0), head);
                     }
                     let flat: Vec<f64> = vector.iter().map(|&x| f64::from(x)).collect();
+                    if self.unembed {
+                        let scale = forward.hooks[crate::hooks::FINAL_SCALE][[row, pos, 0]];
+                        unembedded.push((prompt, pos, vector.iter().copied().collect(), scale));
+                    }
                     let mut cells = vec![
                         Cell::Integer(prompt as i64),
                         Cell::Integer(pos as i64),
@@ -127,9 +163,72 @@ impl Measure for Activations {
                     per_prompt[prompt].push(cells);
                 }
             }
+            if let Some(readout) = &readout {
+                self.read_through_unembedding(s, readout, &sequences, unembedded, &mut per_prompt)?;
+            }
         }
         let mut table = table(name, &self.columns());
         table.rows = per_prompt.into_iter().flatten().collect();
         Ok(table)
+    }
+}
+
+impl Activations {
+    /// Appends the unembedding columns to the rows of `vectors`: the top token under
+    /// the final norm and unembedding, and the actual next token's logit (the final norm
+    /// frozen at the clean run's scale, as direct logit attribution reads it) and rank
+    /// (ties to the lower token id). The last token of a prompt has no next token: its
+    /// three next-token cells are empty.
+    fn read_through_unembedding(
+        &self,
+        s: &Session,
+        readout: &crate::analysis::logit_attribution::Readout,
+        sequences: &[Vec<u32>],
+        vectors: Vec<(usize, usize, Vec<f32>, f32)>,
+        per_prompt: &mut [Vec<Vec<Cell>>],
+    ) -> Result<(), Failure> {
+        let d_model = readout.ln_w.len();
+        if let Some((_, _, vector, _)) = vectors.first()
+            && vector.len() != d_model
+        {
+            return Err(format!(
+                "`{}` gives {} numbers per token, but the unembedding reads the residual stream's {d_model}: use `unembed` on a residual stream, attn_out, mlp_out or a head's hook_result",
+                self.hook.name,
+                vector.len()
+            ));
+        }
+        let empty = || Cell::Str(String::new());
+        for chunk in vectors.chunks(UNEMBED_ROWS) {
+            let mut rows = ndarray::Array2::<f32>::zeros((chunk.len(), d_model));
+            for (mut row, (_, _, vector, _)) in rows.rows_mut().into_iter().zip(chunk) {
+                row.assign(&ndarray::ArrayView1::from(vector.as_slice()));
+            }
+            let scales: Vec<f32> = chunk.iter().map(|c| c.3).collect();
+            let logits = readout.logits_f32(rows.view(), &scales);
+            for ((prompt, pos, vector, scale), logits) in chunk.iter().zip(logits.rows()) {
+                let top = (0..logits.len())
+                    .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
+                    .unwrap_or(0);
+                let mut cells = vec![Cell::Str(s.str_tokens(&[top as u32])?.remove(0))];
+                match sequences[*prompt].get(pos + 1) {
+                    Some(&next) => {
+                        let next = next as usize;
+                        let vector = ndarray::ArrayView1::from(vector.as_slice());
+                        cells.extend([
+                            Cell::Str(s.str_tokens(&[next as u32])?.remove(0)),
+                            Cell::Number(readout.logit(vector, *scale, next)),
+                            Cell::Integer(crate::runtime::token_rank(logits, next) as i64),
+                        ]);
+                    }
+                    None => cells.extend([empty(), empty(), empty()]),
+                }
+                let row = per_prompt[*prompt]
+                    .iter_mut()
+                    .find(|r| r[1] == Cell::Integer(*pos as i64))
+                    .ok_or("a row read through the unembedding has no token row")?;
+                row.extend(cells);
+            }
+        }
+        Ok(())
     }
 }
