@@ -80,6 +80,7 @@ let FROM_FILE = vector_file("{VECTOR}")
 variant pushed {
     add(blocks.1.hook_resid_pre, TOWARDS_CAT, scale = 2.0)
     add(blocks.0.hook_resid_post, FROM_FILE)
+    actadd(blocks.0.hook_resid_pre, "cat sat", "dog ran", scale = 3)
 }
 table pushed_answers = test_prompt("the cat sat on the", " the", variants = [pushed])
 table pushed_diff = logit_diff("the cat sat on the", " the", versus = " a", variants = [pushed, ablate])

@@ -2051,3 +2051,76 @@ table early = activations(d, blocks.0.hook_resid_post, unembed = true) | filter(
         assert_eq!(early.rows.len(), lens.rows.len() - PROMPTS.len());
     }
 }
+
+#[test]
+fn actadd_adds_the_prompt_pairs_difference_position_by_position_at_the_front() {
+    use qexp::compile::{self, Intervention, Target, interventions};
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let hook = "blocks.0.hook_resid_post";
+    let tables = run(
+        &model_dir,
+        &format!(
+            "variant loving {{
+    actadd({hook}, \"cat sat\", \"dog ran\", scale = 2)
+}}
+table long = logit_diff(\"the cat sat on the\", \" the\", variants = [loving])
+table short = logit_diff(\"a b\", \" the\", variants = [loving])"
+        ),
+    );
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let bos = model.manifest.special_tokens.prepend_bos;
+    let read = |model: &mut HookedModel, prompt: &str| {
+        let tokens = model.to_tokens(prompt, bos).unwrap();
+        let batch = model.batch(&[&tokens]).unwrap();
+        model.forward(&batch, false, &[hook]).unwrap().hooks[hook]
+            .slice(s![0, .., ..])
+            .to_owned()
+    };
+    let rows = read(&mut model, "cat sat") - read(&mut model, "dog ran");
+    // By hand: one `add` per front position, each that position's row of the difference.
+    let edits: Vec<Intervention> = (0..rows.nrows())
+        .map(|pos| {
+            Intervention::Add(interventions::Add {
+                target: Target {
+                    hook: hook.into(),
+                    head: None,
+                    pos: Some(pos as i64),
+                },
+                vector: rows.row(pos).mapv(|x| x * 2.0),
+            })
+        })
+        .collect();
+    let graph = compile::select_outputs(
+        &interventions::apply(model.graph(), &edits, |_| 4).unwrap(),
+        &["logits"],
+    )
+    .unwrap();
+    let answer = model.to_tokens(" the", false).unwrap()[0] as usize;
+    for (table, prompt) in [(&tables[0], "the cat sat on the"), (&tables[1], "a b")] {
+        let tokens = model.to_tokens(prompt, bos).unwrap();
+        let batch = model.batch(&[&tokens]).unwrap();
+        let steered = model
+            .forward_graph(prompt, &graph, &batch)
+            .unwrap()
+            .logits
+            .unwrap();
+        let expected = f64::from(steered[[0, tokens.len() - 1, answer]]);
+        let (clean, loving) = (
+            number(table, 0, "answer_logit"),
+            number(table, 1, "answer_logit"),
+        );
+        assert!(
+            (loving - expected).abs() < 1e-4,
+            "{prompt}: {loving} vs {expected}"
+        );
+        assert!(
+            (loving - clean).abs() > 1e-3,
+            "{prompt}: the steering changes the answer"
+        );
+    }
+    assert!(
+        tables[1].rows.len() == 2 && rows.nrows() > 3,
+        "the short prompt is shorter than the rows"
+    );
+}

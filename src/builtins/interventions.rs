@@ -74,6 +74,18 @@ pub const ADD: Builtin = Builtin {
     ],
 };
 
+pub const ACTADD: Builtin = Builtin {
+    name: "actadd",
+    produces: Produces::Intervention,
+    summary: "ActAdd: the hook's value on one prompt minus another's, position by position, times scale, added at the front of every sequence",
+    params: &[
+        req("hook", Type::Hook),
+        req("positive", Type::Str).non_empty(),
+        req("negative", Type::Str).non_empty(),
+        opt("scale", Type::Number).within(-1e6, 1e6),
+    ],
+};
+
 pub const PATCH: Builtin = Builtin {
     name: "patch",
     produces: Produces::Intervention,
@@ -118,6 +130,14 @@ pub enum InterventionCall {
     Add {
         hook: HookRef,
         vector: VectorArg,
+        scale: f32,
+    },
+    /// ActAdd: `scale` x (the hook on `positive` - on `negative`), per position, added
+    /// at the first positions of every sequence.
+    ActAdd {
+        hook: HookRef,
+        positive: Text,
+        negative: Text,
         scale: f32,
     },
 }
@@ -191,6 +211,12 @@ impl InterventionCall {
             "add" => InterventionCall::Add {
                 hook: args.hook("hook")?,
                 vector: args.vector("vector")?,
+                scale: args.opt_number("scale")?.unwrap_or(1.0) as f32,
+            },
+            "actadd" => InterventionCall::ActAdd {
+                hook: args.hook("hook")?,
+                positive: args.text("positive")?,
+                negative: args.text("negative")?,
                 scale: args.opt_number("scale")?.unwrap_or(1.0) as f32,
             },
             "patch" => InterventionCall::Patch {

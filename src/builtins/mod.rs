@@ -45,6 +45,7 @@ pub const BUILTINS: &[Builtin] = &[
     interventions::STEER,
     interventions::PATCH,
     interventions::ADD,
+    interventions::ACTADD,
     // Tables.
     measurements::sanity_check::SPEC,
     measurements::generate::SPEC,

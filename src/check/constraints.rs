@@ -157,6 +157,26 @@ impl Checker<'_> {
                 );
             }
         }
+        if call.function == "actadd"
+            && let Some(Value::Hook(hook)) = call.args.get("hook")
+        {
+            let selected = hook.head.is_some() || hook.head_from.is_some() || hook.pos.is_some();
+            let per_head = crate::hooks::point(&hook.name)
+                .is_some_and(|p| p.heads != crate::hooks::Heads::None);
+            if selected || per_head || hooks::has_key_axis(&hook.name) {
+                self.error(
+                    span,
+                    format!(
+                        "`actadd` adds to every front position of a [batch, pos, d] hook; `{}` is not one",
+                        hook.name
+                    ),
+                )
+                .hint = Some(
+                    "use a residual-stream hook without a selector: `blocks.6.hook_resid_pre`"
+                        .into(),
+                );
+            }
+        }
         if call.function == "activation_patching" {
             let by = match call.args.get("by") {
                 Some(Value::Choice(by)) => by.as_str(),

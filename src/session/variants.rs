@@ -6,7 +6,7 @@ use ndarray::{ArrayD, Axis};
 
 use super::{Failure, Session};
 use crate::builtins::interventions::InterventionCall;
-use crate::compile::interventions::{Add, Constant, Patch, Zero};
+use crate::compile::interventions::{Add, AddAtFront, Constant, Patch, Zero};
 use crate::compile::{self, Intervention, SaeEdit, Target, interventions};
 use crate::onnx::ModelProto;
 use crate::runtime::Batch;
@@ -130,6 +130,21 @@ impl Session<'_, '_, '_> {
                         vector: vector.iter().map(|&x| x as f32 * scale).collect(),
                     })
                 }
+                InterventionCall::ActAdd {
+                    hook,
+                    positive,
+                    negative,
+                    scale,
+                } => {
+                    let positive = positive.resolve(&self.values)?;
+                    let negative = negative.resolve(&self.values)?;
+                    let rows =
+                        self.preparing(|s| s.prompt_difference(&hook, &positive, &negative))?;
+                    Intervention::AddAtFront(AddAtFront {
+                        target: self.target(&hook)?,
+                        rows: rows.mapv(|x| x * scale),
+                    })
+                }
                 InterventionCall::Patch {
                     hook,
                     from_variant,
@@ -164,6 +179,41 @@ impl Session<'_, '_, '_> {
         self.variants.insert(variant.to_owned(), resolved.clone());
         self.patches.insert(variant.to_owned(), patches);
         Ok(resolved)
+    }
+
+    /// ActAdd's steering rows: `hook` on `positive` minus on `negative`, position by
+    /// position (`[tokens, d]`). The prompts must be as long in tokens: the paper pads
+    /// the shorter with spaces, which the user can write.
+    pub(crate) fn prompt_difference(
+        &mut self,
+        hook: &crate::hooks::HookRef,
+        positive: &str,
+        negative: &str,
+    ) -> Result<ndarray::Array2<f32>, Failure> {
+        if hook.head.is_some() || hook.head_from.is_some() || hook.pos.is_some() {
+            return Err(format!(
+                "`actadd` adds at the front positions of the whole `{}`: leave out the selector",
+                hook.name
+            ));
+        }
+        let (plus, minus) = (self.prompt_tokens(positive)?, self.prompt_tokens(negative)?);
+        if plus.len() != minus.len() {
+            return Err(format!(
+                "`actadd` subtracts position by position, but {positive:?} is {} token(s) long and {negative:?} {}: pad the shorter with spaces (as the ActAdd paper does) until they match",
+                plus.len(),
+                minus.len()
+            ));
+        }
+        let batch = self.model.batch(&[plus, minus]).map_err(Session::runtime)?;
+        let mut forward = self.forward(None, &batch, &[&hook.name])?;
+        let value = forward.hooks.remove(&hook.name).expect("asked for");
+        let value = value.into_dimensionality::<ndarray::Ix3>().map_err(|_| {
+            format!(
+                "`actadd` adds to a hook laid out [batch, pos, d]; `{}` is not",
+                hook.name
+            )
+        })?;
+        Ok(&value.index_axis(Axis(0), 0) - &value.index_axis(Axis(0), 1))
     }
 
     /// The mean of a hook over every real token of a dataset, from a graph pruned to the hook.

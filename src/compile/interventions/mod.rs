@@ -11,7 +11,7 @@ mod steer;
 pub use ablate::{Constant, Zero};
 pub use patch::Patch;
 pub use sae::SaeEdit;
-pub use steer::Add;
+pub use steer::{Add, AddAtFront};
 
 use super::CompileError;
 use crate::hooks::{Axes, axes};
@@ -36,6 +36,7 @@ pub enum Intervention {
     Constant(Constant),
     Sae(SaeEdit),
     Add(Add),
+    AddAtFront(AddAtFront),
     Patch(Patch),
 }
 
@@ -46,6 +47,7 @@ impl Intervention {
             Intervention::Constant(p) => p,
             Intervention::Sae(p) => p,
             Intervention::Add(p) => p,
+            Intervention::AddAtFront(p) => p,
             Intervention::Patch(p) => p,
         }
     }

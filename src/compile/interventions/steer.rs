@@ -1,4 +1,5 @@
-//! Steering: a vector added along a hook's last axis, at the target's head and positions.
+//! Steering: a vector added along a hook's last axis, at the target's head and positions;
+//! or, as ActAdd does, one vector per position added at the front of every sequence.
 
 use super::{Edit, Pass, Target};
 use crate::compile::CompileError;
@@ -21,5 +22,52 @@ impl Pass for Add {
         let added = e.nodes.vector(&self.vector);
         let steered = e.op("Add", &[clean, &added]);
         Ok(e.where_selected(selected.as_deref(), &steered, clean))
+    }
+}
+
+/// Add row `i` of `rows` to position `i` of a `[batch, pos, d]` hook, for the first
+/// `rows.nrows()` positions of every sequence (fewer where a sequence is shorter):
+/// ActAdd's injection of a prompt pair's difference at the front of the stream.
+#[derive(Debug, Clone)]
+pub struct AddAtFront {
+    pub target: Target,
+    pub rows: ndarray::Array2<f32>,
+}
+
+impl Pass for AddAtFront {
+    fn target(&self) -> &Target {
+        &self.target
+    }
+
+    fn build(&self, e: &mut Edit, clean: &str) -> Result<String, CompileError> {
+        if e.axes.head.is_some() || e.axes.pos != 1 || e.axes.rank != 3 {
+            return Err(CompileError::Unsupported(format!(
+                "adding at the front positions of `{}` (it is not laid out [batch, pos, d])",
+                self.target.hook
+            )));
+        }
+        let k = self.rows.nrows() as i64;
+        let rows = e.nodes.matrix(&self.rows);
+        // The sequence length p as a 1-D tensor; the rows padded with zeros to at least
+        // p, then cut to p, so [p, d] broadcasts over the batch.
+        let shape = e.op("Shape", &[crate::manifest::INPUT_IDS]);
+        let (one, two, zero) = (
+            e.nodes.ints(&[1], &[1]),
+            e.nodes.ints(&[1], &[2]),
+            e.nodes.ints(&[1], &[0]),
+        );
+        let length = e.op("Slice", &[&shape, &one, &two, &zero]);
+        let count = e.nodes.ints(&[1], &[k]);
+        let short = e.op("Sub", &[&length, &count]);
+        let extra = e.op("Max", &[&short, &zero]);
+        let (before, after) = (e.nodes.ints(&[2], &[0, 0]), e.nodes.ints(&[1], &[0]));
+        let pads = e.op_with(
+            "Concat",
+            &[&before, &extra, &after],
+            vec![crate::onnx::build::attr_int("axis", 0)],
+        );
+        let padded = e.op("Pad", &[&rows, &pads]);
+        let front = e.op("Slice", &[&padded, &zero, &length, &zero]);
+        Ok(e.op("Add", &[clean, &front]))
     }
 }
