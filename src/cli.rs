@@ -257,13 +257,17 @@ impl InProject {
         let started_in = std::env::current_dir().context("cannot resolve the current folder")?;
         let project = crate::project::Project::of(experiment, &started_in)
             .with_context(|| format!("cannot read {}", experiment.display()))?;
-        if started_in.canonicalize().ok().as_ref() != Some(&project.root) {
+        let relative = project.relative(&started_in, experiment);
+        // Said whenever the experiment's paths will not resolve where a user may expect:
+        // away from the folder they typed in, or away from an experiment outside it.
+        if started_in.canonicalize().ok().as_ref() != Some(&project.root) || relative.is_absolute()
+        {
             eprintln!("note: {}", project.describe());
         }
         std::env::set_current_dir(&project.root)
             .with_context(|| format!("cannot enter {}", project.root.display()))?;
         Ok(InProject {
-            experiment: project.relative(&started_in, experiment),
+            experiment: relative,
             started_in,
             project,
         })
