@@ -35,6 +35,10 @@ pub struct HookedModel<'r> {
     /// [`CLEAN_SESSIONS`] are kept, since each holds its own copy of the weights and a
     /// sweep reading one hook per pass would otherwise keep one per hook.
     clean_used: std::collections::VecDeque<String>,
+    /// The weights, read once and handed to every session, with the copies ONNX Runtime
+    /// pre-packs for its kernels shared too: a variant's session adds its own nodes,
+    /// not another copy of the model.
+    shared: std::cell::OnceCell<SharedWeights>,
     /// Real (unpadded) tokens run through any graph so far.
     tokens_run: usize,
 }
@@ -76,6 +80,7 @@ impl<'r> HookedModel<'r> {
             graph,
             sessions: HashMap::new(),
             clean_used: std::collections::VecDeque::new(),
+            shared: std::cell::OnceCell::new(),
             tokens_run: 0,
         })
     }
@@ -242,6 +247,28 @@ impl<'r> HookedModel<'r> {
         &self.graph
     }
 
+    /// [`SharedWeights`], read on first use.
+    fn shared_weights(&self) -> Result<&SharedWeights, RuntimeError> {
+        if let Some(shared) = self.shared.get() {
+            return Ok(shared);
+        }
+        let mut values = HashMap::new();
+        for tensor in self.graph.graph.iter().flat_map(|g| &g.initializer) {
+            let (Some(name), true) = (&tensor.name, is_external_f32(tensor)) else {
+                continue;
+            };
+            let array = super::read_weight(&self.dir, &self.graph, name)?;
+            let value = ort::value::Tensor::from_array(array)
+                .map_err(RuntimeError::ort(format!("holding weight `{name}`")))?;
+            values.insert(name.clone(), std::sync::Arc::new(value.into_dyn()));
+        }
+        let shared = SharedWeights {
+            values,
+            prepacked: ort::session::builder::PrepackedWeights::new(),
+        };
+        Ok(self.shared.get_or_init(|| shared))
+    }
+
     fn build_session(&self, graph: &ModelProto) -> Result<Session, RuntimeError> {
         let threads = self.runtime.kernel_threads();
         let builder_error =
@@ -259,6 +286,18 @@ impl<'r> HookedModel<'r> {
             .map_err(builder_error)?
             .with_execution_providers(self.runtime.execution_providers()?)
             .map_err(builder_error)?;
+        let shared = self.shared_weights()?;
+        builder = builder
+            .with_prepacked_weights(&shared.prepacked)
+            .map_err(builder_error)?;
+        // Each of the graph's weights (a pruned graph keeps fewer) from the shared copy.
+        for tensor in graph.graph.iter().flat_map(|g| &g.initializer) {
+            if let Some(value) = tensor.name.as_ref().and_then(|n| shared.values.get(n)) {
+                builder = builder
+                    .with_initializer(tensor.name.as_deref().unwrap_or_default(), value.clone())
+                    .map_err(builder_error)?;
+            }
+        }
         builder
             .commit_from_memory(&graph.encode_to_vec())
             .map_err(RuntimeError::ort(format!(
@@ -266,6 +305,19 @@ impl<'r> HookedModel<'r> {
                 self.dir.display()
             )))
     }
+}
+
+/// A model's weights held once for all its sessions.
+struct SharedWeights {
+    values: HashMap<String, std::sync::Arc<ort::value::DynValue>>,
+    prepacked: ort::session::builder::PrepackedWeights,
+}
+
+/// Whether a graph initializer is a float tensor stored in the external data file (the
+/// weights; small constants the compile passes add are stored inline).
+fn is_external_f32(tensor: &crate::onnx::TensorProto) -> bool {
+    tensor.data_location == Some(crate::onnx::tensor_proto::DataLocation::External as i32)
+        && tensor.data_type == Some(crate::onnx::tensor_proto::DataType::Float as i32)
 }
 
 /// Feeds the inputs the session's graph still has (pruning may drop the mask, or a patched
