@@ -11,6 +11,7 @@ use ort::value::TensorRef;
 use prost::Message;
 use tokenizers::Tokenizer;
 
+use super::shared::SharedWeights;
 use super::{Batch, Runtime, RuntimeError};
 use crate::compile;
 use crate::manifest::{ATTENTION_MASK, GRAPH_FILE, INPUT_IDS, LOGITS, Manifest, TOKENIZER_FILE};
@@ -39,6 +40,9 @@ pub struct HookedModel<'r> {
     /// pre-packs for its kernels shared too: a variant's session adds its own nodes,
     /// not another copy of the model.
     shared: std::cell::OnceCell<SharedWeights>,
+    /// Weights the graph reads transposed, made shared initializers at load (see
+    /// [`super::shared::fold_weight_transposes`]).
+    transposed: Vec<super::shared::Transposed>,
     /// Real (unpadded) tokens run through any graph so far.
     tokens_run: usize,
 }
@@ -60,10 +64,11 @@ impl<'r> HookedModel<'r> {
             path: graph_path.clone(),
             message: e.to_string(),
         })?;
-        let graph = ModelProto::decode(bytes.as_slice()).map_err(|e| RuntimeError::ModelFile {
-            path: graph_path,
-            message: format!("not an ONNX model ({e}); export the model again"),
-        })?;
+        let mut graph =
+            ModelProto::decode(bytes.as_slice()).map_err(|e| RuntimeError::ModelFile {
+                path: graph_path,
+                message: format!("not an ONNX model ({e}); export the model again"),
+            })?;
         let tokenizer_path = dir.join(TOKENIZER_FILE);
         let tokenizer = crate::files::ensure_regular(&tokenizer_path)
             .map_err(|e| e.to_string())
@@ -72,6 +77,7 @@ impl<'r> HookedModel<'r> {
                 path: tokenizer_path.clone(),
                 message,
             })?;
+        let transposed = super::shared::fold_weight_transposes(&mut graph);
         Ok(Self {
             runtime,
             dir: dir.to_owned(),
@@ -81,6 +87,7 @@ impl<'r> HookedModel<'r> {
             sessions: HashMap::new(),
             clean_used: std::collections::VecDeque::new(),
             shared: std::cell::OnceCell::new(),
+            transposed,
             tokens_run: 0,
         })
     }
@@ -252,20 +259,7 @@ impl<'r> HookedModel<'r> {
         if let Some(shared) = self.shared.get() {
             return Ok(shared);
         }
-        let mut values = HashMap::new();
-        for tensor in self.graph.graph.iter().flat_map(|g| &g.initializer) {
-            let (Some(name), true) = (&tensor.name, is_external_f32(tensor)) else {
-                continue;
-            };
-            let array = super::read_weight(&self.dir, &self.graph, name)?;
-            let value = ort::value::Tensor::from_array(array)
-                .map_err(RuntimeError::ort(format!("holding weight `{name}`")))?;
-            values.insert(name.clone(), std::sync::Arc::new(value.into_dyn()));
-        }
-        let shared = SharedWeights {
-            values,
-            prepacked: ort::session::builder::PrepackedWeights::new(),
-        };
+        let shared = SharedWeights::read(&self.dir, &self.graph, &self.transposed)?;
         Ok(self.shared.get_or_init(|| shared))
     }
 
@@ -305,19 +299,6 @@ impl<'r> HookedModel<'r> {
                 self.dir.display()
             )))
     }
-}
-
-/// A model's weights held once for all its sessions.
-struct SharedWeights {
-    values: HashMap<String, std::sync::Arc<ort::value::DynValue>>,
-    prepacked: ort::session::builder::PrepackedWeights,
-}
-
-/// Whether a graph initializer is a float tensor stored in the external data file (the
-/// weights; small constants the compile passes add are stored inline).
-fn is_external_f32(tensor: &crate::onnx::TensorProto) -> bool {
-    tensor.data_location == Some(crate::onnx::tensor_proto::DataLocation::External as i32)
-        && tensor.data_type == Some(crate::onnx::tensor_proto::DataType::Float as i32)
 }
 
 /// Feeds the inputs the session's graph still has (pruning may drop the mask, or a patched

@@ -5,6 +5,7 @@
 mod batch;
 mod hooked;
 mod library;
+mod shared;
 mod text;
 mod weights;
 

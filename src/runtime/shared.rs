@@ -1,0 +1,113 @@
+//! A model's weights held once for every ONNX Runtime session made from it: the clean
+//! model's sessions (one per set of outputs) and every variant's. Each session is given
+//! the same values with `AddInitializer`, and one pre-packed weights container, so a
+//! variant costs its own nodes and buffers, not a copy of the model.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::RuntimeError;
+use crate::onnx::{ModelProto, TensorProto, tensor_proto};
+
+pub(super) struct SharedWeights {
+    pub values: HashMap<String, Arc<ort::value::DynValue>>,
+    pub prepacked: ort::session::builder::PrepackedWeights,
+}
+
+/// A weight the graph reads transposed (a tied unembedding, `Transpose(W_E)`): ONNX
+/// Runtime would fold the transpose into a new constant in every session, so it is made
+/// a shared initializer named `output` instead.
+#[derive(Debug, Clone)]
+pub(super) struct Transposed {
+    pub input: String,
+    pub output: String,
+}
+
+impl SharedWeights {
+    /// Every external float weight of `graph`, read from `dir`, and the transposes.
+    pub fn read(
+        dir: &Path,
+        graph: &ModelProto,
+        transposed: &[Transposed],
+    ) -> Result<SharedWeights, RuntimeError> {
+        let mut values = HashMap::new();
+        let hold = |name: &str, array: ndarray::ArrayD<f32>| {
+            ort::value::Tensor::from_array(array)
+                .map(|value| Arc::new(value.into_dyn()))
+                .map_err(RuntimeError::ort(format!("holding weight `{name}`")))
+        };
+        for tensor in graph.graph.iter().flat_map(|g| &g.initializer) {
+            let Some(name) = tensor.name.as_deref() else {
+                continue;
+            };
+            if is_external_f32(tensor) && !transposed.iter().any(|t| t.output == name) {
+                let array = super::read_weight(dir, graph, name)?;
+                values.insert(name.to_owned(), hold(name, array)?);
+            }
+        }
+        for t in transposed {
+            let array = super::read_weight(dir, graph, &t.input)?;
+            let array = array.t().as_standard_layout().into_owned();
+            values.insert(t.output.clone(), hold(&t.output, array)?);
+        }
+        Ok(SharedWeights {
+            values,
+            prepacked: ort::session::builder::PrepackedWeights::new(),
+        })
+    }
+}
+
+/// Whether a graph initializer is a float tensor stored in the external data file (the
+/// weights; small constants the compile passes add are stored inline).
+pub(super) fn is_external_f32(tensor: &TensorProto) -> bool {
+    tensor.data_location == Some(tensor_proto::DataLocation::External as i32)
+        && tensor.data_type == Some(tensor_proto::DataType::Float as i32)
+}
+
+/// Replaces each `Transpose(perm = [1, 0])` of an external 2-D weight by an initializer
+/// of the transpose's output name. Its TensorProto names the weight's bytes in the data
+/// file (the same size) only so the graph stays valid: every session is given the
+/// transposed values under that name, which ONNX Runtime uses instead of reading them.
+pub(super) fn fold_weight_transposes(model: &mut ModelProto) -> Vec<Transposed> {
+    let Some(graph) = model.graph.as_mut() else {
+        return Vec::new();
+    };
+    let mut folded = Vec::new();
+    let mut added = Vec::new();
+    graph.node.retain(|node| {
+        let is_transpose = node.op_type.as_deref() == Some("Transpose")
+            && node.input.len() == 1
+            && node.output.len() == 1
+            && node
+                .attribute
+                .iter()
+                .all(|a| a.name.as_deref() != Some("perm") || a.ints == [1, 0]);
+        let weight = graph_initializer(
+            &graph.initializer,
+            &node.input.first().cloned().unwrap_or_default(),
+        );
+        match (is_transpose, weight) {
+            (true, Some(weight)) if is_external_f32(weight) && weight.dims.len() == 2 => {
+                let mut tensor = weight.clone();
+                tensor.name = Some(node.output[0].clone());
+                tensor.dims = vec![weight.dims[1], weight.dims[0]];
+                added.push(tensor);
+                folded.push(Transposed {
+                    input: node.input[0].clone(),
+                    output: node.output[0].clone(),
+                });
+                false
+            }
+            _ => true,
+        }
+    });
+    graph.initializer.extend(added);
+    folded
+}
+
+fn graph_initializer<'a>(initializers: &'a [TensorProto], name: &str) -> Option<&'a TensorProto> {
+    initializers
+        .iter()
+        .find(|t| t.name.as_deref() == Some(name))
+}
