@@ -2,7 +2,9 @@
 //!
 //! Three rules keep a user's files safe from an experiment someone else wrote:
 //! - **Only inside the project.** Every output path resolves (symlinks followed) inside
-//!   the folder qexp runs in, unless the user passes `--allow-outside-project`; the
+//!   the project (the experiment's project root, which commands that read an experiment
+//!   move into; for `export`, the folder it runs in), unless the user passes
+//!   `--allow-outside-project`; the
 //!   project folder itself and its ancestors are never outputs.
 //! - **Only what qexp made.** A folder is replaced only when it is empty or holds the
 //!   marker file qexp writes into every output folder, naming the same kind (model, SAE,

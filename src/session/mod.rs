@@ -34,7 +34,8 @@ pub type Failure = String;
 pub struct Session<'p, 'm, 'r> {
     pub plan: &'p Plan,
     pub model: &'m mut HookedModel<'r>,
-    /// Where relative dataset paths start: the folder qexp runs in.
+    /// Where relative dataset paths start: the folder qexp runs in, which the CLI has
+    /// made the experiment's project root.
     pub root: PathBuf,
     /// Where the experiment may save what it makes.
     pub(crate) scope: crate::output::Scope,
