@@ -111,3 +111,64 @@ fn graph_initializer<'a>(initializers: &'a [TensorProto], name: &str) -> Option<
         .iter()
         .find(|t| t.name.as_deref() == Some(name))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::{GraphProto, NodeProto, StringStringEntryProto};
+
+    fn weight(name: &str, dims: &[i64], external: bool) -> TensorProto {
+        TensorProto {
+            name: Some(name.into()),
+            dims: dims.to_vec(),
+            data_type: Some(tensor_proto::DataType::Float as i32),
+            data_location: external.then_some(tensor_proto::DataLocation::External as i32),
+            external_data: vec![StringStringEntryProto {
+                key: Some("location".into()),
+                value: Some("model.onnx.data".into()),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn transpose(input: &str, output: &str) -> NodeProto {
+        NodeProto {
+            input: vec![input.into()],
+            output: vec![output.into()],
+            op_type: Some("Transpose".into()),
+            attribute: vec![crate::onnx::build::attr_ints("perm", &[1, 0])],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_transposed_external_weight_becomes_an_initializer_of_its_own() {
+        let mut model = ModelProto {
+            graph: Some(GraphProto {
+                node: vec![
+                    transpose("embed.W_E", "unembed/Transpose_0"),
+                    transpose("inline", "other/Transpose_0"),
+                ],
+                initializer: vec![
+                    weight("embed.W_E", &[5, 3], true),
+                    weight("inline", &[2, 2], false),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let folded = fold_weight_transposes(&mut model);
+        assert_eq!(folded.len(), 1);
+        assert_eq!(
+            (folded[0].input.as_str(), folded[0].output.as_str()),
+            ("embed.W_E", "unembed/Transpose_0")
+        );
+        let graph = model.graph.unwrap();
+        // The inline constant's transpose stays a node (ONNX Runtime folds it cheaply).
+        assert_eq!(graph.node.len(), 1);
+        assert_eq!(graph.node[0].input, ["inline"]);
+        let added = graph_initializer(&graph.initializer, "unembed/Transpose_0").unwrap();
+        assert_eq!(added.dims, [3, 5]);
+        assert!(is_external_f32(added));
+    }
+}
