@@ -111,6 +111,22 @@ pub const UNPIVOT: Builtin = Builtin {
     ],
 };
 
+/// Where column `name` is in `table`, or an error naming both.
+fn column_index(table: &Table, name: &str) -> Result<usize, String> {
+    table
+        .column(name)
+        .ok_or_else(|| format!("table `{}` has no column `{name}`", table.name))
+}
+
+/// The cells of `row` at `at` as one hashable key: their CSV text, so equal text is an
+/// equal key (as a group's key is compared wherever rows are grouped).
+fn key_text(row: &[Cell], at: &[usize]) -> String {
+    at.iter()
+        .map(|&i| row[i].csv_text())
+        .collect::<Vec<_>>()
+        .join("\u{1f}")
+}
+
 /// The name `pivot` gives the column of `value` where the `columns` column holds
 /// `key`: `recovered_head_3`, `loss_variant_zeroed` (the value's name first, so its
 /// tolerance carries over; signs and decimal points spelt as loop labels are).
@@ -124,50 +140,37 @@ pub fn pivoted_name(value: &str, columns: &str, key: &Cell) -> String {
 }
 
 fn pivot(table: Table, rows: &[String], columns: &str, value: &str) -> Result<Table, String> {
-    let index = |name: &str| {
-        table
-            .column(name)
-            .ok_or_else(|| format!("table `{}` has no column `{name}`", table.name))
-    };
-    let row_keys: Vec<usize> = rows.iter().map(|c| index(c)).collect::<Result<_, _>>()?;
-    let (column_key, value_at) = (index(columns)?, index(value)?);
-    // Keys as their CSV text, in order of first appearance (a sweep's order).
-    let text = |row: &[Cell], at: &[usize]| -> String {
-        at.iter()
-            .map(|&i| row[i].csv_text())
-            .collect::<Vec<_>>()
-            .join("\u{1f}")
-    };
+    let row_keys: Vec<usize> = rows
+        .iter()
+        .map(|c| column_index(&table, c))
+        .collect::<Result<_, _>>()?;
+    let (column_key, value_at) = (column_index(&table, columns)?, column_index(&table, value)?);
+    // Rows and columns in order of first appearance (a sweep's order).
     let mut wide_rows: Vec<Vec<Cell>> = Vec::new();
     let mut row_of = std::collections::HashMap::new();
-    let mut wide_columns: Vec<String> = Vec::new();
-    let mut column_of: std::collections::HashMap<String, (usize, Cell)> =
-        std::collections::HashMap::new();
+    // Each new column's name and the key that made it.
+    let mut wide_columns: Vec<(String, Cell)> = Vec::new();
+    let mut column_of = std::collections::HashMap::new();
     let mut filled = std::collections::HashSet::new();
     for row in &table.rows {
-        let key = text(row, &[column_key]);
-        let next = column_of.len();
-        let (c, first) = column_of
-            .entry(key)
-            .or_insert_with(|| (next, row[column_key].clone()))
-            .clone();
+        let next = wide_columns.len();
+        let c = *column_of
+            .entry(key_text(row, &[column_key]))
+            .or_insert(next);
         if c == next {
-            let name = pivoted_name(value, columns, &first);
-            if let Some(clash) = wide_columns.iter().position(|n| *n == name) {
-                let earlier = column_of
-                    .values()
-                    .find(|(i, _)| *i == clash)
-                    .map(|(_, k)| k);
+            let key = row[column_key].clone();
+            let name = pivoted_name(value, columns, &key);
+            if let Some((_, earlier)) = wide_columns.iter().find(|(n, _)| *n == name) {
                 return Err(format!(
                     "`{columns}` values {} and {} would both name column `{name}`",
-                    earlier.map_or_else(String::new, Cell::text),
-                    first.text()
+                    earlier.text(),
+                    key.text()
                 ));
             }
-            wide_columns.push(name);
+            wide_columns.push((name, key));
         }
         let next = wide_rows.len();
-        let r = *row_of.entry(text(row, &row_keys)).or_insert(next);
+        let r = *row_of.entry(key_text(row, &row_keys)).or_insert(next);
         if r == next {
             wide_rows.push(row_keys.iter().map(|&i| row[i].clone()).collect());
         }
@@ -194,7 +197,7 @@ fn pivot(table: Table, rows: &[String], columns: &str, value: &str) -> Result<Ta
         cells.resize(width, Cell::Str(String::new()));
     }
     let mut names = rows.to_vec();
-    names.extend(wide_columns);
+    names.extend(wide_columns.into_iter().map(|(name, _)| name));
     Ok(Table {
         name: table.name,
         columns: names,
@@ -241,11 +244,7 @@ pub fn unpivoted_columns(
 fn unpivot(table: Table, listed: &[String], name: &str, value: &str) -> Result<Table, String> {
     let at: Vec<usize> = listed
         .iter()
-        .map(|c| {
-            table
-                .column(c)
-                .ok_or_else(|| format!("table `{}` has no column `{c}`", table.name))
-        })
+        .map(|c| column_index(&table, c))
         .collect::<Result<_, _>>()?;
     let kept: Vec<usize> = (0..table.columns.len())
         .filter(|i| !at.contains(i))
@@ -294,18 +293,13 @@ pub fn joined_columns(left: &Columns, right: &Columns, on: &[String]) -> (Column
 }
 
 fn join(left: Table, right: &Table, on: &[String]) -> Result<Table, String> {
-    let index = |table: &Table, name: &str| {
-        table
-            .column(name)
-            .ok_or_else(|| format!("table `{}` has no column `{name}`", table.name))
-    };
     let left_keys: Vec<usize> = on
         .iter()
-        .map(|c| index(&left, c))
+        .map(|c| column_index(&left, c))
         .collect::<Result<_, _>>()?;
     let right_keys: Vec<usize> = on
         .iter()
-        .map(|c| index(right, c))
+        .map(|c| column_index(right, c))
         .collect::<Result<_, _>>()?;
     let kept: Vec<usize> = (0..right.columns.len())
         .filter(|i| !right_keys.contains(i))
@@ -712,15 +706,8 @@ fn aggregate(table: Table, by: &[String], columns: &[(String, Aggregate)]) -> Ta
     let mut groups: Vec<(Vec<Cell>, Vec<usize>)> = Vec::new();
     let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (r, row) in table.rows.iter().enumerate() {
-        let key: Vec<Cell> = keys.iter().map(|&k| row[k].clone()).collect();
-        // Cells as their CSV text: equal text is an equal key, and text hashes.
-        let text = key
-            .iter()
-            .map(Cell::csv_text)
-            .collect::<Vec<_>>()
-            .join("\u{1f}");
-        let g = *index.entry(text).or_insert_with(|| {
-            groups.push((key, Vec::new()));
+        let g = *index.entry(key_text(row, &keys)).or_insert_with(|| {
+            groups.push((keys.iter().map(|&k| row[k].clone()).collect(), Vec::new()));
             groups.len() - 1
         });
         groups[g].1.push(r);

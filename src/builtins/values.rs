@@ -156,7 +156,7 @@ impl ValueCall {
                         let batch = s.model.batch(&[&tokens]).map_err(Session::runtime)?;
                         let mut forward = s.forward(None, &batch, &[&hook.name])?;
                         let value = forward.hooks.remove(&hook.name).expect("asked for");
-                        vector_at(value, target.head, *pos, tokens.len(), &hook.name)
+                        vector_at(value, target.head, *pos, &tokens, &hook.name)
                     };
                 let difference = read(s, &positive)? - read(s, &negative)?;
                 Ok(Value::List(
@@ -265,7 +265,7 @@ fn vector_at(
     value: ndarray::ArrayD<f32>,
     head: Option<usize>,
     pos: Option<i64>,
-    len: usize,
+    tokens: &[u32],
     hook: &str,
 ) -> Result<ndarray::Array1<f64>, Failure> {
     use ndarray::Axis;
@@ -291,15 +291,9 @@ fn vector_at(
         .map_err(|e| e.to_string())?
         .mapv(f64::from);
     Ok(match pos {
-        Some(pos) => {
-            let at = if pos < 0 { len as i64 + pos } else { pos };
-            if at < 0 || at as usize >= len {
-                return Err(format!(
-                    "position {pos} is outside a prompt of {len} tokens"
-                ));
-            }
-            per_position.row(at as usize).to_owned()
-        }
+        Some(pos) => per_position
+            .row(crate::session::position(tokens, Some(pos))?)
+            .to_owned(),
         None => per_position
             .mean_axis(Axis(0))
             .ok_or("an empty prompt has no positions")?,

@@ -274,10 +274,10 @@ impl HookedModel<'_> {
 }
 
 /// Index of the largest logit; the first one on ties, as torch's argmax.
-fn argmax(row: ArrayView1<'_, f32>) -> usize {
+pub fn argmax<T: PartialOrd>(row: ArrayView1<'_, T>) -> usize {
     let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
+    for (i, x) in row.iter().enumerate() {
+        if *x > row[best] {
             best = i;
         }
     }

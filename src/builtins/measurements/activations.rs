@@ -44,6 +44,17 @@ pub struct Activations {
 /// Rows of vectors read through the unembedding at once: `[rows, vocab]` floats each.
 const UNEMBED_ROWS: usize = 128;
 
+/// One token's vector to read through the unembedding, and where its table row is.
+struct Unembedded {
+    prompt: usize,
+    /// The index of its row among the prompt's rows.
+    row: usize,
+    pos: usize,
+    vector: Vec<f32>,
+    /// The final norm's scale of the full stream there.
+    scale: f32,
+}
+
 impl Measure for Activations {
     fn bind(args: &Args) -> Result<Self, BindError> {
         Ok(Self {
@@ -121,8 +132,7 @@ impl Measure for Activations {
             let batch = s.batch_of(&sequences, &prompts)?;
             let forward = s.forward(None, &batch, &wanted)?;
             let value = &forward.hooks[hook];
-            // (prompt, pos, vector, final-norm scale) of each row read through W_U.
-            let mut unembedded: Vec<(usize, usize, Vec<f32>, f32)> = Vec::new();
+            let mut unembedded: Vec<Unembedded> = Vec::new();
             for (row, &prompt) in prompts.iter().enumerate() {
                 let tokens = &sequences[prompt];
                 let str_tokens = s.str_tokens(tokens)?;
@@ -139,8 +149,13 @@ impl Measure for Activations {
                     }
                     let flat: Vec<f64> = vector.iter().map(|&x| f64::from(x)).collect();
                     if self.unembed {
-                        let scale = forward.hooks[crate::hooks::FINAL_SCALE][[row, pos, 0]];
-                        unembedded.push((prompt, pos, vector.iter().copied().collect(), scale));
+                        unembedded.push(Unembedded {
+                            prompt,
+                            row: per_prompt[prompt].len(),
+                            pos,
+                            vector: vector.iter().copied().collect(),
+                            scale: forward.hooks[crate::hooks::FINAL_SCALE][[row, pos, 0]],
+                        });
                     }
                     let mut cells = vec![
                         Cell::Integer(prompt as i64),
@@ -184,11 +199,11 @@ impl Activations {
         s: &Session,
         readout: &crate::analysis::logit_attribution::Readout,
         sequences: &[Vec<u32>],
-        vectors: Vec<(usize, usize, Vec<f32>, f32)>,
+        vectors: Vec<Unembedded>,
         per_prompt: &mut [Vec<Vec<Cell>>],
     ) -> Result<(), Failure> {
         let d_model = readout.ln_w.len();
-        if let Some((_, _, vector, _)) = vectors.first()
+        if let Some(Unembedded { vector, .. }) = vectors.first()
             && vector.len() != d_model
         {
             return Err(format!(
@@ -200,33 +215,27 @@ impl Activations {
         let empty = || Cell::Str(String::new());
         for chunk in vectors.chunks(UNEMBED_ROWS) {
             let mut rows = ndarray::Array2::<f32>::zeros((chunk.len(), d_model));
-            for (mut row, (_, _, vector, _)) in rows.rows_mut().into_iter().zip(chunk) {
-                row.assign(&ndarray::ArrayView1::from(vector.as_slice()));
+            for (mut row, token) in rows.rows_mut().into_iter().zip(chunk) {
+                row.assign(&ndarray::ArrayView1::from(token.vector.as_slice()));
             }
-            let scales: Vec<f32> = chunk.iter().map(|c| c.3).collect();
+            let scales: Vec<f32> = chunk.iter().map(|token| token.scale).collect();
             let logits = readout.logits_f32(rows.view(), &scales);
-            for ((prompt, pos, vector, scale), logits) in chunk.iter().zip(logits.rows()) {
-                let top = (0..logits.len())
-                    .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
-                    .unwrap_or(0);
+            for (token, logits) in chunk.iter().zip(logits.rows()) {
+                let top = crate::runtime::argmax(logits);
                 let mut cells = vec![Cell::Str(s.str_tokens(&[top as u32])?.remove(0))];
-                match sequences[*prompt].get(pos + 1) {
+                match sequences[token.prompt].get(token.pos + 1) {
                     Some(&next) => {
                         let next = next as usize;
-                        let vector = ndarray::ArrayView1::from(vector.as_slice());
+                        let vector = ndarray::ArrayView1::from(token.vector.as_slice());
                         cells.extend([
                             Cell::Str(s.str_tokens(&[next as u32])?.remove(0)),
-                            Cell::Number(readout.logit(vector, *scale, next)),
+                            Cell::Number(readout.logit(vector, token.scale, next)),
                             Cell::Integer(crate::runtime::token_rank(logits, next) as i64),
                         ]);
                     }
                     None => cells.extend([empty(), empty(), empty()]),
                 }
-                let row = per_prompt[*prompt]
-                    .iter_mut()
-                    .find(|r| r[1] == Cell::Integer(*pos as i64))
-                    .ok_or("a row read through the unembedding has no token row")?;
-                row.extend(cells);
+                per_prompt[token.prompt][token.row].extend(cells);
             }
         }
         Ok(())

@@ -107,9 +107,7 @@ impl Measure for LogitLens {
             let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let log_sum = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
             let above = logits.iter().filter(|&&l| l > logits[answer]).count();
-            let top = (0..logits.len())
-                .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
-                .unwrap_or(0);
+            let top = crate::runtime::argmax(logits.view());
             let mut row = vec![
                 Cell::Integer(blocks as i64),
                 Cell::Str(hook.clone()),
