@@ -360,7 +360,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             let lock_path = crate::lock::path_for(experiment);
             scope.check_file(&lock_path, crate::lock::HEADER)?;
-            let root = std::env::current_dir().context("cannot resolve the current folder")?;
+            let root = entered.project.root.clone();
             let locked = crate::lock::read(&lock_path)?;
             // Hashed once, before the run reads them.
             let datasets = crate::lock::dataset_files(&plan, &root);

@@ -517,15 +517,14 @@ impl Checker<'_> {
                 return None;
             }
             let bound = self.dereference(&arg.value);
-            match args::number(&bound) {
-                Some(n) if n.fract() == 0.0 => bounds.push(n as i64),
-                _ if unknown_model_size(&bound).is_some() => {
+            match (args::number(&bound), unknown_model_size(&bound)) {
+                (Some(n), _) if n.fract() == 0.0 => bounds.push(n as i64),
+                (_, Some(written)) => {
                     let sizes: Vec<String> = MODEL_SIZES
                         .iter()
                         .map(|(n, _)| format!("model.{n}"))
                         .collect();
                     let candidates: Vec<&str> = sizes.iter().map(String::as_str).collect();
-                    let written = unknown_model_size(&bound).unwrap_or_default();
                     let hint = match nearest(written, &candidates) {
                         Some(near) => format!("did you mean `{near}`?"),
                         None => format!("the sizes are {}", sizes.join(", ")),

@@ -33,7 +33,7 @@ pub struct HookedModel<'r> {
     /// Keyed by the requested outputs, or by a caller's name for a compiled variant.
     sessions: HashMap<String, Session>,
     /// The output-keyed sessions of the clean model, least recently used first: at most
-    /// [`CLEAN_SESSIONS`] are kept, since each holds its own copy of the weights and a
+    /// [`CLEAN_SESSIONS`] are kept, since each holds its own graph and buffers and a
     /// sweep reading one hook per pass would otherwise keep one per hook.
     clean_used: std::collections::VecDeque<String>,
     /// The weights, read once and handed to every session, with the copies ONNX Runtime
@@ -238,7 +238,7 @@ impl<'r> HookedModel<'r> {
 
     /// Drops the sessions of the graphs cached under `name|outputs` keys (how callers
     /// key [`Self::forward_graph`] for a variant or an edited graph), releasing their
-    /// copies of the weights.
+    /// graphs and buffers.
     pub fn forget_graphs(&mut self, name: &str) {
         let prefix = format!("graph:{name}|");
         self.sessions.retain(|key, _| !key.starts_with(&prefix));
@@ -285,10 +285,15 @@ impl<'r> HookedModel<'r> {
             .with_prepacked_weights(&shared.prepacked)
             .map_err(builder_error)?;
         // Each of the graph's weights (a pruned graph keeps fewer) from the shared copy.
-        for tensor in graph.graph.iter().flat_map(|g| &g.initializer) {
-            if let Some(value) = tensor.name.as_ref().and_then(|n| shared.values.get(n)) {
+        for name in graph
+            .graph
+            .iter()
+            .flat_map(|g| &g.initializer)
+            .filter_map(|t| t.name.as_ref())
+        {
+            if let Some(value) = shared.values.get(name) {
                 builder = builder
-                    .with_initializer(tensor.name.as_deref().unwrap_or_default(), value.clone())
+                    .with_initializer(name, value.clone())
                     .map_err(builder_error)?;
             }
         }

@@ -31,26 +31,36 @@ impl SharedWeights {
         graph: &ModelProto,
         transposed: &[Transposed],
     ) -> Result<SharedWeights, RuntimeError> {
-        let mut values = HashMap::new();
-        let hold = |name: &str, array: ndarray::ArrayD<f32>| {
-            ort::value::Tensor::from_array(array)
-                .map(|value| Arc::new(value.into_dyn()))
-                .map_err(RuntimeError::ort(format!("holding weight `{name}`")))
-        };
+        let mut arrays = HashMap::new();
         for tensor in graph.graph.iter().flat_map(|g| &g.initializer) {
             let Some(name) = tensor.name.as_deref() else {
                 continue;
             };
             if is_external_f32(tensor) && !transposed.iter().any(|t| t.output == name) {
-                let array = super::read_weight(dir, graph, name)?;
-                values.insert(name.to_owned(), hold(name, array)?);
+                arrays.insert(name.to_owned(), super::read_weight(dir, graph, name)?);
             }
         }
+        // Transposed from the weight already read, not read from the file again.
         for t in transposed {
-            let array = super::read_weight(dir, graph, &t.input)?;
-            let array = array.t().as_standard_layout().into_owned();
-            values.insert(t.output.clone(), hold(&t.output, array)?);
+            let array = arrays
+                .get(&t.input)
+                .ok_or_else(|| RuntimeError::ModelFile {
+                    path: dir.join(crate::manifest::GRAPH_FILE),
+                    message: format!("has no weight `{}` to transpose", t.input),
+                })?
+                .t()
+                .as_standard_layout()
+                .into_owned();
+            arrays.insert(t.output.clone(), array);
         }
+        let values = arrays
+            .into_iter()
+            .map(|(name, array)| {
+                let value = ort::value::Tensor::from_array(array)
+                    .map_err(RuntimeError::ort(format!("holding weight `{name}`")))?;
+                Ok((name, Arc::new(value.into_dyn())))
+            })
+            .collect::<Result<_, RuntimeError>>()?;
         Ok(SharedWeights {
             values,
             prepacked: ort::session::builder::PrepackedWeights::new(),
@@ -83,10 +93,10 @@ pub(super) fn fold_weight_transposes(model: &mut ModelProto) -> Vec<Transposed> 
                 .attribute
                 .iter()
                 .all(|a| a.name.as_deref() != Some("perm") || a.ints == [1, 0]);
-        let weight = graph_initializer(
-            &graph.initializer,
-            &node.input.first().cloned().unwrap_or_default(),
-        );
+        let weight = node
+            .input
+            .first()
+            .and_then(|input| graph_initializer(&graph.initializer, input));
         match (is_transpose, weight) {
             (true, Some(weight)) if is_external_f32(weight) && weight.dims.len() == 2 => {
                 let mut tensor = weight.clone();

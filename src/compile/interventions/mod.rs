@@ -103,6 +103,17 @@ impl Edit {
         }
     }
 
+    /// The batch's sequence length, as a 1-D tensor of one element.
+    pub(super) fn sequence_length(&mut self) -> String {
+        let shape = self.op("Shape", &[INPUT_IDS]);
+        let (one, two, zero) = (
+            self.nodes.ints(&[1], &[1]),
+            self.nodes.ints(&[1], &[2]),
+            self.nodes.ints(&[1], &[0]),
+        );
+        self.op("Slice", &[&shape, &one, &two, &zero])
+    }
+
     /// A boolean tensor, broadcastable to the hook, true where the intervention applies;
     /// `None` when it applies everywhere.
     pub(super) fn selection(
@@ -122,13 +133,8 @@ impl Edit {
         };
         let pos = target.pos.map(|pos| {
             // positions [1, p] against each row's target index [b, 1] -> [b, p].
-            let shape = self.op("Shape", &[INPUT_IDS]);
-            let (one, two, zero) = (
-                self.nodes.ints(&[1], &[1]),
-                self.nodes.ints(&[1], &[2]),
-                self.nodes.ints(&[1], &[0]),
-            );
-            let length = self.op("Slice", &[&shape, &one, &two, &zero]);
+            let length = self.sequence_length();
+            let zero = self.nodes.ints(&[1], &[0]);
             let length = self.op("Squeeze", &[&length, &zero]);
             let (start, step) = (self.nodes.ints(&[], &[0]), self.nodes.ints(&[], &[1]));
             let positions = self.op("Range", &[&start, &length, &step]);

@@ -50,13 +50,8 @@ impl Pass for AddAtFront {
         let rows = e.nodes.matrix(&self.rows);
         // The sequence length p as a 1-D tensor; the rows padded with zeros to at least
         // p, then cut to p, so [p, d] broadcasts over the batch.
-        let shape = e.op("Shape", &[crate::manifest::INPUT_IDS]);
-        let (one, two, zero) = (
-            e.nodes.ints(&[1], &[1]),
-            e.nodes.ints(&[1], &[2]),
-            e.nodes.ints(&[1], &[0]),
-        );
-        let length = e.op("Slice", &[&shape, &one, &two, &zero]);
+        let length = e.sequence_length();
+        let zero = e.nodes.ints(&[1], &[0]);
         let count = e.nodes.ints(&[1], &[k]);
         let short = e.op("Sub", &[&length, &count]);
         let extra = e.op("Max", &[&short, &zero]);
