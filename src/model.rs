@@ -15,7 +15,11 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "kebab-case")]
 pub enum Architecture {
     Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
     GptNeo,
+    Gpt2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -72,6 +76,10 @@ pub struct TransformerConfig {
     pub bias: BiasLayout,
     /// The unembedding is the transposed token embedding.
     pub tied_embeddings: bool,
+    /// An RMSNorm over each head's query and key before the rotary embedding (Qwen3's
+    /// `q_norm`/`k_norm`, TransformerLens' `use_qk_norm`). Absent from older manifests.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub qk_norm: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

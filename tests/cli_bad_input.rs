@@ -106,6 +106,73 @@ fn unsupported_architecture_is_named() {
     std::fs::write(dir.path().join("config.json"), r#"{"model_type": "mamba"}"#).unwrap();
     let stderr = export_fails(dir.path());
     assert!(stderr.contains("config.json"), "{stderr}");
+    assert!(
+        stderr.contains("model_type `mamba`; qexp exports Hugging Face folders of gpt2"),
+        "{stderr}"
+    );
+}
+
+/// A copy of the fixture folder `name` whose config.json `edit` rewrote.
+fn edited_hf_folder(name: &str, edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let config_path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn scaled_rotary_embeddings_are_refused_by_name() {
+    let dir = edited_hf_folder("tiny_qwen2", |c| {
+        c["rope_parameters"] = serde_json::json!({"rope_type": "llama3", "rope_theta": 5e5});
+    });
+    let stderr = export_fails(dir.path());
+    assert!(stderr.contains("rotary scaling `llama3`"), "{stderr}");
+}
+
+#[test]
+fn pickled_weights_say_how_to_convert_them() {
+    let dir = edited_hf_folder("tiny_gpt2", |_| {});
+    std::fs::rename(
+        dir.path().join("model.safetensors"),
+        dir.path().join("pytorch_model.bin"),
+    )
+    .unwrap();
+    let stderr = export_fails(dir.path());
+    assert!(stderr.contains("safe_serialization=True"), "{stderr}");
+}
+
+#[test]
+fn a_shard_index_naming_a_file_elsewhere_is_refused() {
+    let dir = edited_hf_folder("tiny_llama_hf", |_| {});
+    let index = dir.path().join("model.safetensors.index.json");
+    let text = std::fs::read_to_string(&index).unwrap().replace(
+        "model-00001-of-00003.safetensors",
+        "../elsewhere.safetensors",
+    );
+    std::fs::write(&index, text).unwrap();
+    let stderr = export_fails(dir.path());
+    assert!(
+        stderr.contains("shard `../elsewhere.safetensors` is not a file name in the folder"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_shard_is_named() {
+    let dir = edited_hf_folder("tiny_llama_hf", |_| {});
+    std::fs::remove_file(dir.path().join("model-00002-of-00003.safetensors")).unwrap();
+    let stderr = export_fails(dir.path());
+    assert!(
+        stderr.contains("model-00002-of-00003.safetensors"),
+        "{stderr}"
+    );
 }
 
 #[test]

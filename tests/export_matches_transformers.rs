@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Reference, assert_close, export_to_temp, fixture, runtime};
-use ndarray::{Array2, s};
+use ndarray::{Array2, ArrayD, s};
 use qexp::runtime::{Batch, HookedModel};
 
 /// Same tolerance for both tiny models: f32 throughout, so only summation order differs.
@@ -53,12 +53,14 @@ fn tiny_llama_gguf_with_every_quant_type_matches_transformers() {
     }
 }
 
-#[test]
-fn tiny_gpt_neo_matches_transformers_in_logits_residuals_and_local_attention() {
-    let (_dir, model_dir) = export_to_temp(&fixture("tiny_gpt_neo"));
+/// Exports the Hugging Face folder `name` and compares logits, the residual stream
+/// entering each block and each layer's attention pattern with transformers' own forward
+/// pass; returns the patterns for checks of their own.
+fn hf_folder_matches_transformers(name: &str) -> std::collections::BTreeMap<String, ArrayD<f32>> {
+    let (_dir, model_dir) = export_to_temp(&fixture(name));
     let runtime = runtime();
     let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
-    let mut reference = Reference::open(&fixture("tiny_gpt_neo/reference.npz"));
+    let mut reference = Reference::open(&fixture(&format!("{name}/reference.npz")));
     let batch = reference_batch(&mut reference);
     let hooks = [
         "blocks.0.hook_resid_pre",
@@ -71,14 +73,14 @@ fn tiny_gpt_neo_matches_transformers_in_logits_residuals_and_local_attention() {
     let expected = reference.f32("logits");
     for (row, &len) in batch.lengths.iter().enumerate() {
         assert_close(
-            "logits",
+            &format!("{name} logits"),
             logits.slice(s![row, ..len, ..]).into_dyn(),
             expected.slice(s![row, ..len, ..]).into_dyn(),
             TOLERANCE,
         );
         for hook in &hooks[..2] {
             assert_close(
-                hook,
+                &format!("{name} {hook}"),
                 forward.hooks[*hook].slice(s![row, ..len, ..]).into_dyn(),
                 reference.f32(hook).slice(s![row, ..len, ..]).into_dyn(),
                 TOLERANCE,
@@ -86,7 +88,7 @@ fn tiny_gpt_neo_matches_transformers_in_logits_residuals_and_local_attention() {
         }
         for hook in &hooks[2..] {
             assert_close(
-                hook,
+                &format!("{name} {hook}"),
                 forward.hooks[*hook]
                     .slice(s![row, .., ..len, ..len])
                     .into_dyn(),
@@ -98,12 +100,49 @@ fn tiny_gpt_neo_matches_transformers_in_logits_residuals_and_local_attention() {
             );
         }
     }
-    // Layer 1 is local with a window of 4: query 10 sees keys 7..=10 only.
-    let local = &forward.hooks["blocks.1.attn.hook_pattern"];
-    let row = local.slice(s![0, 0, 10, ..]);
+    forward.hooks
+}
+
+/// Query 10 of row 0 in a layer whose window is 4 sees keys 7..=10 only.
+fn assert_window_of_four(pattern: &ArrayD<f32>) {
+    let row = pattern.slice(s![0, 0, 10, ..]);
     assert!(
         row.iter().take(7).all(|&p| p == 0.0),
         "keys before the window get no attention: {row}"
     );
     assert!(row.slice(s![7..11]).iter().all(|&p| p > 0.0));
+}
+
+#[test]
+fn tiny_gpt_neo_matches_transformers_in_logits_residuals_and_local_attention() {
+    let hooks = hf_folder_matches_transformers("tiny_gpt_neo");
+    // Layer 1 is local with a window of 4.
+    assert_window_of_four(&hooks["blocks.1.attn.hook_pattern"]);
+}
+
+#[test]
+fn tiny_gpt2_with_fused_conv1d_attention_matches_transformers() {
+    hf_folder_matches_transformers("tiny_gpt2");
+}
+
+#[test]
+fn tiny_llama_folder_with_attention_biases_in_shards_matches_transformers() {
+    hf_folder_matches_transformers("tiny_llama_hf");
+}
+
+#[test]
+fn tiny_mistral_with_a_sliding_window_matches_transformers() {
+    let hooks = hf_folder_matches_transformers("tiny_mistral");
+    assert_window_of_four(&hooks["blocks.0.attn.hook_pattern"]);
+    assert_window_of_four(&hooks["blocks.1.attn.hook_pattern"]);
+}
+
+#[test]
+fn tiny_qwen2_with_qkv_biases_matches_transformers() {
+    hf_folder_matches_transformers("tiny_qwen2");
+}
+
+#[test]
+fn tiny_qwen3_with_query_key_norms_matches_transformers() {
+    hf_folder_matches_transformers("tiny_qwen3");
 }

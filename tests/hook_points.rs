@@ -99,6 +99,63 @@ fn gpt_neo_hooks_obey_their_identities() {
 }
 
 #[test]
+fn hugging_face_family_hooks_obey_their_identities() {
+    for family in [
+        "tiny_gpt2",
+        "tiny_llama_hf",
+        "tiny_mistral",
+        "tiny_qwen2",
+        "tiny_qwen3",
+    ] {
+        check_hook_identities(family);
+    }
+}
+
+#[test]
+fn qwen3_query_and_key_norms_are_hooks_between_the_projection_and_the_rotary() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_qwen3"));
+    let manifest = Manifest::read(&model_dir).unwrap();
+    let shape = |name: &str| manifest.hook(name).map(|h| h.shape.join(","));
+    assert_eq!(
+        shape("blocks.0.attn.q_norm.hook_scale").as_deref(),
+        Some("batch,pos,4,1")
+    );
+    assert_eq!(
+        shape("blocks.0.attn.k_norm.hook_normalized").as_deref(),
+        Some("batch,pos,2,16")
+    );
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let batch = model.batch(&[vec![1, 70, 71, 72]]).unwrap();
+    let hooks = [
+        "blocks.0.attn.hook_q",
+        "blocks.0.attn.q_norm.hook_scale",
+        "blocks.0.attn.q_norm.hook_normalized",
+    ];
+    let f = model.forward(&batch, false, &hooks).unwrap().hooks;
+    // hook_normalized is hook_q divided by its own RMS over each head's 16 dimensions.
+    let q = &f["blocks.0.attn.hook_q"];
+    let rms = q
+        .mapv(|x| x * x)
+        .mean_axis(Axis(3))
+        .unwrap()
+        .mapv(|m| (m + 1e-6).sqrt())
+        .insert_axis(Axis(3));
+    assert_close(
+        "q_norm.hook_scale is the RMS of hook_q",
+        rms.view(),
+        f["blocks.0.attn.q_norm.hook_scale"].view(),
+        TOLERANCE,
+    );
+    assert_close(
+        "q_norm.hook_normalized = hook_q / hook_scale",
+        (q / &rms).view(),
+        f["blocks.0.attn.q_norm.hook_normalized"].view(),
+        TOLERANCE,
+    );
+}
+
+#[test]
 fn manifest_lists_transformer_lens_hook_names_with_shapes() {
     let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
     let manifest = Manifest::read(&model_dir).unwrap();

@@ -250,6 +250,7 @@ mod tests {
                 unembed: false,
             },
             tied_embeddings: true,
+            qk_norm: false,
         }
     }
 

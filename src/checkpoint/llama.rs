@@ -19,7 +19,7 @@ pub(super) fn load(file: &GgufFile) -> Result<Checkpoint, CheckpointError> {
         return Err(CheckpointError::Unsupported {
             path: path.to_owned(),
             what: format!(
-                "architecture `{arch}`; qexp exports `llama` GGUF files and GPT-Neo HF folders"
+                "architecture `{arch}`; qexp exports `llama` GGUF files and Hugging Face folders of GPT-2, GPT-Neo, Llama, Mistral and Qwen"
             ),
         });
     }
@@ -104,6 +104,7 @@ fn read_config(file: &GgufFile) -> Result<TransformerConfig, CheckpointError> {
             unembed: false,
         },
         tied_embeddings: !file.tensors.contains_key("output.weight"),
+        qk_norm: false,
     })
 }
 

@@ -2,12 +2,12 @@
 //! its tokenizer.
 //!
 //! - a `.gguf` file of the Llama family (`llama.rs` over `gguf.rs`), quantized or not;
-//! - a Hugging Face folder with `config.json`, `model.safetensors` and `tokenizer.json`
-//!   of a GPT-Neo model (`gpt_neo.rs`).
+//! - a Hugging Face folder with `config.json`, `model.safetensors` (or its shards) and
+//!   `tokenizer.json` of GPT-2, GPT-Neo, Llama, Mistral, Qwen2 or Qwen3 (`hf/`).
 
 mod gguf;
 mod gguf_tokenizer;
-mod gpt_neo;
+mod hf;
 mod llama;
 pub mod quant;
 
@@ -67,7 +67,7 @@ impl Checkpoint {
     /// folder holding `config.json`.
     pub fn load(path: &Path) -> Result<Self, CheckpointError> {
         if path.is_dir() {
-            return gpt_neo::load(path);
+            return hf::load(path);
         }
         if path.extension().is_some_and(|ext| ext == "gguf") {
             let file = GgufFile::open(path)?;

@@ -208,15 +208,38 @@ fn block(
     ))
 }
 
-/// LayerNorm or RMSNorm with TransformerLens' hooks: `hook_scale` is the divisor,
-/// `hook_normalized` the LayerNorm output after its weight and bias, or the RMSNorm
-/// output before its weight (as TransformerLens places them).
+/// The model's LayerNorm or RMSNorm over the residual stream (`prefix` is `blocks.0.ln1`).
 fn norm(
     cfg: &TransformerConfig,
     weights: &Weights<'_>,
     b: &mut GraphBuilder,
     x: &str,
     prefix: &str,
+) -> Result<String, ExportError> {
+    let dims = ["batch", "pos", "d_model"];
+    norm_over_last_axis(
+        cfg.normalization,
+        cfg.norm_eps,
+        weights,
+        b,
+        x,
+        prefix,
+        &dims,
+    )
+}
+
+/// LayerNorm or RMSNorm over the last axis of `x` (shaped `dims`), with TransformerLens'
+/// hooks: `hook_scale` is the divisor, `hook_normalized` the LayerNorm output after its
+/// weight and bias, or the RMSNorm output before its weight (as TransformerLens places
+/// them).
+fn norm_over_last_axis(
+    kind: Normalization,
+    eps: f32,
+    weights: &Weights<'_>,
+    b: &mut GraphBuilder,
+    x: &str,
+    prefix: &str,
+    dims: &[&str],
 ) -> Result<String, ExportError> {
     let mean = |b: &mut GraphBuilder, x: &str| {
         b.op(
@@ -226,8 +249,8 @@ fn norm(
         )
     };
     let w = weights.write(b, &format!("{prefix}.w"))?;
-    let eps = b.float_scalar(cfg.norm_eps);
-    let centred = match cfg.normalization {
+    let eps = b.float_scalar(eps);
+    let centred = match kind {
         Normalization::LayerNorm => {
             let mu = mean(b, x);
             b.op("Sub", &[x, &mu], vec![])
@@ -238,14 +261,16 @@ fn norm(
     let variance = mean(b, &squared);
     let variance = b.op("Add", &[&variance, &eps], vec![]);
     let scale = b.op("Sqrt", &[&variance], vec![]);
+    let mut scale_dims = dims.to_vec();
+    *scale_dims.last_mut().expect("a norm's input has an axis") = "1";
     let scale = b.hook(
         &format!("{prefix}.hook_scale"),
         &scale,
-        &["batch", "pos", "1"],
+        &scale_dims,
         "the norm's divisor: sqrt(mean square + eps)",
     );
     let normalized = b.op("Div", &[&centred, &scale], vec![]);
-    Ok(match cfg.normalization {
+    Ok(match kind {
         Normalization::LayerNorm => {
             let bias = weights.write(b, &format!("{prefix}.b"))?;
             let scaled = b.op("Mul", &[&normalized, &w], vec![]);
@@ -253,7 +278,7 @@ fn norm(
             b.hook(
                 &format!("{prefix}.hook_normalized"),
                 &shifted,
-                &["batch", "pos", "d_model"],
+                dims,
                 "LayerNorm output, after its weight and bias",
             )
         }
@@ -261,7 +286,7 @@ fn norm(
             let normalized = b.hook(
                 &format!("{prefix}.hook_normalized"),
                 &normalized,
-                &["batch", "pos", "d_model"],
+                dims,
                 "RMSNorm output before its weight (x / scale)",
             );
             b.op("Mul", &[&normalized, &w], vec![])
@@ -315,6 +340,34 @@ fn attention(
         &["batch", "pos", &kv_heads, &d_head_s],
         "values, per key/value head",
     );
+
+    if cfg.qk_norm {
+        // Qwen3's per-head RMSNorm, between hook_q/hook_k and the rotary embedding, where
+        // TransformerLens' `use_qk_norm` puts it.
+        let (q_dims, k_dims) = (
+            ["batch", "pos", &heads, &d_head_s],
+            ["batch", "pos", &kv_heads, &d_head_s],
+        );
+        let rms = Normalization::RmsNorm;
+        q = norm_over_last_axis(
+            rms,
+            cfg.norm_eps,
+            weights,
+            b,
+            &q,
+            &name("attn.q_norm"),
+            &q_dims,
+        )?;
+        k = norm_over_last_axis(
+            rms,
+            cfg.norm_eps,
+            weights,
+            b,
+            &k,
+            &name("attn.k_norm"),
+            &k_dims,
+        )?;
+    }
 
     if let Some((cos, sin)) = &shared.rotary {
         let rotated_q = rotate(b, &q, cos, sin, d_head);
