@@ -20,6 +20,7 @@ pub enum Architecture {
     Qwen3,
     GptNeo,
     Gpt2,
+    GptNeox,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -36,8 +37,25 @@ pub enum Normalization {
 pub enum Positional {
     /// A learned position embedding added to the token embedding (`pos_embed.W_pos`).
     Learned,
-    /// Rotary embedding applied to q and k in HF's rotate-half layout.
-    Rotary { base: f32 },
+    /// Rotary embedding applied to q and k in HF's rotate-half layout, over the first
+    /// `rotary_dim` dimensions of each head (all of them when absent; GPT-NeoX rotates a
+    /// quarter and passes the rest through).
+    Rotary {
+        base: f32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rotary_dim: Option<usize>,
+    },
+}
+
+impl Positional {
+    /// How many of each head's `d_head` dimensions the rotary embedding turns (none for
+    /// learned positions).
+    pub fn rotary_dim(&self, d_head: usize) -> usize {
+        match *self {
+            Positional::Learned => 0,
+            Positional::Rotary { rotary_dim, .. } => rotary_dim.unwrap_or(d_head),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +65,8 @@ pub enum Mlp {
     GatedSilu,
     /// `W_out(gelu_tanh(x W_in + b_in)) + b_out` (GPT-2 / GPT-Neo's `gelu_new`).
     GeluNew,
+    /// `W_out(gelu(x W_in + b_in)) + b_out` with the exact, erf-based GELU (Pythia).
+    Gelu,
 }
 
 /// Every number the graph builder needs to lay out the model.
@@ -80,6 +100,10 @@ pub struct TransformerConfig {
     /// `q_norm`/`k_norm`, TransformerLens' `use_qk_norm`). Absent from older manifests.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub qk_norm: bool,
+    /// Attention and MLP both read the block's input and add to it together (GPT-NeoX's
+    /// `use_parallel_residual`, TransformerLens' `parallel_attn_mlp`): no `hook_resid_mid`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parallel_attn_mlp: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -281,3 +281,25 @@ fn cuda_without_the_gpu_wheel_is_a_clear_error() {
     assert!(stderr.contains("pip install onnxruntime-gpu"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn the_stream_between_parallel_sublayers_is_explained_not_guessed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pythia = fixture("tiny_pythia");
+    let project = |args: &[&str]| qexp().current_dir(dir.path()).args(args).output().unwrap();
+    assert!(
+        project(&["export", pythia.to_str().unwrap(), "-o", "models/pythia"])
+            .status
+            .success()
+    );
+    std::fs::write(
+        dir.path().join("e.qexp"),
+        "experiment e\nmodel \"models/pythia\"\ndataset d = prompts([\"the cat\"])\n\
+         table a = activations(d, blocks.0.hook_resid_mid)\n",
+    )
+    .unwrap();
+    let output = project(&["check", "e.qexp"]);
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("parallel blocks"), "{stderr}");
+}

@@ -126,6 +126,11 @@ fn tiny_gpt2_with_fused_conv1d_attention_matches_transformers() {
 }
 
 #[test]
+fn tiny_pythia_with_parallel_blocks_and_partial_rotary_matches_transformers() {
+    hf_folder_matches_transformers("tiny_pythia");
+}
+
+#[test]
 fn tiny_llama_folder_with_attention_biases_in_shards_matches_transformers() {
     hf_folder_matches_transformers("tiny_llama_hf");
 }

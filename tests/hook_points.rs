@@ -17,9 +17,9 @@ fn check_hook_identities(checkpoint: &str) {
         .batch(&[vec![1, 70, 71, 72, 73, 74, 75, 76], vec![1, 90, 91]])
         .unwrap();
     let has_bias = model.manifest.config.bias.attn_out;
-    let hooks = [
+    let parallel = model.manifest.config.parallel_attn_mlp;
+    let mut hooks = vec![
         "blocks.1.hook_resid_pre",
-        "blocks.1.hook_resid_mid",
         "blocks.1.hook_resid_post",
         "blocks.1.hook_attn_out",
         "blocks.1.hook_mlp_out",
@@ -27,6 +27,9 @@ fn check_hook_identities(checkpoint: &str) {
         "blocks.1.attn.hook_pattern",
         "blocks.1.attn.hook_z",
     ];
+    if !parallel {
+        hooks.push("blocks.1.hook_resid_mid");
+    }
     let f = model.forward(&batch, false, &hooks).unwrap().hooks;
 
     let pattern = &f["blocks.1.attn.hook_pattern"];
@@ -73,6 +76,18 @@ fn check_hook_identities(checkpoint: &str) {
     );
 
     let mid = &f["blocks.1.hook_resid_pre"] + &f["blocks.1.hook_attn_out"];
+    if parallel {
+        // Attention and MLP both read resid_pre; there is no stream between them.
+        let manifest = Manifest::read(&model_dir).unwrap();
+        assert!(manifest.hook("blocks.1.hook_resid_mid").is_none());
+        assert_close(
+            "resid_post = resid_pre + attn_out + mlp_out",
+            (&mid + &f["blocks.1.hook_mlp_out"]).view(),
+            f["blocks.1.hook_resid_post"].view(),
+            TOLERANCE,
+        );
+        return;
+    }
     assert_close(
         "resid_mid = resid_pre + attn_out",
         mid.view(),
@@ -102,6 +117,7 @@ fn gpt_neo_hooks_obey_their_identities() {
 fn hugging_face_family_hooks_obey_their_identities() {
     for family in [
         "tiny_gpt2",
+        "tiny_pythia",
         "tiny_llama_hf",
         "tiny_mistral",
         "tiny_qwen2",

@@ -1507,6 +1507,9 @@ fn logit_attribution_splits_the_answers_logit_over_embeddings_heads_and_mlps() {
     for (checkpoint, prompt, layernorm) in [
         ("tiny_llama/model.gguf", "the cat sat on the", false),
         ("tiny_gpt_neo", "the cat sat on the", true),
+        ("tiny_gpt2", "the cat sat on the", true),
+        ("tiny_pythia", "the cat sat on the", true),
+        ("tiny_qwen3", "the cat sat on the", false),
     ] {
         let (_dir, model_dir) = export_to_temp(&fixture(checkpoint));
         let tables = run(
@@ -1555,8 +1558,12 @@ fn logit_attribution_splits_the_answers_logit_over_embeddings_heads_and_mlps() {
                 .map(|((x, w), u)| (x - mean) / scale * w * u)
                 .sum::<f64>()
         };
-        let expected_rows =
-            1 + usize::from(layernorm) + n_layers * (n_heads + 1 + usize::from(layernorm));
+        // embed, pos_embed where positions are learned, and per layer: each head, the
+        // attention output bias where there is one, the MLP.
+        let learned_positions = config.positional == qexp::model::Positional::Learned;
+        let expected_rows = 1
+            + usize::from(learned_positions)
+            + n_layers * (n_heads + usize::from(config.bias.attn_out) + 1);
         assert_eq!(parts.rows.len(), expected_rows, "{checkpoint}");
         for (layer, hook) in result_hooks.iter().enumerate() {
             let result = &forward.hooks[hook];
@@ -1980,6 +1987,9 @@ fn activations_through_the_unembedding_at_the_last_block_are_the_logits_less_bia
     for (checkpoint, last) in [
         ("tiny_llama/model.gguf", "blocks.1.hook_resid_post"),
         ("tiny_gpt_neo", "blocks.1.hook_resid_post"),
+        ("tiny_gpt2", "blocks.1.hook_resid_post"),
+        ("tiny_pythia", "blocks.1.hook_resid_post"),
+        ("tiny_qwen2", "blocks.1.hook_resid_post"),
     ] {
         let (_dir, model_dir) = export_to_temp(&fixture(checkpoint));
         let tables = run(

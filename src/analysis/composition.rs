@@ -239,7 +239,10 @@ mod tests {
             n_ctx: 16,
             normalization: Normalization::RmsNorm,
             norm_eps: 1e-5,
-            positional: Positional::Rotary { base: 10000.0 },
+            positional: Positional::Rotary {
+                base: 10000.0,
+                rotary_dim: None,
+            },
             mlp: Mlp::GatedSilu,
             attn_scale: 0.5,
             attention_windows: vec![None, None],
@@ -251,6 +254,7 @@ mod tests {
             },
             tied_embeddings: true,
             qk_norm: false,
+            parallel_attn_mlp: false,
         }
     }
 

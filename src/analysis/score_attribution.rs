@@ -14,9 +14,15 @@ pub struct Rotation<'a> {
 }
 
 impl Rotation<'_> {
+    /// Turns the first `cos.len()` dimensions of `x` (all of them but under GPT-NeoX's
+    /// partial rotary) and passes the rest through, as the exported graph does.
     pub fn apply(&self, x: ArrayView1<'_, f32>) -> Array1<f32> {
-        let half = x.len() / 2;
+        let width = self.cos.len();
+        let half = width / 2;
         Array1::from_shape_fn(x.len(), |i| {
+            if i >= width {
+                return x[i];
+            }
             let rotated_half = if i < half { -x[i + half] } else { x[i - half] };
             x[i] * self.cos[i] + rotated_half * self.sin[i]
         })
@@ -93,6 +99,31 @@ mod tests {
         let rotated_k = rotation.apply(k.view());
         let plain = f64::from(q.dot(&k));
         assert!((score_of(q.view(), Some(&rotation), rotated_k.view(), 1.0) - plain).abs() < 1e-5);
+    }
+
+    #[test]
+    fn a_partial_rotary_turns_its_own_width_and_passes_the_rest_through() {
+        // GPT-NeoX: tables two wide on a head four wide turn the pair (x0, x1) only.
+        let angle = 0.7f32;
+        let (cos, sin) = (
+            array![angle.cos(), angle.cos()],
+            array![angle.sin(), angle.sin()],
+        );
+        let rotation = Rotation {
+            cos: cos.view(),
+            sin: sin.view(),
+        };
+        let x = array![1.0f32, 2.0, 3.0, 4.0];
+        let turned = rotation.apply(x.view());
+        let expected = [
+            angle.cos() - 2.0 * angle.sin(),
+            2.0 * angle.cos() + angle.sin(),
+            3.0,
+            4.0,
+        ];
+        for (got, want) in turned.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-6, "{turned} vs {expected:?}");
+        }
     }
 
     #[test]

@@ -86,7 +86,12 @@ impl Checker<'_> {
         };
         if !known.iter().any(|k| k == path) {
             let candidates: Vec<&str> = known.iter().map(String::as_str).collect();
+            let parallel = self.manifest().is_some_and(|m| m.config.parallel_attn_mlp);
             let hint = match nearest(path, &candidates) {
+                _ if parallel && path.ends_with(hooks::RESID_MID) => "this model's attention and \
+                    MLP both read hook_resid_pre (parallel blocks), so there is no stream \
+                    between them; hook_attn_out and hook_mlp_out are what each adds"
+                    .to_owned(),
                 Some(n) => format!("did you mean `{n}`?"),
                 None => "`qexp hooks MODEL` lists the hook points".to_owned(),
             };

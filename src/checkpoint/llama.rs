@@ -93,6 +93,7 @@ fn read_config(file: &GgufFile) -> Result<TransformerConfig, CheckpointError> {
         norm_eps: float("llama.attention.layer_norm_rms_epsilon", 1e-5) as f32,
         positional: Positional::Rotary {
             base: float("llama.rope.freq_base", 10_000.0) as f32,
+            rotary_dim: None,
         },
         mlp: Mlp::GatedSilu,
         attn_scale: 1.0 / (d_head as f32).sqrt(),
@@ -105,6 +106,7 @@ fn read_config(file: &GgufFile) -> Result<TransformerConfig, CheckpointError> {
         },
         tied_embeddings: !file.tensors.contains_key("output.weight"),
         qk_norm: false,
+        parallel_attn_mlp: false,
     })
 }
 

@@ -120,11 +120,12 @@ fn shared_tensors(cfg: &TransformerConfig, b: &mut GraphBuilder) -> Result<Share
     let masked_score = b.float_scalar(MASKED_SCORE);
 
     let rotary = match cfg.positional {
-        Positional::Rotary { base } => {
-            let (cos, sin) = rotary_tables(cfg.n_ctx, cfg.d_head, base);
+        Positional::Rotary { base, .. } => {
+            let width = cfg.positional.rotary_dim(cfg.d_head);
+            let (cos, sin) = rotary_tables(cfg.n_ctx, width, base);
             b.weight("rotary.cos", &cos)?;
             b.weight("rotary.sin", &sin)?;
-            let shape = b.ints(&[1, -1, 1, cfg.d_head as i64]);
+            let shape = b.ints(&[1, -1, 1, width as i64]);
             let mut gather = |table: &str| {
                 let rows = b.op("Gather", &[table, &positions], vec![attr_int("axis", 0)]);
                 b.op("Reshape", &[&rows, &shape], vec![])
@@ -143,16 +144,17 @@ fn shared_tensors(cfg: &TransformerConfig, b: &mut GraphBuilder) -> Result<Share
     })
 }
 
-/// HF's rotary tables in the rotate-half layout: for position p and dimension i,
-/// angle = p / base^(2(i mod d/2)/d). Computed in f64, then rounded.
-fn rotary_tables(n_ctx: usize, d_head: usize, base: f32) -> (ArrayD<f32>, ArrayD<f32>) {
-    let half = d_head / 2;
+/// HF's rotary tables in the rotate-half layout over the `width` rotated dimensions of a
+/// head: for position p and dimension i, angle = p / base^(2(i mod w/2)/w). Computed in
+/// f64, then rounded.
+fn rotary_tables(n_ctx: usize, width: usize, base: f32) -> (ArrayD<f32>, ArrayD<f32>) {
+    let half = width / 2;
     let inv_freq: Vec<f64> = (0..half)
-        .map(|i| 1.0 / f64::from(base).powf((2 * i) as f64 / d_head as f64))
+        .map(|i| 1.0 / f64::from(base).powf((2 * i) as f64 / width as f64))
         .collect();
     let angle = |p: usize, i: usize| p as f64 * inv_freq[i % half];
-    let cos = Array2::from_shape_fn((n_ctx, d_head), |(p, i)| angle(p, i).cos() as f32);
-    let sin = Array2::from_shape_fn((n_ctx, d_head), |(p, i)| angle(p, i).sin() as f32);
+    let cos = Array2::from_shape_fn((n_ctx, width), |(p, i)| angle(p, i).cos() as f32);
+    let sin = Array2::from_shape_fn((n_ctx, width), |(p, i)| angle(p, i).sin() as f32);
     (cos.into_dyn(), sin.into_dyn())
 }
 
@@ -188,18 +190,26 @@ fn block(
     );
     let ln1 = norm(cfg, weights, b, &resid_pre, &name("ln1"))?;
     let attn_out = attention(cfg, weights, b, shared, layer, &ln1)?;
-    let resid_mid = b.op("Add", &[&resid_pre, &attn_out], vec![]);
-    let resid_mid = b.hook(
-        &name("hook_resid_mid"),
-        &resid_mid,
-        &["batch", "pos", "d_model"],
-        "residual stream after attention, before the MLP",
-    );
-
-    b.set_scope(name("mlp"));
-    let ln2 = norm(cfg, weights, b, &resid_mid, &name("ln2"))?;
-    let mlp_out = mlp(cfg, weights, b, layer, &ln2)?;
-    let resid_post = b.op("Add", &[&resid_mid, &mlp_out], vec![]);
+    let resid_post = if cfg.parallel_attn_mlp {
+        // Both sublayers read the block's input; there is no stream between them.
+        b.set_scope(name("mlp"));
+        let ln2 = norm(cfg, weights, b, &resid_pre, &name("ln2"))?;
+        let mlp_out = mlp(cfg, weights, b, layer, &ln2)?;
+        let both = b.op("Add", &[&attn_out, &mlp_out], vec![]);
+        b.op("Add", &[&resid_pre, &both], vec![])
+    } else {
+        let resid_mid = b.op("Add", &[&resid_pre, &attn_out], vec![]);
+        let resid_mid = b.hook(
+            &name("hook_resid_mid"),
+            &resid_mid,
+            &["batch", "pos", "d_model"],
+            "residual stream after attention, before the MLP",
+        );
+        b.set_scope(name("mlp"));
+        let ln2 = norm(cfg, weights, b, &resid_mid, &name("ln2"))?;
+        let mlp_out = mlp(cfg, weights, b, layer, &ln2)?;
+        b.op("Add", &[&resid_mid, &mlp_out], vec![])
+    };
     Ok(b.hook(
         &name("hook_resid_post"),
         &resid_post,
@@ -370,8 +380,9 @@ fn attention(
     }
 
     if let Some((cos, sin)) = &shared.rotary {
-        let rotated_q = rotate(b, &q, cos, sin, d_head);
-        let rotated_k = rotate(b, &k, cos, sin, d_head);
+        let width = cfg.positional.rotary_dim(cfg.d_head) as i64;
+        let rotated_q = rotate(b, &q, cos, sin, width, d_head);
+        let rotated_k = rotate(b, &k, cos, sin, width, d_head);
         q = b.hook(
             &name("attn.hook_rot_q"),
             &rotated_q,
@@ -490,8 +501,15 @@ fn attention(
     ))
 }
 
-/// `x * cos + rotate_half(x) * sin`, with `rotate_half([a, b]) = [-b, a]` over the last axis.
-fn rotate(b: &mut GraphBuilder, x: &str, cos: &str, sin: &str, d_head: i64) -> String {
+/// `x * cos + rotate_half(x) * sin`, with `rotate_half([a, b]) = [-b, a]` over the first
+/// `width` dimensions of the last axis; the other `d_head - width` pass through.
+fn rotate(b: &mut GraphBuilder, x: &str, cos: &str, sin: &str, width: i64, d_head: i64) -> String {
+    if width < d_head {
+        let parts = b.ints(&[width, d_head - width]);
+        let [turned, kept] = b.op_n("Split", &[x, &parts], vec![attr_int("axis", -1)]);
+        let turned = rotate(b, &turned, cos, sin, width, width);
+        return b.op("Concat", &[&turned, &kept], vec![attr_int("axis", -1)]);
+    }
     let halves = b.ints(&[d_head / 2, d_head / 2]);
     let [first, second] = b.op_n("Split", &[x, &halves], vec![attr_int("axis", -1)]);
     let neg_second = b.op("Neg", &[&second], vec![]);
@@ -534,7 +552,7 @@ fn mlp(
             let silu = b.op("Mul", &[&gate, &sigmoid], vec![]);
             b.op("Mul", &[&silu, &up], vec![])
         }
-        Mlp::GeluNew => {
+        Mlp::GeluNew | Mlp::Gelu => {
             let mut pre = b.op("MatMul", &[x, &w_in], vec![]);
             if cfg.bias.mlp {
                 let b_in = weights.write(b, &name("mlp.b_in"))?;
@@ -546,7 +564,11 @@ fn mlp(
                 &dims,
                 "pre-activation x @ W_in + b_in",
             );
-            gelu_tanh(b, &pre)
+            if cfg.mlp == Mlp::Gelu {
+                gelu_exact(b, &pre)
+            } else {
+                gelu_tanh(b, &pre)
+            }
         }
     };
     let post = b.hook(
@@ -566,6 +588,18 @@ fn mlp(
         &["batch", "pos", "d_model"],
         "MLP output added to the residual stream",
     ))
+}
+
+/// The exact GELU, `0.5 x (1 + erf(x / sqrt(2)))` (opset 17 has no Gelu operator).
+fn gelu_exact(b: &mut GraphBuilder, x: &str) -> String {
+    let inv_sqrt_2 = b.float_scalar(std::f32::consts::FRAC_1_SQRT_2);
+    let half = b.float_scalar(0.5);
+    let one = b.float_scalar(1.0);
+    let scaled = b.op("Mul", &[x, &inv_sqrt_2], vec![]);
+    let erf = b.op("Erf", &[&scaled], vec![]);
+    let gate = b.op("Add", &[&erf, &one], vec![]);
+    let halved = b.op("Mul", &[x, &half], vec![]);
+    b.op("Mul", &[&halved, &gate], vec![])
 }
 
 /// GPT-2's `gelu_new`: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.

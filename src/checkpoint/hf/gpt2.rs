@@ -87,6 +87,7 @@ pub(super) fn family(file: &ConfigFile<'_>) -> Result<Family, CheckpointError> {
         },
         tied_embeddings: hf.tie_word_embeddings,
         qk_norm: false,
+        parallel_attn_mlp: false,
     };
     Ok(Family {
         config,

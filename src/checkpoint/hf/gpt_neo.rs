@@ -114,6 +114,7 @@ fn to_config(hf: &HfConfig, file: &ConfigFile<'_>) -> Result<TransformerConfig, 
         },
         tied_embeddings: hf.tie_word_embeddings,
         qk_norm: false,
+        parallel_attn_mlp: false,
     })
 }
 

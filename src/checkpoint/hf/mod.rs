@@ -8,6 +8,7 @@
 
 mod gpt2;
 mod gpt_neo;
+mod gpt_neox;
 mod llama;
 
 use std::collections::HashMap;
@@ -27,7 +28,7 @@ const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
 const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// The `model_type`s qexp reads, for the message that refuses the others.
-const SUPPORTED: &str = "gpt2, gpt_neo, llama, mistral, qwen2, qwen3";
+const SUPPORTED: &str = "gpt2, gpt_neo, gpt_neox, llama, mistral, qwen2, qwen3";
 
 /// What a family makes of its `config.json`.
 struct Family {
@@ -64,6 +65,7 @@ pub(super) fn load(dir: &Path) -> Result<Checkpoint, CheckpointError> {
     let family = match model_type.as_str() {
         "gpt_neo" => gpt_neo::family(&config)?,
         "gpt2" => gpt2::family(&config)?,
+        "gpt_neox" => gpt_neox::family(&config)?,
         "llama" | "mistral" | "qwen2" | "qwen3" => llama::family(&config, &model_type)?,
         other => {
             return Err(CheckpointError::Unsupported {
@@ -251,6 +253,15 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// The first of `names` the checkpoint holds (a tensor renamed between versions),
+    /// else the first, for the error that names it.
+    fn either<'n>(&self, names: &[&'n str]) -> &'n str {
+        names
+            .iter()
+            .find(|n| self.locate(n).is_some())
+            .unwrap_or(&names[0])
+    }
+
     /// A tensor under its `*ForCausalLM` name (`model.layers.0...`, `transformer.h.0...`)
     /// or under the bare base-model name some checkpoints use (`h.0...`, as `gpt2` does).
     fn locate(&self, name: &str) -> Option<(&Path, safetensors::tensor::TensorView<'_>)> {
