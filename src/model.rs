@@ -21,6 +21,7 @@ pub enum Architecture {
     GptNeo,
     Gpt2,
     GptNeox,
+    Gemma2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -67,6 +68,8 @@ pub enum Mlp {
     GeluNew,
     /// `W_out(gelu(x W_in + b_in)) + b_out` with the exact, erf-based GELU (Pythia).
     Gelu,
+    /// `W_out(gelu_tanh(x W_gate) * (x W_in))`, no biases (Gemma's GeGLU).
+    GatedGeluTanh,
 }
 
 /// Every number the graph builder needs to lay out the model.
@@ -104,6 +107,21 @@ pub struct TransformerConfig {
     /// `use_parallel_residual`, TransformerLens' `parallel_attn_mlp`): no `hook_resid_mid`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub parallel_attn_mlp: bool,
+    /// Multiplies the token embedding before `hook_embed` (Gemma's `sqrt(d_model)`);
+    /// `embed.W_E` itself stays unscaled, so a tied unembedding reads it as the model does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed_scale: Option<f32>,
+    /// A second norm on each sublayer's output before it joins the stream (Gemma-2's
+    /// post-attention and post-feedforward norms; TransformerLens' `ln1_post`/`ln2_post`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub post_norms: bool,
+    /// Attention scores become `cap * tanh(scores / cap)` before the mask (Gemma-2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_softcap: Option<f32>,
+    /// Logits become `cap * tanh(logits / cap)` (Gemma-2). Measurements that read
+    /// components' direct effects on the logits read them before this cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_softcap: Option<f32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

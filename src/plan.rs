@@ -31,6 +31,9 @@ pub struct ModelSpec {
     /// Whether the model rotates queries and keys (so attention reads `hook_rot_k`);
     /// assumed when its manifest could not be read.
     pub rotary: bool,
+    /// Whether each sublayer's output passes a norm of its own before it joins the
+    /// stream (Gemma-2's `ln1_post`/`ln2_post`); not assumed without a manifest.
+    pub post_norms: bool,
     /// Its layers, from its manifest (unknown when only the syntax was checked).
     pub n_layers: Option<usize>,
     /// Whether prompts start with BOS, where the experiment says (TransformerLens'

@@ -107,7 +107,7 @@ fn unsupported_architecture_is_named() {
     let stderr = export_fails(dir.path());
     assert!(stderr.contains("config.json"), "{stderr}");
     assert!(
-        stderr.contains("model_type `mamba`; qexp exports Hugging Face folders of gpt2"),
+        stderr.contains("model_type `mamba`; qexp exports Hugging Face folders of gemma2, gpt2"),
         "{stderr}"
     );
 }

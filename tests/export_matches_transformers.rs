@@ -143,6 +143,17 @@ fn tiny_mistral_with_a_sliding_window_matches_transformers() {
 }
 
 #[test]
+fn tiny_gemma2_with_post_norms_soft_caps_and_alternating_windows_matches_transformers() {
+    let hooks = hf_folder_matches_transformers("tiny_gemma2");
+    assert_window_of_four(&hooks["blocks.0.attn.hook_pattern"]);
+    // Layer 1 is global: query 10 sees every key before it.
+    let global = hooks["blocks.1.attn.hook_pattern"]
+        .slice(s![0, 0, 10, ..11])
+        .to_owned();
+    assert!(global.iter().all(|&p| p > 0.0), "{global}");
+}
+
+#[test]
 fn tiny_qwen2_with_qkv_biases_matches_transformers() {
     hf_folder_matches_transformers("tiny_qwen2");
 }

@@ -18,7 +18,9 @@ fn check_hook_identities(checkpoint: &str) {
         .unwrap();
     let has_bias = model.manifest.config.bias.attn_out;
     let parallel = model.manifest.config.parallel_attn_mlp;
+    let post_norms = model.manifest.config.post_norms;
     let mut hooks = vec![
+        "blocks.1.ln1_post.hook_scale",
         "blocks.1.hook_resid_pre",
         "blocks.1.hook_resid_post",
         "blocks.1.hook_attn_out",
@@ -29,6 +31,9 @@ fn check_hook_identities(checkpoint: &str) {
     ];
     if !parallel {
         hooks.push("blocks.1.hook_resid_mid");
+    }
+    if !post_norms {
+        hooks.remove(0);
     }
     let f = model.forward(&batch, false, &hooks).unwrap().hooks;
 
@@ -49,7 +54,13 @@ fn check_hook_identities(checkpoint: &str) {
         }
     }
 
-    let summed = f["blocks.1.attn.hook_result"].sum_axis(Axis(2));
+    let mut summed = f["blocks.1.attn.hook_result"].sum_axis(Axis(2));
+    if post_norms {
+        // Gemma-2: the heads' sum passes through ln1_post before it joins the stream.
+        let scale = &f["blocks.1.ln1_post.hook_scale"];
+        let weight = model.weight("blocks.1.ln1_post.w").unwrap();
+        summed = &summed / scale * &weight;
+    }
     let summed = if has_bias {
         let manifest = Manifest::read(&model_dir).unwrap();
         assert!(manifest.hook("blocks.1.attn.hook_result").is_some());
@@ -122,6 +133,7 @@ fn hugging_face_family_hooks_obey_their_identities() {
         "tiny_mistral",
         "tiny_qwen2",
         "tiny_qwen3",
+        "tiny_gemma2",
     ] {
         check_hook_identities(family);
     }

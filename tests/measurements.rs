@@ -1979,6 +1979,37 @@ table heads = activations(d, blocks.0.attn.hook_z[head = 2, pos = -1])",
 }
 
 #[test]
+fn logit_attribution_reads_gemma2_heads_through_their_post_norm_and_sums_to_the_uncapped_logit() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_gemma2"));
+    let prompt = "the cat sat on the";
+    let tables = run(
+        &model_dir,
+        &format!("table parts = logit_attribution(\"{prompt}\", \" the\")"),
+    );
+    let parts = &tables[0];
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let the = model.to_tokens(" the", false).unwrap()[0] as usize;
+    let tokens = model.to_tokens(prompt, true).unwrap();
+    let last = tokens.len() - 1;
+    let batch = model.batch(&[tokens]).unwrap();
+    let logits = model.forward(&batch, true, &[]).unwrap().logits.unwrap();
+    // The logit the components add up to is the one before Gemma-2's final soft cap.
+    let cap = f64::from(model.manifest.config.final_softcap.unwrap());
+    let capped = f64::from(logits[[0, last, the]]);
+    let uncapped = cap * (capped / cap).atanh();
+    let sum: f64 = (0..parts.rows.len())
+        .map(|r| number(parts, r, "attribution"))
+        .sum();
+    assert!(
+        (sum - uncapped).abs() < 1e-3,
+        "components sum to {sum}, the uncapped logit is {uncapped}"
+    );
+    // Heads only, no attention bias: embed + 2 x (4 heads + MLP).
+    assert_eq!(parts.rows.len(), 1 + 2 * (4 + 1));
+}
+
+#[test]
 fn activations_through_the_unembedding_at_the_last_block_are_the_logits_less_biases() {
     // At the last block's output, the final norm's own scale and the unembedding give
     // the logits less what the biases add (the final LayerNorm's bias and the

@@ -255,6 +255,10 @@ mod tests {
             tied_embeddings: true,
             qk_norm: false,
             parallel_attn_mlp: false,
+            embed_scale: None,
+            post_norms: false,
+            attn_softcap: None,
+            final_softcap: None,
         }
     }
 

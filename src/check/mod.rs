@@ -370,6 +370,7 @@ impl Checker<'_> {
             rotary: self.manifest().is_none_or(|m| {
                 matches!(m.config.positional, crate::model::Positional::Rotary { .. })
             }),
+            post_norms: self.manifest().is_some_and(|m| m.config.post_norms),
             n_layers: self.manifest().map(|m| m.config.n_layers),
             prepend_bos,
         });

@@ -107,6 +107,10 @@ fn read_config(file: &GgufFile) -> Result<TransformerConfig, CheckpointError> {
         tied_embeddings: !file.tensors.contains_key("output.weight"),
         qk_norm: false,
         parallel_attn_mlp: false,
+        embed_scale: None,
+        post_norms: false,
+        attn_softcap: None,
+        final_softcap: None,
     })
 }
 

@@ -34,7 +34,11 @@ pub(super) fn build(t: &Transformer, b: &mut GraphBuilder) -> Result<(), ExportE
 
     b.set_scope("embed");
     let w_e = weights.write(b, weight_names::W_E)?;
-    let embed = b.op("Gather", &[&w_e, INPUT_IDS], vec![attr_int("axis", 0)]);
+    let mut embed = b.op("Gather", &[&w_e, INPUT_IDS], vec![attr_int("axis", 0)]);
+    if let Some(scale) = cfg.embed_scale {
+        let scale = b.float_scalar(scale);
+        embed = b.op("Mul", &[&embed, &scale], vec![]);
+    }
     let embed = b.hook(
         "hook_embed",
         &embed,
@@ -76,13 +80,15 @@ pub(super) fn build(t: &Transformer, b: &mut GraphBuilder) -> Result<(), ExportE
     } else {
         weights.write(b, weight_names::W_U)?
     };
-    let logits = b.op("MatMul", &[&normalized, &unembed], vec![]);
+    let mut logits = b.op("MatMul", &[&normalized, &unembed], vec![]);
     if cfg.bias.unembed {
         let b_u = weights.write(b, weight_names::B_U)?;
-        b.op_into("Add", &[&logits, &b_u], LOGITS, vec![]);
-    } else {
-        b.op_into("Identity", &[&logits], LOGITS, vec![]);
+        logits = b.op("Add", &[&logits, &b_u], vec![]);
     }
+    if let Some(cap) = cfg.final_softcap {
+        logits = soft_cap(b, &logits, cap);
+    }
+    b.op_into("Identity", &[&logits], LOGITS, vec![]);
     Ok(())
 }
 
@@ -190,11 +196,13 @@ fn block(
     );
     let ln1 = norm(cfg, weights, b, &resid_pre, &name("ln1"))?;
     let attn_out = attention(cfg, weights, b, shared, layer, &ln1)?;
+    let attn_out = sublayer_output(cfg, weights, b, &attn_out, layer, "ln1_post", "attn")?;
     let resid_post = if cfg.parallel_attn_mlp {
         // Both sublayers read the block's input; there is no stream between them.
         b.set_scope(name("mlp"));
         let ln2 = norm(cfg, weights, b, &resid_pre, &name("ln2"))?;
         let mlp_out = mlp(cfg, weights, b, layer, &ln2)?;
+        let mlp_out = sublayer_output(cfg, weights, b, &mlp_out, layer, "ln2_post", "mlp")?;
         let both = b.op("Add", &[&attn_out, &mlp_out], vec![]);
         b.op("Add", &[&resid_pre, &both], vec![])
     } else {
@@ -208,6 +216,7 @@ fn block(
         b.set_scope(name("mlp"));
         let ln2 = norm(cfg, weights, b, &resid_mid, &name("ln2"))?;
         let mlp_out = mlp(cfg, weights, b, layer, &ln2)?;
+        let mlp_out = sublayer_output(cfg, weights, b, &mlp_out, layer, "ln2_post", "mlp")?;
         b.op("Add", &[&resid_mid, &mlp_out], vec![])
     };
     Ok(b.hook(
@@ -216,6 +225,42 @@ fn block(
         &["batch", "pos", "d_model"],
         "residual stream leaving the block",
     ))
+}
+
+/// What a sublayer adds to the stream, hooked as `hook_attn_out` or `hook_mlp_out`: its
+/// output, through its post-norm (`ln1_post`, `ln2_post`) where the model has one.
+fn sublayer_output(
+    cfg: &TransformerConfig,
+    weights: &Weights<'_>,
+    b: &mut GraphBuilder,
+    out: &str,
+    layer: usize,
+    post_norm: &str,
+    sublayer: &str,
+) -> Result<String, ExportError> {
+    let out = if cfg.post_norms {
+        norm(cfg, weights, b, out, &weight_names::block(layer, post_norm))?
+    } else {
+        out.to_owned()
+    };
+    Ok(b.hook(
+        &weight_names::block(layer, &format!("hook_{sublayer}_out")),
+        &out,
+        &["batch", "pos", "d_model"],
+        if sublayer == "attn" {
+            "attention output added to the residual stream"
+        } else {
+            "MLP output added to the residual stream"
+        },
+    ))
+}
+
+/// `cap * tanh(x / cap)`: Gemma-2's soft cap on attention scores and logits.
+fn soft_cap(b: &mut GraphBuilder, x: &str, cap: f32) -> String {
+    let cap = b.float_scalar(cap);
+    let scaled = b.op("Div", &[x, &cap], vec![]);
+    let squashed = b.op("Tanh", &[&scaled], vec![]);
+    b.op("Mul", &[&squashed, &cap], vec![])
 }
 
 /// The model's LayerNorm or RMSNorm over the residual stream (`prefix` is `blocks.0.ln1`).
@@ -413,6 +458,10 @@ fn attention(
         let scale = b.float_scalar(cfg.attn_scale);
         b.op("Mul", &[&scores, &scale], vec![])
     };
+    let scores = match cfg.attn_softcap {
+        Some(cap) => soft_cap(b, &scores, cap),
+        None => scores,
+    };
     let scores_shape = b.op("Shape", &[&scores], vec![]);
     // [batch, n_kv, group, q, k] -> [batch, n_heads, q, k]: take q and k from the shape.
     let three = b.ints(&[3]);
@@ -492,13 +541,7 @@ fn attention(
         &["batch", "pos", &heads, "d_model"],
         "each head's output z_h @ W_O[h] (sums over heads, plus b_O, to hook_attn_out)",
     );
-
-    Ok(b.hook(
-        &name("hook_attn_out"),
-        &out,
-        &["batch", "pos", "d_model"],
-        "attention output added to the residual stream",
-    ))
+    Ok(out)
 }
 
 /// `x * cos + rotate_half(x) * sin`, with `rotate_half([a, b]) = [-b, a]` over the first
@@ -532,7 +575,7 @@ fn mlp(
     let d_mlp = cfg.d_mlp.to_string();
     let dims = ["batch", "pos", d_mlp.as_str()];
     let post = match cfg.mlp {
-        Mlp::GatedSilu => {
+        Mlp::GatedSilu | Mlp::GatedGeluTanh => {
             let w_gate = weights.write(b, &name("mlp.W_gate"))?;
             let gate = b.op("MatMul", &[x, &w_gate], vec![]);
             let gate = b.hook(
@@ -548,9 +591,13 @@ fn mlp(
                 &dims,
                 "linear branch x @ W_in",
             );
-            let sigmoid = b.op("Sigmoid", &[&gate], vec![]);
-            let silu = b.op("Mul", &[&gate, &sigmoid], vec![]);
-            b.op("Mul", &[&silu, &up], vec![])
+            let activated = if cfg.mlp == Mlp::GatedGeluTanh {
+                gelu_tanh(b, &gate)
+            } else {
+                let sigmoid = b.op("Sigmoid", &[&gate], vec![]);
+                b.op("Mul", &[&gate, &sigmoid], vec![])
+            };
+            b.op("Mul", &[&activated, &up], vec![])
         }
         Mlp::GeluNew | Mlp::Gelu => {
             let mut pre = b.op("MatMul", &[x, &w_in], vec![]);
@@ -582,12 +629,7 @@ fn mlp(
         let b_out = weights.write(b, &name("mlp.b_out"))?;
         out = b.op("Add", &[&out, &b_out], vec![]);
     }
-    Ok(b.hook(
-        &name("hook_mlp_out"),
-        &out,
-        &["batch", "pos", "d_model"],
-        "MLP output added to the residual stream",
-    ))
+    Ok(out)
 }
 
 /// The exact GELU, `0.5 x (1 + erf(x / sqrt(2)))` (opset 17 has no Gelu operator).

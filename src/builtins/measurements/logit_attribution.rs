@@ -3,7 +3,9 @@
 //! output bias, each MLP), each read through the final norm (its scale frozen at the
 //! clean run's) and the unembedding: TransformerLens' `decompose_resid` and
 //! `stack_head_results` with `residual_stack_to_logit_diff`. The rows sum to the answer's
-//! logit (or the logit difference) less any unembedding bias.
+//! logit (or the logit difference) less any unembedding bias, before any final soft cap
+//! (Gemma-2's). Where heads' outputs pass a post-attention norm (Gemma-2's `ln1_post`),
+//! each head's write is read through it with its scale frozen, as the final norm's is.
 
 use ndarray::{Array1, s};
 
@@ -11,6 +13,9 @@ use crate::builtins::args::{Args, BindError, Columns, Text, columns};
 use crate::builtins::measurements::{Graph, Measure, Reads, table};
 use crate::builtins::spec::{Builtin, Produces, Type, opt, req};
 use crate::hooks::{self, MLP_OUT, Z};
+
+/// The post-attention norm's divisor (Gemma-2), which each head's write passes through.
+const POST_ATTN_SCALE: &str = "ln1_post.hook_scale";
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
 use crate::session::{Failure, Session, position};
@@ -50,12 +55,15 @@ impl LogitAttribution {
     /// The hooks holding every component's write: the embeddings, each block's heads'
     /// values (`hook_z`, times `W_O` here: reading `hook_result` from the graph costs
     /// the runtime far more than the product) and MLP output.
-    fn hooks(n_layers: Option<usize>, learned_positions: bool) -> Vec<String> {
+    fn hooks(n_layers: Option<usize>, learned_positions: bool, post_norms: bool) -> Vec<String> {
         let mut hooks = vec![hooks::EMBED.to_owned()];
         if learned_positions {
             hooks.push(hooks::POS_EMBED.to_owned());
         }
         hooks.extend(hooks::every_block(n_layers, Z));
+        if post_norms {
+            hooks.extend(hooks::every_block(n_layers, POST_ATTN_SCALE));
+        }
         hooks.extend(hooks::every_block(n_layers, MLP_OUT));
         hooks
     }
@@ -86,7 +94,8 @@ impl Measure for LogitAttribution {
         let mut reads = Reads::default();
         // Without the manifest the plan cannot tell; rotary models have no position
         // embedding hook, and the plan lists what the run will read where it knows.
-        for hook in Self::hooks(plan.model.n_layers, !plan.model.rotary) {
+        let model = &plan.model;
+        for hook in Self::hooks(model.n_layers, !model.rotary, model.post_norms) {
             reads.add(Graph::Clean, hook);
         }
         reads.add(Graph::Clean, hooks::FINAL_SCALE);
@@ -108,7 +117,7 @@ impl Measure for LogitAttribution {
             config.positional,
             crate::model::Positional::Rotary { .. }
         );
-        let hooks = Self::hooks(Some(config.n_layers), learned_positions);
+        let hooks = Self::hooks(Some(config.n_layers), learned_positions, config.post_norms);
         let mut wanted: Vec<&str> = hooks.iter().map(String::as_str).collect();
         wanted.push(hooks::FINAL_SCALE);
         let forward = s.forward(None, &batch, &wanted)?;
@@ -140,6 +149,19 @@ impl Measure for LogitAttribution {
                 .into_dimensionality::<ndarray::Ix2>()
                 .map_err(|e| e.to_string())?;
             let d_head = z.shape()[3];
+            // Gemma-2: attention's sum passes `ln1_post` (its scale frozen here) first.
+            let post_norm = if config.post_norms {
+                let scale = forward.hooks[&hooks::block(layer, POST_ATTN_SCALE)][[0, at, 0]];
+                let weight = s
+                    .model
+                    .weight(&format!("blocks.{layer}.ln1_post.w"))
+                    .map_err(Session::runtime)?
+                    .into_dimensionality::<ndarray::Ix1>()
+                    .map_err(|e| e.to_string())?;
+                Some(weight / scale)
+            } else {
+                None
+            };
             for head in 0..z.shape()[2] {
                 let z_head = z
                     .slice(s![0, at, head, ..])
@@ -151,7 +173,10 @@ impl Measure for LogitAttribution {
                     kind: "head",
                     layer: Some(layer),
                     head: Some(head),
-                    write: z_head.dot(&w_o_head),
+                    write: match &post_norm {
+                        Some(scaled_weight) => z_head.dot(&w_o_head) * scaled_weight,
+                        None => z_head.dot(&w_o_head),
+                    },
                 });
             }
             // The attention output bias is written at every position whatever the heads

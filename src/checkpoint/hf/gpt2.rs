@@ -88,6 +88,10 @@ pub(super) fn family(file: &ConfigFile<'_>) -> Result<Family, CheckpointError> {
         tied_embeddings: hf.tie_word_embeddings,
         qk_norm: false,
         parallel_attn_mlp: false,
+        embed_scale: None,
+        post_norms: false,
+        attn_softcap: None,
+        final_softcap: None,
     };
     Ok(Family {
         config,

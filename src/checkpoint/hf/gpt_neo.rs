@@ -115,6 +115,10 @@ fn to_config(hf: &HfConfig, file: &ConfigFile<'_>) -> Result<TransformerConfig, 
         tied_embeddings: hf.tie_word_embeddings,
         qk_norm: false,
         parallel_attn_mlp: false,
+        embed_scale: None,
+        post_norms: false,
+        attn_softcap: None,
+        final_softcap: None,
     })
 }
 

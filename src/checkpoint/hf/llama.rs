@@ -129,6 +129,10 @@ pub(super) fn family(file: &ConfigFile<'_>, model_type: &str) -> Result<Family, 
         tied_embeddings: hf.tie_word_embeddings,
         qk_norm: architecture == Architecture::Qwen3,
         parallel_attn_mlp: false,
+        embed_scale: None,
+        post_norms: false,
+        attn_softcap: None,
+        final_softcap: None,
     };
     Ok(Family {
         config,

@@ -6,6 +6,7 @@
 //! each family's module turns its `config.json` into a [`TransformerConfig`] and names its
 //! tensors.
 
+mod gemma2;
 mod gpt2;
 mod gpt_neo;
 mod gpt_neox;
@@ -28,7 +29,7 @@ const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
 const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// The `model_type`s qexp reads, for the message that refuses the others.
-const SUPPORTED: &str = "gpt2, gpt_neo, gpt_neox, llama, mistral, qwen2, qwen3";
+const SUPPORTED: &str = "gemma2, gpt2, gpt_neo, gpt_neox, llama, mistral, qwen2, qwen3";
 
 /// What a family makes of its `config.json`.
 struct Family {
@@ -64,6 +65,7 @@ pub(super) fn load(dir: &Path) -> Result<Checkpoint, CheckpointError> {
         .to_owned();
     let family = match model_type.as_str() {
         "gpt_neo" => gpt_neo::family(&config)?,
+        "gemma2" => gemma2::family(&config)?,
         "gpt2" => gpt2::family(&config)?,
         "gpt_neox" => gpt_neox::family(&config)?,
         "llama" | "mistral" | "qwen2" | "qwen3" => llama::family(&config, &model_type)?,
