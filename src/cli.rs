@@ -35,12 +35,29 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Export a checkpoint (a Llama-family .gguf file or a GPT-Neo HF folder) to a
-    /// hooked model folder.
+    /// Export a checkpoint (a Llama-family .gguf file or a Hugging Face folder of GPT-2,
+    /// GPT-Neo, GPT-NeoX, Llama, Mistral, Qwen2/3 or Gemma-2) to a hooked model folder.
     Export {
         checkpoint: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
+        /// Fold each norm's weight (and a LayerNorm's bias) into the weights that read it
+        /// (TransformerLens' `fold_ln`).
+        #[arg(long)]
+        fold_ln: bool,
+        /// Centre the weights that write to the residual stream over d_model (LayerNorm
+        /// models only, as in TransformerLens).
+        #[arg(long)]
+        center_writing_weights: bool,
+        /// Centre the unembedding over the vocabulary (logits move by a constant).
+        #[arg(long)]
+        center_unembed: bool,
+        /// Move value biases into the attention output bias.
+        #[arg(long)]
+        fold_value_biases: bool,
+        /// All four, as `HookedTransformer.from_pretrained` processes weights by default.
+        #[arg(long)]
+        transformer_lens: bool,
         #[command(flatten)]
         outputs: OutputFlags,
     },
@@ -414,9 +431,27 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Export {
             checkpoint,
             output,
+            fold_ln,
+            center_writing_weights,
+            center_unembed,
+            fold_value_biases,
+            transformer_lens,
             outputs,
         } => {
-            let summary = export::export(&checkpoint, &output, &outputs.scope()?)?;
+            use crate::processing::Step;
+            let asked = [
+                (fold_ln, Step::FoldLn),
+                (center_writing_weights, Step::CenterWritingWeights),
+                (center_unembed, Step::CenterUnembed),
+                (fold_value_biases, Step::FoldValueBiases),
+            ];
+            let steps: Vec<Step> = asked
+                .into_iter()
+                .filter(|(on, _)| *on || transformer_lens)
+                .map(|(_, step)| step)
+                .collect();
+            let summary =
+                export::export_processed(&checkpoint, &output, &outputs.scope()?, &steps)?;
             let m = &summary.manifest;
             outln!(
                 "exported {} to {}: {} layers, d_model {}, {} heads ({} kv), {} parameters, {} graph nodes, {} hook points",
@@ -430,6 +465,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 summary.graph_nodes,
                 m.hooks.len()
             );
+            if !m.processing.is_empty() {
+                let names: Vec<&str> = m.processing.iter().map(|s| s.name()).collect();
+                outln!(
+                    "weights processed as TransformerLens does: {}",
+                    names.join(", ")
+                );
+            }
+            let skipped: Vec<&str> = steps
+                .iter()
+                .filter(|s| !m.processing.contains(s))
+                .map(|s| s.name())
+                .collect();
+            if !skipped.is_empty() {
+                outln!(
+                    "not applied (an RMSNorm does not remove the mean they rely on, as in TransformerLens): {}",
+                    skipped.join(", ")
+                );
+            }
         }
         Command::Sae {
             command:

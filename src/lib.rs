@@ -26,6 +26,7 @@ pub mod model;
 pub mod onnx;
 pub mod output;
 pub mod plan;
+pub mod processing;
 pub mod project;
 pub mod report;
 pub mod results;

@@ -40,6 +40,10 @@ pub struct Manifest {
     pub config: TransformerConfig,
     pub special_tokens: SpecialTokens,
     pub parameters: usize,
+    /// TransformerLens' weight processing applied at export (`fold_ln`, ...), in the
+    /// order applied; absent when the weights are the checkpoint's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processing: Vec<crate::processing::Step>,
     pub hooks: Vec<HookInfo>,
 }
 

@@ -37,6 +37,8 @@ pub enum ExportError {
     Output(#[from] crate::output::OutputError),
     #[error("internal error while building the graph: {0} (this is a bug in qexp)")]
     Internal(String),
+    #[error(transparent)]
+    Processing(#[from] crate::processing::ProcessingError),
 }
 
 /// What an export produced, for the CLI to report.
@@ -53,8 +55,21 @@ pub fn export(
     out_dir: &Path,
     scope: &Scope,
 ) -> Result<ExportSummary, ExportError> {
+    export_processed(checkpoint, out_dir, scope, &[])
+}
+
+/// As [`export`], with TransformerLens' weight processing `steps` applied to the weights
+/// first (recorded in the manifest).
+pub fn export_processed(
+    checkpoint: &Path,
+    out_dir: &Path,
+    scope: &Scope,
+    steps: &[crate::processing::Step],
+) -> Result<ExportSummary, ExportError> {
     scope.check(out_dir, Kind::Model)?;
-    export_checkpoint(&Checkpoint::load(checkpoint)?, out_dir)
+    let mut checkpoint = Checkpoint::load(checkpoint)?;
+    let applied = crate::processing::process(&mut checkpoint.transformer, steps)?;
+    write_checkpoint(&checkpoint, out_dir, applied)
 }
 
 /// Writes the model folder for a checkpoint already in memory (tests edit weights this way).
@@ -62,13 +77,25 @@ pub fn export_checkpoint(
     checkpoint: &Checkpoint,
     out_dir: &Path,
 ) -> Result<ExportSummary, ExportError> {
+    write_checkpoint(checkpoint, out_dir, Vec::new())
+}
+
+fn write_checkpoint(
+    checkpoint: &Checkpoint,
+    out_dir: &Path,
+    processing: Vec<crate::processing::Step>,
+) -> Result<ExportSummary, ExportError> {
     let staging = Staging::new(out_dir, Kind::Model)?;
-    let summary = write_folder(checkpoint, staging.path())?;
+    let summary = write_folder(checkpoint, staging.path(), processing)?;
     staging.commit()?;
     Ok(summary)
 }
 
-fn write_folder(checkpoint: &Checkpoint, dir: &Path) -> Result<ExportSummary, ExportError> {
+fn write_folder(
+    checkpoint: &Checkpoint,
+    dir: &Path,
+    processing: Vec<crate::processing::Step>,
+) -> Result<ExportSummary, ExportError> {
     let config = &checkpoint.transformer.config;
     let data = ExternalData::create(&dir.join(DATA_FILE))?;
     let mut builder = GraphBuilder::new(data);
@@ -111,6 +138,7 @@ fn write_folder(checkpoint: &Checkpoint, dir: &Path) -> Result<ExportSummary, Ex
         config: config.clone(),
         special_tokens: checkpoint.special_tokens,
         parameters: checkpoint.transformer.parameter_count(),
+        processing,
         hooks,
     };
     let mut json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
