@@ -125,7 +125,7 @@ pub fn before_run(plan: &Plan, root: &Path, datasets: &BTreeMap<String, LockedFi
     for sae in &plan.saes {
         let origin = origin(&sae.value);
         let folder = match SaeSource::bind(&sae.value) {
-            Ok(SaeSource::Load { path }) => Some(path),
+            Ok(SaeSource::Load { path, .. }) => Some(path),
             Ok(SaeSource::Train(train)) => train.save.and_then(|save| match save {
                 crate::builtins::args::Text::Given(path) => Some(path),
                 crate::builtins::args::Text::Computed(_) => None,
@@ -189,7 +189,7 @@ pub fn after_run(
 /// How an SAE declaration makes its SAE, in words that do not change from run to run.
 pub fn origin(call: &crate::plan::Call) -> String {
     match SaeSource::bind(call) {
-        Ok(SaeSource::Load { path }) => format!("load {path}"),
+        Ok(SaeSource::Load { path, .. }) => format!("load {path}"),
         Ok(SaeSource::Train(train)) => match train.save {
             Some(crate::builtins::args::Text::Given(path)) => format!("train, pinned at {path}"),
             Some(crate::builtins::args::Text::Computed(name)) => {

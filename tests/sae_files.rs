@@ -107,3 +107,98 @@ fn run_time_normalized_saes_encode_and_reconstruct_as_saelens_does() {
         );
     }
 }
+
+#[test]
+fn gemma_scope_params_npz_loads_as_saelens_gemma_scope_loader_reads_it() {
+    let mut reference = Reference::open(&fixture("saes/gemma_scope_reference.npz"));
+    let x = reference.f32("x").into_dimensionality::<Ix2>().unwrap();
+    let folder = fixture("saes/gemma-scope-2b-pt-res/layer_1/width_16k/average_l0_5");
+    // The folder and the file itself both load.
+    for path in [folder.clone(), folder.join("params.npz")] {
+        let sae = sae::load(&path).unwrap();
+        assert_eq!((sae.d_in, sae.d_sae), (32, 64));
+        assert_eq!(sae.architecture, Architecture::JumpRelu);
+        assert!(!sae.apply_b_dec_to_input, "Gemma Scope subtracts no b_dec");
+        assert_eq!(
+            sae.hook.as_ref().map(|h| h.name.as_str()),
+            Some("blocks.1.hook_resid_post"),
+            "the hook SAELens reads from the release and layer folders"
+        );
+        let acts = sae.encode(x.view());
+        assert_close(
+            "Gemma Scope activations",
+            acts.view().into_dyn(),
+            reference.f32("acts").view(),
+            1e-5,
+        );
+        assert_close(
+            "Gemma Scope reconstruction",
+            sae.decode(acts.view()).view().into_dyn(),
+            reference.f32("recon").view(),
+            1e-5,
+        );
+    }
+    let shape = sae::read_shape(&folder).unwrap();
+    assert_eq!((shape.d_in, shape.d_sae), (32, 64));
+}
+
+#[test]
+fn a_gemma_scope_sae_splices_into_gemma2_with_its_hook_from_the_path_or_the_experiment() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path();
+    common::qexp(project)
+        .args([
+            "export",
+            fixture("tiny_gemma2").to_str().unwrap(),
+            "-o",
+            "models/gemma2",
+        ])
+        .assert()
+        .success();
+    let release = project.join("saes/gemma-scope-2b-pt-res/layer_1/width_16k/average_l0_5");
+    std::fs::create_dir_all(&release).unwrap();
+    let params = fixture("saes/gemma-scope-2b-pt-res/layer_1/width_16k/average_l0_5/params.npz");
+    std::fs::copy(&params, release.join("params.npz")).unwrap();
+    std::fs::copy(&params, project.join("elsewhere.npz")).unwrap();
+    std::fs::write(
+        project.join("gs.qexp"),
+        r#"experiment gs
+model "models/gemma2"
+dataset d = prompts(["the cat sat on the mat", "a dog ran"])
+sae scope = load("saes/gemma-scope-2b-pt-res/layer_1/width_16k/average_l0_5")
+sae early = load("elsewhere.npz", hook = blocks.0.hook_resid_post)
+table scope_metrics = sae_metrics(scope, d)
+table early_metrics = sae_metrics(early, d)
+"#,
+    )
+    .unwrap();
+    common::qexp(project)
+        .args(["run", "gs.qexp"])
+        .assert()
+        .success();
+    let plan = common::qexp(project)
+        .args(["plan", "gs.qexp"])
+        .output()
+        .unwrap();
+    let plan = String::from_utf8(plan.stdout).unwrap();
+    assert!(plan.contains("blocks.1.hook_resid_post"), "{plan}");
+    assert!(plan.contains("blocks.0.hook_resid_post"), "{plan}");
+
+    // Without a hook in its path or the experiment, the check says where to name it.
+    std::fs::write(
+        project.join("bare.qexp"),
+        "experiment bare\nmodel \"models/gemma2\"\ndataset d = prompts([\"the cat\"])\n\
+         sae s = load(\"elsewhere.npz\")\ntable m = sae_metrics(s, d)\n",
+    )
+    .unwrap();
+    let output = common::qexp(project)
+        .args(["run", "bare.qexp"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("hook = blocks.L.hook_resid_post"),
+        "{stderr}"
+    );
+}

@@ -297,6 +297,13 @@ impl<'c> Args<'c> {
         }
     }
 
+    pub fn opt_hook(&self, name: &str) -> Result<Option<HookRef>, BindError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(_) => self.hook(name).map(Some),
+        }
+    }
+
     pub fn features(&self, name: &str) -> Result<Features, BindError> {
         match self.get(name) {
             Some(Value::All) => Ok(Features::All),

@@ -11,8 +11,8 @@ use crate::sae::train::TrainConfig;
 pub const LOAD: Builtin = Builtin {
     name: "load",
     produces: Produces::Sae,
-    summary: "an SAE folder in SAELens layout (cfg.json + sae_weights.safetensors)",
-    params: &[req("path", Type::Str).non_empty()],
+    summary: "an SAE folder in SAELens layout (cfg.json + sae_weights.safetensors) or Gemma Scope's params.npz",
+    params: &[req("path", Type::Str).non_empty(), opt("hook", Type::Hook)],
 };
 
 pub const TRAIN: Builtin = Builtin {
@@ -44,9 +44,11 @@ pub const TRAIN: Builtin = Builtin {
 /// An SAE declaration, its arguments typed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SaeSource {
-    /// An SAELens folder, relative to the project.
+    /// An SAELens folder or Gemma Scope `params.npz`, relative to the project.
     Load {
         path: String,
+        /// The hook it reads, where the experiment names it (over what its files say).
+        hook: Option<HookRef>,
     },
     Train(Train),
 }
@@ -80,6 +82,7 @@ impl SaeSource {
                         });
                     }
                 },
+                hook: args.opt_hook("hook")?,
             });
         }
         let architecture = match args.opt_choice("architecture")?.as_deref() {

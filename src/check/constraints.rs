@@ -11,9 +11,20 @@ impl Checker<'_> {
                 let Some(Value::Str(path)) = call.args.get("path") else {
                     return None;
                 };
+                let given = match call.args.get("hook") {
+                    Some(Value::Hook(hook)) => Some(hook.clone()),
+                    _ => None,
+                };
                 match self.context.saes.get(path) {
                     Some(Ok(shape)) => {
+                        // A hook the experiment names is checked as every hook argument
+                        // is; only one read from the SAE's files needs checking here.
+                        let mut shape = shape.clone();
+                        if given.is_some() {
+                            shape.hook = given;
+                        }
                         if let Some(hook) = &shape.hook
+                            && !call.args.contains_key("hook")
                             && let Some(manifest) = self.manifest()
                         {
                             let problem = if manifest.hook(&hook.name).is_none() {
@@ -57,7 +68,7 @@ impl Checker<'_> {
                                 ),
                             );
                         }
-                        Some(shape.clone())
+                        Some(shape)
                     }
                     Some(Err(why)) => {
                         self.error(span, format!("cannot use the SAE at {path:?}: {why}"));

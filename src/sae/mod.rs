@@ -1,7 +1,9 @@
 //! Sparse autoencoders in SAELens' folder layout: `cfg.json` (6.x with `metadata`, or the
 //! pre-6.0 flat form) and `sae_weights.safetensors` (`W_enc [d_in, d_sae]`, `b_enc`,
-//! `W_dec [d_sae, d_in]`, `b_dec`, and `threshold` for JumpReLU).
+//! `W_dec [d_sae, d_in]`, `b_dec`, and `threshold` for JumpReLU); and Gemma Scope's
+//! `params.npz` (`gemma_scope.rs`).
 
+mod gemma_scope;
 pub mod pin;
 mod save;
 pub(crate) mod tensors;
@@ -184,6 +186,9 @@ impl Config {
 /// d_in, d_sae and the hook of the SAE folder `dir` (what the checker needs), or why they
 /// cannot be read.
 pub fn read_shape(dir: &Path) -> Result<SaeShape, String> {
+    if let Some(params) = gemma_scope::params_file(dir) {
+        return gemma_scope::read_shape(&params).map_err(|e| e.to_string());
+    }
     let config = Config::read(dir).map_err(|e| e.to_string())?;
     Ok(SaeShape {
         d_in: config.d_in,
@@ -193,6 +198,9 @@ pub fn read_shape(dir: &Path) -> Result<SaeShape, String> {
 }
 
 pub fn load(dir: &Path) -> Result<Sae, SaeError> {
+    if let Some(params) = gemma_scope::params_file(dir) {
+        return gemma_scope::load(&params);
+    }
     let config = Config::read(dir)?;
     let cfg_path = dir.join("cfg.json");
     let invalid = |message: String| SaeError::Invalid {
@@ -220,56 +228,78 @@ pub fn load(dir: &Path) -> Result<Sae, SaeError> {
     }
     let architecture = config.architecture(&cfg_path)?;
     let weights_path = dir.join("sae_weights.safetensors");
-    let mut tensors = tensors::read(&weights_path).map_err(|message| SaeError::Invalid {
+    let tensors = tensors::read(&weights_path).map_err(|message| SaeError::Invalid {
         path: weights_path.clone(),
         message,
     })?;
-    let mut read = |name: &str, shape: &[usize]| -> Result<ndarray::ArrayD<f32>, SaeError> {
-        let bad = |message: String| SaeError::Invalid {
-            path: weights_path.clone(),
-            message,
-        };
-        let tensor = tensors
-            .remove(name)
-            .ok_or_else(|| bad(format!("no tensor `{name}`")))?;
-        if tensor.shape() != shape {
-            return Err(bad(format!(
-                "`{name}` has shape {:?}, the config says {shape:?}",
-                tensor.shape()
-            )));
-        }
-        // A NaN here would surface much later as a broken forward pass of some variant;
-        // name the file and the tensor now.
-        if let Some((at, value)) = tensor.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(bad(format!(
-                "`{name}` holds a non-finite value ({value}) at flat index {at}"
-            )));
-        }
-        Ok(tensor)
-    };
-    let (d_in, d_sae) = (config.d_in, config.d_sae);
-    let matrix =
-        |a: ndarray::ArrayD<f32>| a.into_dimensionality::<Ix2>().expect("two dims checked");
-    let vector = |a: ndarray::ArrayD<f32>| a.into_dimensionality::<Ix1>().expect("one dim checked");
-    Ok(Sae {
-        d_in,
-        d_sae,
-        architecture,
-        apply_b_dec_to_input: config.apply_b_dec_to_input,
-        normalization,
-        hook: config.hook(),
-        w_enc: matrix(read("W_enc", &[d_in, d_sae])?),
-        b_enc: vector(read("b_enc", &[d_sae])?),
-        w_dec: matrix(read("W_dec", &[d_sae, d_in])?),
-        b_dec: vector(read("b_dec", &[d_in])?),
-        threshold: match architecture {
-            Architecture::JumpRelu => Some(vector(read("threshold", &[d_sae])?)),
-            _ => None,
+    Sae::from_tensors(
+        tensors,
+        &weights_path,
+        Sae {
+            d_in: config.d_in,
+            d_sae: config.d_sae,
+            architecture,
+            apply_b_dec_to_input: config.apply_b_dec_to_input,
+            normalization,
+            hook: config.hook(),
+            w_enc: Array2::zeros((0, 0)),
+            b_enc: Array1::zeros(0),
+            w_dec: Array2::zeros((0, 0)),
+            b_dec: Array1::zeros(0),
+            threshold: None,
         },
-    })
+    )
 }
 
 impl Sae {
+    /// `shape` (its sizes, architecture and settings; weights empty) with its weights
+    /// taken from `tensors`, each checked against the sizes and for non-finite values.
+    fn from_tensors(
+        mut tensors: std::collections::BTreeMap<String, ndarray::ArrayD<f32>>,
+        path: &Path,
+        shape: Sae,
+    ) -> Result<Sae, SaeError> {
+        let mut read = |name: &str, expected: &[usize]| -> Result<ndarray::ArrayD<f32>, SaeError> {
+            let bad = |message: String| SaeError::Invalid {
+                path: path.to_owned(),
+                message,
+            };
+            let tensor = tensors
+                .remove(name)
+                .ok_or_else(|| bad(format!("no tensor `{name}`")))?;
+            if tensor.shape() != expected {
+                return Err(bad(format!(
+                    "`{name}` has shape {:?}, the config says {expected:?}",
+                    tensor.shape()
+                )));
+            }
+            // A NaN here would surface much later as a broken forward pass of some
+            // variant; name the file and the tensor now.
+            if let Some((at, value)) = tensor.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(bad(format!(
+                    "`{name}` holds a non-finite value ({value}) at flat index {at}"
+                )));
+            }
+            Ok(tensor)
+        };
+        let (d_in, d_sae) = (shape.d_in, shape.d_sae);
+        let matrix =
+            |a: ndarray::ArrayD<f32>| a.into_dimensionality::<Ix2>().expect("two dims checked");
+        let vector =
+            |a: ndarray::ArrayD<f32>| a.into_dimensionality::<Ix1>().expect("one dim checked");
+        Ok(Sae {
+            w_enc: matrix(read("W_enc", &[d_in, d_sae])?),
+            b_enc: vector(read("b_enc", &[d_sae])?),
+            w_dec: matrix(read("W_dec", &[d_sae, d_in])?),
+            b_dec: vector(read("b_dec", &[d_in])?),
+            threshold: match shape.architecture {
+                Architecture::JumpRelu => Some(vector(read("threshold", &[d_sae])?)),
+                _ => None,
+            },
+            ..shape
+        })
+    }
+
     /// SHA-256 of its weights as little-endian f32 (W_enc, b_enc, W_dec, b_dec, and the
     /// threshold when it has one): equal for equal weights, whatever file they came from.
     pub fn weights_sha256(&self) -> String {

@@ -87,8 +87,12 @@ impl Session<'_, '_, '_> {
         }
         let call = super::declared(&self.plan.saes, name, "SAE")?;
         let sae = match SaeSource::bind(call).map_err(|e| e.to_string())? {
-            SaeSource::Load { path } => {
-                crate::sae::load(&self.root.join(path)).map_err(|e| e.to_string())?
+            SaeSource::Load { path, hook } => {
+                let mut sae = crate::sae::load(&self.root.join(path)).map_err(|e| e.to_string())?;
+                if hook.is_some() {
+                    sae.hook = hook;
+                }
+                sae
             }
             SaeSource::Train(train) => self.preparing(|s| s.train_sae(name, &train))?,
         };
@@ -101,10 +105,12 @@ impl Session<'_, '_, '_> {
     /// "reconstructed" means in the seed's columns and SAELens' metrics).
     pub(crate) fn sae_splice(&mut self, sae_name: &str) -> Result<SaeSplice, Failure> {
         let sae = self.sae(sae_name)?;
-        let hook = sae
-            .hook
-            .clone()
-            .ok_or_else(|| format!("SAE `{sae_name}` names no hook in its cfg.json"))?;
+        let hook = sae.hook.clone().ok_or_else(|| {
+            format!(
+                "SAE `{sae_name}` names no hook in its files; name it where it is loaded: \
+                     load(\"...\", hook = blocks.L.hook_resid_post)"
+            )
+        })?;
         let target = self.target(&hook)?;
         Ok(SaeSplice {
             edit: Intervention::Sae(SaeEdit {

@@ -41,7 +41,7 @@ impl Session<'_, '_, '_> {
                     Some(i) => i,
                     None => {
                         let hook = sae.hook.clone().ok_or_else(|| {
-                            format!("SAE `{sae_name}` names no hook in its cfg.json")
+                            format!("SAE `{sae_name}` names no hook in its files; name it where it is loaded: load(\"...\", hook = blocks.L.hook_resid_post)")
                         })?;
                         sae_edits.push((
                             sae_name.to_owned(),
