@@ -53,6 +53,30 @@ fn tiny_llama_gguf_with_every_quant_type_matches_transformers() {
     }
 }
 
+#[test]
+fn tiny_qwen2_gguf_with_biases_and_unpermuted_rows_matches_transformers() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_qwen2_gguf/model.gguf"));
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    assert!(model.manifest.config.bias.qkv);
+    assert!(
+        !model.manifest.special_tokens.prepend_bos,
+        "Qwen's GGUF says add_bos_token = false"
+    );
+    let mut reference = Reference::open(&fixture("tiny_qwen2_gguf/reference.npz"));
+    let batch = reference_batch(&mut reference);
+    let expected = reference.f32("logits");
+    let logits = model.forward(&batch, true, &[]).unwrap().logits.unwrap();
+    for (row, &len) in batch.lengths.iter().enumerate() {
+        assert_close(
+            &format!("logits of row {row}"),
+            logits.slice(s![row, ..len, ..]).into_dyn(),
+            expected.slice(s![row, ..len, ..]).into_dyn(),
+            TOLERANCE,
+        );
+    }
+}
+
 /// Exports the Hugging Face folder `name` and compares logits, the residual stream
 /// entering each block and each layer's attention pattern with transformers' own forward
 /// pass; returns the patterns for checks of their own.

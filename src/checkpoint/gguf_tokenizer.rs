@@ -118,7 +118,8 @@ pub(super) fn build(file: &GgufFile) -> Result<(Tokenizer, SpecialTokens), Check
 }
 
 /// GPT-2's regex split, preceded by a split into single digits for the pre-tokenizer
-/// types known to do that (`smollm`, `starcoder`, `refact`). Other types get GPT-2's split
+/// types known to do that (`smollm`, `starcoder`, `refact`, `qwen2`; Qwen2 splits digits one
+/// by one, its other rules are an approximation here). Other types get GPT-2's split
 /// alone, which is exact for `gpt2` and an approximation for the rest.
 fn pre_tokenizer(file: &GgufFile) -> PreTokenizerWrapper {
     let pre = file
@@ -127,7 +128,7 @@ fn pre_tokenizer(file: &GgufFile) -> PreTokenizerWrapper {
         .unwrap_or("default");
     let byte_level = ByteLevel::new(false, true, true);
     match pre {
-        "smollm" | "starcoder" | "refact" => {
+        "smollm" | "starcoder" | "refact" | "qwen2" => {
             Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
         }
         _ => byte_level.into(),

@@ -1,4 +1,6 @@
-//! Llama-family models from GGUF (SmolLM2, TinyLlama, Llama 2/3, ...).
+//! Llama-family models from GGUF: `llama` (SmolLM2, TinyLlama, Llama 2/3, Mistral, ...)
+//! and `qwen2` (Qwen2/2.5), which llama.cpp stores with the same tensor names plus q/k/v
+//! biases, under its own metadata prefix, and without permuting q/k rows.
 
 use ndarray::{Array2, ArrayD, Ix2};
 
@@ -15,15 +17,15 @@ pub(super) fn load(file: &GgufFile) -> Result<Checkpoint, CheckpointError> {
         .get("general.architecture")
         .and_then(Value::as_str)
         .unwrap_or("unknown");
-    if arch != "llama" {
+    if !matches!(arch, "llama" | "qwen2") {
         return Err(CheckpointError::Unsupported {
             path: path.to_owned(),
             what: format!(
-                "architecture `{arch}`; qexp exports `llama` GGUF files and Hugging Face folders of GPT-2, GPT-Neo, Llama, Mistral and Qwen"
+                "architecture `{arch}`; qexp exports `llama` and `qwen2` GGUF files and Hugging Face folders of GPT-2, GPT-NeoX, GPT-Neo, Llama, Mistral, Qwen and Gemma-2"
             ),
         });
     }
-    let config = read_config(file)?;
+    let config = read_config(file, arch)?;
     let weights = read_weights(file, &config)?;
     let (tokenizer, special_tokens) = gguf_tokenizer::build(file)?;
     let name = file
@@ -39,22 +41,28 @@ pub(super) fn load(file: &GgufFile) -> Result<Checkpoint, CheckpointError> {
     })
 }
 
-fn read_config(file: &GgufFile) -> Result<TransformerConfig, CheckpointError> {
+fn read_config(file: &GgufFile, arch: &str) -> Result<TransformerConfig, CheckpointError> {
+    // Every model key is under the architecture's prefix: `llama.block_count`.
     let int = |key: &str| -> Result<usize, CheckpointError> {
-        file.get(key)
+        let key = format!("{arch}.{key}");
+        file.get(&key)
             .and_then(Value::as_u64)
             .map(|v| v as usize)
             .ok_or_else(|| CheckpointError::MissingMetadata {
                 path: file.path().to_owned(),
-                key: key.to_owned(),
+                key,
             })
     };
-    let float = |key: &str, default: f64| file.get(key).and_then(Value::as_f64).unwrap_or(default);
+    let float = |key: &str, default: f64| {
+        file.get(&format!("{arch}.{key}"))
+            .and_then(Value::as_f64)
+            .unwrap_or(default)
+    };
 
-    let n_layers = int("llama.block_count")?;
-    let d_model = int("llama.embedding_length")?;
-    let n_heads = int("llama.attention.head_count")?;
-    let n_kv_heads = int("llama.attention.head_count_kv").unwrap_or(n_heads);
+    let n_layers = int("block_count")?;
+    let d_model = int("embedding_length")?;
+    let n_heads = int("attention.head_count")?;
+    let n_kv_heads = int("attention.head_count_kv").unwrap_or(n_heads);
     let corrupt = |what: String| CheckpointError::Corrupt {
         path: file.path().to_owned(),
         what,
@@ -79,27 +87,32 @@ fn read_config(file: &GgufFile) -> Result<TransformerConfig, CheckpointError> {
             path: file.path().to_owned(),
             name: "token_embd.weight".into(),
         })?;
+    let qwen = arch == "qwen2";
     Ok(TransformerConfig {
-        architecture: Architecture::Llama,
+        architecture: if qwen {
+            Architecture::Qwen2
+        } else {
+            Architecture::Llama
+        },
         n_layers,
         d_model,
         n_heads,
         n_kv_heads,
         d_head,
-        d_mlp: int("llama.feed_forward_length")?,
+        d_mlp: int("feed_forward_length")?,
         d_vocab,
-        n_ctx: int("llama.context_length")?,
+        n_ctx: int("context_length")?,
         normalization: Normalization::RmsNorm,
-        norm_eps: float("llama.attention.layer_norm_rms_epsilon", 1e-5) as f32,
+        norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5) as f32,
         positional: Positional::Rotary {
-            base: float("llama.rope.freq_base", 10_000.0) as f32,
+            base: float("rope.freq_base", 10_000.0) as f32,
             rotary_dim: None,
         },
         mlp: Mlp::GatedSilu,
         attn_scale: 1.0 / (d_head as f32).sqrt(),
         attention_windows: vec![None; n_layers],
         bias: BiasLayout {
-            qkv: false,
+            qkv: qwen,
             attn_out: false,
             mlp: false,
             unembed: false,
@@ -146,20 +159,27 @@ fn read_weights(file: &GgufFile, config: &TransformerConfig) -> Result<Weights, 
 
         let q = matrix(file, &gguf("attn_q.weight"), q_width, d)?;
         let k = matrix(file, &gguf("attn_k.weight"), kv_width, d)?;
-        put(
-            ours("attn.W_Q"),
-            undo_rope_permutation(q, config.n_heads)
-                .t()
-                .to_owned()
-                .into_dyn(),
-        );
-        put(
-            ours("attn.W_K"),
-            undo_rope_permutation(k, config.n_kv_heads)
-                .t()
-                .to_owned()
-                .into_dyn(),
-        );
+        // llama.cpp permutes Llama's q/k rows for its adjacent-pair rotary; Qwen2 keeps
+        // the rotate-half layout (its NEOX rope type), rows and biases as trained.
+        let permuted = config.architecture == Architecture::Llama;
+        let (q, k) = if permuted {
+            (
+                undo_rope_permutation(q, config.n_heads),
+                undo_rope_permutation(k, config.n_kv_heads),
+            )
+        } else {
+            (q, k)
+        };
+        put(ours("attn.W_Q"), q.t().to_owned().into_dyn());
+        put(ours("attn.W_K"), k.t().to_owned().into_dyn());
+        if config.bias.qkv {
+            for (name, width) in [("q", q_width), ("k", kv_width), ("v", kv_width)] {
+                put(
+                    ours(&format!("attn.b_{}", name.to_uppercase())),
+                    read(file, &gguf(&format!("attn_{name}.bias")), &[width])?,
+                );
+            }
+        }
         put(
             ours("attn.W_V"),
             linear(file, &gguf("attn_v.weight"), kv_width, d)?,
