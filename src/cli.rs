@@ -561,6 +561,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     hook.meaning
                 );
             }
+            outln!(
+                "{} hook points; weights: {} parameters, {} in memory as f32 once loaded",
+                manifest.hooks.len(),
+                manifest.parameters,
+                crate::manifest::human_bytes(manifest.weights_bytes())
+            );
         }
         Command::Generate {
             model,

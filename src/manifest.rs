@@ -70,6 +70,18 @@ pub enum ManifestError {
 }
 
 impl Manifest {
+    /// What the weights take in memory once loaded: f32, one copy per process whatever
+    /// the number of graphs (sessions share them), plus the transposed copy of a tied
+    /// embedding that the unembedding reads.
+    pub fn weights_bytes(&self) -> u64 {
+        let tied_copy = if self.config.tied_embeddings {
+            (self.config.d_vocab * self.config.d_model) as u64 * 4
+        } else {
+            0
+        };
+        self.parameters as u64 * 4 + tied_copy
+    }
+
     pub fn read(model_dir: &Path) -> Result<Self, ManifestError> {
         let path = model_dir.join(MANIFEST_FILE);
         if !path.exists() {
@@ -186,4 +198,14 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         hasher.update(&buffer[..n]);
     }
     Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// A byte count for people: `540.2 MB`, `1.9 GB`.
+pub fn human_bytes(bytes: u64) -> String {
+    let mb = bytes as f64 / 1e6;
+    if mb >= 1000.0 {
+        format!("{:.1} GB", mb / 1000.0)
+    } else {
+        format!("{mb:.1} MB")
+    }
 }

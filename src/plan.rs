@@ -34,6 +34,9 @@ pub struct ModelSpec {
     /// Whether each sublayer's output passes a norm of its own before it joins the
     /// stream (Gemma-2's `ln1_post`/`ln2_post`); not assumed without a manifest.
     pub post_norms: bool,
+    /// Its parameter count and what its weights take in memory, from its manifest, for
+    /// `qexp plan`'s memory line.
+    pub weights: Option<(usize, u64)>,
     /// Its layers, from its manifest (unknown when only the syntax was checked).
     pub n_layers: Option<usize>,
     /// Whether prompts start with BOS, where the experiment says (TransformerLens'

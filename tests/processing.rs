@@ -241,7 +241,23 @@ fn the_command_line_says_what_was_processed_and_what_an_rms_norm_model_skips() {
         stdout.contains("not applied (an RMSNorm does not remove the mean they rely on, as in TransformerLens): center_writing_weights"),
         "{stdout}"
     );
+    // `qexp hooks` ends with what the weights take once loaded (untied: no extra copy).
+    let hooks = common::qexp(dir.path())
+        .args(["hooks", "models/llama"])
+        .output()
+        .unwrap();
+    let hooks = String::from_utf8(hooks.stdout).unwrap();
+    let last = hooks.lines().last().unwrap();
     let manifest = std::fs::read_to_string(dir.path().join("models/llama/manifest.json")).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    let parameters = parsed["parameters"].as_u64().unwrap();
+    assert!(
+        last.contains(&format!(
+            "weights: {parameters} parameters, {:.1} MB in memory as f32 once loaded",
+            parameters as f64 * 4.0 / 1e6
+        )),
+        "{last}"
+    );
     assert!(
         manifest.contains("\"processing\": [\n    \"fold_ln\",\n    \"center_unembed\",\n    \"fold_value_biases\"\n  ]"),
         "{manifest}"

@@ -104,5 +104,13 @@ pub fn describe(plan: &Plan) -> String {
             let _ = writeln!(out, "  {c}");
         }
     }
+    if let Some((parameters, bytes)) = plan.model.weights {
+        let _ = writeln!(
+            out,
+            "weights: {parameters} parameters, {} in memory as f32, held once and shared by \
+             every graph (each graph adds only its own nodes and activation buffers)",
+            crate::manifest::human_bytes(bytes)
+        );
+    }
     out
 }

@@ -371,6 +371,7 @@ impl Checker<'_> {
                 matches!(m.config.positional, crate::model::Positional::Rotary { .. })
             }),
             post_norms: self.manifest().is_some_and(|m| m.config.post_norms),
+            weights: self.manifest().map(|m| (m.parameters, m.weights_bytes())),
             n_layers: self.manifest().map(|m| m.config.n_layers),
             prepend_bos,
         });
