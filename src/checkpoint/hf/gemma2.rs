@@ -7,7 +7,7 @@
 use ndarray::ArrayD;
 use serde::Deserialize;
 
-use super::{ConfigFile, Family, Reader};
+use super::{ConfigFile, Family, Reader, Rope};
 use crate::checkpoint::CheckpointError;
 use crate::model::{
     Architecture, BiasLayout, Mlp, Normalization, Positional, TransformerConfig, Weights,
@@ -29,8 +29,8 @@ struct HfConfig {
     max_position_embeddings: usize,
     #[serde(default = "default_eps")]
     rms_norm_eps: f32,
-    rope_theta: Option<f32>,
-    rope_parameters: Option<RopeParameters>,
+    #[serde(flatten)]
+    rope: Rope,
     query_pre_attn_scalar: Option<f32>,
     attn_logit_softcapping: Option<f32>,
     final_logit_softcapping: Option<f32>,
@@ -42,12 +42,6 @@ struct HfConfig {
     tie_word_embeddings: bool,
     #[serde(default)]
     attention_bias: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct RopeParameters {
-    rope_theta: Option<f32>,
-    rope_type: Option<String>,
 }
 
 fn default_activation() -> String {
@@ -74,30 +68,10 @@ pub(super) fn family(file: &ConfigFile<'_>) -> Result<Family, CheckpointError> {
     if hf.attention_bias {
         return Err(file.unsupported("`attention_bias` in a Gemma-2 model".into()));
     }
-    let nested = hf.rope_parameters.as_ref();
-    if let Some(kind) = nested
-        .and_then(|p| p.rope_type.as_deref())
-        .filter(|kind| *kind != "default")
-    {
-        return Err(file.unsupported(format!(
-            "rotary scaling `{kind}`; qexp implements unscaled rotary embeddings only"
-        )));
-    }
-    let base = hf
-        .rope_theta
-        .or_else(|| nested.and_then(|p| p.rope_theta))
-        .unwrap_or(10_000.0);
+    let base = hf.rope.base(file)?;
     let n_heads = hf.num_attention_heads;
-    let n_kv_heads = hf.num_key_value_heads.unwrap_or(n_heads);
-    let d_head = match hf.head_dim {
-        Some(d) => d,
-        None => file.head_width(hf.hidden_size, n_heads)?,
-    };
-    if n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) || d_head % 2 == 1 {
-        return Err(file.corrupt(format!(
-            "{n_heads} query heads cannot share {n_kv_heads} key/value heads of width {d_head}"
-        )));
-    }
+    let (n_kv_heads, d_head) =
+        file.grouped_heads(hf.hidden_size, n_heads, hf.num_key_value_heads, hf.head_dim)?;
     let n_layers = hf.num_hidden_layers;
     let kinds: Vec<String> = hf.layer_types.clone().unwrap_or_else(|| {
         (0..n_layers)

@@ -5,7 +5,7 @@
 use ndarray::{Array1, Array2, ArrayD, Ix1, Ix2};
 use serde::Deserialize;
 
-use super::{ConfigFile, Family, Reader};
+use super::{ConfigFile, Family, Reader, Rope};
 use crate::checkpoint::CheckpointError;
 use crate::model::{
     Architecture, BiasLayout, Mlp, Normalization, Positional, TransformerConfig, Weights,
@@ -31,18 +31,8 @@ struct HfConfig {
     attention_bias: bool,
     #[serde(default)]
     tie_word_embeddings: bool,
-    /// Older configs: the rotary fraction and base at the top level.
-    rotary_pct: Option<f32>,
-    rotary_emb_base: Option<f32>,
-    /// Newer configs: both inside `rope_parameters`.
-    rope_parameters: Option<RopeParameters>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RopeParameters {
-    partial_rotary_factor: Option<f32>,
-    rope_theta: Option<f32>,
-    rope_type: Option<String>,
+    #[serde(flatten)]
+    rope: Rope,
 }
 
 fn default_activation() -> String {
@@ -73,23 +63,8 @@ pub(super) fn family(file: &ConfigFile<'_>) -> Result<Family, CheckpointError> {
                 .into(),
         ));
     }
-    let nested = hf.rope_parameters.as_ref();
-    if let Some(kind) = nested
-        .and_then(|p| p.rope_type.as_deref())
-        .filter(|kind| *kind != "default")
-    {
-        return Err(file.unsupported(format!(
-            "rotary scaling `{kind}`; qexp implements unscaled rotary embeddings only"
-        )));
-    }
-    let fraction = hf
-        .rotary_pct
-        .or_else(|| nested.and_then(|p| p.partial_rotary_factor))
-        .unwrap_or(1.0);
-    let base = hf
-        .rotary_emb_base
-        .or_else(|| nested.and_then(|p| p.rope_theta))
-        .unwrap_or(10_000.0);
+    let base = hf.rope.base(file)?;
+    let fraction = hf.rope.fraction();
     // As transformers computes it: `int(head_size * rotary_pct)`.
     let rotary_dim = (d_head as f32 * fraction) as usize;
     if rotary_dim == 0 || rotary_dim % 2 == 1 || rotary_dim > d_head {

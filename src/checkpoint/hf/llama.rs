@@ -6,7 +6,7 @@
 use ndarray::ArrayD;
 use serde::Deserialize;
 
-use super::{ConfigFile, Family, Reader};
+use super::{ConfigFile, Family, Reader, Rope};
 use crate::checkpoint::CheckpointError;
 use crate::model::{
     Architecture, BiasLayout, Mlp, Normalization, Positional, TransformerConfig, Weights,
@@ -29,11 +29,8 @@ struct HfConfig {
     max_position_embeddings: usize,
     #[serde(default = "default_eps")]
     rms_norm_eps: f32,
-    /// Older configs: `rope_theta` and `rope_scaling` at the top level.
-    rope_theta: Option<f32>,
-    rope_scaling: Option<serde_json::Value>,
-    /// Newer configs: both inside `rope_parameters`.
-    rope_parameters: Option<RopeParameters>,
+    #[serde(flatten)]
+    rope: Rope,
     #[serde(default)]
     tie_word_embeddings: bool,
     /// Llama's biases on q, k, v and o (Qwen2 has q/k/v biases whatever this says).
@@ -46,12 +43,6 @@ struct HfConfig {
     /// Qwen2/Qwen3 carry a `sliding_window` they use only when this is set.
     #[serde(default)]
     use_sliding_window: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct RopeParameters {
-    rope_theta: Option<f32>,
-    rope_type: Option<String>,
 }
 
 fn default_activation() -> String {
@@ -78,18 +69,10 @@ pub(super) fn family(file: &ConfigFile<'_>, model_type: &str) -> Result<Family, 
     if hf.mlp_bias {
         return Err(file.unsupported("`mlp_bias`: MLP biases in a Llama-family model".into()));
     }
-    let base = rope_base(&hf, file)?;
+    let base = hf.rope.base(file)?;
     let n_heads = hf.num_attention_heads;
-    let n_kv_heads = hf.num_key_value_heads.unwrap_or(n_heads);
-    let d_head = match hf.head_dim {
-        Some(d) => d,
-        None => file.head_width(hf.hidden_size, n_heads)?,
-    };
-    if n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) || d_head % 2 == 1 {
-        return Err(file.corrupt(format!(
-            "{n_heads} query heads cannot share {n_kv_heads} key/value heads of width {d_head}"
-        )));
-    }
+    let (n_kv_heads, d_head) =
+        file.grouped_heads(hf.hidden_size, n_heads, hf.num_key_value_heads, hf.head_dim)?;
     let window = match architecture {
         Architecture::Mistral => hf.sliding_window,
         _ if hf.use_sliding_window => {
@@ -144,30 +127,6 @@ pub(super) fn family(file: &ConfigFile<'_>, model_type: &str) -> Result<Family, 
         prepend_bos: !matches!(architecture, Architecture::Qwen2 | Architecture::Qwen3),
         read_weights,
     })
-}
-
-/// The rotary base, refusing the scaled variants (Llama 3.1's `llama3`, YaRN, ...), whose
-/// frequencies qexp does not compute.
-fn rope_base(hf: &HfConfig, file: &ConfigFile<'_>) -> Result<f32, CheckpointError> {
-    let nested_type = hf
-        .rope_parameters
-        .as_ref()
-        .and_then(|p| p.rope_type.as_deref());
-    let scaling = hf.rope_scaling.as_ref().filter(|v| !v.is_null()).map(|v| {
-        v.get("rope_type")
-            .or_else(|| v.get("type"))
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("unknown")
-    });
-    if let Some(kind) = scaling.or(nested_type).filter(|kind| *kind != "default") {
-        return Err(file.unsupported(format!(
-            "rotary scaling `{kind}`; qexp implements unscaled rotary embeddings only"
-        )));
-    }
-    Ok(hf
-        .rope_theta
-        .or_else(|| hf.rope_parameters.as_ref().and_then(|p| p.rope_theta))
-        .unwrap_or(10_000.0))
 }
 
 fn read_weights(r: &Reader<'_>, config: &TransformerConfig) -> Result<Weights, CheckpointError> {

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use ndarray::{ArrayD, Ix2};
 use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::{Checkpoint, CheckpointError, SpecialTokens, expect_shape};
@@ -145,6 +146,29 @@ impl ConfigFile<'_> {
         }
     }
 
+    /// Key/value heads and head width of a rotary, grouped-query model: `n_kv` defaults
+    /// to `n_heads`, `head_dim` to `hidden / n_heads`; refuses groups that do not divide
+    /// or an odd head width (the rotary turns pairs).
+    fn grouped_heads(
+        &self,
+        hidden: usize,
+        n_heads: usize,
+        n_kv: Option<usize>,
+        head_dim: Option<usize>,
+    ) -> Result<(usize, usize), CheckpointError> {
+        let n_kv = n_kv.unwrap_or(n_heads);
+        let d_head = match head_dim {
+            Some(d) => d,
+            None => self.head_width(hidden, n_heads)?,
+        };
+        if n_kv == 0 || !n_heads.is_multiple_of(n_kv) || d_head % 2 == 1 {
+            return Err(self.corrupt(format!(
+                "{n_heads} query heads cannot share {n_kv} key/value heads of width {d_head}"
+            )));
+        }
+        Ok((n_kv, d_head))
+    }
+
     /// `hidden / heads`, refusing a head count that does not divide the width.
     fn head_width(&self, hidden: usize, heads: usize) -> Result<usize, CheckpointError> {
         if heads == 0 || !hidden.is_multiple_of(heads) {
@@ -153,6 +177,65 @@ impl ConfigFile<'_> {
             )));
         }
         Ok(hidden / heads)
+    }
+}
+
+/// Rotary settings, which older configs give at the top level (`rope_theta`,
+/// `rope_scaling`; GPT-NeoX's `rotary_emb_base`, `rotary_pct`) and newer ones inside
+/// `rope_parameters`. Flattened into each rotary family's config.
+#[derive(Debug, Deserialize)]
+struct Rope {
+    rope_theta: Option<f32>,
+    rope_scaling: Option<serde_json::Value>,
+    rotary_emb_base: Option<f32>,
+    rotary_pct: Option<f32>,
+    rope_parameters: Option<RopeParameters>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RopeParameters {
+    rope_theta: Option<f32>,
+    rope_type: Option<String>,
+    partial_rotary_factor: Option<f32>,
+}
+
+impl Rope {
+    /// The rotary base, refusing the scaled variants (Llama 3.1's `llama3`, YaRN, ...),
+    /// whose frequencies qexp does not compute.
+    fn base(&self, file: &ConfigFile<'_>) -> Result<f32, CheckpointError> {
+        let nested = self.rope_parameters.as_ref();
+        let scaling = self
+            .rope_scaling
+            .as_ref()
+            .filter(|v| !v.is_null())
+            .map(|v| {
+                v.get("rope_type")
+                    .or_else(|| v.get("type"))
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("unknown")
+            });
+        let kind = scaling.or_else(|| nested.and_then(|p| p.rope_type.as_deref()));
+        if let Some(kind) = kind.filter(|kind| *kind != "default") {
+            return Err(file.unsupported(format!(
+                "rotary scaling `{kind}`; qexp implements unscaled rotary embeddings only"
+            )));
+        }
+        Ok(self
+            .rope_theta
+            .or(self.rotary_emb_base)
+            .or_else(|| nested.and_then(|p| p.rope_theta))
+            .unwrap_or(10_000.0))
+    }
+
+    /// The fraction of each head the rotary turns (GPT-NeoX), all of it when unsaid.
+    fn fraction(&self) -> f32 {
+        self.rotary_pct
+            .or_else(|| {
+                self.rope_parameters
+                    .as_ref()
+                    .and_then(|p| p.partial_rotary_factor)
+            })
+            .unwrap_or(1.0)
     }
 }
 
