@@ -45,7 +45,52 @@ pub enum Positional {
         base: f32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rotary_dim: Option<usize>,
+        /// A change of the frequencies for longer contexts (Llama 3.1's `llama3`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scaling: Option<RopeScaling>,
     },
+}
+
+/// Hugging Face's `rope_type`s that change the rotary frequencies.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "type")]
+pub enum RopeScaling {
+    /// Every frequency divided by `factor` (position interpolation).
+    Linear { factor: f64 },
+    /// Llama 3.1's: wavelengths longer than `original / low_freq_factor` divided by
+    /// `factor`, shorter than `original / high_freq_factor` kept, a smooth blend between.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+impl RopeScaling {
+    /// The scaled inverse frequency, as transformers' `modeling_rope_utils` computes it.
+    pub fn apply(&self, inv_freq: f64) -> f64 {
+        match *self {
+            RopeScaling::Linear { factor } => inv_freq / factor,
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old,
+            } => {
+                let wavelen = 2.0 * std::f64::consts::PI / inv_freq;
+                if wavelen < old / high_freq_factor {
+                    inv_freq
+                } else if wavelen > old / low_freq_factor {
+                    inv_freq / factor
+                } else {
+                    let smooth =
+                        (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                    (1.0 - smooth) * inv_freq / factor + smooth * inv_freq
+                }
+            }
+        }
+    }
 }
 
 impl Positional {

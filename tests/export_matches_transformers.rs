@@ -160,6 +160,11 @@ fn tiny_llama_folder_with_attention_biases_in_shards_matches_transformers() {
 }
 
 #[test]
+fn tiny_llama_with_llama3_rotary_scaling_matches_transformers() {
+    hf_folder_matches_transformers("tiny_llama3_rope");
+}
+
+#[test]
 fn tiny_mistral_with_a_sliding_window_matches_transformers() {
     let hooks = hf_folder_matches_transformers("tiny_mistral");
     assert_window_of_four(&hooks["blocks.0.attn.hook_pattern"]);

@@ -242,6 +242,7 @@ mod tests {
             positional: Positional::Rotary {
                 base: 10000.0,
                 rotary_dim: None,
+                scaling: None,
             },
             mlp: Mlp::GatedSilu,
             attn_scale: 0.5,

@@ -107,6 +107,7 @@ fn read_config(file: &GgufFile, arch: &str) -> Result<TransformerConfig, Checkpo
         positional: Positional::Rotary {
             base: float("rope.freq_base", 10_000.0) as f32,
             rotary_dim: None,
+            scaling: None,
         },
         mlp: Mlp::GatedSilu,
         attn_scale: 1.0 / (d_head as f32).sqrt(),

@@ -9,7 +9,9 @@ use ndarray::{Array2, ArrayD};
 use super::ExportError;
 use super::graph::{GraphBuilder, attr_int, attr_ints};
 use crate::manifest::{ATTENTION_MASK, INPUT_IDS, LOGITS};
-use crate::model::{Mlp, Normalization, Positional, Transformer, TransformerConfig, weight_names};
+use crate::model::{
+    Mlp, Normalization, Positional, RopeScaling, Transformer, TransformerConfig, weight_names,
+};
 use crate::onnx::BOOL;
 
 /// Masked attention scores are set to the lowest finite f32 (as HF does) rather than
@@ -126,9 +128,9 @@ fn shared_tensors(cfg: &TransformerConfig, b: &mut GraphBuilder) -> Result<Share
     let masked_score = b.float_scalar(MASKED_SCORE);
 
     let rotary = match cfg.positional {
-        Positional::Rotary { base, .. } => {
+        Positional::Rotary { base, scaling, .. } => {
             let width = cfg.positional.rotary_dim(cfg.d_head);
-            let (cos, sin) = rotary_tables(cfg.n_ctx, width, base);
+            let (cos, sin) = rotary_tables(cfg.n_ctx, width, base, scaling);
             b.weight("rotary.cos", &cos)?;
             b.weight("rotary.sin", &sin)?;
             let shape = b.ints(&[1, -1, 1, width as i64]);
@@ -153,10 +155,16 @@ fn shared_tensors(cfg: &TransformerConfig, b: &mut GraphBuilder) -> Result<Share
 /// HF's rotary tables in the rotate-half layout over the `width` rotated dimensions of a
 /// head: for position p and dimension i, angle = p / base^(2(i mod w/2)/w). Computed in
 /// f64, then rounded.
-fn rotary_tables(n_ctx: usize, width: usize, base: f32) -> (ArrayD<f32>, ArrayD<f32>) {
+fn rotary_tables(
+    n_ctx: usize,
+    width: usize,
+    base: f32,
+    scaling: Option<RopeScaling>,
+) -> (ArrayD<f32>, ArrayD<f32>) {
     let half = width / 2;
     let inv_freq: Vec<f64> = (0..half)
         .map(|i| 1.0 / f64::from(base).powf((2 * i) as f64 / width as f64))
+        .map(|f| scaling.map_or(f, |s| s.apply(f)))
         .collect();
     let angle = |p: usize, i: usize| p as f64 * inv_freq[i % half];
     let cos = Array2::from_shape_fn((n_ctx, width), |(p, i)| angle(p, i).cos() as f32);

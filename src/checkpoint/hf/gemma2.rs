@@ -10,8 +10,7 @@ use serde::Deserialize;
 use super::{ConfigFile, Family, Reader, Rope};
 use crate::checkpoint::CheckpointError;
 use crate::model::{
-    Architecture, BiasLayout, Mlp, Normalization, Positional, TransformerConfig, Weights,
-    weight_names,
+    Architecture, BiasLayout, Mlp, Normalization, TransformerConfig, Weights, weight_names,
 };
 
 /// The fields of Gemma-2's `config.json` that shape the graph.
@@ -68,7 +67,7 @@ pub(super) fn family(file: &ConfigFile<'_>) -> Result<Family, CheckpointError> {
     if hf.attention_bias {
         return Err(file.unsupported("`attention_bias` in a Gemma-2 model".into()));
     }
-    let base = hf.rope.base(file)?;
+    let positional = hf.rope.positional(file)?;
     let n_heads = hf.num_attention_heads;
     let (n_kv_heads, d_head) =
         file.grouped_heads(hf.hidden_size, n_heads, hf.num_key_value_heads, hf.head_dim)?;
@@ -112,10 +111,7 @@ pub(super) fn family(file: &ConfigFile<'_>) -> Result<Family, CheckpointError> {
         n_ctx: hf.max_position_embeddings,
         normalization: Normalization::RmsNorm,
         norm_eps: hf.rms_norm_eps,
-        positional: Positional::Rotary {
-            base,
-            rotary_dim: None,
-        },
+        positional,
         mlp: Mlp::GatedGeluTanh,
         attn_scale: 1.0 / query_scalar.sqrt(),
         attention_windows,

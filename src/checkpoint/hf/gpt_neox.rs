@@ -63,7 +63,8 @@ pub(super) fn family(file: &ConfigFile<'_>) -> Result<Family, CheckpointError> {
                 .into(),
         ));
     }
-    let base = hf.rope.base(file)?;
+    let base = hf.rope.base();
+    let scaling = hf.rope.scaling(file)?;
     let fraction = hf.rope.fraction();
     // As transformers computes it: `int(head_size * rotary_pct)`.
     let rotary_dim = (d_head as f32 * fraction) as usize;
@@ -88,6 +89,7 @@ pub(super) fn family(file: &ConfigFile<'_>) -> Result<Family, CheckpointError> {
         positional: Positional::Rotary {
             base,
             rotary_dim: (rotary_dim < d_head).then_some(rotary_dim),
+            scaling,
         },
         mlp,
         attn_scale: 1.0 / (d_head as f32).sqrt(),

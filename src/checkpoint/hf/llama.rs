@@ -9,8 +9,7 @@ use serde::Deserialize;
 use super::{ConfigFile, Family, Reader, Rope};
 use crate::checkpoint::CheckpointError;
 use crate::model::{
-    Architecture, BiasLayout, Mlp, Normalization, Positional, TransformerConfig, Weights,
-    weight_names,
+    Architecture, BiasLayout, Mlp, Normalization, TransformerConfig, Weights, weight_names,
 };
 
 /// The fields of the family's `config.json` that shape the graph.
@@ -69,7 +68,7 @@ pub(super) fn family(file: &ConfigFile<'_>, model_type: &str) -> Result<Family, 
     if hf.mlp_bias {
         return Err(file.unsupported("`mlp_bias`: MLP biases in a Llama-family model".into()));
     }
-    let base = hf.rope.base(file)?;
+    let positional = hf.rope.positional(file)?;
     let n_heads = hf.num_attention_heads;
     let (n_kv_heads, d_head) =
         file.grouped_heads(hf.hidden_size, n_heads, hf.num_key_value_heads, hf.head_dim)?;
@@ -95,10 +94,7 @@ pub(super) fn family(file: &ConfigFile<'_>, model_type: &str) -> Result<Family, 
         n_ctx: hf.max_position_embeddings,
         normalization: Normalization::RmsNorm,
         norm_eps: hf.rms_norm_eps,
-        positional: Positional::Rotary {
-            base,
-            rotary_dim: None,
-        },
+        positional,
         mlp: Mlp::GatedSilu,
         attn_scale: 1.0 / (d_head as f32).sqrt(),
         attention_windows: vec![window; hf.num_hidden_layers],

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::{Checkpoint, CheckpointError, SpecialTokens, expect_shape};
-use crate::model::{Transformer, TransformerConfig, Weights};
+use crate::model::{Positional, RopeScaling, Transformer, TransformerConfig, Weights};
 
 const CONFIG_FILE: &str = "config.json";
 const WEIGHTS_FILE: &str = "model.safetensors";
@@ -195,36 +195,63 @@ struct Rope {
 #[derive(Debug, Deserialize)]
 struct RopeParameters {
     rope_theta: Option<f32>,
-    rope_type: Option<String>,
     partial_rotary_factor: Option<f32>,
+    /// The scaling's own fields (`rope_type`, `factor`, ...), read by [`Rope::scaling`].
+    #[serde(flatten)]
+    scaling: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Rope {
-    /// The rotary base, refusing the scaled variants (Llama 3.1's `llama3`, YaRN, ...),
-    /// whose frequencies qexp does not compute.
-    fn base(&self, file: &ConfigFile<'_>) -> Result<f32, CheckpointError> {
-        let nested = self.rope_parameters.as_ref();
-        let scaling = self
-            .rope_scaling
-            .as_ref()
-            .filter(|v| !v.is_null())
-            .map(|v| {
-                v.get("rope_type")
-                    .or_else(|| v.get("type"))
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or("unknown")
-            });
-        let kind = scaling.or_else(|| nested.and_then(|p| p.rope_type.as_deref()));
-        if let Some(kind) = kind.filter(|kind| *kind != "default") {
-            return Err(file.unsupported(format!(
-                "rotary scaling `{kind}`; qexp implements unscaled rotary embeddings only"
-            )));
-        }
-        Ok(self
-            .rope_theta
+    /// The rotary base.
+    fn base(&self) -> f32 {
+        self.rope_theta
             .or(self.rotary_emb_base)
-            .or_else(|| nested.and_then(|p| p.rope_theta))
-            .unwrap_or(10_000.0))
+            .or_else(|| self.rope_parameters.as_ref().and_then(|p| p.rope_theta))
+            .unwrap_or(10_000.0)
+    }
+
+    /// The frequency scaling, where the config asks for one qexp computes (`linear`,
+    /// Llama 3.1's `llama3`); YaRN, dynamic NTK and the others are refused by name.
+    fn scaling(&self, file: &ConfigFile<'_>) -> Result<Option<RopeScaling>, CheckpointError> {
+        let fields = match (&self.rope_scaling, &self.rope_parameters) {
+            (Some(serde_json::Value::Object(old)), _) => old,
+            (_, Some(nested)) => &nested.scaling,
+            _ => return Ok(None),
+        };
+        let text = |key: &str| fields.get(key).and_then(serde_json::Value::as_str);
+        let number = |key: &str| {
+            fields
+                .get(key)
+                .and_then(serde_json::Value::as_f64)
+                .ok_or_else(|| file.corrupt(format!("rotary scaling without `{key}`")))
+        };
+        match text("rope_type")
+            .or_else(|| text("type"))
+            .unwrap_or("default")
+        {
+            "default" => Ok(None),
+            "linear" => Ok(Some(RopeScaling::Linear {
+                factor: number("factor")?,
+            })),
+            "llama3" => Ok(Some(RopeScaling::Llama3 {
+                factor: number("factor")?,
+                low_freq_factor: number("low_freq_factor")?,
+                high_freq_factor: number("high_freq_factor")?,
+                original_max_position_embeddings: number("original_max_position_embeddings")?,
+            })),
+            other => Err(file.unsupported(format!(
+                "rotary scaling `{other}`; qexp computes `linear` and `llama3` scaling only"
+            ))),
+        }
+    }
+
+    /// Base and scaling, as [`Positional::Rotary`] takes them (the whole head turned).
+    fn positional(&self, file: &ConfigFile<'_>) -> Result<Positional, CheckpointError> {
+        Ok(Positional::Rotary {
+            base: self.base(),
+            rotary_dim: None,
+            scaling: self.scaling(file)?,
+        })
     }
 
     /// The fraction of each head the rotary turns (GPT-NeoX), all of it when unsaid.
