@@ -273,3 +273,23 @@ fn every_builtin_makes_the_columns_and_reads_the_hooks_its_plan_promises_without
         "sae reloaded = train(hook = blocks.0.hook_resid_pre, dataset = d, d_sae = 8, tokens = 100, batch_size = 8)",
     );
 }
+
+#[test]
+fn every_builtin_makes_the_columns_and_reads_the_hooks_its_plan_promises_on_every_family() {
+    // Parallel blocks (Pythia), q/k norms (Qwen3), post-norms and soft caps (Gemma-2),
+    // fused Conv1D weights (GPT-2), a sliding window (Mistral): every built-in runs on
+    // each and reads what its plan says.
+    for family in [
+        "tiny_gpt2",
+        "tiny_pythia",
+        "tiny_qwen3",
+        "tiny_gemma2",
+        "tiny_mistral",
+    ] {
+        let (_dir, model_dir) = export_to_temp(&fixture(family));
+        check_model(
+            &model_dir,
+            "sae reloaded = train(hook = blocks.0.hook_resid_pre, dataset = d, d_sae = 8, tokens = 100, batch_size = 8)",
+        );
+    }
+}
