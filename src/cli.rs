@@ -58,6 +58,10 @@ enum Command {
         /// All four, as `HookedTransformer.from_pretrained` processes weights by default.
         #[arg(long)]
         transformer_lens: bool,
+        /// How model.onnx.data stores the weights: f32, or f16/bf16 for half the files
+        /// (widened to f32 once when loaded; bf16 keeps a bf16 checkpoint exact).
+        #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+        dtype: String,
         #[command(flatten)]
         outputs: OutputFlags,
     },
@@ -436,9 +440,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
             center_unembed,
             fold_value_biases,
             transformer_lens,
+            dtype,
             outputs,
         } => {
+            use crate::model::WeightStorage;
             use crate::processing::Step;
+            let storage = match dtype.as_str() {
+                "f16" => WeightStorage::Float16,
+                "bf16" => WeightStorage::Bfloat16,
+                _ => WeightStorage::Float32,
+            };
             let asked = [
                 (fold_ln, Step::FoldLn),
                 (center_writing_weights, Step::CenterWritingWeights),
@@ -451,7 +462,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .map(|(_, step)| step)
                 .collect();
             let summary =
-                export::export_processed(&checkpoint, &output, &outputs.scope()?, &steps)?;
+                export::export_with(&checkpoint, &output, &outputs.scope()?, &steps, storage)?;
             let m = &summary.manifest;
             outln!(
                 "exported {} to {}: {} layers, d_model {}, {} heads ({} kv), {} parameters, {} graph nodes, {} hook points",

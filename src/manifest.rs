@@ -44,6 +44,12 @@ pub struct Manifest {
     /// order applied; absent when the weights are the checkpoint's own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub processing: Vec<crate::processing::Step>,
+    /// How `model.onnx.data` stores the weights (f32 unless exported with `--dtype`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::model::WeightStorage::is_float32"
+    )]
+    pub weight_storage: crate::model::WeightStorage,
     pub hooks: Vec<HookInfo>,
 }
 

@@ -215,3 +215,53 @@ pub mod weight_names {
         format!("blocks.{layer}.{name}")
     }
 }
+
+/// How the exported weights are stored in `model.onnx.data`. The runtime widens 16-bit
+/// weights to f32 once, when it loads them, so this halves the files, not the memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightStorage {
+    #[default]
+    Float32,
+    Float16,
+    Bfloat16,
+}
+
+impl WeightStorage {
+    pub fn is_float32(&self) -> bool {
+        *self == WeightStorage::Float32
+    }
+
+    /// The value of 16-bit little-endian `bytes` (for `Float32`, of 4 bytes).
+    pub fn decode(self, bytes: &[u8]) -> Vec<f32> {
+        match self {
+            WeightStorage::Float32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            WeightStorage::Float16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            WeightStorage::Bfloat16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        }
+    }
+
+    /// `values` as stored.
+    pub fn encode(self, values: &[f32]) -> Vec<u8> {
+        match self {
+            WeightStorage::Float32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            WeightStorage::Float16 => values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+            WeightStorage::Bfloat16 => values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+        }
+    }
+}

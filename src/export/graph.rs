@@ -61,6 +61,8 @@ pub struct GraphBuilder {
     /// Small constants are shared by value so the graph does not repeat `[0, 2, 1, 3]`.
     constants: HashMap<(Vec<i64>, bool), String>,
     pub hooks: Vec<HookInfo>,
+    /// How model weights are stored ([`Self::model_weight`]); constants stay f32.
+    pub storage: crate::model::WeightStorage,
 }
 
 impl GraphBuilder {
@@ -70,7 +72,30 @@ impl GraphBuilder {
             data,
             constants: HashMap::new(),
             hooks: Vec::new(),
+            storage: crate::model::WeightStorage::Float32,
         }
+    }
+
+    /// A model weight, stored as [`Self::storage`] says. A 16-bit weight is the
+    /// initializer `name:float16` (or `:bfloat16`) with a `Cast` to f32 named `name`, so
+    /// the file is a valid ONNX model for any tool and the graph reads `name` as before;
+    /// qexp's runtime drops the cast and widens the weight once at load.
+    pub fn model_weight(&mut self, name: &str, array: &ArrayD<f32>) -> std::io::Result<String> {
+        use crate::model::WeightStorage;
+        let (suffix, data_type) = match self.storage {
+            WeightStorage::Float32 => return self.weight(name, array),
+            WeightStorage::Float16 => ("float16", tensor_proto::DataType::Float16 as i32),
+            WeightStorage::Bfloat16 => ("bfloat16", tensor_proto::DataType::Bfloat16 as i32),
+        };
+        let stored = format!("{name}:{suffix}");
+        self.external(&stored, array, data_type)?;
+        self.op_into(
+            "Cast",
+            &[stored.as_str()],
+            name,
+            vec![attr_int("to", i64::from(FLOAT))],
+        );
+        Ok(name.to_owned())
     }
 
     /// Prefix for the names of nodes made from now on (`blocks.3.attn`), so a graph
@@ -131,9 +156,24 @@ impl GraphBuilder {
 
     /// A weight stored in the external data file under its own (TransformerLens) name.
     pub fn weight(&mut self, name: &str, array: &ArrayD<f32>) -> std::io::Result<String> {
+        self.external(name, array, FLOAT)?;
+        Ok(name.to_owned())
+    }
+
+    /// `array` appended to the external data file as `data_type` (f32, f16 or bf16),
+    /// declared as the initializer `name`.
+    fn external(&mut self, name: &str, array: &ArrayD<f32>, data_type: i32) -> std::io::Result<()> {
+        use crate::model::WeightStorage;
         let standard = array.as_standard_layout();
         let values = standard.as_slice().expect("standard layout is contiguous");
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let storage = if data_type == tensor_proto::DataType::Float16 as i32 {
+            WeightStorage::Float16
+        } else if data_type == tensor_proto::DataType::Bfloat16 as i32 {
+            WeightStorage::Bfloat16
+        } else {
+            WeightStorage::Float32
+        };
+        let bytes = storage.encode(values);
         let (offset, length) = self.data.append(&bytes)?;
         let entry = |key: &str, value: String| StringStringEntryProto {
             key: Some(key.to_owned()),
@@ -142,7 +182,7 @@ impl GraphBuilder {
         self.nodes.initializers.push(TensorProto {
             name: Some(name.to_owned()),
             dims: array.shape().iter().map(|&d| d as i64).collect(),
-            data_type: Some(FLOAT),
+            data_type: Some(data_type),
             data_location: Some(tensor_proto::DataLocation::External as i32),
             external_data: vec![
                 entry("location", self.data.file_name.clone()),
@@ -151,7 +191,7 @@ impl GraphBuilder {
             ],
             ..Default::default()
         });
-        Ok(name.to_owned())
+        Ok(())
     }
 
     /// An int64 constant, 1-D (or a scalar when `scalar`), stored inline.

@@ -66,10 +66,27 @@ pub fn export_processed(
     scope: &Scope,
     steps: &[crate::processing::Step],
 ) -> Result<ExportSummary, ExportError> {
+    export_with(
+        checkpoint,
+        out_dir,
+        scope,
+        steps,
+        crate::model::WeightStorage::Float32,
+    )
+}
+
+/// As [`export_processed`], with the weights stored as `storage` says.
+pub fn export_with(
+    checkpoint: &Path,
+    out_dir: &Path,
+    scope: &Scope,
+    steps: &[crate::processing::Step],
+    storage: crate::model::WeightStorage,
+) -> Result<ExportSummary, ExportError> {
     scope.check(out_dir, Kind::Model)?;
     let mut checkpoint = Checkpoint::load(checkpoint)?;
     let applied = crate::processing::process(&mut checkpoint.transformer, steps)?;
-    write_checkpoint(&checkpoint, out_dir, applied)
+    write_checkpoint(&checkpoint, out_dir, applied, storage)
 }
 
 /// Writes the model folder for a checkpoint already in memory (tests edit weights this way).
@@ -77,16 +94,22 @@ pub fn export_checkpoint(
     checkpoint: &Checkpoint,
     out_dir: &Path,
 ) -> Result<ExportSummary, ExportError> {
-    write_checkpoint(checkpoint, out_dir, Vec::new())
+    write_checkpoint(
+        checkpoint,
+        out_dir,
+        Vec::new(),
+        crate::model::WeightStorage::Float32,
+    )
 }
 
 fn write_checkpoint(
     checkpoint: &Checkpoint,
     out_dir: &Path,
     processing: Vec<crate::processing::Step>,
+    storage: crate::model::WeightStorage,
 ) -> Result<ExportSummary, ExportError> {
     let staging = Staging::new(out_dir, Kind::Model)?;
-    let summary = write_folder(checkpoint, staging.path(), processing)?;
+    let summary = write_folder(checkpoint, staging.path(), processing, storage)?;
     staging.commit()?;
     Ok(summary)
 }
@@ -95,10 +118,12 @@ fn write_folder(
     checkpoint: &Checkpoint,
     dir: &Path,
     processing: Vec<crate::processing::Step>,
+    storage: crate::model::WeightStorage,
 ) -> Result<ExportSummary, ExportError> {
     let config = &checkpoint.transformer.config;
     let data = ExternalData::create(&dir.join(DATA_FILE))?;
     let mut builder = GraphBuilder::new(data);
+    builder.storage = storage;
     transformer::build(&checkpoint.transformer, &mut builder)?;
     let inputs = vec![
         value_info(INPUT_IDS, INT64, &["batch", "pos"]),
@@ -139,6 +164,7 @@ fn write_folder(
         special_tokens: checkpoint.special_tokens,
         parameters: checkpoint.transformer.parameter_count(),
         processing,
+        weight_storage: storage,
         hooks,
     };
     let mut json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");

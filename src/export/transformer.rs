@@ -182,7 +182,7 @@ impl Weights<'_> {
         let array = self.t.weights.get(name).ok_or_else(|| {
             ExportError::Internal(format!("the checkpoint reader did not provide `{name}`"))
         })?;
-        Ok(b.weight(name, array)?)
+        Ok(b.model_weight(name, array)?)
     }
 }
 

@@ -77,6 +77,7 @@ impl<'r> HookedModel<'r> {
                 path: tokenizer_path.clone(),
                 message,
             })?;
+        super::shared::drop_weight_casts(&mut graph);
         let transposed = super::shared::fold_weight_transposes(&mut graph);
         Ok(Self {
             runtime,
@@ -209,7 +210,7 @@ impl<'r> HookedModel<'r> {
 
     /// A weight by its TransformerLens name, laid out `[in, out]`.
     pub fn weight(&self, name: &str) -> Result<ndarray::ArrayD<f32>, RuntimeError> {
-        super::read_weight(&self.dir, &self.graph, name)
+        super::read_weight(&self.dir, &self.graph, name, self.manifest.weight_storage)
     }
 
     /// Runs `batch` on the session a previous [`Self::forward_graph`] built under `key`,
@@ -259,7 +260,12 @@ impl<'r> HookedModel<'r> {
         if let Some(shared) = self.shared.get() {
             return Ok(shared);
         }
-        let shared = SharedWeights::read(&self.dir, &self.graph, &self.transposed)?;
+        let shared = SharedWeights::read(
+            &self.dir,
+            &self.graph,
+            &self.transposed,
+            self.manifest.weight_storage,
+        )?;
         Ok(self.shared.get_or_init(|| shared))
     }
 

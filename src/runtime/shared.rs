@@ -30,6 +30,7 @@ impl SharedWeights {
         dir: &Path,
         graph: &ModelProto,
         transposed: &[Transposed],
+        storage: crate::model::WeightStorage,
     ) -> Result<SharedWeights, RuntimeError> {
         let mut arrays = HashMap::new();
         for tensor in graph.graph.iter().flat_map(|g| &g.initializer) {
@@ -37,7 +38,10 @@ impl SharedWeights {
                 continue;
             };
             if is_external_f32(tensor) && !transposed.iter().any(|t| t.output == name) {
-                arrays.insert(name.to_owned(), super::read_weight(dir, graph, name)?);
+                arrays.insert(
+                    name.to_owned(),
+                    super::read_weight(dir, graph, name, storage)?,
+                );
             }
         }
         // Transposed from the weight already read, not read from the file again.
@@ -73,6 +77,46 @@ impl SharedWeights {
 pub(super) fn is_external_f32(tensor: &TensorProto) -> bool {
     tensor.data_location == Some(tensor_proto::DataLocation::External as i32)
         && tensor.data_type == Some(tensor_proto::DataType::Float as i32)
+}
+
+/// Drops each `Cast` to f32 of a 16-bit weight (how `--dtype f16|bf16` exports store
+/// them) and declares the weight itself f32 under the cast's output name: every session
+/// is then given the widened array with the other shared weights, read once, instead of
+/// ONNX Runtime folding the cast into an f32 copy per session. The declaration keeps the
+/// 16-bit bytes' location; ONNX Runtime never reads an initializer it is given.
+pub(super) fn drop_weight_casts(model: &mut ModelProto) {
+    let Some(graph) = model.graph.as_mut() else {
+        return;
+    };
+    let sixteen_bit = [
+        tensor_proto::DataType::Float16 as i32,
+        tensor_proto::DataType::Bfloat16 as i32,
+    ];
+    let stored: std::collections::HashSet<String> = graph
+        .initializer
+        .iter()
+        .filter(|t| {
+            t.data_location == Some(tensor_proto::DataLocation::External as i32)
+                && t.data_type.is_some_and(|d| sixteen_bit.contains(&d))
+        })
+        .filter_map(|t| t.name.clone())
+        .collect();
+    let mut renames = std::collections::HashMap::new();
+    graph.node.retain(|node| {
+        let casts_stored = node.op_type.as_deref() == Some("Cast")
+            && node.input.len() == 1
+            && stored.contains(&node.input[0]);
+        if casts_stored {
+            renames.insert(node.input[0].clone(), node.output[0].clone());
+        }
+        !casts_stored
+    });
+    for tensor in &mut graph.initializer {
+        if let Some(output) = tensor.name.as_ref().and_then(|n| renames.get(n)) {
+            tensor.name = Some(output.clone());
+            tensor.data_type = Some(tensor_proto::DataType::Float as i32);
+        }
+    }
 }
 
 /// Replaces each `Transpose(perm = [1, 0])` of an external 2-D weight by an initializer

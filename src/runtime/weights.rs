@@ -15,6 +15,7 @@ pub fn read_weight(
     dir: &Path,
     graph: &ModelProto,
     name: &str,
+    storage: crate::model::WeightStorage,
 ) -> Result<ArrayD<f32>, RuntimeError> {
     let missing = || RuntimeError::ModelFile {
         path: dir.join("model.onnx"),
@@ -54,10 +55,15 @@ pub fn read_weight(
     file.seek(SeekFrom::Start(offset)).map_err(io)?;
     let mut bytes = vec![0u8; length];
     file.read_exact(&mut bytes).map_err(io)?;
-    let values: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    // A 16-bit weight whose cast the runtime dropped (`drop_weight_casts`) is declared
+    // f32 in memory but holds two bytes a value: the manifest says which kind.
+    let count: usize = shape.iter().product();
+    let stored = if length == 2 * count && !storage.is_float32() {
+        storage
+    } else {
+        crate::model::WeightStorage::Float32
+    };
+    let values = stored.decode(&bytes);
     ArrayD::from_shape_vec(shape, values).map_err(|_| RuntimeError::ModelFile {
         path: path.clone(),
         message: format!(
