@@ -35,47 +35,40 @@ fn reference_batch(reference: &mut Reference) -> Batch {
     Batch::right_padded(&sequences, 0)
 }
 
-#[test]
-fn tiny_llama_gguf_with_every_quant_type_matches_transformers() {
-    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+/// Exports the GGUF fixture in `folder` and compares its logits on the reference rows
+/// with transformers' (which reads the GGUF itself); returns the model's manifest.
+fn gguf_matches_transformers(folder: &str) -> qexp::manifest::Manifest {
+    let (_dir, model_dir) = export_to_temp(&fixture(&format!("{folder}/model.gguf")));
     let runtime = runtime();
     let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
-    let mut reference = Reference::open(&fixture("tiny_llama/reference.npz"));
+    let mut reference = Reference::open(&fixture(&format!("{folder}/reference.npz")));
     let batch = reference_batch(&mut reference);
     let expected = reference.f32("logits");
     let logits = model.forward(&batch, true, &[]).unwrap().logits.unwrap();
     for (row, &len) in batch.lengths.iter().enumerate() {
         assert_close(
-            &format!("logits of row {row}"),
+            &format!("{folder} logits of row {row}"),
             logits.slice(s![row, ..len, ..]).into_dyn(),
             expected.slice(s![row, ..len, ..]).into_dyn(),
             TOLERANCE,
         );
     }
+    model.manifest.clone()
+}
+
+#[test]
+fn tiny_llama_gguf_with_every_quant_type_matches_transformers() {
+    gguf_matches_transformers("tiny_llama");
 }
 
 #[test]
 fn tiny_qwen2_gguf_with_biases_and_unpermuted_rows_matches_transformers() {
-    let (_dir, model_dir) = export_to_temp(&fixture("tiny_qwen2_gguf/model.gguf"));
-    let runtime = runtime();
-    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
-    assert!(model.manifest.config.bias.qkv);
+    let manifest = gguf_matches_transformers("tiny_qwen2_gguf");
+    assert!(manifest.config.bias.qkv);
     assert!(
-        !model.manifest.special_tokens.prepend_bos,
+        !manifest.special_tokens.prepend_bos,
         "Qwen's GGUF says add_bos_token = false"
     );
-    let mut reference = Reference::open(&fixture("tiny_qwen2_gguf/reference.npz"));
-    let batch = reference_batch(&mut reference);
-    let expected = reference.f32("logits");
-    let logits = model.forward(&batch, true, &[]).unwrap().logits.unwrap();
-    for (row, &len) in batch.lengths.iter().enumerate() {
-        assert_close(
-            &format!("logits of row {row}"),
-            logits.slice(s![row, ..len, ..]).into_dyn(),
-            expected.slice(s![row, ..len, ..]).into_dyn(),
-            TOLERANCE,
-        );
-    }
 }
 
 /// Exports the Hugging Face folder `name` and compares logits, the residual stream

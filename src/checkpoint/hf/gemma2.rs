@@ -141,8 +141,6 @@ pub(super) fn family(file: &ConfigFile<'_>) -> Result<Family, CheckpointError> {
 
 fn read_weights(r: &Reader<'_>, config: &TransformerConfig) -> Result<Weights, CheckpointError> {
     let d = config.d_model;
-    let q_width = config.n_heads * config.d_head;
-    let kv_width = config.n_kv_heads * config.d_head;
     // Gemma stores each RMSNorm weight as `w - 1` and multiplies by `1 + w`.
     let norm = |name: &str| r.read(name, &[d]).map(|w| w + 1.0);
     let mut weights = Weights::new();
@@ -169,34 +167,8 @@ fn read_weights(r: &Reader<'_>, config: &TransformerConfig) -> Result<Weights, C
             "ln2_post.w",
             norm(&hf("post_feedforward_layernorm.weight"))?,
         );
-        put(
-            "attn.W_Q",
-            r.linear(&hf("self_attn.q_proj.weight"), q_width, d)?,
-        );
-        put(
-            "attn.W_K",
-            r.linear(&hf("self_attn.k_proj.weight"), kv_width, d)?,
-        );
-        put(
-            "attn.W_V",
-            r.linear(&hf("self_attn.v_proj.weight"), kv_width, d)?,
-        );
-        put(
-            "attn.W_O",
-            r.linear(&hf("self_attn.o_proj.weight"), d, q_width)?,
-        );
-        put(
-            "mlp.W_gate",
-            r.linear(&hf("mlp.gate_proj.weight"), config.d_mlp, d)?,
-        );
-        put(
-            "mlp.W_in",
-            r.linear(&hf("mlp.up_proj.weight"), config.d_mlp, d)?,
-        );
-        put(
-            "mlp.W_out",
-            r.linear(&hf("mlp.down_proj.weight"), d, config.d_mlp)?,
-        );
+        // The Llama layout's projections: no biases, no q/k norms in Gemma-2.
+        super::llama::read_layer(r, config, layer, &mut put)?;
     }
     Ok(weights)
 }

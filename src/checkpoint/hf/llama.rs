@@ -127,8 +127,6 @@ pub(super) fn family(file: &ConfigFile<'_>, model_type: &str) -> Result<Family, 
 
 fn read_weights(r: &Reader<'_>, config: &TransformerConfig) -> Result<Weights, CheckpointError> {
     let d = config.d_model;
-    let q_width = config.n_heads * config.d_head;
-    let kv_width = config.n_kv_heads * config.d_head;
     let mut weights = Weights::new();
     weights.insert(
         weight_names::W_E.into(),
@@ -155,53 +153,70 @@ fn read_weights(r: &Reader<'_>, config: &TransformerConfig) -> Result<Weights, C
             "ln2.w",
             r.read(&hf("post_attention_layernorm.weight"), &[d])?,
         );
-        let projections = [
-            ("Q", "q", q_width),
-            ("K", "k", kv_width),
-            ("V", "v", kv_width),
-        ];
-        for (ours, theirs, width) in projections {
-            put(
-                &format!("attn.W_{ours}"),
-                r.linear(&hf(&format!("self_attn.{theirs}_proj.weight")), width, d)?,
-            );
-            if config.bias.qkv {
-                put(
-                    &format!("attn.b_{ours}"),
-                    r.read(&hf(&format!("self_attn.{theirs}_proj.bias")), &[width])?,
-                );
-            }
-        }
-        put(
-            "attn.W_O",
-            r.linear(&hf("self_attn.o_proj.weight"), d, q_width)?,
-        );
-        if config.bias.attn_out {
-            put("attn.b_O", r.read(&hf("self_attn.o_proj.bias"), &[d])?);
-        }
-        if config.qk_norm {
-            let width = [config.d_head];
-            put(
-                "attn.q_norm.w",
-                r.read(&hf("self_attn.q_norm.weight"), &width)?,
-            );
-            put(
-                "attn.k_norm.w",
-                r.read(&hf("self_attn.k_norm.weight"), &width)?,
-            );
-        }
-        put(
-            "mlp.W_gate",
-            r.linear(&hf("mlp.gate_proj.weight"), config.d_mlp, d)?,
-        );
-        put(
-            "mlp.W_in",
-            r.linear(&hf("mlp.up_proj.weight"), config.d_mlp, d)?,
-        );
-        put(
-            "mlp.W_out",
-            r.linear(&hf("mlp.down_proj.weight"), d, config.d_mlp)?,
-        );
+        read_layer(r, config, layer, &mut put)?;
     }
     Ok(weights)
+}
+
+/// One layer's attention and MLP weights under the Llama layout's names
+/// (`self_attn.q_proj`, ..., `mlp.down_proj`), with the biases and q/k norms `config`
+/// says the model has; Gemma-2 shares the layout and reads its own norms around it.
+pub(super) fn read_layer(
+    r: &Reader<'_>,
+    config: &TransformerConfig,
+    layer: usize,
+    put: &mut impl FnMut(&str, ArrayD<f32>),
+) -> Result<(), CheckpointError> {
+    let d = config.d_model;
+    let q_width = config.n_heads * config.d_head;
+    let kv_width = config.n_kv_heads * config.d_head;
+    let hf = |suffix: &str| format!("model.layers.{layer}.{suffix}");
+    let projections = [
+        ("Q", "q", q_width),
+        ("K", "k", kv_width),
+        ("V", "v", kv_width),
+    ];
+    for (ours, theirs, width) in projections {
+        put(
+            &format!("attn.W_{ours}"),
+            r.linear(&hf(&format!("self_attn.{theirs}_proj.weight")), width, d)?,
+        );
+        if config.bias.qkv {
+            put(
+                &format!("attn.b_{ours}"),
+                r.read(&hf(&format!("self_attn.{theirs}_proj.bias")), &[width])?,
+            );
+        }
+    }
+    put(
+        "attn.W_O",
+        r.linear(&hf("self_attn.o_proj.weight"), d, q_width)?,
+    );
+    if config.bias.attn_out {
+        put("attn.b_O", r.read(&hf("self_attn.o_proj.bias"), &[d])?);
+    }
+    if config.qk_norm {
+        let width = [config.d_head];
+        put(
+            "attn.q_norm.w",
+            r.read(&hf("self_attn.q_norm.weight"), &width)?,
+        );
+        put(
+            "attn.k_norm.w",
+            r.read(&hf("self_attn.k_norm.weight"), &width)?,
+        );
+    }
+    put(
+        "mlp.W_gate",
+        r.linear(&hf("mlp.gate_proj.weight"), config.d_mlp, d)?,
+    );
+    put(
+        "mlp.W_in",
+        r.linear(&hf("mlp.up_proj.weight"), config.d_mlp, d)?,
+    );
+    put(
+        "mlp.W_out",
+        r.linear(&hf("mlp.down_proj.weight"), d, config.d_mlp)?,
+    );
+    Ok(())
 }
