@@ -21,6 +21,19 @@ pub const INPUT_IDS: &str = "input_ids";
 pub const ATTENTION_MASK: &str = "attention_mask";
 pub const LOGITS: &str = "logits";
 
+/// Tensors inside the graph that a key/value cache rewires (`compile::kv_cache`): each
+/// token's absolute position, and each layer's keys and values as attention reads them
+/// (`[batch, pos, kv_head, d_head]`, after any q/k norm and the rotary embedding).
+pub const POSITIONS: &str = "positions";
+
+pub fn attention_keys(layer: usize) -> String {
+    format!("blocks.{layer}.attn.cache_k")
+}
+
+pub fn attention_values(layer: usize) -> String {
+    format!("blocks.{layer}.attn.cache_v")
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HookInfo {
     pub name: String,

@@ -2,9 +2,11 @@
 //! interventions (one [`interventions::Pass`] per kind: ablation, steering, patching,
 //! SAEs) rewrite hooks, then `select_outputs` exposes the hooks a run reads and prunes
 //! everything they do not depend on, so a run that only needs layer 1's query never
-//! computes layers 2..N or the unembedding.
+//! computes layers 2..N or the unembedding. `kv_cache` adds a key/value cache for
+//! generation.
 
 pub mod interventions;
+pub mod kv_cache;
 mod prune;
 
 pub use interventions::{Intervention, SaeEdit, Target};

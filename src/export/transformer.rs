@@ -8,7 +8,9 @@ use ndarray::{Array2, ArrayD};
 
 use super::ExportError;
 use super::graph::{GraphBuilder, attr_int, attr_ints};
-use crate::manifest::{ATTENTION_MASK, INPUT_IDS, LOGITS};
+use crate::manifest::{
+    ATTENTION_MASK, INPUT_IDS, LOGITS, POSITIONS, attention_keys, attention_values,
+};
 use crate::model::{
     Mlp, Normalization, Positional, RopeScaling, Transformer, TransformerConfig, weight_names,
 };
@@ -103,11 +105,18 @@ fn shared_tensors(cfg: &TransformerConfig, b: &mut GraphBuilder) -> Result<Share
     let seq_len = b.op("Squeeze", &[&seq_len, &zero_axis], vec![]);
     let start = b.int_scalar(0);
     let step = b.int_scalar(1);
-    let positions = b.op("Range", &[&start, &seq_len, &step], vec![]);
+    // Named, so a key/value cache can shift it by the cached length: positions are
+    // absolute, and the keys are every position the attention mask covers.
+    b.op_into("Range", &[&start, &seq_len, &step], POSITIONS, vec![]);
+    let positions = POSITIONS.to_owned();
+    let mask_shape = b.op("Shape", &[ATTENTION_MASK], vec![]);
+    let key_len = b.op("Slice", &[&mask_shape, &one, &two, &zero_axis], vec![]);
+    let key_len = b.op("Squeeze", &[&key_len, &zero_axis], vec![]);
+    let key_positions = b.op("Range", &[&start, &key_len, &step], vec![]);
 
     let axis_1 = b.ints(&[1]);
     let query_pos = b.op("Unsqueeze", &[&positions, &axis_1], vec![]);
-    let key_pos = b.op("Unsqueeze", &[&positions, &zero_axis], vec![]);
+    let key_pos = b.op("Unsqueeze", &[&key_positions, &zero_axis], vec![]);
     let causal = b.op("LessOrEqual", &[&key_pos, &query_pos], vec![]);
     let axes_1_2 = b.ints(&[1, 2]);
     let keys = b.op("Unsqueeze", &[ATTENTION_MASK, &axes_1_2], vec![]);
@@ -452,6 +461,11 @@ fn attention(
 
     // Scores as [batch, kv_head, group, query_pos, key_pos]: each key/value head serves
     // `group` query heads, so grouped-query attention needs no copies of k or v.
+    // Named, so a key/value cache can put the cached positions in front.
+    b.op_into("Identity", &[&k], &attention_keys(layer), vec![]);
+    b.op_into("Identity", &[&v], &attention_values(layer), vec![]);
+    let (k, v) = (attention_keys(layer), attention_values(layer));
+
     let group = cfg.gqa_group() as i64;
     let q_t = b.op("Transpose", &[&q], vec![attr_ints("perm", &[0, 2, 1, 3])]);
     let q_grouped_shape = b.ints(&[0, n_kv, group, -1, d_head]);

@@ -200,12 +200,25 @@ impl<'r> HookedModel<'r> {
         batch: &Batch,
         extra: &[(String, ArrayD<f32>)],
     ) -> Result<Forward, RuntimeError> {
+        self.prepare_graph(key, graph)?;
+        self.run(&format!("graph:{key}"), batch, extra)
+            .expect("prepared above")
+    }
+
+    /// Builds the session of `graph` under `key`, as [`Self::forward_graph`] does on
+    /// first use, without running it (nothing when there is one already).
+    pub fn prepare_graph(&mut self, key: &str, graph: &ModelProto) -> Result<(), RuntimeError> {
         let key = format!("graph:{key}");
         if !self.sessions.contains_key(&key) {
-            self.sessions
-                .insert(key.clone(), self.build_session(graph)?);
+            let session = self.build_session(graph)?;
+            self.sessions.insert(key, session);
         }
-        self.run(&key, batch, extra).expect("inserted above")
+        Ok(())
+    }
+
+    /// Whether a session was built under `key` (see [`Self::prepare_graph`]).
+    pub fn has_graph(&self, key: &str) -> bool {
+        self.sessions.contains_key(&format!("graph:{key}"))
     }
 
     /// A weight by its TransformerLens name, laid out `[in, out]`.

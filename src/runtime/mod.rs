@@ -13,8 +13,8 @@ pub use batch::Batch;
 pub use hooked::{Forward, HookedModel};
 pub use library::{Device, LIBRARY_ENV, Runtime};
 pub use text::{
-    NextTokenLogits, Sampling, argmax, kl_divergence, log_softmax_row, log_sum_exp, per_next_token,
-    token_losses, token_rank,
+    GenerationGraph, NextTokenLogits, Sampling, argmax, kl_divergence, log_softmax_row,
+    log_sum_exp, per_next_token, token_losses, token_rank,
 };
 pub use weights::read_weight;
 

@@ -6,6 +6,8 @@ use rand::distr::{Distribution, weighted::WeightedIndex};
 use rand::rngs::StdRng;
 
 use super::{Batch, HookedModel, RuntimeError};
+use crate::compile::{self, kv_cache};
+use crate::manifest::LOGITS;
 
 /// `e^x` in f32 to about 2e-7 relative error, written so the compiler vectorizes loops
 /// over it (libm's `expf` does not): `x = n ln2 + r`, `e^r` by a degree-6 polynomial on
@@ -206,8 +208,7 @@ impl HookedModel<'_> {
     }
 
     /// Continues `tokens` by `max_new_tokens`, returning only the new tokens. Stops early
-    /// at EOS when `stop_at_eos`. Recomputes the whole prefix each step (no KV cache):
-    /// simple, exact, and fast enough for the short continuations experiments ask for.
+    /// at EOS when `stop_at_eos`.
     pub fn generate(
         &mut self,
         tokens: &[u32],
@@ -218,15 +219,17 @@ impl HookedModel<'_> {
         self.generate_with(tokens, max_new_tokens, sampling, stop_at_eos, None)
     }
 
-    /// [`Self::generate`] under a compiled variant graph (`(key, graph)`, as for
-    /// [`HookedModel::forward_graph`]); `None` runs the clean model.
+    /// [`Self::generate`] under a variant (the clean model for `None`). With a key/value
+    /// cache where the graph has one and the variant allows it, each new token runs
+    /// through the model alone; otherwise the whole sequence reruns at every step. Both
+    /// give the same tokens (tested).
     pub fn generate_with(
         &mut self,
         tokens: &[u32],
         max_new_tokens: usize,
         sampling: Sampling,
         stop_at_eos: bool,
-        variant: Option<(&str, &crate::onnx::ModelProto)>,
+        variant: Option<GenerationGraph<'_>>,
     ) -> Result<Vec<u32>, RuntimeError> {
         // Refused up front: finding out at the context's end wastes the whole run.
         let n_ctx = self.manifest.config.n_ctx;
@@ -237,6 +240,33 @@ impl HookedModel<'_> {
                 n_ctx,
             });
         }
+        if tokens.is_empty() {
+            return Err(RuntimeError::EmptyPrompt);
+        }
+        let clean_graph;
+        let variant = match variant {
+            Some(variant) => variant,
+            None => {
+                clean_graph = self.graph().clone();
+                GenerationGraph {
+                    // Not an identifier, so no variant's sessions share its key.
+                    key: "(clean)",
+                    edited: &clean_graph,
+                    cacheable: true,
+                }
+            }
+        };
+        let mut step = if variant.cacheable && kv_cache::supports(variant.edited) {
+            Step::Cached(self.cached_steps(&variant)?)
+        } else {
+            let key = format!("{}|logits", variant.key);
+            if !self.has_graph(&key) {
+                let graph = compile::select_outputs(variant.edited, &[LOGITS])?;
+                self.prepare_graph(&key, &graph)?;
+            }
+            Step::Rerun(key)
+        };
+
         let mut rng = match sampling {
             Sampling::Temperature { seed, .. } => Some(StdRng::seed_from_u64(seed)),
             Sampling::Greedy => None,
@@ -244,25 +274,28 @@ impl HookedModel<'_> {
         let mut sequence = tokens.to_vec();
         let eos = self.manifest.special_tokens.eos;
         for _ in 0..max_new_tokens {
-            let batch = self.batch(std::slice::from_ref(&sequence))?;
-            let forward = match variant {
-                Some((key, graph)) => self.forward_graph(key, graph, &batch)?,
-                None => self.forward(&batch, true, &[])?,
+            let logits = match &mut step {
+                Step::Cached(cache) => self.cached_step(cache, &sequence)?,
+                Step::Rerun(key) => {
+                    let batch = self.batch(std::slice::from_ref(&sequence))?;
+                    let forward = self
+                        .forward_cached(key, &batch, &[])
+                        .expect("prepared above")?;
+                    last_row(forward.logits.expect("logits requested"))
+                }
             };
-            let logits = forward.logits.expect("logits requested");
-            let last = logits.slice(ndarray::s![0, sequence.len() - 1, ..]);
             let next = match (sampling, rng.as_mut()) {
                 (Sampling::Temperature { temperature, .. }, Some(rng)) if temperature > 0.0 => {
-                    let scaled = last.mapv(|x| x / temperature);
+                    let scaled = logits.mapv(|x| x / temperature);
                     let probs: Vec<f64> = log_softmax_row(scaled.view())
                         .into_iter()
                         .map(f64::exp)
                         .collect();
                     WeightedIndex::new(&probs)
                         .map(|dist| dist.sample(rng))
-                        .unwrap_or_else(|_| argmax(last))
+                        .unwrap_or_else(|_| argmax(logits.view()))
                 }
-                _ => argmax(last),
+                _ => argmax(logits.view()),
             } as u32;
             sequence.push(next);
             if stop_at_eos && Some(next) == eos {
@@ -271,6 +304,98 @@ impl HookedModel<'_> {
         }
         Ok(sequence[tokens.len()..].to_vec())
     }
+
+    /// The session of `variant`'s graph with a key/value cache, pruned to the logits and
+    /// the cache, and an empty cache for it.
+    fn cached_steps(&mut self, variant: &GenerationGraph<'_>) -> Result<Cache, RuntimeError> {
+        let config = &self.manifest.config;
+        let n_layers = config.n_layers;
+        let empty = ndarray::ArrayD::zeros(vec![1, 0, config.n_kv_heads, config.d_head]);
+        let key = format!("{}|kv_cache", variant.key);
+        let mut outputs = vec![LOGITS.to_owned()];
+        let mut past = Vec::with_capacity(2 * n_layers);
+        for layer in 0..n_layers {
+            outputs.push(kv_cache::present_keys(layer));
+            outputs.push(kv_cache::present_values(layer));
+            past.push((kv_cache::past_keys(layer), empty.clone()));
+            past.push((kv_cache::past_values(layer), empty.clone()));
+        }
+        if !self.has_graph(&key) {
+            let cached = kv_cache::with_kv_cache(variant.edited, n_layers)?;
+            let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+            let graph = compile::select_outputs(&cached, &outputs)?;
+            self.prepare_graph(&key, &graph)?;
+        }
+        Ok(Cache {
+            key,
+            past,
+            cached_tokens: 0,
+        })
+    }
+
+    /// Runs the tokens of `sequence` the cache does not hold yet, keeps their keys and
+    /// values, and returns the last token's logits.
+    fn cached_step(
+        &mut self,
+        cache: &mut Cache,
+        sequence: &[u32],
+    ) -> Result<ndarray::Array1<f32>, RuntimeError> {
+        let new = &sequence[cache.cached_tokens..];
+        let batch = Batch {
+            input_ids: ndarray::Array2::from_shape_fn((1, new.len()), |(_, i)| i64::from(new[i])),
+            attention_mask: ndarray::Array2::ones((1, sequence.len())),
+            lengths: vec![new.len()],
+        };
+        let mut forward = self
+            .forward_cached(&cache.key, &batch, &cache.past)
+            .expect("prepared by cached_steps")?;
+        for (past, value) in &mut cache.past {
+            let present = past.replacen("past_key_values.", "present.", 1);
+            *value = forward
+                .hooks
+                .remove(&present)
+                .ok_or_else(|| RuntimeError::Ort {
+                    doing: "reading the key/value cache".into(),
+                    message: format!("the session returned no `{present}`"),
+                })?;
+        }
+        cache.cached_tokens = sequence.len();
+        Ok(last_row(forward.logits.expect("logits requested")))
+    }
+}
+
+/// The graph a generation runs under: a variant's.
+pub struct GenerationGraph<'a> {
+    /// The variant's name, keying its sessions.
+    pub key: &'a str,
+    /// The model's graph with the variant's interventions applied, not pruned.
+    pub edited: &'a crate::onnx::ModelProto,
+    /// Whether a token's hook values stay the same as tokens follow it (no edit at a
+    /// position counted from the end), so a key/value cache gives the same tokens as
+    /// rerunning the sequence.
+    pub cacheable: bool,
+}
+
+/// How each generation step runs.
+enum Step {
+    Cached(Cache),
+    /// The session key of a whole-sequence rerun.
+    Rerun(String),
+}
+
+/// A generation's key/value cache: the graph inputs of the next step.
+struct Cache {
+    key: String,
+    /// `(past input name, [1, cached_tokens, kv_head, d_head])`, keys and values of
+    /// every layer.
+    past: Vec<(String, ndarray::ArrayD<f32>)>,
+    cached_tokens: usize,
+}
+
+/// The last position's logits of a one-row batch.
+fn last_row(logits: Array3<f32>) -> ndarray::Array1<f32> {
+    let last = logits.shape()[1] - 1;
+    logits.slice(ndarray::s![0, last, ..]).to_owned()
 }
 
 /// Index of the largest logit; the first one on ties, as torch's argmax.

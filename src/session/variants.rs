@@ -314,15 +314,19 @@ impl Session<'_, '_, '_> {
         edits: &[Intervention],
         outputs: &[&str],
     ) -> Result<ModelProto, Failure> {
+        let edited = self.edited_graph(edits)?;
+        compile::select_outputs(&edited, outputs).map_err(|e| e.to_string())
+    }
+
+    /// The exported graph with `edits` applied, every output kept.
+    pub(crate) fn edited_graph(&self, edits: &[Intervention]) -> Result<ModelProto, Failure> {
         let manifest = &self.model.manifest;
         let heads = |hook: &str| {
             crate::hooks::head_count(hook, Some(manifest))
                 .flatten()
                 .unwrap_or(manifest.config.n_heads)
         };
-        let edited =
-            interventions::apply(self.model.graph(), edits, heads).map_err(|e| e.to_string())?;
-        compile::select_outputs(&edited, outputs).map_err(|e| e.to_string())
+        interventions::apply(self.model.graph(), edits, heads).map_err(|e| e.to_string())
     }
 
     /// The hook the variant's first `patch` replaces, if it patches any.

@@ -7,7 +7,8 @@ use crate::builtins::spec::{Builtin, MAX_SEED, Produces, Type, opt, req};
 use crate::hooks::LOGITS;
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
-use crate::runtime::Sampling;
+use crate::compile::Intervention;
+use crate::runtime::{GenerationGraph, Sampling};
 use crate::session::{Failure, Session};
 
 pub const SPEC: Builtin = Builtin {
@@ -72,20 +73,24 @@ impl Measure for Generate {
         s.note_read(self.graph(), LOGITS);
         let new = match &self.variant {
             Some(variant) => {
-                s.interventions(variant)?;
+                let edits = s.interventions(variant)?;
                 if let Some(hook) = s.first_patched_hook(variant) {
                     return Err(format!(
                         "variant `{variant}` patches `{hook}`, whose value comes from another run of the same tokens; generation makes new tokens, so it cannot run under it"
                     ));
                 }
-                let graph = s.variant_graph(variant, &[LOGITS])?;
-                let key = format!("{variant}|logits");
+                let edited = s.edited_graph(&edits)?;
+                let graph = GenerationGraph {
+                    key: variant,
+                    edited: &edited,
+                    cacheable: !edits.iter().any(Intervention::counts_from_end),
+                };
                 s.model.generate_with(
                     &tokens,
                     self.max_new_tokens,
                     sampling,
                     false,
-                    Some((&key, &graph)),
+                    Some(graph),
                 )
             }
             None => s

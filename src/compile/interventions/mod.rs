@@ -15,7 +15,7 @@ pub use steer::{Add, AddAtFront};
 
 use super::CompileError;
 use crate::hooks::{Axes, axes};
-use crate::manifest::{ATTENTION_MASK, INPUT_IDS};
+use crate::manifest::{ATTENTION_MASK, INPUT_IDS, POSITIONS};
 use crate::onnx::build::{Nodes, attr_int};
 use crate::onnx::{AttributeProto, ModelProto, ValueInfoProto};
 
@@ -41,6 +41,15 @@ pub enum Intervention {
 }
 
 impl Intervention {
+    /// Whether it edits a position counted back from the end of each sequence. Such an
+    /// edit moves as a sequence grows, so a token's hook values depend on how many
+    /// tokens follow it, and a key/value cache would keep stale ones.
+    pub fn counts_from_end(&self) -> bool {
+        let from_end = |pos: Option<i64>| pos.is_some_and(|p| p < 0);
+        from_end(self.pass().target().pos)
+            || matches!(self, Intervention::Sae(edit) if from_end(edit.scale_pos))
+    }
+
     fn pass(&self) -> &dyn Pass {
         match self {
             Intervention::Zero(p) => p,
@@ -73,6 +82,10 @@ pub struct Edit {
     pub axes: Axes,
     /// The size of the hook's head axis (when it has one).
     pub n_heads: usize,
+    /// Whether the graph names its tokens' positions (models exported since qexp had a
+    /// key/value cache): then positions are read from there, so they stay absolute
+    /// when a cache shifts them.
+    pub named_positions: bool,
 }
 
 impl Edit {
@@ -103,15 +116,22 @@ impl Edit {
         }
     }
 
-    /// The batch's sequence length, as a 1-D tensor of one element.
-    pub(super) fn sequence_length(&mut self) -> String {
+    /// Each of the batch's positions, `[pos]`: absolute ones (a cache's new tokens
+    /// come after the cached ones) where the graph names them.
+    pub(super) fn positions(&mut self) -> String {
+        if self.named_positions {
+            return POSITIONS.to_owned();
+        }
         let shape = self.op("Shape", &[INPUT_IDS]);
         let (one, two, zero) = (
             self.nodes.ints(&[1], &[1]),
             self.nodes.ints(&[1], &[2]),
             self.nodes.ints(&[1], &[0]),
         );
-        self.op("Slice", &[&shape, &one, &two, &zero])
+        let length = self.op("Slice", &[&shape, &one, &two, &zero]);
+        let length = self.op("Squeeze", &[&length, &zero]);
+        let (start, step) = (self.nodes.ints(&[], &[0]), self.nodes.ints(&[], &[1]));
+        self.op("Range", &[&start, &length, &step])
     }
 
     /// A boolean tensor, broadcastable to the hook, true where the intervention applies;
@@ -133,11 +153,8 @@ impl Edit {
         };
         let pos = target.pos.map(|pos| {
             // positions [1, p] against each row's target index [b, 1] -> [b, p].
-            let length = self.sequence_length();
+            let positions = self.positions();
             let zero = self.nodes.ints(&[1], &[0]);
-            let length = self.op("Squeeze", &[&length, &zero]);
-            let (start, step) = (self.nodes.ints(&[], &[0]), self.nodes.ints(&[], &[1]));
-            let positions = self.op("Range", &[&start, &length, &step]);
             let positions = self.op("Unsqueeze", &[&positions, &zero]);
             let index = if pos >= 0 {
                 self.nodes.ints(&[1, 1], &[pos])
@@ -180,6 +197,11 @@ pub fn apply(
     n_heads_of: impl Fn(&str) -> usize,
 ) -> Result<ModelProto, CompileError> {
     let mut model = model.clone();
+    let named_positions = model.graph.as_ref().is_some_and(|g| {
+        g.node
+            .iter()
+            .any(|n| n.output.iter().any(|o| o == POSITIONS))
+    });
     for (index, intervention) in interventions.iter().enumerate() {
         let graph = model.graph.as_mut().ok_or(CompileError::NoGraph)?;
         let pass = intervention.pass();
@@ -201,6 +223,7 @@ pub fn apply(
             nodes: Nodes::new(format!("{}/edit{index}", target.hook)),
             axes: axes(&target.hook),
             n_heads: n_heads_of(&target.hook),
+            named_positions,
         };
         let edited = pass.build(&mut edit, &clean)?;
         edit.nodes

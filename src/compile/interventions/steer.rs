@@ -48,12 +48,17 @@ impl Pass for AddAtFront {
         }
         let k = self.rows.nrows() as i64;
         let rows = e.nodes.matrix(&self.rows);
-        // The sequence length p as a 1-D tensor; the rows padded with zeros to at least
-        // p, then cut to p, so [p, d] broadcasts over the batch.
-        let length = e.sequence_length();
+        // The rows padded with zeros to cover the last position, then gathered at each
+        // position, so [p, d] broadcasts over the batch (and a cache's new tokens, at
+        // later positions, get the zeros).
+        let positions = e.positions();
         let zero = e.nodes.ints(&[1], &[0]);
+        let (from_end, to_end) = (e.nodes.ints(&[1], &[-1]), e.nodes.ints(&[1], &[i64::MAX]));
+        let last = e.op("Slice", &[&positions, &from_end, &to_end, &zero]);
+        let one = e.nodes.ints(&[1], &[1]);
+        let needed = e.op("Add", &[&last, &one]);
         let count = e.nodes.ints(&[1], &[k]);
-        let short = e.op("Sub", &[&length, &count]);
+        let short = e.op("Sub", &[&needed, &count]);
         let extra = e.op("Max", &[&short, &zero]);
         let (before, after) = (e.nodes.ints(&[2], &[0, 0]), e.nodes.ints(&[1], &[0]));
         let pads = e.op_with(
@@ -62,7 +67,11 @@ impl Pass for AddAtFront {
             vec![crate::onnx::build::attr_int("axis", 0)],
         );
         let padded = e.op("Pad", &[&rows, &pads]);
-        let front = e.op("Slice", &[&padded, &zero, &length, &zero]);
+        let front = e.op_with(
+            "Gather",
+            &[&padded, &positions],
+            vec![crate::onnx::build::attr_int("axis", 0)],
+        );
         Ok(e.op("Add", &[clean, &front]))
     }
 }

@@ -1,0 +1,260 @@
+//! Generation with a key/value cache: a sequence run in pieces, each piece reading the
+//! keys and values the earlier ones left, gives the logits of one pass over the whole
+//! sequence, on every family's layout (learned and rotary positions, partial rotary,
+//! sliding windows, q/k norms, soft caps) and under interventions; and generating with
+//! the cache gives the tokens that rerunning the sequence at every step gives.
+
+mod common;
+
+use common::{export_to_temp, fixture, runtime};
+use ndarray::{Array1, Array2, ArrayD};
+use qexp::compile::interventions::{self, Add, AddAtFront, Intervention, Target, Zero};
+use qexp::compile::kv_cache;
+use qexp::runtime::{Batch, GenerationGraph, HookedModel, Sampling};
+
+const CHECKPOINTS: &[&str] = &[
+    "tiny_llama/model.gguf",
+    "tiny_gpt2",
+    "tiny_gpt_neo",
+    "tiny_pythia",
+    "tiny_mistral",
+    "tiny_qwen3",
+    "tiny_gemma2",
+];
+
+const SEQUENCE: [u32; 9] = [1, 70, 71, 72, 73, 74, 90, 91, 92];
+
+fn target(hook: &str, head: Option<usize>, pos: Option<i64>) -> Target {
+    Target {
+        hook: hook.to_owned(),
+        head,
+        pos,
+    }
+}
+
+/// Edits a cache keeps exact: everywhere, one head, an absolute position, the front
+/// positions (which the first piece and a later one share).
+fn edits(model: &HookedModel<'_>) -> Vec<Intervention> {
+    let d_model = model.manifest.config.d_model;
+    let vector = Array1::from_shape_fn(d_model, |i| ((i % 7) as f32 - 3.0) * 0.3);
+    let rows = Array2::from_shape_fn((3, d_model), |(r, i)| ((r + i) % 5) as f32 * 0.2);
+    vec![
+        Intervention::Add(Add {
+            target: target("blocks.0.hook_resid_pre", None, None),
+            vector,
+        }),
+        Intervention::AddAtFront(AddAtFront {
+            target: target("blocks.1.hook_resid_pre", None, None),
+            rows,
+        }),
+        Intervention::Zero(Zero {
+            target: target("blocks.0.attn.hook_z", Some(1), None),
+        }),
+        Intervention::Zero(Zero {
+            target: target("blocks.1.attn.hook_v", Some(0), Some(4)),
+        }),
+    ]
+}
+
+fn edited(model: &HookedModel<'_>) -> qexp::onnx::ModelProto {
+    let heads = model.manifest.config.n_heads;
+    let kv_heads = model.manifest.config.n_kv_heads;
+    interventions::apply(model.graph(), &edits(model), |hook| {
+        if hook.ends_with("hook_v") {
+            kv_heads
+        } else {
+            heads
+        }
+    })
+    .unwrap()
+}
+
+/// The logits of `graph` over [`SEQUENCE`] in one pass, and run in pieces of the given
+/// lengths with the cache carried between them.
+fn whole_and_in_pieces(
+    model: &mut HookedModel<'_>,
+    key: &str,
+    graph: &qexp::onnx::ModelProto,
+    pieces: &[usize],
+) -> (ArrayD<f32>, ArrayD<f32>) {
+    let whole_graph = qexp::compile::select_outputs(graph, &["logits"]).unwrap();
+    let batch = model.batch(&[SEQUENCE.to_vec()]).unwrap();
+    let whole = model
+        .forward_graph(&format!("{key}|whole"), &whole_graph, &batch)
+        .unwrap()
+        .logits
+        .unwrap()
+        .into_dyn();
+
+    let config = model.manifest.config.clone();
+    let cached = kv_cache::with_kv_cache(graph, config.n_layers).unwrap();
+    let mut outputs = vec!["logits".to_owned()];
+    let mut past = Vec::new();
+    for layer in 0..config.n_layers {
+        outputs.push(kv_cache::present_keys(layer));
+        outputs.push(kv_cache::present_values(layer));
+        for name in [kv_cache::past_keys(layer), kv_cache::past_values(layer)] {
+            past.push((
+                name,
+                ArrayD::zeros(vec![1, 0, config.n_kv_heads, config.d_head]),
+            ));
+        }
+    }
+    let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    let cached = qexp::compile::select_outputs(&cached, &outputs).unwrap();
+
+    let mut logits = Vec::new();
+    let mut start = 0;
+    for &length in pieces {
+        let piece = &SEQUENCE[start..start + length];
+        let batch = Batch {
+            input_ids: Array2::from_shape_fn((1, length), |(_, i)| i64::from(piece[i])),
+            attention_mask: Array2::ones((1, start + length)),
+            lengths: vec![length],
+        };
+        let mut forward = model
+            .forward_graph_fed(&format!("{key}|cached"), &cached, &batch, &past)
+            .unwrap();
+        for (name, value) in &mut past {
+            let present = name.replacen("past_key_values.", "present.", 1);
+            *value = forward.hooks.remove(&present).unwrap();
+            assert_eq!(
+                value.shape()[1],
+                start + length,
+                "{present} holds every token"
+            );
+        }
+        logits.push(forward.logits.unwrap());
+        start += length;
+    }
+    assert_eq!(start, SEQUENCE.len());
+    let views: Vec<_> = logits.iter().map(|l| l.view()).collect();
+    let joined = ndarray::concatenate(ndarray::Axis(1), &views).unwrap();
+    (whole, joined.into_dyn())
+}
+
+fn check_pieces(checkpoint: &str) {
+    let (_dir, model_dir) = export_to_temp(&fixture(checkpoint));
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    assert!(kv_cache::supports(model.graph()), "{checkpoint}");
+    let clean = model.graph().clone();
+    let variant = edited(&model);
+    for (key, graph) in [("clean", &clean), ("variant", &variant)] {
+        // The first piece ends inside the front rows; single tokens, then a longer piece.
+        let (whole, pieces) = whole_and_in_pieces(&mut model, key, graph, &[2, 1, 1, 3, 2]);
+        let worst = whole
+            .iter()
+            .zip(pieces.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst < 1e-4,
+            "{checkpoint} {key}: cached pieces differ from one pass by {worst}"
+        );
+    }
+    // The edits change the logits: the comparison above is not of two clean runs.
+    let (clean_logits, _) = whole_and_in_pieces(&mut model, "clean", &clean, &[9]);
+    let (variant_logits, _) = whole_and_in_pieces(&mut model, "variant", &variant, &[9]);
+    let moved = clean_logits
+        .iter()
+        .zip(variant_logits.iter())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        moved > 1e-3,
+        "{checkpoint}: the edits moved the logits by {moved}"
+    );
+}
+
+#[test]
+fn a_sequence_run_in_pieces_with_the_cache_gives_one_pass_logits_on_every_family() {
+    for checkpoint in CHECKPOINTS {
+        check_pieces(checkpoint);
+    }
+}
+
+#[test]
+fn generating_with_the_cache_gives_the_tokens_rerunning_gives() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_mistral"));
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let prompt = &SEQUENCE[..4];
+    let sampling = Sampling::Temperature {
+        temperature: 1.0,
+        seed: 5,
+    };
+    let clean = model.graph().clone();
+    let variant = edited(&model);
+    for (key, graph) in [("clean", &clean), ("variant", &variant)] {
+        for sampling in [Sampling::Greedy, sampling] {
+            let mut run = |cacheable: bool| {
+                let graph = GenerationGraph {
+                    key: &format!("{key}{cacheable}"),
+                    edited: graph,
+                    cacheable,
+                };
+                model
+                    .generate_with(prompt, 24, sampling, false, Some(graph))
+                    .unwrap()
+            };
+            let (cached, rerun) = (run(true), run(false));
+            assert_eq!(cached, rerun, "{key}, {sampling:?}");
+            assert_eq!(cached.len(), 24);
+        }
+    }
+    // The clean model's own generation takes the cache too, with the same tokens.
+    let plain = model.generate(prompt, 24, sampling, false).unwrap();
+    let graph = GenerationGraph {
+        key: "rerun",
+        edited: &clean,
+        cacheable: false,
+    };
+    let rerun = model
+        .generate_with(prompt, 24, sampling, false, Some(graph))
+        .unwrap();
+    assert_eq!(plain, rerun);
+}
+
+#[test]
+fn an_edit_counted_from_the_end_is_not_cacheable() {
+    let from_end = Intervention::Zero(Zero {
+        target: target("blocks.0.hook_resid_pre", None, Some(-1)),
+    });
+    let fixed = Intervention::Zero(Zero {
+        target: target("blocks.0.hook_resid_pre", None, Some(2)),
+    });
+    assert!(from_end.counts_from_end());
+    assert!(!fixed.counts_from_end());
+}
+
+#[test]
+fn a_model_folder_without_the_cache_names_generates_by_rerunning() {
+    // Older exports name no `positions`: the same tokens come, by the slower way.
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let mut old = model.graph().clone();
+    for node in &mut old.graph.as_mut().unwrap().node {
+        for name in node.input.iter_mut().chain(node.output.iter_mut()) {
+            if name == "positions" {
+                *name = "inputs/Range".to_owned();
+            }
+        }
+    }
+    assert!(!kv_cache::supports(&old));
+    assert!(kv_cache::with_kv_cache(&old, 2).is_err());
+    let graph = GenerationGraph {
+        key: "old",
+        edited: &old,
+        cacheable: true,
+    };
+    let prompt = &SEQUENCE[..3];
+    let made = model
+        .generate_with(prompt, 10, Sampling::Greedy, false, Some(graph))
+        .unwrap();
+    assert_eq!(
+        made,
+        model.generate(prompt, 10, Sampling::Greedy, false).unwrap()
+    );
+}
