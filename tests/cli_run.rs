@@ -512,3 +512,44 @@ fn paths_resolve_against_the_project_root_from_any_folder() {
         .success();
     assert!(root.join("experiments/here/rooted/index.html").is_file());
 }
+
+#[test]
+fn a_head_sweep_compiles_one_graph_per_layer_and_kind_however_many_heads() {
+    let dir = common::project_with_tiny_model();
+    let sweep = |heads: &str| {
+        format!(
+            "experiment sweep\nmodel \"models/tiny\"\ndataset d = prompts([\"the cat sat on the mat\", \"a dog ran\"])\nfor layer in range(0, 2) {{\n    for head in {heads} {{\n        variant zeroed {{\n            zero(blocks.layer.attn.hook_z[head = head])\n        }}\n        variant averaged {{\n            mean(blocks.layer.attn.hook_z[head = head], dataset = d)\n        }}\n        table loss = per_token(d, variants = [zeroed, averaged])\n            | aggregate(clean = mean(loss), zeroed = mean(zeroed_loss), averaged = mean(averaged_loss))\n    }}\n}}\ntable swept = collect(loss)\n"
+        )
+    };
+    let mut compiled = Vec::new();
+    let mut tables = Vec::new();
+    for heads in ["range(model.n_heads)", "range(0, 1)"] {
+        std::fs::write(dir.path().join("sweep.qexp"), sweep(heads)).unwrap();
+        qexp(dir.path())
+            .args(["run", "sweep.qexp"])
+            .assert()
+            .success();
+        let run: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("reports/sweep/run.json")).unwrap(),
+        )
+        .unwrap();
+        compiled.push(run["sessions_compiled"].as_u64().unwrap());
+        tables.push(
+            std::fs::read_to_string(dir.path().join("reports/sweep/results/swept.csv")).unwrap(),
+        );
+    }
+    assert_eq!(
+        compiled[0], compiled[1],
+        "sessions compiled, all heads vs one"
+    );
+    // The one-head sweep's rows are the all-heads sweep's rows for head 0.
+    let rows: Vec<&str> = tables[0].lines().collect();
+    assert!(
+        rows.len() > 2 * 2 + 1,
+        "every head of both layers: {}",
+        tables[0]
+    );
+    for row in tables[1].lines() {
+        assert!(rows.contains(&row), "{row} in {}", tables[0]);
+    }
+}

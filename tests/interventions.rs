@@ -385,3 +385,91 @@ fn normalized_saes_in_the_graph_match_their_cpu_reconstruction() {
         }
     }
 }
+
+/// The variants of one sweep: every head of a layer zeroed, replaced by a constant, or
+/// steered, and ActAdd's front rows of two lengths.
+fn sweep_families(model: &HookedModel<'_>) -> Vec<Vec<Vec<Intervention>>> {
+    let d_model = model.manifest.config.d_model;
+    let heads = 4;
+    let zero = (0..heads)
+        .map(|head| {
+            vec![Intervention::Zero(interventions::Zero {
+                target: target("blocks.1.attn.hook_z", Some(head), None),
+            })]
+        })
+        .collect();
+    let constant = (0..heads)
+        .map(|head| {
+            let value = ArrayD::from_shape_fn(vec![D_HEAD], |i| (i[0] + head) as f32 * 0.1);
+            vec![Intervention::Constant(interventions::Constant {
+                target: target("blocks.0.attn.hook_z", Some(head), Some(2)),
+                value,
+            })]
+        })
+        .collect();
+    let steer = (0..heads)
+        .map(|k| {
+            let vector = ndarray::Array1::from_shape_fn(d_model, |i| ((i * k) % 5) as f32 * 0.3);
+            vec![
+                Intervention::Zero(interventions::Zero {
+                    target: target("blocks.0.attn.hook_z", Some(k), Some(-1)),
+                }),
+                Intervention::Add(interventions::Add {
+                    target: target("blocks.1.hook_resid_pre", None, None),
+                    vector,
+                }),
+            ]
+        })
+        .collect();
+    let front = [2, 3]
+        .into_iter()
+        .map(|rows| {
+            let rows = ndarray::Array2::from_shape_fn((rows, d_model), |(r, i)| {
+                ((r + 2 * i) % 7) as f32 * 0.2
+            });
+            vec![Intervention::AddAtFront(interventions::AddAtFront {
+                target: target("blocks.0.hook_resid_post", None, None),
+                rows,
+            })]
+        })
+        .collect();
+    vec![zero, constant, steer, front]
+}
+
+#[test]
+fn variants_differing_only_in_values_share_one_graph_and_give_the_same_numbers() {
+    use prost::Message;
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    let batch = model
+        .batch(&[vec![1, 70, 71, 72, 73, 74], vec![1, 90, 91]])
+        .unwrap();
+    let outputs = ["logits", "blocks.1.hook_resid_post"];
+    for (family, variants) in sweep_families(&model).into_iter().enumerate() {
+        let mut structures = std::collections::BTreeSet::new();
+        let mut moved = 0.0f32;
+        for (index, edits) in variants.iter().enumerate() {
+            let graph = variant(&model, edits, &outputs);
+            let (lifted, feeds) = interventions::lift_values(&graph, edits);
+            assert!(!feeds.is_empty(), "family {family}: values lifted");
+            structures.insert(lifted.encode_to_vec());
+            let baked = model
+                .forward_graph(&format!("baked{family}-{index}"), &graph, &batch)
+                .unwrap();
+            let fed = model
+                .forward_graph_fed(&format!("lifted{family}"), &lifted, &batch, &feeds)
+                .unwrap();
+            assert_eq!(baked.logits, fed.logits, "family {family}, variant {index}");
+            assert_eq!(baked.hooks, fed.hooks, "family {family}, variant {index}");
+            let clean = model.forward(&batch, true, &[]).unwrap().logits.unwrap();
+            let change = (&clean - baked.logits.as_ref().unwrap()).mapv(f32::abs);
+            moved = moved.max(change.fold(0.0, |m, &x| m.max(x)));
+        }
+        assert_eq!(structures.len(), 1, "family {family}: one graph for all");
+        assert!(
+            moved > 1e-4,
+            "family {family}: the variants change the logits"
+        );
+    }
+}

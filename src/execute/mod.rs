@@ -174,6 +174,7 @@ fn run(
     drop(session);
     let results = Results {
         tokens_run: model.tokens_run(),
+        sessions_compiled: model.sessions_built(),
         threads: runtime.kernel_threads(),
         sections,
         seconds,

@@ -50,6 +50,9 @@ struct RunRecord<'a> {
     seconds_per_step: Vec<String>,
     /// Real tokens run through the model, over every graph the run compiled.
     tokens_run: usize,
+    /// ONNX Runtime sessions the run built: one per graph structure, however many
+    /// variants share it.
+    sessions_compiled: usize,
     /// Every SAE the run used: where it came from and a hash of its weights.
     saes: &'a [crate::results::SaeRecord],
     /// Every seed the experiment sets, by the statement it is in.
@@ -99,6 +102,7 @@ pub fn write(
         threads: results.threads,
         seconds_per_step: results.seconds.iter().map(|s| format!("{s:.3}")).collect(),
         tokens_run: results.tokens_run,
+        sessions_compiled: results.sessions_compiled,
         saes: &results.saes,
         seeds: seeds(plan),
     };

@@ -30,6 +30,9 @@ pub struct Results {
     /// Real tokens run through the model, over every graph, for `run.json`.
     #[serde(skip)]
     pub tokens_run: usize,
+    /// ONNX Runtime sessions built, for `run.json`.
+    #[serde(skip)]
+    pub sessions_compiled: usize,
     /// Threads the model's kernels ran on, for `run.json`.
     #[serde(skip)]
     pub threads: usize,

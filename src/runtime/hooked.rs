@@ -45,6 +45,7 @@ pub struct HookedModel<'r> {
     transposed: Vec<super::shared::Transposed>,
     /// Real (unpadded) tokens run through any graph so far.
     tokens_run: usize,
+    sessions_built: std::cell::Cell<usize>,
 }
 
 /// What one forward pass returned.
@@ -90,6 +91,7 @@ impl<'r> HookedModel<'r> {
             shared: std::cell::OnceCell::new(),
             transposed,
             tokens_run: 0,
+            sessions_built: std::cell::Cell::new(0),
         })
     }
 
@@ -258,6 +260,16 @@ impl<'r> HookedModel<'r> {
         self.sessions.retain(|key, _| !key.starts_with(&prefix));
     }
 
+    /// Drops the session built under exactly `key` (see [`Self::prepare_graph`]).
+    pub fn forget_graph(&mut self, key: &str) {
+        self.sessions.remove(&format!("graph:{key}"));
+    }
+
+    /// Sessions built so far (each compiles a graph): what sharing graphs saves.
+    pub fn sessions_built(&self) -> usize {
+        self.sessions_built.get()
+    }
+
     /// Real tokens run through the model so far, over every graph: the work a run did.
     pub fn tokens_run(&self) -> usize {
         self.tokens_run
@@ -283,6 +295,7 @@ impl<'r> HookedModel<'r> {
     }
 
     fn build_session(&self, graph: &ModelProto) -> Result<Session, RuntimeError> {
+        self.sessions_built.set(self.sessions_built.get() + 1);
         let threads = self.runtime.kernel_threads();
         let builder_error =
             |e: ort::Error<ort::session::builder::SessionBuilder>| RuntimeError::Ort {

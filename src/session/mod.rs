@@ -7,6 +7,7 @@ pub mod progress;
 pub mod reads;
 mod rows;
 mod saes;
+mod shared_graphs;
 mod variants;
 
 use std::collections::BTreeMap;
@@ -65,6 +66,8 @@ pub struct Session<'p, 'm, 'r> {
     pub(crate) trained: BTreeMap<String, saes::Trained>,
     /// The tables of the report this run replaces (see `results::tolerance::settle`).
     pub earlier: BTreeMap<String, crate::results::tolerance::Written>,
+    /// The compiled graph each variant runs, shared by variants of one structure.
+    pub(crate) shared_graphs: shared_graphs::SharedGraphs,
 }
 
 impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
@@ -94,6 +97,7 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
             retrain: false,
             trained: BTreeMap::new(),
             earlier: BTreeMap::new(),
+            shared_graphs: shared_graphs::SharedGraphs::default(),
         }
     }
 
@@ -216,13 +220,21 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
             let forward = self.model.forward(batch, logits, &hooks);
             return finite(None, forward);
         };
-        let key = format!("{variant}|{}", outputs.join(","));
-        let feeds = self.preparing(|s| s.patch_feeds(variant, batch))?;
-        if let Some(forward) = self.model.forward_cached(&key, batch, &feeds) {
-            return finite(Some(variant), forward);
+        let outputs_key = outputs.join(",");
+        if self.shared_graphs.get(variant, &outputs_key).is_none() {
+            let compiled = self.shared_variant_graph(variant, outputs)?;
+            self.shared_graphs.insert(variant, &outputs_key, compiled);
         }
-        let graph = self.variant_graph(variant, outputs)?;
-        let forward = self.model.forward_graph_fed(&key, &graph, batch, &feeds);
+        let mut feeds = self.preparing(|s| s.patch_feeds(variant, batch))?;
+        let graph = self
+            .shared_graphs
+            .get(variant, &outputs_key)
+            .expect("inserted above");
+        feeds.extend(graph.feeds.iter().cloned());
+        let forward = self
+            .model
+            .forward_cached(&graph.key, batch, &feeds)
+            .expect("prepared by shared_variant_graph");
         finite(Some(variant), forward)
     }
 

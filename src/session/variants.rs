@@ -297,15 +297,31 @@ impl Session<'_, '_, '_> {
     /// of the weights); a later step that runs it compiles it again.
     pub fn forget_variant(&mut self, variant: &str) {
         self.model.forget_graphs(variant);
+        for key in self.shared_graphs.release(variant) {
+            self.model.forget_graph(&key);
+        }
     }
 
-    pub(crate) fn variant_graph(
+    /// The graph `variant` runs for `outputs`, its values lifted into inputs, with its
+    /// session built unless a variant of the same structure built it already.
+    pub(super) fn shared_variant_graph(
         &mut self,
         variant: &str,
         outputs: &[&str],
-    ) -> Result<ModelProto, Failure> {
+    ) -> Result<super::shared_graphs::VariantGraph, Failure> {
         let edits = self.interventions(variant)?;
-        self.edits_graph(&edits, outputs)
+        let graph = self.edits_graph(&edits, outputs)?;
+        let (lifted, feeds) = interventions::lift_values(&graph, &edits);
+        let key = super::shared_graphs::structure_key(&lifted);
+        self.model
+            .prepare_graph(&key, &lifted)
+            .map_err(Session::runtime)?;
+        Ok(super::shared_graphs::VariantGraph { key, feeds })
+    }
+
+    /// Distinct graph structures compiled for variants in this run.
+    pub fn variant_structures(&self) -> usize {
+        self.shared_graphs.structures()
     }
 
     /// The exported graph with `edits` applied, pruned to `outputs`.

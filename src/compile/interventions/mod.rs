@@ -4,11 +4,13 @@
 //! edited value and nothing else changes.
 
 mod ablate;
+mod lift;
 mod patch;
 mod sae;
 mod steer;
 
 pub use ablate::{Constant, Zero};
+pub use lift::{Feed, lift_values};
 pub use patch::Patch;
 pub use sae::SaeEdit;
 pub use steer::{Add, AddAtFront};

@@ -46,7 +46,6 @@ impl Pass for AddAtFront {
                 self.target.hook
             )));
         }
-        let k = self.rows.nrows() as i64;
         let rows = e.nodes.matrix(&self.rows);
         // The rows padded with zeros to cover the last position, then gathered at each
         // position, so [p, d] broadcasts over the batch (and a cache's new tokens, at
@@ -57,7 +56,13 @@ impl Pass for AddAtFront {
         let last = e.op("Slice", &[&positions, &from_end, &to_end, &zero]);
         let one = e.nodes.ints(&[1], &[1]);
         let needed = e.op("Add", &[&last, &one]);
-        let count = e.nodes.ints(&[1], &[k]);
+        // The row count read from the rows, not written in: variants with more or fewer
+        // rows then share one graph (see `lift`).
+        let count = e.op_with(
+            "Shape",
+            &[&rows],
+            vec![crate::onnx::build::attr_int("end", 1)],
+        );
         let short = e.op("Sub", &[&needed, &count]);
         let extra = e.op("Max", &[&short, &zero]);
         let (before, after) = (e.nodes.ints(&[2], &[0, 0]), e.nodes.ints(&[1], &[0]));
