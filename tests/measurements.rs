@@ -1079,9 +1079,13 @@ fn a_layer_filter_after_composition_scores_gives_the_rows_of_the_full_table() {
 #[test]
 fn training_harvests_only_the_tokens_it_reads_once_per_hook_and_dataset() {
     let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
-    // Twenty prompts of 18 tokens each (the tiny vocabulary is mostly bytes), in batches
-    // of two: 36 tokens a batch, 360 in the dataset.
-    let prompts = vec!["\"the cat sat on the mat\""; 20].join(", ");
+    // Eighteen different prompts of 20 tokens each (the tiny vocabulary is mostly bytes),
+    // in batches of two: 40 tokens a batch, 360 in the dataset. (Different, so that no
+    // batch is a clean pass kept from another.)
+    let prompts = ('b'..='s')
+        .map(|c| format!("\"the cat sat on the mat {c}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     // Each SAE, and a step that reads it on the one-token prompt "a".
     let train = |name: &str, tokens: usize| {
         format!(
@@ -1109,10 +1113,10 @@ fn training_harvests_only_the_tokens_it_reads_once_per_hook_and_dataset() {
             .collect()
     };
 
-    // 30 tokens: one batch, not the dataset's ten.
+    // 30 tokens: one batch, not the dataset's nine.
     let one = run(&train("a", 30));
     assert_eq!(activations(&one), [30.0]);
-    assert_eq!(one.tokens_run, 36 + 1, "one batch, then the prompt \"a\"");
+    assert_eq!(one.tokens_run, 40 + 1, "one batch, then the prompt \"a\"");
 
     // Two SAEs on the same hook and dataset share one harvest of the larger's tokens,
     // and each trains on its own first tokens.
@@ -1120,8 +1124,8 @@ fn training_harvests_only_the_tokens_it_reads_once_per_hook_and_dataset() {
     assert_eq!(activations(&two), [30.0, 50.0]);
     assert_eq!(
         two.tokens_run,
-        2 * 36 + 2,
-        "two batches once, then \"a\" for each"
+        2 * 40 + 1,
+        "two batches once, then \"a\" once: the second step reads the first's clean pass"
     );
 }
 
@@ -2164,4 +2168,40 @@ table short = logit_diff(\"a b\", \" the\", variants = [loving])"
         tables[1].rows.len() == 2 && rows.nrows() > 3,
         "the short prompt is shorter than the rows"
     );
+}
+
+#[test]
+fn steps_over_the_same_prompts_read_the_clean_pass_once() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let run = |steps: &str| {
+        let source = format!(
+            "experiment m\nmodel \"{}\"\ndataset d = prompts([\"the cat sat\", \"a dog ran far away\"])\nvariant first {{\n    zero(blocks.0.attn.hook_z[head = 0])\n}}\nvariant second {{\n    zero(blocks.0.attn.hook_z[head = 1])\n}}\n{steps}",
+            model_dir.display(),
+        );
+        let plan = common::checked(&source, &model_dir, Default::default());
+        execute::execute(&plan, &runtime(), &common::anywhere()).unwrap()
+    };
+    let clean_only = run("table c = per_token(d)\n").tokens_run;
+    let sweep = run(
+        "table a = per_token(d, variants = [first])\ntable b = per_token(d, variants = [second])\n",
+    );
+    // The clean pass once, then each variant's.
+    assert_eq!(sweep.tokens_run, 3 * clean_only);
+    let table = |name: &str| {
+        sweep
+            .sections
+            .iter()
+            .find_map(|s| match s {
+                Section::Table(t) if t.name == name => Some(t.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let (a, b) = (table("a"), table("b"));
+    let column = |t: &qexp::results::Table, name: &str| {
+        let index = t.column(name).unwrap();
+        t.rows.iter().map(|r| r[index].clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(column(&a, "loss"), column(&b, "loss"));
+    assert_ne!(column(&a, "first_loss"), column(&b, "second_loss"));
 }

@@ -126,6 +126,7 @@ fn run(
         .flatten()
         .collect();
     for (index, step) in plan.steps.iter().enumerate() {
+        session.next_step();
         let started = Instant::now();
         let label = describe(step);
         let section = run_step(&mut session, step).map_err(|message| ExecuteError::Invalid {

@@ -49,7 +49,7 @@ pub struct HookedModel<'r> {
 }
 
 /// What one forward pass returned.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Forward {
     /// `[batch, pos, d_vocab]`, when asked for.
     pub logits: Option<Array3<f32>>,

@@ -3,6 +3,7 @@
 //! steps have made. Built-ins' executors read and run everything through it; it
 //! records which graphs and hooks each step reads, so a test can hold them to the plan.
 
+mod clean_passes;
 pub mod progress;
 pub mod reads;
 mod rows;
@@ -68,6 +69,8 @@ pub struct Session<'p, 'm, 'r> {
     pub earlier: BTreeMap<String, crate::results::tolerance::Written>,
     /// The compiled graph each variant runs, shared by variants of one structure.
     pub(crate) shared_graphs: shared_graphs::SharedGraphs,
+    /// Clean passes kept for later steps over the same prompts.
+    clean_passes: clean_passes::CleanPasses,
 }
 
 impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
@@ -98,6 +101,7 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
             trained: BTreeMap::new(),
             earlier: BTreeMap::new(),
             shared_graphs: shared_graphs::SharedGraphs::default(),
+            clean_passes: clean_passes::CleanPasses::default(),
         }
     }
 
@@ -215,10 +219,14 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
             self.note_read(graph.clone(), *output);
         }
         let Some(variant) = variant else {
+            if let Some(kept) = self.clean_passes.get(batch, outputs) {
+                return Ok(kept);
+            }
             let logits = outputs.contains(&LOGITS);
             let hooks: Vec<&str> = outputs.iter().copied().filter(|o| *o != LOGITS).collect();
-            let forward = self.model.forward(batch, logits, &hooks);
-            return finite(None, forward);
+            let forward = finite(None, self.model.forward(batch, logits, &hooks))?;
+            self.clean_passes.insert(batch, outputs, &forward);
+            return Ok(forward);
         };
         let outputs_key = outputs.join(",");
         if self.shared_graphs.get(variant, &outputs_key).is_none() {
@@ -292,6 +300,11 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
                 self.reads.push(read);
             }
         }
+    }
+
+    /// Marks the start of the next step (for the clean passes kept between steps).
+    pub fn next_step(&mut self) {
+        self.clean_passes.next_step();
     }
 
     /// The reads recorded since the last call.

@@ -1,0 +1,153 @@
+//! The clean model's passes a run has made, kept within a memory budget so that later
+//! steps over the same prompts read them instead of running the model again: every pass
+//! of a sweep compares its variants with the same clean run. A pass is found by its
+//! tokens and the outputs asked for, compared in full. When the budget is reached, the
+//! passes no read of the current step touched go first, least recently read first; a
+//! pass the current step would have to evict its own passes for is not kept, so a step
+//! scanning more batches than fit keeps the first ones for the next step instead of
+//! evicting each batch just before it is read again.
+
+use std::collections::VecDeque;
+
+use ndarray::Array2;
+
+use crate::runtime::{Batch, Forward};
+
+/// At most this much of the machine's memory, and never more than [`MAX_BUDGET`].
+const MEMORY_FRACTION: u64 = 16;
+const MAX_BUDGET: usize = 1 << 30;
+
+struct Entry {
+    outputs: String,
+    input_ids: Array2<i64>,
+    attention_mask: Array2<i64>,
+    forward: Forward,
+    bytes: usize,
+    /// The step that last read or kept it.
+    step: usize,
+}
+
+pub(crate) struct CleanPasses {
+    /// Least recently read first.
+    entries: VecDeque<Entry>,
+    bytes: usize,
+    budget: usize,
+    step: usize,
+}
+
+impl Default for CleanPasses {
+    fn default() -> Self {
+        let budget = crate::machine::total_memory()
+            .map_or(MAX_BUDGET, |total| (total / MEMORY_FRACTION) as usize)
+            .min(MAX_BUDGET);
+        Self::with_budget(budget)
+    }
+}
+
+impl CleanPasses {
+    pub fn with_budget(budget: usize) -> Self {
+        Self {
+            entries: VecDeque::new(),
+            bytes: 0,
+            budget,
+            step: 0,
+        }
+    }
+
+    /// Marks the start of the next step.
+    pub fn next_step(&mut self) {
+        self.step += 1;
+    }
+
+    /// A copy of the pass over `batch` with `outputs`, if kept.
+    pub fn get(&mut self, batch: &Batch, outputs: &[&str]) -> Option<Forward> {
+        let outputs = outputs.join("\n");
+        let index = self.entries.iter().position(|e| {
+            e.outputs == outputs
+                && e.input_ids == batch.input_ids
+                && e.attention_mask == batch.attention_mask
+        })?;
+        let mut entry = self.entries.remove(index)?;
+        entry.step = self.step;
+        let forward = entry.forward.clone();
+        self.entries.push_back(entry);
+        Some(forward)
+    }
+
+    /// Keeps `forward`, the pass over `batch` with `outputs`, if it fits the budget.
+    pub fn insert(&mut self, batch: &Batch, outputs: &[&str], forward: &Forward) {
+        let bytes = size_of_pass(forward);
+        if bytes > self.budget {
+            return;
+        }
+        while self.bytes + bytes > self.budget {
+            let Some(stale) = self.entries.iter().position(|e| e.step < self.step) else {
+                return;
+            };
+            let evicted = self.entries.remove(stale).expect("found above");
+            self.bytes -= evicted.bytes;
+        }
+        self.bytes += bytes;
+        self.entries.push_back(Entry {
+            outputs: outputs.join("\n"),
+            input_ids: batch.input_ids.clone(),
+            attention_mask: batch.attention_mask.clone(),
+            forward: forward.clone(),
+            bytes,
+            step: self.step,
+        });
+    }
+}
+
+fn size_of_pass(forward: &Forward) -> usize {
+    let floats = forward.logits.as_ref().map_or(0, |l| l.len())
+        + forward.hooks.values().map(|h| h.len()).sum::<usize>();
+    floats * std::mem::size_of::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pass(value: f32, positions: usize) -> Forward {
+        Forward {
+            logits: Some(ndarray::Array3::from_elem((1, positions, 4), value)),
+            hooks: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_pass_is_found_by_its_tokens_and_outputs_and_stale_ones_go_first() {
+        // Room for two passes of 2 positions x 4 logits.
+        let mut kept = CleanPasses::with_budget(2 * 2 * 4 * 4);
+        let a = Batch::right_padded(&[vec![1, 2]], 0);
+        let b = Batch::right_padded(&[vec![1, 3]], 0);
+        let c = Batch::right_padded(&[vec![4, 3]], 0);
+        kept.insert(&a, &["logits"], &pass(1.0, 2));
+        kept.insert(&b, &["logits"], &pass(2.0, 2));
+        assert!(
+            kept.get(&a, &["logits", "blocks.0.hook_resid_pre"])
+                .is_none()
+        );
+        assert_eq!(
+            kept.get(&a, &["logits"]).unwrap().logits,
+            pass(1.0, 2).logits
+        );
+        // Full, and both passes are this step's: `c` is not kept.
+        kept.insert(&c, &["logits"], &pass(3.0, 2));
+        assert!(kept.get(&c, &["logits"]).is_none());
+        // The next step reads `b`; `a` is stale and makes room for `c`.
+        kept.next_step();
+        assert!(kept.get(&b, &["logits"]).is_some());
+        kept.insert(&c, &["logits"], &pass(3.0, 2));
+        assert!(kept.get(&a, &["logits"]).is_none());
+        assert!(kept.get(&b, &["logits"]).is_some());
+        assert!(kept.get(&c, &["logits"]).is_some());
+        // Larger than the whole budget: not kept, nothing evicted.
+        kept.next_step();
+        let long = Batch::right_padded(&[vec![5; 8]], 0);
+        kept.insert(&long, &["logits"], &pass(4.0, 8));
+        assert!(kept.get(&long, &["logits"]).is_none());
+        assert!(kept.get(&b, &["logits"]).is_some());
+    }
+}
