@@ -1124,8 +1124,8 @@ fn training_harvests_only_the_tokens_it_reads_once_per_hook_and_dataset() {
     assert_eq!(activations(&two), [30.0, 50.0]);
     assert_eq!(
         two.tokens_run,
-        2 * 40 + 1,
-        "two batches once, then \"a\" once: the second step reads the first's clean pass"
+        2 * 40 + 2,
+        "two batches once, then \"a\" for each"
     );
 }
 
@@ -2171,7 +2171,7 @@ table short = logit_diff(\"a b\", \" the\", variants = [loving])"
 }
 
 #[test]
-fn steps_over_the_same_prompts_read_the_clean_pass_once() {
+fn repeated_steps_over_the_same_prompts_read_the_clean_pass_once() {
     let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
     let run = |steps: &str| {
         let source = format!(
@@ -2183,10 +2183,10 @@ fn steps_over_the_same_prompts_read_the_clean_pass_once() {
     };
     let clean_only = run("table c = per_token(d)\n").tokens_run;
     let sweep = run(
-        "table a = per_token(d, variants = [first])\ntable b = per_token(d, variants = [second])\n",
+        "table a = per_token(d, variants = [first])\ntable b = per_token(d, variants = [second])\ntable again = per_token(d, variants = [first])\n",
     );
     // The clean pass once, then each variant's.
-    assert_eq!(sweep.tokens_run, 3 * clean_only);
+    assert_eq!(sweep.tokens_run, 4 * clean_only);
     let table = |name: &str| {
         sweep
             .sections
@@ -2204,4 +2204,8 @@ fn steps_over_the_same_prompts_read_the_clean_pass_once() {
     };
     assert_eq!(column(&a, "loss"), column(&b, "loss"));
     assert_ne!(column(&a, "first_loss"), column(&b, "second_loss"));
+    assert_eq!(
+        column(&a, "first_loss"),
+        column(&table("again"), "first_loss")
+    );
 }

@@ -90,14 +90,33 @@ pub fn cached(plan: &Plan) -> Vec<String> {
 pub fn describe(plan: &Plan) -> String {
     let mut out = plan.to_string();
     out.push_str(
-        "graphs (each compiled once, pruned to its outputs, shared by the steps that run it):\n",
+        "graphs (each compiled once, pruned to its outputs, shared by the steps that run it; \
+         variants that differ only in values, such as the head or the vector, share one):\n",
     );
     for need in graphs(plan) {
         let outputs: Vec<&str> = need.outputs.iter().map(String::as_str).collect();
         let _ = writeln!(out, "  {}: {}", need.graph, outputs.join(", "));
         let _ = writeln!(out, "    used by {}", need.used_by.join(", "));
     }
-    let cached = cached(plan);
+    let mut cached = cached(plan);
+    let repeated: Vec<String> = plan
+        .last_repeats()
+        .iter()
+        .zip(&plan.steps)
+        .filter(|(last, _)| last.is_some())
+        .filter_map(|(_, step)| match step {
+            crate::plan::Step::Table { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    if !repeated.is_empty() {
+        cached.push(format!(
+            "the clean passes of steps a later step repeats but for its variants ({}), \
+             until their last repeat, within {}",
+            repeated.join(", "),
+            crate::session::kept_passes::BUDGET_IN_WORDS
+        ));
+    }
     if !cached.is_empty() {
         out.push_str("cached:\n");
         for c in cached {

@@ -125,8 +125,9 @@ fn run(
         })
         .flatten()
         .collect();
+    let repeats = plan.last_repeats();
     for (index, step) in plan.steps.iter().enumerate() {
-        session.next_step();
+        session.start_step(index, repeats[index]);
         let started = Instant::now();
         let label = describe(step);
         let section = run_step(&mut session, step).map_err(|message| ExecuteError::Invalid {

@@ -3,7 +3,7 @@
 //! steps have made. Built-ins' executors read and run everything through it; it
 //! records which graphs and hooks each step reads, so a test can hold them to the plan.
 
-mod clean_passes;
+pub mod kept_passes;
 pub mod progress;
 pub mod reads;
 mod rows;
@@ -70,7 +70,7 @@ pub struct Session<'p, 'm, 'r> {
     /// The compiled graph each variant runs, shared by variants of one structure.
     pub(crate) shared_graphs: shared_graphs::SharedGraphs,
     /// Clean passes kept for later steps over the same prompts.
-    clean_passes: clean_passes::CleanPasses,
+    kept_passes: kept_passes::KeptPasses,
 }
 
 impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
@@ -101,7 +101,7 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
             trained: BTreeMap::new(),
             earlier: BTreeMap::new(),
             shared_graphs: shared_graphs::SharedGraphs::default(),
-            clean_passes: clean_passes::CleanPasses::default(),
+            kept_passes: kept_passes::KeptPasses::default(),
         }
     }
 
@@ -218,15 +218,29 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
         for output in outputs {
             self.note_read(graph.clone(), *output);
         }
+        if variant.is_none()
+            && let Some(kept) = self.kept_passes.get(batch, outputs)
+        {
+            return Ok(kept);
+        }
+        let forward = self.run_pass(variant, batch, outputs)?;
+        if variant.is_none() {
+            self.kept_passes.insert(batch, outputs, &forward);
+        }
+        Ok(forward)
+    }
+
+    /// [`Self::forward`] without the kept passes.
+    fn run_pass(
+        &mut self,
+        variant: Option<&str>,
+        batch: &Batch,
+        outputs: &[&str],
+    ) -> Result<Forward, Failure> {
         let Some(variant) = variant else {
-            if let Some(kept) = self.clean_passes.get(batch, outputs) {
-                return Ok(kept);
-            }
             let logits = outputs.contains(&LOGITS);
             let hooks: Vec<&str> = outputs.iter().copied().filter(|o| *o != LOGITS).collect();
-            let forward = finite(None, self.model.forward(batch, logits, &hooks))?;
-            self.clean_passes.insert(batch, outputs, &forward);
-            return Ok(forward);
+            return finite(None, self.model.forward(batch, logits, &hooks));
         };
         let outputs_key = outputs.join(",");
         if self.shared_graphs.get(variant, &outputs_key).is_none() {
@@ -302,9 +316,10 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
         }
     }
 
-    /// Marks the start of the next step (for the clean passes kept between steps).
-    pub fn next_step(&mut self) {
-        self.clean_passes.next_step();
+    /// Marks the start of step `step`, which step `repeated_until` repeats last (see
+    /// `kept_passes`: only then are its passes kept for later steps).
+    pub fn start_step(&mut self, step: usize, repeated_until: Option<usize>) {
+        self.kept_passes.start_step(step, repeated_until);
     }
 
     /// The reads recorded since the last call.

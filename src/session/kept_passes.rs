@@ -1,11 +1,16 @@
 //! The clean model's passes a run has made, kept within a memory budget so that later
-//! steps over the same prompts read them instead of running the model again: every pass
-//! of a sweep compares its variants with the same clean run. A pass is found by its
-//! tokens and the outputs asked for, compared in full. When the budget is reached, the
-//! passes no read of the current step touched go first, least recently read first; a
-//! pass the current step would have to evict its own passes for is not kept, so a step
-//! scanning more batches than fit keeps the first ones for the next step instead of
-//! evicting each batch just before it is read again.
+//! steps over the same prompts read them instead of running the model again: every
+//! pass of a sweep compares its variants with the same clean run. (A variant's passes
+//! are not kept: a loop's passes each run variants of their own.) A pass is found by
+//! its tokens and the outputs asked for, compared in full.
+//!
+//! Only a step that a later step repeats (the executor tells which: the same call but
+//! for its variants, as a `for` loop's passes are) keeps its passes, and they go once
+//! the last such step is done, so a run whose steps each read their prompts once holds
+//! nothing extra. When the budget is reached, passes no read of the current step
+//! touched go first; a pass the current step would have to evict its own passes for is
+//! not kept, so a scan of more batches than fit keeps its first ones for the next step
+//! instead of evicting each batch just before it is read again.
 
 use std::collections::VecDeque;
 
@@ -17,6 +22,9 @@ use crate::runtime::{Batch, Forward};
 const MEMORY_FRACTION: u64 = 16;
 const MAX_BUDGET: usize = 1 << 30;
 
+/// The budget in words, for `qexp plan` (keep it with the constants above).
+pub const BUDGET_IN_WORDS: &str = "1 GiB or a sixteenth of the machine's memory, if less";
+
 struct Entry {
     outputs: String,
     input_ids: Array2<i64>,
@@ -25,17 +33,22 @@ struct Entry {
     bytes: usize,
     /// The step that last read or kept it.
     step: usize,
+    /// The last step that may read it.
+    until: usize,
 }
 
-pub(crate) struct CleanPasses {
+pub(crate) struct KeptPasses {
     /// Least recently read first.
     entries: VecDeque<Entry>,
     bytes: usize,
     budget: usize,
     step: usize,
+    /// The last step that repeats the current one, when one does: passes are kept only
+    /// then, and until then.
+    keep_until: Option<usize>,
 }
 
-impl Default for CleanPasses {
+impl Default for KeptPasses {
     fn default() -> Self {
         let budget = crate::machine::total_memory()
             .map_or(MAX_BUDGET, |total| (total / MEMORY_FRACTION) as usize)
@@ -44,22 +57,34 @@ impl Default for CleanPasses {
     }
 }
 
-impl CleanPasses {
+impl KeptPasses {
     pub fn with_budget(budget: usize) -> Self {
         Self {
             entries: VecDeque::new(),
             bytes: 0,
             budget,
             step: 0,
+            keep_until: None,
         }
     }
 
-    /// Marks the start of the next step.
-    pub fn next_step(&mut self) {
-        self.step += 1;
+    /// Marks the start of step `step`, which step `keep_until` repeats last (`None`:
+    /// no later step does), and drops the passes no step from here on may read.
+    pub fn start_step(&mut self, step: usize, keep_until: Option<usize>) {
+        self.step = step;
+        self.keep_until = keep_until;
+        let mut freed = 0;
+        self.entries.retain(|e| {
+            let keep = e.until >= step;
+            if !keep {
+                freed += e.bytes;
+            }
+            keep
+        });
+        self.bytes -= freed;
     }
 
-    /// A copy of the pass over `batch` with `outputs`, if kept.
+    /// A copy of the clean pass over `batch` with `outputs`, if kept.
     pub fn get(&mut self, batch: &Batch, outputs: &[&str]) -> Option<Forward> {
         let outputs = outputs.join("\n");
         let index = self.entries.iter().position(|e| {
@@ -69,13 +94,18 @@ impl CleanPasses {
         })?;
         let mut entry = self.entries.remove(index)?;
         entry.step = self.step;
+        entry.until = entry.until.max(self.keep_until.unwrap_or(0));
         let forward = entry.forward.clone();
         self.entries.push_back(entry);
         Some(forward)
     }
 
-    /// Keeps `forward`, the pass over `batch` with `outputs`, if it fits the budget.
+    /// Keeps `forward`, the clean pass over `batch` with `outputs`, if the current step
+    /// is repeated and it fits the budget.
     pub fn insert(&mut self, batch: &Batch, outputs: &[&str], forward: &Forward) {
+        let Some(until) = self.keep_until else {
+            return;
+        };
         let bytes = size_of_pass(forward);
         if bytes > self.budget {
             return;
@@ -95,6 +125,7 @@ impl CleanPasses {
             forward: forward.clone(),
             bytes,
             step: self.step,
+            until,
         });
     }
 }
@@ -119,10 +150,11 @@ mod tests {
     #[test]
     fn a_pass_is_found_by_its_tokens_and_outputs_and_stale_ones_go_first() {
         // Room for two passes of 2 positions x 4 logits.
-        let mut kept = CleanPasses::with_budget(2 * 2 * 4 * 4);
+        let mut kept = KeptPasses::with_budget(2 * 2 * 4 * 4);
         let a = Batch::right_padded(&[vec![1, 2]], 0);
         let b = Batch::right_padded(&[vec![1, 3]], 0);
         let c = Batch::right_padded(&[vec![4, 3]], 0);
+        kept.start_step(0, Some(5));
         kept.insert(&a, &["logits"], &pass(1.0, 2));
         kept.insert(&b, &["logits"], &pass(2.0, 2));
         assert!(
@@ -137,17 +169,39 @@ mod tests {
         kept.insert(&c, &["logits"], &pass(3.0, 2));
         assert!(kept.get(&c, &["logits"]).is_none());
         // The next step reads `b`; `a` is stale and makes room for `c`.
-        kept.next_step();
+        kept.start_step(1, Some(5));
         assert!(kept.get(&b, &["logits"]).is_some());
         kept.insert(&c, &["logits"], &pass(3.0, 2));
         assert!(kept.get(&a, &["logits"]).is_none());
         assert!(kept.get(&b, &["logits"]).is_some());
         assert!(kept.get(&c, &["logits"]).is_some());
         // Larger than the whole budget: not kept, nothing evicted.
-        kept.next_step();
+        kept.start_step(2, Some(5));
         let long = Batch::right_padded(&[vec![5; 8]], 0);
         kept.insert(&long, &["logits"], &pass(4.0, 8));
         assert!(kept.get(&long, &["logits"]).is_none());
         assert!(kept.get(&b, &["logits"]).is_some());
+    }
+
+    #[test]
+    fn only_a_repeated_step_keeps_passes_and_only_until_its_last_repeat() {
+        let mut kept = KeptPasses::with_budget(1 << 20);
+        let a = Batch::right_padded(&[vec![1, 2]], 0);
+        kept.start_step(0, None);
+        kept.insert(&a, &["logits"], &pass(1.0, 2));
+        assert!(
+            kept.get(&a, &["logits"]).is_none(),
+            "no later step repeats it"
+        );
+        kept.start_step(1, Some(3));
+        kept.insert(&a, &["logits"], &pass(1.0, 2));
+        kept.start_step(3, None);
+        assert!(
+            kept.get(&a, &["logits"]).is_some(),
+            "the last repeat reads it"
+        );
+        kept.start_step(4, None);
+        assert!(kept.get(&a, &["logits"]).is_none(), "gone after it");
+        assert_eq!(kept.bytes, 0);
     }
 }
