@@ -139,8 +139,8 @@ fn run(
             reads: session.take_reads(),
         });
         push_pending(&mut session, &mut sections, &mut seconds);
-        // A sweep declares a variant per pass: each holds a copy of the weights, so it
-        // goes once no later step runs it.
+        // A sweep declares variants per pass: each is released once no later step runs
+        // it, and its graph's session once no live variant shares it.
         for (variant, _) in last_use.iter().filter(|(_, last)| **last == index) {
             session.forget_variant(variant);
         }
