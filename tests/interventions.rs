@@ -433,7 +433,22 @@ fn sweep_families(model: &HookedModel<'_>) -> Vec<Vec<Vec<Intervention>>> {
             })]
         })
         .collect();
-    vec![zero, constant, steer, front]
+    let patch = (0..heads)
+        .map(|head| {
+            vec![Intervention::Patch(interventions::Patch {
+                target: target("blocks.1.attn.hook_z", Some(head), None),
+                input: "patch0:blocks.1.attn.hook_z".into(),
+            })]
+        })
+        .collect();
+    vec![zero, constant, steer, front, patch]
+}
+
+/// The values a patch family's input is fed: any tensor of `hook_z`'s shape.
+fn patch_values(batch: &qexp::runtime::Batch) -> Vec<(String, ArrayD<f32>)> {
+    let shape = vec![batch.len(), batch.input_ids.ncols(), 4, D_HEAD];
+    let values = ArrayD::from_shape_fn(shape, |i| (i[1] + 3 * i[2] + i[3]) as f32 * 0.05);
+    vec![("patch0:blocks.1.attn.hook_z".to_owned(), values)]
 }
 
 #[test]
@@ -454,9 +469,11 @@ fn variants_differing_only_in_values_share_one_graph_and_give_the_same_numbers()
             let (lifted, feeds) = interventions::lift_values(&graph, edits);
             assert!(!feeds.is_empty(), "family {family}: values lifted");
             structures.insert(lifted.encode_to_vec());
+            let patched = patch_values(&batch);
             let baked = model
-                .forward_graph(&format!("baked{family}-{index}"), &graph, &batch)
+                .forward_graph_fed(&format!("baked{family}-{index}"), &graph, &batch, &patched)
                 .unwrap();
+            let feeds: Vec<_> = feeds.into_iter().chain(patched).collect();
             let fed = model
                 .forward_graph_fed(&format!("lifted{family}"), &lifted, &batch, &feeds)
                 .unwrap();

@@ -5,8 +5,9 @@
 //!
 //! What stays in the graph is the structure: the hooks edited, the kinds of edit, which
 //! axes they select on, positions (integers, which shape the nodes ONNX Runtime folds).
-//! SAE edits and patches keep their values inside (an SAE's weights want the kernels'
-//! pre-packing, which only constants get).
+//! A patch's head selection is lifted too (its values already come in as an input).
+//! SAE edits keep their values inside (an SAE's weights want the kernels' pre-packing,
+//! which only constants get).
 
 use ndarray::ArrayD;
 
@@ -18,7 +19,8 @@ use crate::onnx::{BOOL, FLOAT, ModelProto};
 pub type Feed = (String, ArrayD<f32>);
 
 /// `model` (compiled from `interventions` by `apply`, then pruned) with the float and
-/// boolean constants of its ablations and steering edits turned into graph inputs, and
+/// boolean constants of its ablations, steering edits and patches turned into graph
+/// inputs, and
 /// the values to feed them. Booleans are fed as 0/1 floats and cast back in the graph.
 pub fn lift_values(model: &ModelProto, interventions: &[Intervention]) -> (ModelProto, Vec<Feed>) {
     let prefixes: Vec<String> = interventions
@@ -31,6 +33,7 @@ pub fn lift_values(model: &ModelProto, interventions: &[Intervention]) -> (Model
                     | Intervention::Constant(_)
                     | Intervention::Add(_)
                     | Intervention::AddAtFront(_)
+                    | Intervention::Patch(_)
             )
         })
         .map(|(index, edit)| format!("{}/edit{index}/", edit.pass().target().hook))
