@@ -82,13 +82,13 @@ impl GraphBuilder {
     /// qexp's runtime drops the cast and widens the weight once at load.
     pub fn model_weight(&mut self, name: &str, array: &ArrayD<f32>) -> std::io::Result<String> {
         use crate::model::WeightStorage;
-        let (suffix, data_type) = match self.storage {
+        let suffix = match self.storage {
             WeightStorage::Float32 => return self.weight(name, array),
-            WeightStorage::Float16 => ("float16", tensor_proto::DataType::Float16 as i32),
-            WeightStorage::Bfloat16 => ("bfloat16", tensor_proto::DataType::Bfloat16 as i32),
+            WeightStorage::Float16 => "float16",
+            WeightStorage::Bfloat16 => "bfloat16",
         };
         let stored = format!("{name}:{suffix}");
-        self.external(&stored, array, data_type)?;
+        self.external(&stored, array, self.storage)?;
         self.op_into(
             "Cast",
             &[stored.as_str()],
@@ -156,22 +156,25 @@ impl GraphBuilder {
 
     /// A weight stored in the external data file under its own (TransformerLens) name.
     pub fn weight(&mut self, name: &str, array: &ArrayD<f32>) -> std::io::Result<String> {
-        self.external(name, array, FLOAT)?;
+        self.external(name, array, crate::model::WeightStorage::Float32)?;
         Ok(name.to_owned())
     }
 
-    /// `array` appended to the external data file as `data_type` (f32, f16 or bf16),
-    /// declared as the initializer `name`.
-    fn external(&mut self, name: &str, array: &ArrayD<f32>, data_type: i32) -> std::io::Result<()> {
+    /// `array` appended to the external data file as `storage` says, declared as the
+    /// initializer `name` of the matching ONNX type.
+    fn external(
+        &mut self,
+        name: &str,
+        array: &ArrayD<f32>,
+        storage: crate::model::WeightStorage,
+    ) -> std::io::Result<()> {
         use crate::model::WeightStorage;
         let standard = array.as_standard_layout();
         let values = standard.as_slice().expect("standard layout is contiguous");
-        let storage = if data_type == tensor_proto::DataType::Float16 as i32 {
-            WeightStorage::Float16
-        } else if data_type == tensor_proto::DataType::Bfloat16 as i32 {
-            WeightStorage::Bfloat16
-        } else {
-            WeightStorage::Float32
+        let data_type = match storage {
+            WeightStorage::Float32 => FLOAT,
+            WeightStorage::Float16 => tensor_proto::DataType::Float16 as i32,
+            WeightStorage::Bfloat16 => tensor_proto::DataType::Bfloat16 as i32,
         };
         let bytes = storage.encode(values);
         let (offset, length) = self.data.append(&bytes)?;

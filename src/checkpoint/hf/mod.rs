@@ -22,7 +22,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::{Checkpoint, CheckpointError, SpecialTokens, expect_shape};
-use crate::model::{Positional, RopeScaling, Transformer, TransformerConfig, Weights};
+use crate::model::{
+    Positional, RopeScaling, Transformer, TransformerConfig, WeightStorage, Weights,
+};
 
 const CONFIG_FILE: &str = "config.json";
 const WEIGHTS_FILE: &str = "model.safetensors";
@@ -392,20 +394,10 @@ impl Reader<'_> {
                 name: name.to_owned(),
             })?;
         expect_shape(path, name, view.shape(), expected)?;
-        let bytes = view.data();
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+        let stored = match view.dtype() {
+            Dtype::F32 => WeightStorage::Float32,
+            Dtype::F16 => WeightStorage::Float16,
+            Dtype::BF16 => WeightStorage::Bfloat16,
             other => {
                 return Err(CheckpointError::Unsupported {
                     path: path.to_owned(),
@@ -413,8 +405,10 @@ impl Reader<'_> {
                 });
             }
         };
-        Ok(ArrayD::from_shape_vec(expected.to_vec(), values)
-            .expect("safetensors checked the byte length against the shape"))
+        Ok(
+            ArrayD::from_shape_vec(expected.to_vec(), stored.decode(view.data()))
+                .expect("safetensors checked the byte length against the shape"),
+        )
     }
 
     /// A torch `Linear` weight `[out, in]`, transposed to `[in, out]`.
