@@ -18,6 +18,12 @@ fn setup() -> tempfile::TempDir {
     dir
 }
 
+/// The `run.json` of the report of `experiment` in the project `dir`.
+fn run_record(dir: &Path, experiment: &str) -> serde_json::Value {
+    let path = dir.join("reports").join(experiment).join("run.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 #[test]
 fn run_writes_a_report_that_reruns_byte_identically() {
     let dir = setup();
@@ -240,10 +246,7 @@ fn reports_outside_the_project_are_refused_and_run_json_records_saes_and_seeds()
         .args(["run", "seeded.qexp"])
         .assert()
         .success();
-    let run: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("reports/seeded/run.json")).unwrap(),
-    )
-    .unwrap();
+    let run = run_record(dir.path(), "seeded");
     assert_eq!(run["seeds"]["g.seed"], 7);
     assert_eq!(run["saes"][0]["name"], "s");
     assert_eq!(run["saes"][0]["weights_sha256"].as_str().unwrap().len(), 64);
@@ -267,11 +270,7 @@ fn a_pinned_sae_is_reused_until_its_inputs_change() {
             .output()
             .unwrap();
         assert!(output.status.success(), "{output:?}");
-        let record: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.path().join("reports/pinned/run.json")).unwrap(),
-        )
-        .unwrap();
-        let sae = record["saes"][0].clone();
+        let sae = run_record(dir.path(), "pinned")["saes"][0].clone();
         (sae, String::from_utf8(output.stderr).unwrap())
     };
     let weights = || std::fs::read(dir.path().join("pins/s/sae_weights.safetensors")).unwrap();
@@ -529,10 +528,7 @@ fn a_head_sweep_compiles_one_graph_per_layer_and_kind_however_many_heads() {
             .args(["run", "sweep.qexp"])
             .assert()
             .success();
-        let run: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.path().join("reports/sweep/run.json")).unwrap(),
-        )
-        .unwrap();
+        let run = run_record(dir.path(), "sweep");
         compiled.push(run["sessions_compiled"].as_u64().unwrap());
         tables.push(
             std::fs::read_to_string(dir.path().join("reports/sweep/results/swept.csv")).unwrap(),

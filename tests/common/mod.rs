@@ -92,6 +92,21 @@ impl Reference {
     }
 }
 
+/// The largest absolute difference between two arrays of one shape (NaN if any is).
+pub fn max_abs_difference(a: ArrayViewD<'_, f32>, b: ArrayViewD<'_, f32>) -> f32 {
+    assert_eq!(a.shape(), b.shape(), "shapes differ");
+    a.iter()
+        .zip(b.iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, |worst, d| {
+            if d.is_nan() || worst.is_nan() {
+                f32::NAN
+            } else {
+                worst.max(d)
+            }
+        })
+}
+
 /// Asserts `actual` is within `tolerance` of `expected` everywhere, naming the first
 /// outlier (index, both values) when it is not.
 pub fn assert_close(
