@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{export_to_temp, fixture, runtime};
+use common::{assert_close, export_to_temp, fixture, max_abs_difference, runtime};
 use ndarray::{Array1, Array2, ArrayD};
 use qexp::compile::interventions::{self, Add, AddAtFront, Intervention, Target, Zero};
 use qexp::compile::kv_cache;
@@ -88,19 +88,14 @@ fn whole_and_in_pieces(
 
     let config = model.manifest.config.clone();
     let cached = kv_cache::with_kv_cache(graph, config.n_layers).unwrap();
-    let mut outputs = vec!["logits".to_owned()];
-    let mut past = Vec::new();
-    for layer in 0..config.n_layers {
-        outputs.push(kv_cache::present_keys(layer));
-        outputs.push(kv_cache::present_values(layer));
-        for name in [kv_cache::past_keys(layer), kv_cache::past_values(layer)] {
-            past.push((
-                name,
-                ArrayD::zeros(vec![1, 0, config.n_kv_heads, config.d_head]),
-            ));
-        }
-    }
-    let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    let empty = ArrayD::zeros(vec![1, 0, config.n_kv_heads, config.d_head]);
+    let (mut past, presents): (Vec<_>, Vec<_>) = kv_cache::cache_names(config.n_layers)
+        .into_iter()
+        .map(|(past, present)| ((past, empty.clone()), present))
+        .unzip();
+    let outputs: Vec<&str> = std::iter::once("logits")
+        .chain(presents.iter().map(String::as_str))
+        .collect();
     let cached = qexp::compile::select_outputs(&cached, &outputs).unwrap();
 
     let mut logits = Vec::new();
@@ -115,9 +110,8 @@ fn whole_and_in_pieces(
         let mut forward = model
             .forward_graph_fed(&format!("{key}|cached"), &cached, &batch, &past)
             .unwrap();
-        for (name, value) in &mut past {
-            let present = name.replacen("past_key_values.", "present.", 1);
-            *value = forward.hooks.remove(&present).unwrap();
+        for ((_, value), present) in past.iter_mut().zip(&presents) {
+            *value = forward.hooks.remove(present).unwrap();
             assert_eq!(
                 value.shape()[1],
                 start + length,
@@ -143,24 +137,13 @@ fn check_pieces(checkpoint: &str) {
     for (key, graph) in [("clean", &clean), ("variant", &variant)] {
         // The first piece ends inside the front rows; single tokens, then a longer piece.
         let (whole, pieces) = whole_and_in_pieces(&mut model, key, graph, &[2, 1, 1, 3, 2]);
-        let worst = whole
-            .iter()
-            .zip(pieces.iter())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(
-            worst < 1e-4,
-            "{checkpoint} {key}: cached pieces differ from one pass by {worst}"
-        );
+        let what = format!("{checkpoint} {key}: cached pieces against one pass");
+        assert_close(&what, pieces.view(), whole.view(), 1e-4);
     }
     // The edits change the logits: the comparison above is not of two clean runs.
     let (clean_logits, _) = whole_and_in_pieces(&mut model, "clean", &clean, &[9]);
     let (variant_logits, _) = whole_and_in_pieces(&mut model, "variant", &variant, &[9]);
-    let moved = clean_logits
-        .iter()
-        .zip(variant_logits.iter())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let moved = max_abs_difference(clean_logits.view(), variant_logits.view());
     assert!(
         moved > 1e-3,
         "{checkpoint}: the edits moved the logits by {moved}"

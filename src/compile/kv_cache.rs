@@ -36,6 +36,19 @@ pub fn present_values(layer: usize) -> String {
     format!("present.{layer}.value")
 }
 
+/// Every cache input with the output that feeds it at the next step, `(past, present)`:
+/// each layer's keys, then its values.
+pub fn cache_names(n_layers: usize) -> Vec<(String, String)> {
+    (0..n_layers)
+        .flat_map(|layer| {
+            [
+                (past_keys(layer), present_keys(layer)),
+                (past_values(layer), present_values(layer)),
+            ]
+        })
+        .collect()
+}
+
 /// Whether `model` names what a cache needs (models exported by older versions of qexp
 /// do not; they generate without one).
 pub fn supports(model: &ModelProto) -> bool {

@@ -312,23 +312,22 @@ impl HookedModel<'_> {
         let n_layers = config.n_layers;
         let empty = ndarray::ArrayD::zeros(vec![1, 0, config.n_kv_heads, config.d_head]);
         let key = format!("{}|kv_cache", variant.key);
-        let mut outputs = vec![LOGITS.to_owned()];
-        let mut past = Vec::with_capacity(2 * n_layers);
-        for layer in 0..n_layers {
-            outputs.push(kv_cache::present_keys(layer));
-            outputs.push(kv_cache::present_values(layer));
-            past.push((kv_cache::past_keys(layer), empty.clone()));
-            past.push((kv_cache::past_values(layer), empty.clone()));
-        }
+        let (past, presents): (Vec<_>, Vec<_>) = kv_cache::cache_names(n_layers)
+            .into_iter()
+            .map(|(past, present)| ((past, empty.clone()), present))
+            .unzip();
         if !self.has_graph(&key) {
             let cached = kv_cache::with_kv_cache(variant.edited, n_layers)?;
-            let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+            let outputs: Vec<&str> = std::iter::once(LOGITS)
+                .chain(presents.iter().map(String::as_str))
+                .collect();
             let graph = compile::select_outputs(&cached, &outputs)?;
             self.prepare_graph(&key, &graph)?;
         }
         Ok(Cache {
             key,
             past,
+            presents,
             cached_tokens: 0,
         })
     }
@@ -349,11 +348,10 @@ impl HookedModel<'_> {
         let mut forward = self
             .forward_cached(&cache.key, &batch, &cache.past)
             .expect("prepared by cached_steps")?;
-        for (past, value) in &mut cache.past {
-            let present = past.replacen("past_key_values.", "present.", 1);
+        for ((_, value), present) in cache.past.iter_mut().zip(&cache.presents) {
             *value = forward
                 .hooks
-                .remove(&present)
+                .remove(present)
                 .ok_or_else(|| RuntimeError::Ort {
                     doing: "reading the key/value cache".into(),
                     message: format!("the session returned no `{present}`"),
@@ -389,6 +387,8 @@ struct Cache {
     /// `(past input name, [1, cached_tokens, kv_head, d_head])`, keys and values of
     /// every layer.
     past: Vec<(String, ndarray::ArrayD<f32>)>,
+    /// The output that gives each of `past` its next value.
+    presents: Vec<String>,
     cached_tokens: usize,
 }
 
