@@ -385,36 +385,6 @@ impl fmt::Display for Plan {
 }
 
 impl Plan {
-    /// For each step, the last later step that repeats it (`None` when none does): the
-    /// same measurement with the same arguments but for the variants it runs, as a `for`
-    /// loop's passes are. Such steps read the same prompts' clean passes, which the
-    /// session keeps for them (see `session::kept_passes`).
-    pub fn last_repeats(&self) -> Vec<Option<usize>> {
-        const VARIANT_ARGS: [&str; 3] = ["variants", "variant", "ablation"];
-        let signature = |step: &Step| match step {
-            Step::Table {
-                source: TableSource::Call { call, .. },
-                ..
-            } => {
-                let mut args = call.args.clone();
-                args.retain(|name, _| !VARIANT_ARGS.contains(name));
-                Some((call.function, args))
-            }
-            _ => None,
-        };
-        let signatures: Vec<_> = self.steps.iter().map(signature).collect();
-        signatures
-            .iter()
-            .enumerate()
-            .map(|(index, own)| {
-                own.as_ref()?;
-                (index + 1..signatures.len())
-                    .rev()
-                    .find(|&later| signatures[later] == *own)
-            })
-            .collect()
-    }
-
     /// The hook an SAE reads (from its `train` call or its cfg.json), as `qexp plan`
     /// names it; a placeholder when the checker could not read it.
     pub fn sae_hook(&self, sae: &str) -> String {

@@ -86,6 +86,43 @@ pub fn cached(plan: &Plan) -> Vec<String> {
     cached
 }
 
+/// For each step, the last later step that repeats it (`None` when none does): the
+/// same measurement with the same arguments but for the variants it runs (its
+/// arguments of a variant type), as a `for` loop's passes are. Such steps read the same
+/// prompts' clean passes, which the session keeps for them (see
+/// `session::kept_passes`).
+pub fn last_repeats(plan: &Plan) -> Vec<Option<usize>> {
+    use super::spec::Type;
+    let runs_variants = |ty: Type| matches!(ty, Type::Variant | Type::ListOf(Type::Variant));
+    let signature = |step: &Step| match step {
+        Step::Table {
+            source: TableSource::Call { call, .. },
+            ..
+        } => {
+            let params = super::find(call.function)?.params;
+            let mut args = call.args.clone();
+            args.retain(|name, _| {
+                !params
+                    .iter()
+                    .any(|p| p.name == *name && runs_variants(p.ty))
+            });
+            Some((call.function, args))
+        }
+        _ => None,
+    };
+    let signatures: Vec<_> = plan.steps.iter().map(signature).collect();
+    signatures
+        .iter()
+        .enumerate()
+        .map(|(index, own)| {
+            own.as_ref()?;
+            (index + 1..signatures.len())
+                .rev()
+                .find(|&later| signatures[later] == *own)
+        })
+        .collect()
+}
+
 /// `qexp plan`'s text: the plan, then the graphs it compiles and what it caches.
 pub fn describe(plan: &Plan) -> String {
     let mut out = plan.to_string();
@@ -99,8 +136,7 @@ pub fn describe(plan: &Plan) -> String {
         let _ = writeln!(out, "    used by {}", need.used_by.join(", "));
     }
     let mut cached = cached(plan);
-    let repeated: Vec<String> = plan
-        .last_repeats()
+    let repeated: Vec<String> = last_repeats(plan)
         .iter()
         .zip(&plan.steps)
         .filter(|(last, _)| last.is_some())

@@ -125,7 +125,7 @@ fn run(
         })
         .flatten()
         .collect();
-    let repeats = plan.last_repeats();
+    let repeats = crate::builtins::graphs::last_repeats(plan);
     for (index, step) in plan.steps.iter().enumerate() {
         session.start_step(index, repeats[index]);
         let started = Instant::now();

@@ -31,8 +31,6 @@ pub(crate) struct SharedGraphs {
     users: HashMap<String, BTreeSet<String>>,
     /// Keys no unreleased variant runs, least recently released first.
     released: VecDeque<String>,
-    /// Distinct structures compiled so far.
-    structures: BTreeSet<String>,
 }
 
 /// The session key of a lifted graph: a hash of its bytes, the same for every variant
@@ -53,7 +51,6 @@ impl SharedGraphs {
     /// Records that `variant` runs `graph` for `outputs`.
     pub fn insert(&mut self, variant: &str, outputs: &str, graph: VariantGraph) {
         self.released.retain(|key| *key != graph.key);
-        self.structures.insert(graph.key.clone());
         self.users
             .entry(graph.key.clone())
             .or_default()
@@ -74,10 +71,5 @@ impl SharedGraphs {
         self.users.retain(|_, users| !users.is_empty());
         let excess = self.released.len().saturating_sub(RELEASED_KEPT);
         self.released.drain(..excess).collect()
-    }
-
-    /// Distinct graph structures compiled for variants so far.
-    pub fn structures(&self) -> usize {
-        self.structures.len()
     }
 }

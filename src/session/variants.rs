@@ -319,11 +319,6 @@ impl Session<'_, '_, '_> {
         Ok(super::shared_graphs::VariantGraph { key, feeds })
     }
 
-    /// Distinct graph structures compiled for variants in this run.
-    pub fn variant_structures(&self) -> usize {
-        self.shared_graphs.structures()
-    }
-
     /// The exported graph with `edits` applied, pruned to `outputs`.
     pub(crate) fn edits_graph(
         &self,
