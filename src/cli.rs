@@ -87,7 +87,13 @@ enum Command {
         check: bool,
     },
     /// Print an experiment's checked plan: what will run, on which graphs.
-    Plan { experiment: PathBuf },
+    Plan {
+        experiment: PathBuf,
+        /// Also estimate each step's tokens, time and memory: loads the model, tokenizes
+        /// the datasets and times a calibration pass on this machine (seconds).
+        #[arg(long)]
+        estimate: bool,
+    },
     /// Run an experiment and write its report to reports/<experiment name>/.
     Run {
         experiment: PathBuf,
@@ -340,11 +346,20 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let plural = if steps == 1 { "" } else { "s" };
             outln!("{}: ok ({steps} step{plural})", experiment.display());
         }
-        Command::Plan { experiment } => {
+        Command::Plan {
+            experiment,
+            estimate,
+        } => {
             let entered = InProject::enter(&experiment)?;
             let scope = Scope::current(true).context("cannot resolve the current folder")?;
             let (plan, _) = load_plan(&entered.experiment, None, &scope)?;
             out!("{}", crate::builtins::graphs::describe(&plan));
+            if estimate {
+                let runtime = Runtime::new(plan.model.device)?;
+                let estimate = crate::estimate::estimate(&plan, &runtime, &scope)
+                    .map_err(|message| anyhow::anyhow!("cannot estimate the run: {message}"))?;
+                out!("{}", crate::estimate::describe(&estimate));
+            }
         }
         Command::Fmt { experiment, check } => {
             let (file, source) =

@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod compile;
 pub mod device;
+pub mod estimate;
 pub mod execute;
 pub mod experiment;
 pub mod export;

@@ -14,3 +14,17 @@ pub fn total_memory() -> Option<u64> {
         .ok()?;
     Some(kib * 1024)
 }
+
+/// This process's resident memory in bytes (Linux's VmRSS), when it can be read.
+pub fn resident_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}

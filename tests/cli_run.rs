@@ -549,3 +549,63 @@ fn a_head_sweep_compiles_one_graph_per_layer_and_kind_however_many_heads() {
         assert!(rows.contains(&row), "{row} in {}", tables[0]);
     }
 }
+
+#[test]
+fn plan_estimates_count_the_tokens_a_run_puts_through_the_model() {
+    let dir = common::project_with_tiny_model();
+    let lines: Vec<String> = (0..12)
+        .map(|i| format!("line {i} of the story goes on {}", "and on ".repeat(i)))
+        .collect();
+    std::fs::write(dir.path().join("lines.txt"), lines.join("\n%\n")).unwrap();
+    std::fs::write(
+        dir.path().join("sweep.qexp"),
+        r#"experiment sweep
+model "models/tiny" (batch_size = 4)
+dataset lines = text("lines.txt", separator = "\n%\n")
+for head in range(2) {
+    variant zeroed {
+        zero(blocks.0.attn.hook_z[head = head])
+    }
+    variant averaged {
+        mean(blocks.1.attn.hook_z[head = head], dataset = lines)
+    }
+    table loss = per_token(lines, variants = [zeroed, averaged])
+}
+variant first_zeroed {
+    zero(blocks.1.attn.hook_z[head = 0])
+}
+table prompt = test_prompt("the cat sat on the", "m", variants = [first_zeroed])
+table patched = activation_patching("the cat sat on", "the dog sat on", "m", "r", hook = z, by = head)
+"#,
+    )
+    .unwrap();
+    let planned = qexp(dir.path())
+        .args(["plan", "sweep.qexp", "--estimate"])
+        .assert()
+        .success();
+    let text = String::from_utf8(planned.get_output().stdout.clone()).unwrap();
+    for step in ["loss_0:", "loss_1:", "prompt:", "patched:"] {
+        assert!(
+            text.contains(&format!("  {step}")),
+            "{step} missing:\n{text}"
+        );
+    }
+    let total: usize = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("total: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no total:\n{text}"));
+    assert!(text.contains("peak memory about"), "{text}");
+
+    qexp(dir.path())
+        .args(["run", "sweep.qexp"])
+        .assert()
+        .success();
+    let run = run_record(dir.path(), "sweep");
+    assert_eq!(
+        run["tokens_run"].as_u64(),
+        Some(total as u64),
+        "the estimate counts every token the run puts through a graph:\n{text}"
+    );
+}

@@ -48,12 +48,16 @@ pub(crate) struct KeptPasses {
     keep_until: Option<usize>,
 }
 
+/// The bytes of clean passes kept on this machine ([`BUDGET_IN_WORDS`]).
+pub fn budget() -> usize {
+    crate::machine::total_memory()
+        .map_or(MAX_BUDGET, |total| (total / MEMORY_FRACTION) as usize)
+        .min(MAX_BUDGET)
+}
+
 impl Default for KeptPasses {
     fn default() -> Self {
-        let budget = crate::machine::total_memory()
-            .map_or(MAX_BUDGET, |total| (total / MEMORY_FRACTION) as usize)
-            .min(MAX_BUDGET);
-        Self::with_budget(budget)
+        Self::with_budget(budget())
     }
 }
 
