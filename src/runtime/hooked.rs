@@ -21,8 +21,19 @@ use crate::onnx::ModelProto;
 /// itself is handed over from memory.
 const EXTERNAL_DATA_FOLDER: &str = "session.model_external_initializers_file_folder_path";
 
+/// ONNX Runtime's session option that turns off pre-packing weights for its kernels.
+const DISABLE_PREPACKING: &str = "session.disable_prepacking";
+
 /// Output-keyed sessions of the clean model kept at once (see `clean_used`).
 const CLEAN_SESSIONS: usize = 4;
+
+/// A pass of at most this many tokens (rows times positions) is small: its matrix
+/// products read each weight matrix for few rows, so packing the weights for the
+/// kernels on every call costs as much as the products themselves.
+const SMALL_PASS_TOKENS: usize = 64;
+
+/// Small passes a session runs before it is built again with its weights pre-packed.
+const SMALL_PASSES_BEFORE_PACKING: u32 = 3;
 
 pub struct HookedModel<'r> {
     runtime: &'r Runtime,
@@ -31,14 +42,14 @@ pub struct HookedModel<'r> {
     pub tokenizer: Tokenizer,
     graph: ModelProto,
     /// Keyed by the requested outputs, or by a caller's name for a compiled variant.
-    sessions: HashMap<String, Session>,
+    sessions: HashMap<String, Built>,
     /// The output-keyed sessions of the clean model, least recently used first: at most
     /// [`CLEAN_SESSIONS`] are kept, since each holds its own graph and buffers and a
     /// sweep reading one hook per pass would otherwise keep one per hook.
     clean_used: std::collections::VecDeque<String>,
     /// The weights, read once and handed to every session, with the copies ONNX Runtime
-    /// pre-packs for its kernels shared too: a variant's session adds its own nodes,
-    /// not another copy of the model.
+    /// pre-packs for its kernels (for packed sessions) shared too: a variant's session
+    /// adds its own nodes, not another copy of the model.
     shared: std::cell::OnceCell<SharedWeights>,
     /// Weights the graph reads transposed, made shared initializers at load (see
     /// [`super::shared::fold_weight_transposes`]).
@@ -46,6 +57,26 @@ pub struct HookedModel<'r> {
     /// Real (unpadded) tokens run through any graph so far.
     tokens_run: usize,
     sessions_built: std::cell::Cell<usize>,
+}
+
+/// When a session's weights are pre-packed for ONNX Runtime's matrix kernels: a
+/// packed copy of the weights (as large as they are, shared by every packed session)
+/// saves re-packing them on each call, which pays only for small passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// From the start.
+    Now,
+    /// Once the session has run a few small passes (see [`SMALL_PASS_TOKENS`]).
+    WhenHot,
+}
+
+/// A session and what it was built from, kept to build it again packed.
+struct Built {
+    session: Session,
+    /// Emptied once packed (never rebuilt again).
+    graph: ModelProto,
+    small_passes: u32,
+    packed: bool,
 }
 
 /// What one forward pass returned.
@@ -174,8 +205,8 @@ impl<'r> HookedModel<'r> {
                 self.sessions.remove(&oldest);
             }
             let compiled = compile::select_outputs(&self.graph, &outputs)?;
-            self.sessions
-                .insert(key.clone(), self.build_session(&compiled)?);
+            let built = self.build(compiled, Packing::WhenHot)?;
+            self.sessions.insert(key.clone(), built);
         }
         self.clean_used.push_back(key.clone());
         self.run(&key, batch, &[]).expect("inserted above")
@@ -210,10 +241,21 @@ impl<'r> HookedModel<'r> {
     /// Builds the session of `graph` under `key`, as [`Self::forward_graph`] does on
     /// first use, without running it (nothing when there is one already).
     pub fn prepare_graph(&mut self, key: &str, graph: &ModelProto) -> Result<(), RuntimeError> {
+        self.prepare_graph_packed(key, graph, Packing::WhenHot)
+    }
+
+    /// [`Self::prepare_graph`], saying when the session's weights are pre-packed: a
+    /// caller that will run many one-token passes (generation) packs them from the start.
+    pub fn prepare_graph_packed(
+        &mut self,
+        key: &str,
+        graph: &ModelProto,
+        packing: Packing,
+    ) -> Result<(), RuntimeError> {
         let key = format!("graph:{key}");
         if !self.sessions.contains_key(&key) {
-            let session = self.build_session(graph)?;
-            self.sessions.insert(key, session);
+            let built = self.build(graph.clone(), packing)?;
+            self.sessions.insert(key, built);
         }
         Ok(())
     }
@@ -247,9 +289,20 @@ impl<'r> HookedModel<'r> {
         batch: &Batch,
         extra: &[(String, ArrayD<f32>)],
     ) -> Option<Result<Forward, RuntimeError>> {
-        let session = self.sessions.get_mut(key)?;
+        let built = self.sessions.get_mut(key)?;
         self.tokens_run += batch.real_tokens();
-        Some(run_session(session, batch, extra))
+        if batch.input_ids.len() <= SMALL_PASS_TOKENS && !built.packed {
+            built.small_passes += 1;
+            if built.small_passes >= SMALL_PASSES_BEFORE_PACKING {
+                let graph = std::mem::take(&mut built.graph);
+                match self.build(graph, Packing::Now) {
+                    Ok(packed) => *self.sessions.get_mut(key)? = packed,
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+        }
+        let built = self.sessions.get_mut(key)?;
+        Some(run_session(&mut built.session, batch, extra))
     }
 
     /// Drops the sessions of the graphs cached under `name|outputs` keys (how callers
@@ -294,7 +347,17 @@ impl<'r> HookedModel<'r> {
         Ok(self.shared.get_or_init(|| shared))
     }
 
-    fn build_session(&self, graph: &ModelProto) -> Result<Session, RuntimeError> {
+    fn build(&self, graph: ModelProto, packing: Packing) -> Result<Built, RuntimeError> {
+        let packed = packing == Packing::Now;
+        Ok(Built {
+            session: self.build_session(&graph, packed)?,
+            graph: if packed { ModelProto::default() } else { graph },
+            small_passes: 0,
+            packed,
+        })
+    }
+
+    fn build_session(&self, graph: &ModelProto, packed: bool) -> Result<Session, RuntimeError> {
         self.sessions_built.set(self.sessions_built.get() + 1);
         let threads = self.runtime.kernel_threads();
         let builder_error =
@@ -313,9 +376,12 @@ impl<'r> HookedModel<'r> {
             .with_execution_providers(self.runtime.execution_providers()?)
             .map_err(builder_error)?;
         let shared = self.shared_weights()?;
-        builder = builder
-            .with_prepacked_weights(&shared.prepacked)
-            .map_err(builder_error)?;
+        builder = if packed {
+            builder.with_prepacked_weights(&shared.prepacked)
+        } else {
+            builder.with_config_entry(DISABLE_PREPACKING, "1")
+        }
+        .map_err(builder_error)?;
         // Each of the graph's weights (a pruned graph keeps fewer) from the shared copy.
         for name in graph
             .graph

@@ -1,7 +1,8 @@
 //! A model's weights held once for every ONNX Runtime session made from it: the clean
 //! model's sessions (one per set of outputs) and every variant's. Each session is given
-//! the same values with `AddInitializer`, and one pre-packed weights container, so a
-//! variant costs its own nodes and buffers, not a copy of the model.
+//! the same values with `AddInitializer` (and each packed session one container of
+//! pre-packed weights), so a variant costs its own nodes and buffers, not a copy of the
+//! model.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -322,7 +322,8 @@ impl HookedModel<'_> {
                 .chain(presents.iter().map(String::as_str))
                 .collect();
             let graph = compile::select_outputs(&cached, &outputs)?;
-            self.prepare_graph(&key, &graph)?;
+            // Every step after the first is one token: packed weights pay at once.
+            self.prepare_graph_packed(&key, &graph, super::hooked::Packing::Now)?;
         }
         Ok(Cache {
             key,

@@ -6,8 +6,8 @@
 //! What stays in the graph is the structure: the hooks edited, the kinds of edit, which
 //! axes they select on, positions (integers, which shape the nodes ONNX Runtime folds).
 //! A patch's head selection is lifted too (its values already come in as an input).
-//! SAE edits keep their values inside (an SAE's weights want the kernels' pre-packing,
-//! which only constants get).
+//! SAE edits keep their values inside (an SAE's weights are matrices the kernels can
+//! pre-pack, which only constants allow, in sessions that run small passes often).
 
 use ndarray::ArrayD;
 
