@@ -1812,7 +1812,20 @@ table answers = test_prompt(\"the cat sat on the\", \" the\", variants = [by_dif
             st.display()
         ),
     );
-    let answers = &tables[0];
+    let answers = tables.iter().find(|t| t.name == "answers").unwrap();
+    // Each vector `let` is shown as a table of its values, by index.
+    let cat = tables.iter().find(|t| t.name == "CAT").unwrap();
+    assert_eq!(cat.columns, ["index", "value"]);
+    assert_eq!(cat.rows.len(), difference.len());
+    for (row, &expected) in cat.rows.iter().zip(difference.iter()) {
+        let Cell::Number(value) = row[1] else {
+            panic!("{row:?}")
+        };
+        assert!(
+            (value - f64::from(expected)).abs() < 1e-5,
+            "{value} vs {expected}"
+        );
+    }
 
     // The steered logits, computed with the vector added by hand.
     let edit = Intervention::Add(interventions::Add {

@@ -177,6 +177,7 @@ fn run(
     let results = Results {
         tokens_run: model.tokens_run(),
         sessions_compiled: model.sessions_built(),
+        sessions_packed: model.sessions_packed(),
         threads: runtime.kernel_threads(),
         sections,
         seconds,
@@ -282,6 +283,13 @@ fn run_step(session: &mut Session<'_, '_, '_>, step: &Step) -> Result<Section, S
                 .compute(session)?;
             let shown = match &value {
                 Value::Str(s) => format!("{s:?}"),
+                Value::List(items) if items.iter().all(|v| matches!(v, Value::Number(_))) => {
+                    // A vector's values (a steering vector) move in their last digits
+                    // with the CPU's kernels: they go in a table of their own, which is
+                    // settled within tolerance like any other, not into the page's text.
+                    session.pending.push(vector_table(name, items));
+                    format!("a vector of {} values (table `{name}`)", items.len())
+                }
                 other => other.to_string(),
             };
             session.values.insert(name.clone(), value);
@@ -300,6 +308,19 @@ fn run_step(session: &mut Session<'_, '_, '_>, step: &Step) -> Result<Section, S
             Section::Dashboards(dashboards.run(session, name)?)
         }
     })
+}
+
+/// A `let` vector as a table of its values, by index.
+fn vector_table(name: &str, items: &[Value]) -> crate::results::Table {
+    let mut table = crate::results::Table::new(name, &["index", "value"]);
+    for (index, item) in items.iter().enumerate() {
+        if let Value::Number(x) = item {
+            table
+                .rows
+                .push(vec![Cell::Integer(index as i64), Cell::Number(*x)]);
+        }
+    }
+    table
 }
 
 /// The table a pipeline makes: its source (a measurement or an earlier table) through
