@@ -7,8 +7,9 @@
 //! one single-token pass (a generation step), a graph with other outputs (a compile),
 //! and the process's resident memory after them (the model as loaded). A graph pruned
 //! after an early hook costs its share of the blocks. A step's memory adds the buffers
-//! its outputs fill for one batch, and the clean passes it keeps for the steps that
-//! repeat it (which then do not run them again).
+//! its outputs fill for one batch, the clean passes it keeps for the steps that repeat
+//! it (which then do not run them again), and for the first generation, the weights'
+//! pre-packed copy its sessions make.
 //!
 //! What is not modelled: steps that run no graph (composition scores, tables made from
 //! tables) count as free; an SAE's weights and a dashboard's collectors (heaps, samples,
@@ -154,6 +155,8 @@ struct Role {
 struct RunState {
     /// Graph structures compiled so far (variants that differ only in values share one).
     structures: BTreeSet<String>,
+    /// Whether a session has pre-packed the weights (generation's do).
+    packed: bool,
     /// Means computed so far (by hook and dataset), each one pass over its dataset.
     means: BTreeSet<String>,
     /// Of the clean passes kept for repeating steps, the fraction that fit the budget.
@@ -286,6 +289,9 @@ fn measure(
         tokens += (steps * graphs.len()) as f64;
         seconds += (steps * graphs.len()) as f64 * calibration.token_step_seconds;
     }
+    // Generation's sessions pre-pack the weights: a second copy of them, once per run.
+    let packs = call.function == "generate" && !run.packed;
+    run.packed |= packs;
     seconds += compiles as f64 * calibration.compile_seconds;
     let rows = session.batch_size().min(inputs.sequences.len().max(1));
     let manifest = &session.model.manifest;
@@ -294,6 +300,9 @@ fn measure(
         .iter()
         .map(|read| output_bytes(manifest, &read.output, rows, inputs.longest()))
         .sum();
+    if packs {
+        buffer_bytes += manifest.weights_bytes();
+    }
     if role.keeps && !role.repeats {
         let clean: u64 = reads
             .0

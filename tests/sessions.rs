@@ -18,15 +18,15 @@ fn a_session_running_small_passes_is_packed_once_and_gives_the_same_numbers() {
     let hooks = ["blocks.1.attn.hook_z"];
 
     let first = model.forward(&small, true, &hooks).unwrap();
-    assert_eq!(model.sessions_built(), 1);
+    assert_eq!((model.sessions_built(), model.sessions_packed()), (1, 0));
     let mut passes = vec![first];
     for _ in 0..5 {
         passes.push(model.forward(&small, true, &hooks).unwrap());
     }
     assert_eq!(
-        model.sessions_built(),
-        2,
-        "built once unpacked, then once packed, and never again"
+        (model.sessions_built(), model.sessions_packed()),
+        (1, 1),
+        "built once unpacked, then packed once, and never again"
     );
     for pass in &passes[1..] {
         assert_eq!(pass.logits, passes[0].logits);
@@ -42,8 +42,8 @@ fn a_session_running_small_passes_is_packed_once_and_gives_the_same_numbers() {
         model.forward(&large, true, &[]).unwrap();
     }
     assert_eq!(
-        model.sessions_built(),
-        3,
-        "one session for the logits alone"
+        (model.sessions_built(), model.sessions_packed()),
+        (2, 1),
+        "one session for the logits alone, never packed"
     );
 }

@@ -53,6 +53,9 @@ struct RunRecord<'a> {
     /// ONNX Runtime sessions the run built: one per graph structure, however many
     /// variants share it.
     sessions_compiled: usize,
+    /// Of those, how many were built again with pre-packed weights, having run small
+    /// passes repeatedly.
+    sessions_packed: usize,
     /// Every SAE the run used: where it came from and a hash of its weights.
     saes: &'a [crate::results::SaeRecord],
     /// Every seed the experiment sets, by the statement it is in.
@@ -103,6 +106,7 @@ pub fn write(
         seconds_per_step: results.seconds.iter().map(|s| format!("{s:.3}")).collect(),
         tokens_run: results.tokens_run,
         sessions_compiled: results.sessions_compiled,
+        sessions_packed: results.sessions_packed,
         saes: &results.saes,
         seeds: seeds(plan),
     };

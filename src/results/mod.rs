@@ -33,6 +33,9 @@ pub struct Results {
     /// ONNX Runtime sessions built, for `run.json`.
     #[serde(skip)]
     pub sessions_compiled: usize,
+    /// Sessions built again with pre-packed weights, for `run.json`.
+    #[serde(skip)]
+    pub sessions_packed: usize,
     /// Threads the model's kernels ran on, for `run.json`.
     #[serde(skip)]
     pub threads: usize,

@@ -57,6 +57,8 @@ pub struct HookedModel<'r> {
     /// Real (unpadded) tokens run through any graph so far.
     tokens_run: usize,
     sessions_built: std::cell::Cell<usize>,
+    /// Sessions built again with packed weights (not counted in `sessions_built`).
+    sessions_packed: std::cell::Cell<usize>,
 }
 
 /// When a session's weights are pre-packed for ONNX Runtime's matrix kernels: a
@@ -123,6 +125,7 @@ impl<'r> HookedModel<'r> {
             transposed,
             tokens_run: 0,
             sessions_built: std::cell::Cell::new(0),
+            sessions_packed: std::cell::Cell::new(0),
         })
     }
 
@@ -295,8 +298,13 @@ impl<'r> HookedModel<'r> {
             built.small_passes += 1;
             if built.small_passes >= SMALL_PASSES_BEFORE_PACKING {
                 let graph = std::mem::take(&mut built.graph);
-                match self.build(graph, Packing::Now) {
-                    Ok(packed) => *self.sessions.get_mut(key)? = packed,
+                self.sessions_packed.set(self.sessions_packed.get() + 1);
+                match self.build_session(&graph, true) {
+                    Ok(session) => {
+                        let built = self.sessions.get_mut(key)?;
+                        built.session = session;
+                        built.packed = true;
+                    }
                     Err(e) => return Some(Err(e)),
                 }
             }
@@ -318,9 +326,15 @@ impl<'r> HookedModel<'r> {
         self.sessions.remove(&format!("graph:{key}"));
     }
 
-    /// Sessions built so far (each compiles a graph): what sharing graphs saves.
+    /// Sessions built so far (each compiles a graph): what sharing graphs saves. A
+    /// session built again with packed weights is counted in [`Self::sessions_packed`].
     pub fn sessions_built(&self) -> usize {
         self.sessions_built.get()
+    }
+
+    /// Sessions built again with their weights pre-packed, having run small passes.
+    pub fn sessions_packed(&self) -> usize {
+        self.sessions_packed.get()
     }
 
     /// Real tokens run through the model so far, over every graph: the work a run did.
@@ -349,6 +363,7 @@ impl<'r> HookedModel<'r> {
 
     fn build(&self, graph: ModelProto, packing: Packing) -> Result<Built, RuntimeError> {
         let packed = packing == Packing::Now;
+        self.sessions_built.set(self.sessions_built.get() + 1);
         Ok(Built {
             session: self.build_session(&graph, packed)?,
             graph: if packed { ModelProto::default() } else { graph },
@@ -358,7 +373,6 @@ impl<'r> HookedModel<'r> {
     }
 
     fn build_session(&self, graph: &ModelProto, packed: bool) -> Result<Session, RuntimeError> {
-        self.sessions_built.set(self.sessions_built.get() + 1);
         let threads = self.runtime.kernel_threads();
         let builder_error =
             |e: ort::Error<ort::session::builder::SessionBuilder>| RuntimeError::Ort {
