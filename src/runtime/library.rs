@@ -91,7 +91,14 @@ impl Runtime {
     ) -> Result<Vec<ExecutionProviderDispatch>, RuntimeError> {
         use ort::ep::ExecutionProvider;
         let (name, available, hint) = match self.device {
-            Device::Cpu => return Ok(vec![]),
+            // Without the CPU arena: it keeps each session's largest pass allocated for
+            // the session's life (a batch's logits alone are hundreds of MB), and a run
+            // holds several sessions; freed buffers go back at once instead.
+            Device::Cpu => {
+                return Ok(vec![
+                    ort::ep::CPU::default().with_arena_allocator(false).build(),
+                ]);
+            }
             Device::Cuda => (
                 "CUDA",
                 ort::ep::CUDA::is_available(),
