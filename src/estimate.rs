@@ -21,11 +21,11 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use crate::builtins::graphs::step_reads;
+use crate::builtins::graphs::{measured_call, step_reads};
 use crate::builtins::measurements::{Graph, Reads};
 use crate::manifest::{LOGITS, Manifest};
-use crate::plan::{Call, Plan, Step, Value};
-use crate::runtime::{HookedModel, Runtime};
+use crate::plan::{Call, Plan, Value};
+use crate::runtime::Runtime;
 use crate::session::{Failure, Session};
 
 /// Tokens per row of the calibration batch.
@@ -90,10 +90,7 @@ pub fn estimate(
     runtime: &Runtime,
     scope: &crate::output::Scope,
 ) -> Result<Estimate, Failure> {
-    let mut model = HookedModel::load(runtime, &plan.model.path).map_err(Session::runtime)?;
-    if let Some(prepend_bos) = plan.model.prepend_bos {
-        model.manifest.special_tokens.prepend_bos = prepend_bos;
-    }
+    let mut model = crate::execute::load_model(plan, runtime).map_err(|e| e.to_string())?;
     let root = std::env::current_dir().unwrap_or_default();
     let mut session = Session::new(plan, &mut model, root, scope.clone());
     let calibration = calibrate(&mut session)?;
@@ -104,16 +101,9 @@ pub fn estimate(
     let repeats = crate::builtins::graphs::last_repeats(plan);
     let mut run = RunState::default();
     for (index, step) in plan.steps.iter().enumerate() {
-        let Some((name, reads)) = step_reads(plan, step) else {
+        let (Some((name, reads)), Some((_, call))) = (step_reads(plan, step), measured_call(step))
+        else {
             continue;
-        };
-        let call = match step {
-            Step::Table {
-                source: crate::plan::TableSource::Call { call, .. },
-                ..
-            }
-            | Step::Dashboards { call, .. } => call,
-            _ => continue,
         };
         let role = Role {
             keeps: repeats[index].is_some(),

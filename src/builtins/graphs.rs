@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use super::args::Args;
 use super::dashboards::FeatureDashboards;
 use super::measurements::{Graph, Measurement, Reads};
-use crate::plan::{Plan, Step, TableSource};
+use crate::plan::{Call, Plan, Step, TableSource};
 
 /// One compiled graph and the outputs the steps read from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,20 +17,28 @@ pub struct GraphNeed {
     pub used_by: Vec<String>,
 }
 
-/// What a step reads, by its name; `None` for steps that run no graph.
-pub fn step_reads(plan: &Plan, step: &Step) -> Option<(String, Reads)> {
+/// The call of a step that runs graphs (a measurement's table, dashboards), with the
+/// step's name; `None` for other steps.
+pub fn measured_call(step: &Step) -> Option<(&str, &Call)> {
     match step {
         Step::Table {
             name,
             source: TableSource::Call { call, .. },
             ..
-        } => Some((name.clone(), Measurement::bind(call).ok()?.reads(plan))),
-        Step::Dashboards { name, call } => Some((
-            name.clone(),
-            FeatureDashboards::bind(&Args::new(call)).ok()?.reads(plan),
-        )),
+        }
+        | Step::Dashboards { name, call } => Some((name, call)),
         _ => None,
     }
+}
+
+/// What a step reads, by its name; `None` for steps that run no graph.
+pub fn step_reads(plan: &Plan, step: &Step) -> Option<(String, Reads)> {
+    let (name, call) = measured_call(step)?;
+    let reads = match step {
+        Step::Dashboards { .. } => FeatureDashboards::bind(&Args::new(call)).ok()?.reads(plan),
+        _ => Measurement::bind(call).ok()?.reads(plan),
+    };
+    Some((name.to_owned(), reads))
 }
 
 /// The graphs a run compiles (each once, shared by every step that runs it), in order

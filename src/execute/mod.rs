@@ -94,14 +94,7 @@ fn run(
     scope: &crate::output::Scope,
     options: Options,
 ) -> Result<(Results, Vec<StepReads>), ExecuteError> {
-    let mut model =
-        HookedModel::load(runtime, &plan.model.path).map_err(|source| ExecuteError::Load {
-            path: plan.model.path.display().to_string(),
-            source,
-        })?;
-    if let Some(prepend_bos) = plan.model.prepend_bos {
-        model.manifest.special_tokens.prepend_bos = prepend_bos;
-    }
+    let mut model = load_model(plan, runtime)?;
     let model_source = model.manifest.source.clone();
     let weights_sha256 = model.manifest.weights_sha256.clone();
     let root = std::env::current_dir().unwrap_or_default();
@@ -186,6 +179,19 @@ fn run(
         saes,
     };
     Ok((results, traces))
+}
+
+/// The plan's model folder, loaded with the plan's settings for it.
+pub fn load_model<'r>(plan: &Plan, runtime: &'r Runtime) -> Result<HookedModel<'r>, ExecuteError> {
+    let mut model =
+        HookedModel::load(runtime, &plan.model.path).map_err(|source| ExecuteError::Load {
+            path: plan.model.path.display().to_string(),
+            source,
+        })?;
+    if let Some(prepend_bos) = plan.model.prepend_bos {
+        model.manifest.special_tokens.prepend_bos = prepend_bos;
+    }
+    Ok(model)
 }
 
 /// The index of the last step that runs each variant, directly or as the source another
