@@ -72,13 +72,12 @@ pub enum Packing {
     WhenHot,
 }
 
-/// A session and what it was built from, kept to build it again packed.
+/// A session, and until it is packed, the graph to build it again packed from.
 struct Built {
     session: Session,
-    /// Emptied once packed (never rebuilt again).
-    graph: ModelProto,
+    /// `None` once packed (it is never rebuilt again).
+    unpacked_graph: Option<ModelProto>,
     small_passes: u32,
-    packed: bool,
 }
 
 /// What one forward pass returned.
@@ -294,17 +293,14 @@ impl<'r> HookedModel<'r> {
     ) -> Option<Result<Forward, RuntimeError>> {
         let built = self.sessions.get_mut(key)?;
         self.tokens_run += batch.real_tokens();
-        if batch.input_ids.len() <= SMALL_PASS_TOKENS && !built.packed {
+        if built.unpacked_graph.is_some() && batch.input_ids.len() <= SMALL_PASS_TOKENS {
             built.small_passes += 1;
-            if built.small_passes >= SMALL_PASSES_BEFORE_PACKING {
-                let graph = std::mem::take(&mut built.graph);
+            if built.small_passes >= SMALL_PASSES_BEFORE_PACKING
+                && let Some(graph) = built.unpacked_graph.take()
+            {
                 self.sessions_packed.set(self.sessions_packed.get() + 1);
                 match self.build_session(&graph, true) {
-                    Ok(session) => {
-                        let built = self.sessions.get_mut(key)?;
-                        built.session = session;
-                        built.packed = true;
-                    }
+                    Ok(session) => self.sessions.get_mut(key)?.session = session,
                     Err(e) => return Some(Err(e)),
                 }
             }
@@ -366,9 +362,8 @@ impl<'r> HookedModel<'r> {
         self.sessions_built.set(self.sessions_built.get() + 1);
         Ok(Built {
             session: self.build_session(&graph, packed)?,
-            graph: if packed { ModelProto::default() } else { graph },
+            unpacked_graph: (!packed).then_some(graph),
             small_passes: 0,
-            packed,
         })
     }
 
