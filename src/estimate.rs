@@ -25,7 +25,7 @@ use crate::builtins::graphs::{measured_call, step_reads};
 use crate::builtins::measurements::{Graph, Reads};
 use crate::manifest::{LOGITS, Manifest};
 use crate::plan::{Call, Plan, Value};
-use crate::runtime::Runtime;
+use crate::runtime::{Batch, Runtime};
 use crate::session::{Failure, Session};
 
 /// Tokens per row of the calibration batch.
@@ -166,25 +166,20 @@ fn calibrate(session: &mut Session) -> Result<Calibration, Failure> {
         .batch(&vec![row.as_slice(); rows])
         .map_err(Session::runtime)?;
     // The first pass builds the session and warms it up; the second is timed.
-    session.forward(None, &batch, &[LOGITS])?;
-    let started = Instant::now();
-    session.forward(None, &batch, &[LOGITS])?;
-    let pass = started.elapsed().as_secs_f64().max(1e-9);
+    timed_pass(session, &batch, &[LOGITS])?;
+    let pass = timed_pass(session, &batch, &[LOGITS])?.max(1e-9);
     let one = session
         .model
         .batch(&[&row[..1]])
         .map_err(Session::runtime)?;
-    session.forward(None, &one, &[LOGITS])?;
-    let started = Instant::now();
-    session.forward(None, &one, &[LOGITS])?;
-    let token_step_seconds = started.elapsed().as_secs_f64();
+    timed_pass(session, &one, &[LOGITS])?;
+    let token_step_seconds = timed_pass(session, &one, &[LOGITS])?;
     // Another set of outputs is another graph: its first pass, less a pass, is a compile.
     let compile_seconds = match session.model.manifest.hooks.first() {
         Some(hook) => {
             let hook = hook.name.clone();
-            let started = Instant::now();
-            session.forward(None, &one, &[LOGITS, hook.as_str()])?;
-            (started.elapsed().as_secs_f64() - token_step_seconds).max(0.0)
+            let first = timed_pass(session, &one, &[LOGITS, hook.as_str()])?;
+            (first - token_step_seconds).max(0.0)
         }
         None => 0.0,
     };
@@ -197,6 +192,13 @@ fn calibrate(session: &mut Session) -> Result<Calibration, Failure> {
         flops: 2.0 * parameters * tokens / pass,
         resident_bytes: crate::machine::resident_memory(),
     })
+}
+
+/// Seconds of one clean pass over `batch` to `outputs`.
+fn timed_pass(session: &mut Session, batch: &Batch, outputs: &[&str]) -> Result<f64, Failure> {
+    let started = Instant::now();
+    session.forward(None, batch, outputs)?;
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// The token sequences a step reads: its dataset's, or its prompts'.
@@ -333,15 +335,11 @@ fn means_needed(
     run: &mut RunState,
     graph: &Graph,
 ) -> Result<usize, Failure> {
-    let Graph::Variant(name) = graph else {
-        return Ok(0);
-    };
-    let plan = session.plan;
-    let Some(variant) = plan.variants.iter().find(|v| v.name == *name) else {
+    let Some(edits) = variant_edits(session.plan, graph) else {
         return Ok(0);
     };
     let mut tokens = 0;
-    for call in variant.value.iter().filter(|c| c.function == "mean") {
+    for call in edits.iter().filter(|c| c.function == "mean") {
         if let (Some(Value::Hook(hook)), Some(Value::Name(dataset))) =
             (call.args.get("hook"), call.args.get("dataset"))
             && run.means.insert(format!("{} over {dataset}", hook.name))
@@ -356,18 +354,23 @@ fn means_needed(
     Ok(tokens)
 }
 
+/// The edits of the variant `graph` runs; `None` for other graphs.
+fn variant_edits<'p>(plan: &'p Plan, graph: &Graph) -> Option<&'p [Call]> {
+    let Graph::Variant(name) = graph else {
+        return None;
+    };
+    let variant = plan.variants.iter().find(|v| v.name == *name)?;
+    Some(&variant.value)
+}
+
 /// What a graph compiles to, as far as the plan tells: a variant's edits without their
 /// values (which head, the vector), as variants that differ only in values share one
 /// compiled graph; an SAE's edits keep theirs.
 fn structure(plan: &Plan, graph: &Graph) -> String {
-    let Graph::Variant(name) = graph else {
+    let Some(edits) = variant_edits(plan, graph) else {
         return graph.to_string();
     };
-    let Some(variant) = plan.variants.iter().find(|v| v.name == *name) else {
-        return graph.to_string();
-    };
-    let edits: Vec<String> = variant
-        .value
+    let edits: Vec<String> = edits
         .iter()
         .map(|call| match (call.function, call.args.get("hook")) {
             ("zero" | "mean" | "add" | "actadd" | "patch" | "steer", Some(Value::Hook(hook))) => {
