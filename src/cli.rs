@@ -22,6 +22,8 @@ macro_rules! outln {
     ($($arg:tt)*) => {{ let _ = writeln!(std::io::stdout(), $($arg)*); }};
 }
 
+mod shards;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "qexp",
@@ -112,6 +114,40 @@ enum Command {
         threads: Option<u16>,
         /// Exit with 0 even when an `expect` claim does not hold (the report says so
         /// either way).
+        #[arg(long)]
+        allow_failed_claims: bool,
+        /// Run one shard, I of N (counting from 1): the steps that split over a
+        /// dataset's prompts make this shard's share, the steps they read run whole,
+        /// and the rest waits for `qexp merge` (`qexp plan` shows which is which).
+        #[arg(long, value_name = "I/N")]
+        shard: Option<crate::shard::Shard>,
+        /// Where shards write their parts (default: <reports>/<experiment>.shards).
+        #[arg(long)]
+        shards_dir: Option<PathBuf>,
+        #[command(flatten)]
+        outputs: OutputFlags,
+    },
+    /// Write the report of a run made in shards (`qexp run --shard I/N` for every I):
+    /// each sharded table stacked from the shards' parts, every other step run here.
+    Merge {
+        experiment: PathBuf,
+        /// Where report folders go (default: reports/ in the experiment's project).
+        #[arg(long)]
+        reports: Option<PathBuf>,
+        /// Overrides the experiment's device.
+        #[arg(long, value_enum)]
+        device: Option<Device>,
+        /// Threads for the model's kernels (default: every core).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        threads: Option<u16>,
+        /// Where the shards wrote their parts (default: <reports>/<experiment>.shards).
+        #[arg(long)]
+        shards_dir: Option<PathBuf>,
+        /// How many shards the run had, where the folder holds parts of runs with
+        /// different counts.
+        #[arg(long)]
+        shards: Option<usize>,
+        /// Exit with 0 even when an `expect` claim does not hold.
         #[arg(long)]
         allow_failed_claims: bool,
         #[command(flatten)]
@@ -216,6 +252,80 @@ pub fn main() -> ExitCode {
             );
             ExitCode::from(3)
         }
+    }
+}
+
+/// An experiment about to run on this machine and write its report.
+struct WholeRun<'a> {
+    experiment: &'a Path,
+    root: &'a Path,
+    reports: &'a Path,
+    plan: &'a Plan,
+    source: &'a str,
+    scope: &'a Scope,
+    runtime: &'a Runtime,
+}
+
+impl WholeRun<'_> {
+    /// Runs the experiment with `options`, writes its report and lock file and prints
+    /// its one-row tables and claims. `shard_tokens` were run by shards this run merges.
+    fn run(
+        &self,
+        mut options: execute::Options,
+        shard_tokens: usize,
+        allow_failed_claims: bool,
+    ) -> Result<(), Failure> {
+        let (plan, scope) = (self.plan, self.scope);
+        let lock_path = crate::lock::path_for(self.experiment);
+        scope.check_file(&lock_path, crate::lock::HEADER)?;
+        let locked = crate::lock::read(&lock_path)?;
+        // Hashed once, before the run reads them.
+        let datasets = crate::lock::dataset_files(plan, self.root);
+        let mut told = Vec::new();
+        if let Some(locked) = &locked {
+            told = crate::lock::differences(
+                locked,
+                &crate::lock::before_run(plan, self.root, &datasets),
+            );
+            for difference in &told {
+                eprintln!(
+                    "note: {difference}: the report will not match {}",
+                    lock_path.display()
+                );
+            }
+        }
+        options.earlier = report::written_tables(&report::folder(self.reports, &plan.name));
+        let mut results = execute::execute_with(plan, self.runtime, scope, options)?;
+        results.tokens_run += shard_tokens;
+        let folder = report::write(self.reports, plan, self.source, &results, scope)?;
+        let lock = crate::lock::after_run(plan, &results, datasets);
+        if let Some(locked) = &locked {
+            for difference in crate::lock::differences(locked, &lock) {
+                if !told.contains(&difference) {
+                    eprintln!("note: {difference}");
+                }
+            }
+        }
+        crate::lock::write(&lock_path, &lock, scope)?;
+        for section in &results.sections {
+            if let execute::Section::Table(table) = section
+                && table.rows.len() == 1
+            {
+                let cells: Vec<String> = table
+                    .columns
+                    .iter()
+                    .zip(&table.rows[0])
+                    .map(|(c, v)| format!("{c}: {}", v.text()))
+                    .collect();
+                outln!("{}: {}", table.name, cells.join(", "));
+            }
+        }
+        outln!("report written to {}", folder.display());
+        let failed = claims_summary(&results);
+        if failed > 0 && !allow_failed_claims {
+            return Err(Failure::Claims(failed));
+        }
+        Ok(())
     }
 }
 
@@ -354,6 +464,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let scope = Scope::current(true).context("cannot resolve the current folder")?;
             let (plan, _) = load_plan(&entered.experiment, None, &scope)?;
             out!("{}", crate::builtins::graphs::describe(&plan));
+            out!("{}", crate::shard::describe(&plan));
             if estimate {
                 let runtime = Runtime::new(plan.model.device)?;
                 let estimate = crate::estimate::estimate(&plan, &runtime, &scope)
@@ -385,6 +496,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             retrain,
             threads,
             allow_failed_claims,
+            shard,
+            shards_dir,
             outputs,
         } => {
             let entered = InProject::enter(&experiment)?;
@@ -394,58 +507,68 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if let Some(device) = device {
                 plan.model.device = device;
             }
-            let lock_path = crate::lock::path_for(experiment);
-            scope.check_file(&lock_path, crate::lock::HEADER)?;
-            let root = entered.project.root.clone();
-            let locked = crate::lock::read(&lock_path)?;
-            // Hashed once, before the run reads them.
-            let datasets = crate::lock::dataset_files(&plan, &root);
-            let mut told = Vec::new();
-            if let Some(locked) = &locked {
-                told = crate::lock::differences(
-                    locked,
-                    &crate::lock::before_run(&plan, &root, &datasets),
-                );
-                for difference in &told {
-                    eprintln!(
-                        "note: {difference}: the report will not match {}",
-                        lock_path.display()
+            let mut runtime = Runtime::new(plan.model.device)?;
+            runtime.threads = threads.map(usize::from);
+            let run = WholeRun {
+                experiment,
+                root: &entered.project.root,
+                reports: &reports,
+                plan: &plan,
+                source: &source,
+                scope: &scope,
+                runtime: &runtime,
+            };
+            match shard {
+                Some(shard) => {
+                    let folder = shards_dir.as_deref().map_or_else(
+                        || crate::shard::partial::default_folder(&reports, &plan.name),
+                        |typed| entered.typed(typed),
                     );
+                    shards::run_shard(&run, shard, &folder, retrain)?;
                 }
+                None => run.run(
+                    execute::Options {
+                        retrain,
+                        ..Default::default()
+                    },
+                    0,
+                    allow_failed_claims,
+                )?,
+            }
+        }
+        Command::Merge {
+            experiment,
+            reports,
+            device,
+            threads,
+            shards_dir,
+            shards: count,
+            allow_failed_claims,
+            outputs,
+        } => {
+            let entered = InProject::enter(&experiment)?;
+            let (experiment, reports) = (&entered.experiment, entered.reports(reports.as_deref()));
+            let scope = outputs.scope()?;
+            let (mut plan, source) = load_plan(experiment, Some(&reports), &scope)?;
+            if let Some(device) = device {
+                plan.model.device = device;
             }
             let mut runtime = Runtime::new(plan.model.device)?;
             runtime.threads = threads.map(usize::from);
-            let earlier = report::written_tables(&report::folder(&reports, &plan.name));
-            let options = execute::Options { retrain, earlier };
-            let results = execute::execute_with(&plan, &runtime, &scope, options)?;
-            let folder = report::write(&reports, &plan, &source, &results, &scope)?;
-            let lock = crate::lock::after_run(&plan, &results, datasets);
-            if let Some(locked) = &locked {
-                for difference in crate::lock::differences(locked, &lock) {
-                    if !told.contains(&difference) {
-                        eprintln!("note: {difference}");
-                    }
-                }
-            }
-            crate::lock::write(&lock_path, &lock, &scope)?;
-            for section in &results.sections {
-                if let execute::Section::Table(table) = section
-                    && table.rows.len() == 1
-                {
-                    let cells: Vec<String> = table
-                        .columns
-                        .iter()
-                        .zip(&table.rows[0])
-                        .map(|(c, v)| format!("{c}: {}", v.text()))
-                        .collect();
-                    outln!("{}: {}", table.name, cells.join(", "));
-                }
-            }
-            outln!("report written to {}", folder.display());
-            let failed = claims_summary(&results);
-            if failed > 0 && !allow_failed_claims {
-                return Err(Failure::Claims(failed));
-            }
+            let folder = shards_dir.as_deref().map_or_else(
+                || crate::shard::partial::default_folder(&reports, &plan.name),
+                |typed| entered.typed(typed),
+            );
+            let run = WholeRun {
+                experiment,
+                root: &entered.project.root,
+                reports: &reports,
+                plan: &plan,
+                source: &source,
+                scope: &scope,
+                runtime: &runtime,
+            };
+            shards::merge(&run, &folder, count, allow_failed_claims)?;
         }
         Command::Export {
             checkpoint,

@@ -34,4 +34,5 @@ pub mod results;
 pub mod runtime;
 pub mod sae;
 pub mod session;
+pub mod shard;
 pub mod syntax;

@@ -27,6 +27,8 @@ pub enum Kind {
     Sae,
     Report,
     Checkpoints,
+    /// A sharded run's partial results, waiting for `qexp merge`.
+    Shards,
 }
 
 impl Kind {
@@ -36,6 +38,7 @@ impl Kind {
             Kind::Sae => "sae",
             Kind::Report => "report",
             Kind::Checkpoints => "checkpoints",
+            Kind::Shards => "shards",
         }
     }
 
@@ -51,6 +54,7 @@ impl fmt::Display for Kind {
             Kind::Sae => "SAE folder",
             Kind::Report => "report folder",
             Kind::Checkpoints => "checkpoint folder",
+            Kind::Shards => "shard folder",
         })
     }
 }

@@ -21,6 +21,9 @@ use crate::runtime::{HookedModel, Runtime, RuntimeError};
 use crate::session::Session;
 use crate::syntax::ast::TextKind;
 
+mod share;
+pub use share::{Share, execute_share};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExecuteError {
     #[error("while loading the model {path}")]
@@ -50,6 +53,11 @@ pub struct Options {
     /// The tables of the report this run replaces, by name: numbers within tolerance of
     /// them keep their earlier value (see `results::tolerance::settle`).
     pub earlier: std::collections::BTreeMap<String, crate::results::tolerance::Written>,
+    /// In a merge (`qexp merge`), the shards' parts of each sharded table, by name.
+    pub shard_parts: std::collections::BTreeMap<String, Vec<crate::shard::Part>>,
+    /// In a merge, the weights (SHA-256) of each SAE the shards read: the merge reads
+    /// the same SAEs and refuses others.
+    pub shard_saes: std::collections::BTreeMap<String, String>,
 }
 
 /// Runs `plan`; whatever it saves (trained SAEs) must be a place `scope` allows.
@@ -101,6 +109,8 @@ fn run(
     let mut session = Session::new(plan, &mut model, root, scope.clone());
     session.retrain = options.retrain;
     session.earlier = options.earlier;
+    session.shard_parts = options.shard_parts;
+    session.shard_saes = options.shard_saes;
     let mut traces = Vec::new();
     let mut sections = Vec::new();
     let mut seconds = Vec::new();
@@ -137,15 +147,10 @@ fn run(
         for (variant, _) in last_use.iter().filter(|(_, last)| **last == index) {
             session.forget_variant(variant);
         }
-        if let Section::Table(table) = &section {
-            let finite = table.rows.iter().flatten().all(|c| match c {
-                Cell::Number(x) => x.is_finite(),
-                Cell::NumberList(xs) => xs.iter().all(|x| x.is_finite()),
-                _ => true,
-            });
-            if !finite {
-                return Err(ExecuteError::NotFinite { step: label });
-            }
+        if let Section::Table(table) = &section
+            && !all_finite(table)
+        {
+            return Err(ExecuteError::NotFinite { step: label });
         }
         if matches!(step, Step::Table { name, .. } if collected.contains(name.as_str())) {
             continue;
@@ -338,20 +343,23 @@ fn pipeline(
     source: &TableSource,
     ops: &[Call],
 ) -> Result<Table, String> {
-    let ops: Vec<TableOp> = ops
-        .iter()
-        .map(|op| {
-            let op = resolve_call(op, &session.values)?;
-            TableOp::bind(&op).map_err(|e| e.to_string())
-        })
-        .collect::<Result<_, _>>()?;
+    let ops = bound_ops(session, ops)?;
     let mut table = match source {
         TableSource::Call { call, labels } => {
             let mut measurement = Measurement::bind(call).map_err(|e| e.to_string())?;
-            if let Some(TableOp::Filter(filter)) = ops.first() {
-                measurement.narrow(filter);
-            }
-            let mut table = measurement.run(session, name.unwrap_or("claim"))?;
+            let shards_made = name.and_then(|name| session.shard_parts.remove(name));
+            let mut table = match shards_made {
+                Some(parts) => {
+                    session.same_saes_as_shards(call)?;
+                    measurement.merge(name.unwrap_or("claim"), parts)?
+                }
+                None => {
+                    if let Some(TableOp::Filter(filter)) = ops.first() {
+                        measurement.narrow(filter);
+                    }
+                    measurement.run(session, name.unwrap_or("claim"))?
+                }
+            };
             relabel(&mut table, labels);
             // Before the table's own sorts and cuts, so they order the earlier numbers
             // where only noise moved them.
@@ -373,6 +381,25 @@ fn pipeline(
         session.settle(&mut table);
     }
     Ok(table)
+}
+
+/// A pipeline's operations, with the `let` values they read filled in.
+fn bound_ops(session: &Session<'_, '_, '_>, ops: &[Call]) -> Result<Vec<TableOp>, String> {
+    ops.iter()
+        .map(|op| {
+            let op = resolve_call(op, &session.values)?;
+            TableOp::bind(&op).map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// Whether every number in `table` is finite.
+fn all_finite(table: &Table) -> bool {
+    table.rows.iter().flatten().all(|c| match c {
+        Cell::Number(x) => x.is_finite(),
+        Cell::NumberList(xs) => xs.iter().all(|x| x.is_finite()),
+        _ => true,
+    })
 }
 
 /// Names the columns and `variant` cells of variants a `for` body declared as written.

@@ -71,6 +71,14 @@ pub struct Session<'p, 'm, 'r> {
     pub(crate) shared_graphs: shared_graphs::SharedGraphs,
     /// Clean passes kept for later steps over the same prompts.
     kept_passes: kept_passes::KeptPasses,
+    /// Set in a shard (`qexp run --shard`): an SAE is read from its pin, never
+    /// trained, so every shard reads the same one.
+    pub in_shard: bool,
+    /// In a merge, the shards' parts of each sharded table, by table name: the table
+    /// is made from them instead of from the model.
+    pub shard_parts: BTreeMap<String, Vec<crate::shard::Part>>,
+    /// In a merge, the weights (SHA-256) of each SAE the shards read.
+    pub shard_saes: BTreeMap<String, String>,
 }
 
 impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
@@ -102,6 +110,9 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
             earlier: BTreeMap::new(),
             shared_graphs: shared_graphs::SharedGraphs::default(),
             kept_passes: kept_passes::KeptPasses::default(),
+            in_shard: false,
+            shard_parts: BTreeMap::new(),
+            shard_saes: BTreeMap::new(),
         }
     }
 

@@ -75,6 +75,28 @@ impl Session<'_, '_, '_> {
             .collect()
     }
 
+    /// In a merge, reads the SAEs `call` names (a sharded step's, which the shards
+    /// read), so the report records them, and refuses any whose weights differ from
+    /// the shards'.
+    pub(crate) fn same_saes_as_shards(&mut self, call: &crate::plan::Call) -> Result<(), Failure> {
+        for name in call.names() {
+            if !self.plan.saes.iter().any(|s| s.name == name) {
+                continue;
+            }
+            let sha = self.sae(name)?.weights_sha256();
+            if let Some(shards) = self.shard_saes.get(name)
+                && *shards != sha
+            {
+                return Err(format!(
+                    "the shards read other weights for the SAE `{name}` ({}…) than this merge ({}…); run the shards again",
+                    &shards[..shards.len().min(16)],
+                    &sha[..sha.len().min(16)]
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Makes the SAE `name` (trains and saves it) unless a step already did.
     pub(crate) fn ensure_sae(&mut self, name: &str) -> Result<(), Failure> {
         self.sae(name).map(|_| ())
@@ -260,6 +282,13 @@ impl Session<'_, '_, '_> {
             && let Some(sae) = self.reuse_pin(name, dir, &pin_inputs)
         {
             return Ok(sae);
+        }
+        if self.in_shard {
+            // Shards on other machines could train different SAEs from the same inputs
+            // (their kernels round differently): their rows would not be one table.
+            return Err(format!(
+                "`{name}` would be trained in every shard: pin it once first with `qexp sae train EXPERIMENT {name}` (its `train(...)` needs `save = \"...\"`), then run the shards, which read the pin"
+            ));
         }
         let harvest = self.training_activations(&target, train)?;
         // A shared harvest may hold more tokens than this SAE reads.

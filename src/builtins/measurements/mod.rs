@@ -4,10 +4,13 @@
 //! [`Measurement`] enum lists them once, so the checker, `qexp plan` and the executor
 //! cannot disagree about which exist.
 
+use std::ops::Range;
+
 use super::args::{Args, BindError, Columns};
 use crate::plan::{Call, ColumnExpr, Plan};
 use crate::results::Table;
 use crate::session::{Failure, Session};
+use crate::shard::Part;
 
 pub use crate::session::reads::{Graph, Read};
 
@@ -51,6 +54,29 @@ pub trait Measure: Sized {
     /// Told the `filter` its table goes through next, a measurement may skip computing
     /// rows the filter would drop (the filter still runs after it).
     fn narrow(&mut self, _filter: &ColumnExpr) {}
+
+    /// The dataset whose prompts its rows split over, for a measurement that
+    /// `qexp run --shard` may split (it then provides [`Measure::run_share`]).
+    fn shards_over(&self) -> Option<&str> {
+        None
+    }
+
+    /// Its rows for the prompts at `prompts` of its dataset (a shard's share), with
+    /// what [`Measure::merge`] needs to finish them.
+    fn run_share(
+        &self,
+        _session: &mut Session,
+        name: &str,
+        _prompts: Range<usize>,
+    ) -> Result<Part, Failure> {
+        Err(format!("`{name}` does not split over shards"))
+    }
+
+    /// Its table from every shard's part, in shard order: the parts' rows stacked,
+    /// columns that need the whole dataset finished.
+    fn merge(&self, name: &str, parts: Vec<Part>) -> Result<Table, Failure> {
+        crate::shard::stack(name, parts)
+    }
 }
 
 macro_rules! measurements {
@@ -102,6 +128,29 @@ macro_rules! measurements {
             pub fn narrow(&mut self, filter: &ColumnExpr) {
                 match self {
                     $(Self::$ty(m) => m.narrow(filter),)*
+                }
+            }
+
+            pub fn shards_over(&self) -> Option<&str> {
+                match self {
+                    $(Self::$ty(m) => m.shards_over(),)*
+                }
+            }
+
+            pub fn run_share(
+                &self,
+                session: &mut Session,
+                name: &str,
+                prompts: Range<usize>,
+            ) -> Result<Part, Failure> {
+                match self {
+                    $(Self::$ty(m) => m.run_share(session, name, prompts),)*
+                }
+            }
+
+            pub fn merge(&self, name: &str, parts: Vec<Part>) -> Result<Table, Failure> {
+                match self {
+                    $(Self::$ty(m) => m.merge(name, parts),)*
                 }
             }
         }

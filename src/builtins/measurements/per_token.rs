@@ -13,6 +13,7 @@ use crate::plan::{ColumnType, Plan};
 use crate::results::tolerance::ranked;
 use crate::results::{Cell, Table};
 use crate::runtime::NextTokenLogits;
+use crate::shard::{Part, RowInputs};
 use crate::session::{
     Failure, Session, argmax_attention, context, head_rows, length_sorted_chunks, norm,
 };
@@ -129,8 +130,28 @@ impl Measure for PerToken {
     }
 
     fn run(&self, s: &mut Session, name: &str) -> Result<Table, Failure> {
+        let prompts = s.dataset(&self.dataset)?.len();
+        let part = self.run_share(s, name, 0..prompts)?;
+        self.merge(name, vec![part])
+    }
+
+    fn shards_over(&self) -> Option<&str> {
+        Some(&self.dataset)
+    }
+
+    /// Rows are independent per prompt except the explained variance, which compares
+    /// each token's input with the mean over the whole dataset: the part keeps the
+    /// inputs, and [`crate::shard::stack`] fills it in once every share is in.
+    fn run_share(
+        &self,
+        s: &mut Session,
+        name: &str,
+        share: std::ops::Range<usize>,
+    ) -> Result<Part, Failure> {
         let dataset = &self.dataset;
-        let sequences = s.dataset(dataset)?;
+        let all = s.dataset(dataset)?;
+        let first = share.start;
+        let sequences = &all[share];
         let head = match &self.head {
             Some(head) => Some(head.resolve(&s.values)?),
             None => None,
@@ -148,11 +169,10 @@ impl Measure for PerToken {
         // put back in dataset order at the end.
         let mut prompt_rows: Vec<Vec<Vec<Cell>>> = vec![Vec::new(); sequences.len()];
         // Explained variance needs the mean input over the whole dataset: rows keep their
-        // squared error and input until the end, then the column is filled in.
-        let mut prompt_sae_inputs: Vec<Vec<(Array1<f32>, f64)>> = vec![Vec::new(); sequences.len()];
+        // squared error and input for the merge, which fills the column in.
+        let mut prompt_sae_inputs: Vec<Vec<(Vec<f32>, f64)>> = vec![Vec::new(); sequences.len()];
         let mut input_sum: Option<Array1<f64>> = None;
         let mut input_count = 0usize;
-        let explained_variance_column = table.column("explained_variance");
 
         let bar = crate::session::progress::bar(
             sequences.iter().map(|s| s.len() as u64).sum(),
@@ -160,8 +180,8 @@ impl Measure for PerToken {
             &format!("{name} ="),
         );
         bar.set_message(format!("per_token({dataset})"));
-        for prompts in length_sorted_chunks(&sequences, s.batch_size()) {
-            let batch = s.batch_of(&sequences, &prompts)?;
+        for prompts in length_sorted_chunks(sequences, s.batch_size()) {
+            let batch = s.batch_of(sequences, &prompts)?;
             let mut clean_outputs = vec!["logits"];
             clean_outputs.extend(pattern_hook.as_deref());
             clean_outputs.extend(q_hook.as_deref());
@@ -217,6 +237,7 @@ impl Measure for PerToken {
             for (row, &index) in prompts.iter().enumerate() {
                 let tokens = &sequences[index];
                 let strs = s.str_tokens(tokens)?;
+                let prompt = first + index;
                 for pos in 0..tokens.len() {
                     let token_row = sae_row;
                     sae_row += 1;
@@ -227,9 +248,9 @@ impl Measure for PerToken {
                         Cell::Str(strs[pos].clone()),
                         Cell::Str(format!("{}/{pos}", strs[pos])),
                         Cell::Str(context(&strs, pos, context_width)),
-                        Cell::Integer(index as i64),
+                        Cell::Integer(prompt as i64),
                         Cell::Integer(pos as i64),
-                        Cell::Str(format!("{index}/{pos}")),
+                        Cell::Str(format!("{prompt}/{pos}")),
                         Cell::Number(f64::from(clean_losses[row][pos])),
                     ];
                     for v in &variant_columns {
@@ -272,7 +293,7 @@ impl Measure for PerToken {
                         active.truncate(top_k);
                         cells.push(Cell::Number(norm(recon)));
                         cells.push(Cell::Number(squared_error / x.len().max(1) as f64));
-                        cells.push(Cell::Number(f64::NAN)); // explained variance, below
+                        cells.push(Cell::Number(0.0)); // explained variance, in the merge
                         cells.push(Cell::Integer(num_active as i64));
                         cells.push(Cell::IntegerList(
                             active.iter().map(|(f, _)| *f as i64).collect(),
@@ -281,7 +302,7 @@ impl Measure for PerToken {
                             active.iter().map(|(_, a)| f64::from(*a)).collect(),
                         ));
                         cells.push(Cell::Number(kls[row][pos]));
-                        prompt_sae_inputs[index].push((x.to_owned(), squared_error));
+                        prompt_sae_inputs[index].push((x.to_vec(), squared_error));
                         if let (Some((_, h)), Some(pattern_hook)) = (head, &pattern_hook) {
                             let (argmax, value) =
                                 argmax_attention(&spliced.hooks[pattern_hook], row, h, pos);
@@ -297,19 +318,19 @@ impl Measure for PerToken {
         }
         bar.finish_and_clear();
         table.rows = prompt_rows.into_iter().flatten().collect();
-        let sae_inputs: Vec<(Array1<f32>, f64)> = prompt_sae_inputs.into_iter().flatten().collect();
-        if let (Some(column), Some(sum)) = (explained_variance_column, input_sum) {
-            let mean = sum / input_count.max(1) as f64;
-            for (row, (x, squared_error)) in table.rows.iter_mut().zip(&sae_inputs) {
-                let variance: f64 = x
-                    .iter()
-                    .zip(&mean)
-                    .map(|(&a, &m)| (f64::from(a) - m).powi(2))
-                    .sum();
-                row[column] = Cell::Number(1.0 - squared_error / variance.max(f64::MIN_POSITIVE));
+        let whole_dataset = self.sae.as_ref().map(|_| {
+            let (inputs, squared_errors) = prompt_sae_inputs.into_iter().flatten().unzip();
+            RowInputs {
+                column: "explained_variance".to_owned(),
+                sum: input_sum.map(|sum| sum.to_vec()).unwrap_or_default(),
+                count: input_count,
+                inputs,
+                squared_errors,
             }
-        }
-        Ok(table)
+        });
+        Ok(Part {
+            table,
+            whole_dataset,
+        })
     }
-
 }

@@ -1,0 +1,119 @@
+//! A shard's run (`qexp run --shard I/N`): the steps that split over a dataset make
+//! their share of rows, the steps they read run whole, everything else waits for the
+//! merge (see [`crate::shard::roles`]).
+
+use std::collections::BTreeMap;
+
+use super::{
+    ExecuteError, Options, all_finite, bound_ops, describe, load_model, run_step,
+    variants_last_used,
+};
+use crate::builtins::measurements::Measurement;
+use crate::builtins::table_ops::TableOp;
+use crate::plan::{Plan, Step, TableSource};
+use crate::runtime::Runtime;
+use crate::session::{Failure, Session};
+use crate::shard::{Part, Role, Shard};
+
+/// What a shard made: each sharded table's part, by name, and the tokens it ran.
+#[derive(Debug)]
+pub struct Share {
+    pub parts: BTreeMap<String, Part>,
+    pub tokens_run: usize,
+    pub weights_sha256: String,
+    /// The weights (SHA-256) of each SAE the shard read, by name.
+    pub saes: BTreeMap<String, String>,
+}
+
+/// Runs `shard`'s share of `plan`.
+pub fn execute_share(
+    plan: &Plan,
+    runtime: &Runtime,
+    scope: &crate::output::Scope,
+    options: Options,
+    shard: Shard,
+) -> Result<Share, ExecuteError> {
+    let roles = crate::shard::roles(plan);
+    let mut model = load_model(plan, runtime)?;
+    let weights_sha256 = model.manifest.weights_sha256.clone();
+    let root = std::env::current_dir().unwrap_or_default();
+    let mut session = Session::new(plan, &mut model, root, scope.clone());
+    session.retrain = options.retrain;
+    session.earlier = options.earlier;
+    session.in_shard = true;
+    let repeats = crate::builtins::graphs::last_repeats(plan);
+    let last_use = variants_last_used(plan);
+    let mut parts = BTreeMap::new();
+    for (index, step) in plan.steps.iter().enumerate() {
+        let label = describe(step);
+        let invalid = |message| ExecuteError::Invalid {
+            step: label.clone(),
+            message,
+        };
+        session.start_step(index, repeats[index]);
+        match (&roles[index], step) {
+            (Role::Merge, _) => {}
+            (Role::Prerequisite, _) => {
+                run_step(&mut session, step).map_err(invalid)?;
+            }
+            (
+                Role::Sharded { dataset },
+                Step::Table {
+                    name,
+                    source: TableSource::Call { call, .. },
+                    ops,
+                    ..
+                },
+            ) => {
+                let part =
+                    share_of(&mut session, call, ops, name, dataset, shard).map_err(invalid)?;
+                if !all_finite(&part.table) {
+                    return Err(ExecuteError::NotFinite { step: label });
+                }
+                parts.insert(name.clone(), part);
+            }
+            (Role::Sharded { .. }, _) => {
+                return Err(invalid(
+                    "only a measurement's table splits over shards".into(),
+                ));
+            }
+        }
+        session.take_reads();
+        session.pending.clear();
+        for (variant, _) in last_use.iter().filter(|(_, last)| **last == index) {
+            session.forget_variant(variant);
+        }
+    }
+    let saes = session
+        .sae_records()
+        .into_iter()
+        .map(|record| (record.name, record.weights_sha256))
+        .collect();
+    drop(session);
+    Ok(Share {
+        parts,
+        tokens_run: model.tokens_run(),
+        weights_sha256,
+        saes,
+    })
+}
+
+/// A sharded table's part: its measurement over `shard`'s prompts of `dataset`
+/// (narrowed by the pipeline's first filter, as a whole run narrows it; the merge
+/// applies every operation to the stacked rows).
+fn share_of(
+    session: &mut Session<'_, '_, '_>,
+    call: &crate::plan::Call,
+    ops: &[crate::plan::Call],
+    name: &str,
+    dataset: &str,
+    shard: Shard,
+) -> Result<Part, Failure> {
+    let mut measurement = Measurement::bind(call).map_err(|e| e.to_string())?;
+    if let Some(TableOp::Filter(filter)) = bound_ops(session, ops)?.first() {
+        measurement.narrow(filter);
+    }
+    let lengths: Vec<usize> = session.dataset(dataset)?.iter().map(Vec::len).collect();
+    let prompts = crate::shard::share(&lengths, shard);
+    measurement.run_share(session, name, prompts)
+}

@@ -1,0 +1,223 @@
+//! `qexp run --shard I/N` and `qexp merge` on a tiny model: the merged report equals a
+//! single run's for any number of shards (uneven ones included), and a merge refuses
+//! shards that are missing or were made from another version of the experiment.
+
+mod common;
+
+use std::path::Path;
+
+use common::qexp;
+
+/// Seven prompts of uneven lengths; a per-token table under a variant, a head chosen by
+/// a `let` and an SAE, then tables and a claim made from it.
+fn experiment(sae: &Path) -> String {
+    format!(
+        r#"experiment sharded
+model "models/tiny" (batch_size = 3)
+dataset d = prompts(["the cat sat on the mat", "a dog ran", "the the the the the the the the", "one", "a b c d e f", "cat dog", "the mat sat on the cat and the dog ran far"])
+sae s = load("{}")
+variant ablated {{
+    zero(blocks.0.attn.hook_z[head = 1])
+}}
+table comp = composition_scores(mode = Q)
+let BEST = best_head(comp, by = score, layer = layer2, head = head2)
+table tokens = per_token(d, head = BEST, sae = s, variants = [ablated]) | filter(pos > 0)
+table worst = tokens | sort(loss, order = desc) | top(3)
+table mean_loss = tokens | aggregate(loss = mean(loss), ev = mean(explained_variance))
+expect "every token has a loss" = tokens | all(loss > 0)
+"#,
+        sae.display()
+    )
+}
+
+fn setup() -> tempfile::TempDir {
+    let dir = common::project_with_tiny_model();
+    let sae = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/saes/standard");
+    std::fs::write(dir.path().join("exp.qexp"), experiment(&sae)).unwrap();
+    dir
+}
+
+fn shard(dir: &Path, i: usize, n: usize, reports: &str) {
+    qexp(dir)
+        .args([
+            "run",
+            "exp.qexp",
+            "--allow-outside-project",
+            "--reports",
+            reports,
+        ])
+        .args(["--shard", &format!("{i}/{n}")])
+        .assert()
+        .success();
+}
+
+fn merge(dir: &Path, reports: &str) -> std::process::Output {
+    qexp(dir)
+        .args([
+            "merge",
+            "exp.qexp",
+            "--allow-outside-project",
+            "--reports",
+            reports,
+        ])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_merged_report_equals_a_single_run_for_one_two_and_three_shards() {
+    let dir = setup();
+    let dir = dir.path();
+    qexp(dir)
+        .args([
+            "run",
+            "exp.qexp",
+            "--allow-outside-project",
+            "--reports",
+            "whole",
+        ])
+        .assert()
+        .success();
+    let whole = dir.join("whole/sharded");
+    let rows = std::fs::read_to_string(whole.join("results/tokens.csv"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(rows > 50, "{rows} rows");
+    for n in 1..=3 {
+        let reports = format!("sharded_{n}");
+        for i in 1..=n {
+            shard(dir, i, n, &reports);
+        }
+        // Shards write only their parts: no report until the merge.
+        assert!(!dir.join(&reports).join("sharded").exists());
+        let merged = merge(dir, &reports);
+        assert!(merged.status.success(), "{merged:?}");
+        let stdout = String::from_utf8(merged.stdout).unwrap();
+        assert!(
+            stdout.contains("claim holds: every token has a loss"),
+            "{stdout}"
+        );
+        let report = dir.join(&reports).join("sharded");
+        qexp(dir)
+            .args(["diff", "--exit-code"])
+            .args([whole.as_os_str(), report.as_os_str()])
+            .assert()
+            .success();
+        // Rows in the single run's order (prompt, then position), not shard by shard.
+        assert_eq!(
+            std::fs::read_to_string(report.join("results/tokens.csv")).unwrap(),
+            std::fs::read_to_string(whole.join("results/tokens.csv")).unwrap(),
+            "{n} shards"
+        );
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(report.join("run.json")).unwrap())
+                .unwrap();
+        assert_eq!(record["saes"][0]["name"], "s", "{record}");
+    }
+    // The shards' folder is kept out of git.
+    assert_eq!(
+        std::fs::read_to_string(dir.join("sharded_3/sharded.shards/.gitignore")).unwrap(),
+        "*\n"
+    );
+}
+
+#[test]
+fn plan_shows_which_steps_split_and_which_wait_for_the_merge() {
+    let dir = setup();
+    let output = qexp(dir.path())
+        .args(["plan", "exp.qexp"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.contains("split over prompts: tokens (over `d`)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(a split step reads them): comp, BEST"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("in the merge: worst, mean_loss, expect \"every token has a loss\""),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_merge_refuses_missing_and_stale_shards() {
+    let dir = setup();
+    let dir = dir.path();
+    let output = merge(dir, "reports");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("run `qexp run EXPERIMENT --shard I/N`"),
+        "{stderr}"
+    );
+
+    shard(dir, 1, 3, "reports");
+    shard(dir, 3, 3, "reports");
+    let output = merge(dir, "reports");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("shard 2 of 3 missing"), "{stderr}");
+    assert!(
+        !dir.join("reports/sharded").exists(),
+        "no report from a partial merge"
+    );
+
+    // The experiment changes after shard 1 ran: its part no longer belongs.
+    shard(dir, 2, 3, "reports");
+    let path = dir.join("exp.qexp");
+    let edited = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("top(3)", "top(4)");
+    std::fs::write(&path, edited).unwrap();
+    shard(dir, 2, 3, "reports");
+    let output = merge(dir, "reports");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("shard 1/3 was made from another version of the experiment"),
+        "{stderr}"
+    );
+    // Rerunning the stale shards (as a resubmitted job would) completes the run.
+    shard(dir, 1, 3, "reports");
+    shard(dir, 3, 3, "reports");
+    let output = merge(dir, "reports");
+    assert!(output.status.success(), "{output:?}");
+}
+
+#[test]
+fn a_shard_refuses_to_train_an_sae_that_every_shard_would_train() {
+    let dir = common::project_with_tiny_model();
+    std::fs::write(
+        dir.path().join("exp.qexp"),
+        "experiment sharded_training\nmodel \"models/tiny\"\ndataset d = prompts([\"the cat sat on the mat\", \"a dog ran\"])\nsae s = train(hook = blocks.1.attn.hook_q[head = 2], dataset = d, d_sae = 16, tokens = 200, batch_size = 8, save = \"saes/s\")\ntable tokens = per_token(d, sae = s)\n",
+    )
+    .unwrap();
+    let output = qexp(dir.path())
+        .args(["run", "exp.qexp", "--shard", "1/2"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("`s` would be trained in every shard: pin it once first with `qexp sae train EXPERIMENT s`"),
+        "{stderr}"
+    );
+    // Pinned once, the shards read it.
+    qexp(dir.path())
+        .args(["sae", "train", "exp.qexp", "s"])
+        .assert()
+        .success();
+    for i in 1..=2 {
+        qexp(dir.path())
+            .args(["run", "exp.qexp", "--shard", &format!("{i}/2")])
+            .assert()
+            .success();
+    }
+    qexp(dir.path())
+        .args(["merge", "exp.qexp"])
+        .assert()
+        .success();
+}
