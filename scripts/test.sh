@@ -13,6 +13,12 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null
   fi
   export QEXP_REQUIRE_BROWSER=1
+  # The cluster test starts a one-node Slurm (scripts/slurm_cluster.sh): required here.
+  if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
+    echo "test: installing Debian's slurmctld, slurmd and munge for the cluster test"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
+  fi
+  export QEXP_REQUIRE_SLURM=1
 fi
 cargo fmt --check
 cargo clippy --release --all-targets --quiet -- -D warnings

@@ -153,6 +153,27 @@ enum Command {
         #[command(flatten)]
         outputs: OutputFlags,
     },
+    /// Run an experiment's shards as a Slurm job array and its merge as a job that
+    /// waits for them (`qexp slurm EXP --shards N`); `status` and `resubmit` follow it.
+    #[command(args_conflicts_with_subcommands = true)]
+    Slurm {
+        #[command(subcommand)]
+        action: Option<SlurmAction>,
+        /// The experiment to submit.
+        experiment: Option<PathBuf>,
+        /// How many shards (array tasks) to split the run into.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=crate::shard::MAX_SHARDS as u64))]
+        shards: Option<u64>,
+        #[command(flatten)]
+        resources: SlurmResources,
+        /// Write the batch scripts and print the commands, without submitting.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        place: ShardPlace,
+        #[command(flatten)]
+        outputs: OutputFlags,
+    },
     /// Which numbers changed between two reports (their results/*.csv), and by how much.
     Diff {
         a: PathBuf,
@@ -211,6 +232,55 @@ enum SaeCommand {
         #[command(flatten)]
         outputs: OutputFlags,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum SlurmAction {
+    /// Where each shard and the merge of the last submission stand.
+    Status {
+        experiment: PathBuf,
+        #[command(flatten)]
+        place: ShardPlace,
+    },
+    /// Submit again the shards that failed (not queued, no part written), with a new
+    /// merge job.
+    Resubmit {
+        experiment: PathBuf,
+        #[command(flatten)]
+        place: ShardPlace,
+    },
+}
+
+/// Where a sharded run's report and parts go.
+#[derive(Debug, clap::Args)]
+struct ShardPlace {
+    /// Where report folders go (default: reports/ in the experiment's project).
+    #[arg(long)]
+    reports: Option<PathBuf>,
+    /// Where the shards write their parts (default: <reports>/<experiment>.shards).
+    #[arg(long)]
+    shards_dir: Option<PathBuf>,
+}
+
+/// What each Slurm job asks for (`#SBATCH` options).
+#[derive(Debug, clap::Args)]
+struct SlurmResources {
+    #[arg(long)]
+    partition: Option<String>,
+    #[arg(long)]
+    account: Option<String>,
+    /// Time limit per job, as sbatch reads it (e.g. 2:00:00).
+    #[arg(long)]
+    time: Option<String>,
+    /// Memory per job, as sbatch reads it (e.g. 16G).
+    #[arg(long)]
+    mem: Option<String>,
+    /// GPUs per job; with any, the jobs run on CUDA.
+    #[arg(long)]
+    gpus: Option<u32>,
+    /// CPUs per job; qexp's kernel threads follow.
+    #[arg(long)]
+    cpus_per_task: Option<u32>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -536,6 +606,38 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 )?,
             }
         }
+        Command::Slurm {
+            action,
+            experiment,
+            shards,
+            resources,
+            dry_run,
+            place,
+            outputs,
+        } => match action {
+            Some(SlurmAction::Status { experiment, place }) => {
+                shards::slurm_status(&experiment, &place)?
+            }
+            Some(SlurmAction::Resubmit { experiment, place }) => {
+                shards::slurm_resubmit(&experiment, &place)?
+            }
+            None => {
+                let experiment = experiment.ok_or_else(|| {
+                    anyhow::anyhow!("name the experiment: qexp slurm EXPERIMENT --shards N")
+                })?;
+                let shards = shards.ok_or_else(|| {
+                    anyhow::anyhow!("say how many shards: qexp slurm EXPERIMENT --shards N")
+                })?;
+                shards::slurm_submit(
+                    &experiment,
+                    shards as usize,
+                    resources,
+                    dry_run,
+                    &place,
+                    &outputs,
+                )?
+            }
+        },
         Command::Merge {
             experiment,
             reports,

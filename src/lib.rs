@@ -35,4 +35,5 @@ pub mod runtime;
 pub mod sae;
 pub mod session;
 pub mod shard;
+pub mod slurm;
 pub mod syntax;

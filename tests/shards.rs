@@ -8,32 +8,9 @@ use std::path::Path;
 
 use common::qexp;
 
-/// Seven prompts of uneven lengths; a per-token table under a variant, a head chosen by
-/// a `let` and an SAE, then tables and a claim made from it.
-fn experiment(sae: &Path) -> String {
-    format!(
-        r#"experiment sharded
-model "models/tiny" (batch_size = 3)
-dataset d = prompts(["the cat sat on the mat", "a dog ran", "the the the the the the the the", "one", "a b c d e f", "cat dog", "the mat sat on the cat and the dog ran far"])
-sae s = load("{}")
-variant ablated {{
-    zero(blocks.0.attn.hook_z[head = 1])
-}}
-table comp = composition_scores(mode = Q)
-let BEST = best_head(comp, by = score, layer = layer2, head = head2)
-table tokens = per_token(d, head = BEST, sae = s, variants = [ablated]) | filter(pos > 0)
-table worst = tokens | sort(loss, order = desc) | top(3)
-table mean_loss = tokens | aggregate(loss = mean(loss), ev = mean(explained_variance))
-expect "every token has a loss" = tokens | all(loss > 0)
-"#,
-        sae.display()
-    )
-}
-
 fn setup() -> tempfile::TempDir {
     let dir = common::project_with_tiny_model();
-    let sae = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/saes/standard");
-    std::fs::write(dir.path().join("exp.qexp"), experiment(&sae)).unwrap();
+    std::fs::write(dir.path().join("exp.qexp"), common::sharded_experiment()).unwrap();
     dir
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -136,4 +136,164 @@ pub(super) fn merge(
         shard_tokens,
         allow_failed_claims,
     )
+}
+
+/// The experiment's shard folder, as the project sees it, for a Slurm command.
+fn slurm_place(
+    experiment: &Path,
+    place: &super::ShardPlace,
+) -> Result<(super::InProject, crate::plan::Plan, PathBuf, PathBuf), Failure> {
+    let entered = super::InProject::enter(experiment)?;
+    let reports = entered.reports(place.reports.as_deref());
+    let scope = crate::output::Scope::current(true)?;
+    let (plan, _) = super::load_plan(&entered.experiment, Some(&reports), &scope)?;
+    let folder = place.shards_dir.as_deref().map_or_else(
+        || partial::default_folder(&reports, &plan.name),
+        |typed| entered.typed(typed),
+    );
+    Ok((entered, plan, reports, folder))
+}
+
+/// `qexp slurm EXP --shards N`.
+pub(super) fn slurm_submit(
+    experiment: &Path,
+    shards: usize,
+    resources: super::SlurmResources,
+    dry_run: bool,
+    place: &super::ShardPlace,
+    outputs: &super::OutputFlags,
+) -> Result<(), Failure> {
+    let (entered, plan, reports, folder) = slurm_place(experiment, place)?;
+    let scope = outputs.scope()?;
+    partial::prepare_folder(&folder, &scope)?;
+    partial::remove_parts(&folder)?;
+    let root = std::env::current_dir()?;
+    let absolute = |path: &Path| root.join(path);
+    let job = crate::slurm::Job {
+        name: plan.name.clone(),
+        qexp: std::env::current_exe()?,
+        project: root.clone(),
+        experiment: absolute(&entered.experiment),
+        reports: absolute(&reports),
+        shards_dir: absolute(&folder),
+        shards,
+        allow_outside_project: outputs.allow_outside_project,
+        resources: crate::slurm::Resources {
+            partition: resources.partition,
+            time: resources.time,
+            mem: resources.mem,
+            gpus: resources.gpus,
+            cpus_per_task: resources.cpus_per_task,
+            account: resources.account,
+        },
+    };
+    let sharded = crate::shard::roles(&plan)
+        .iter()
+        .filter(|role| matches!(role, Role::Sharded { .. }))
+        .count();
+    if sharded == 0 {
+        eprintln!(
+            "note: no step of `{}` splits over shards: the shards will do nothing and the merge everything",
+            plan.name
+        );
+    }
+    if dry_run {
+        job.write_scripts()?;
+        outln!(
+            "wrote {} and {}",
+            folder.join("shard.sbatch").display(),
+            folder.join("merge.sbatch").display()
+        );
+        outln!(
+            "to submit: sbatch --parsable --array=1-{shards} {}",
+            folder.join("shard.sbatch").display()
+        );
+        outln!(
+            "then:      sbatch --dependency=afterok:<that job id> {}",
+            folder.join("merge.sbatch").display()
+        );
+        return Ok(());
+    }
+    let submission = crate::slurm::submit_all(job)?;
+    let (array, _) = submission.arrays.last().expect("one array submitted");
+    outln!(
+        "submitted {shards} shard{} of `{}` as job array {array}, the merge as job {} (runs once every shard succeeds)",
+        if shards == 1 { "" } else { "s" },
+        plan.name,
+        submission.merge
+    );
+    outln!("logs: {}", folder.join("logs").display());
+    outln!("progress: qexp slurm status {}", experiment.display());
+    Ok(())
+}
+
+/// `qexp slurm status EXP`.
+pub(super) fn slurm_status(experiment: &Path, place: &super::ShardPlace) -> Result<(), Failure> {
+    let (_, plan, reports, folder) = slurm_place(experiment, place)?;
+    let submission = crate::slurm::Submission::read(&folder)?;
+    let status = crate::slurm::status(&submission)?;
+    let arrays: Vec<&str> = submission
+        .arrays
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .collect();
+    outln!(
+        "`{}`: {} shards (job array{} {}), merge job {}",
+        plan.name,
+        submission.job.shards,
+        if arrays.len() == 1 { "" } else { "s" },
+        arrays.join(", "),
+        submission.merge
+    );
+    for (shard, state) in &status.shards {
+        let hint = if state == "failed" {
+            format!(
+                " (not queued and no part written: see {}; `qexp slurm resubmit` runs it again)",
+                folder.join("logs").display()
+            )
+        } else {
+            String::new()
+        };
+        outln!("  shard {shard}: {state}{hint}");
+    }
+    let report = crate::report::folder(&reports, &plan.name);
+    match &status.merge {
+        Some(state) if state.contains("DependencyNeverSatisfied") => outln!(
+            "  merge: {state}: a shard failed; `qexp slurm resubmit {}` runs it again with a new merge",
+            experiment.display()
+        ),
+        Some(state) => outln!("  merge: {state}"),
+        None if status.failed().is_empty() && report.join("index.html").exists() => {
+            outln!("  merge: finished; report in {}", report.display())
+        }
+        None => outln!(
+            "  merge: not queued (it runs only after every shard succeeds; see {})",
+            folder.join("logs").display()
+        ),
+    }
+    Ok(())
+}
+
+/// `qexp slurm resubmit EXP`.
+pub(super) fn slurm_resubmit(experiment: &Path, place: &super::ShardPlace) -> Result<(), Failure> {
+    let (_, plan, _, folder) = slurm_place(experiment, place)?;
+    let mut submission = crate::slurm::Submission::read(&folder)?;
+    let resubmitted = crate::slurm::resubmit(&mut submission)?;
+    if resubmitted.is_empty() {
+        outln!("no shard of `{}` failed: nothing to resubmit", plan.name);
+        return Ok(());
+    }
+    let (array, _) = submission.arrays.last().expect("an array was submitted");
+    outln!(
+        "resubmitted shard{} {} of `{}` as job array {array}, the merge as job {}",
+        if resubmitted.len() == 1 { "" } else { "s" },
+        resubmitted
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        plan.name,
+        submission.merge
+    );
+    Ok(())
 }

@@ -113,15 +113,11 @@ fn file_name(shard: Shard) -> String {
 /// Writes `partial` into `folder` (made and marked as a shard folder if new; git
 /// ignores its contents), replacing that shard's earlier file in one rename.
 pub fn write(folder: &Path, partial: &Partial, scope: &Scope) -> Result<PathBuf, ShardError> {
-    scope.check(folder, Kind::Shards)?;
+    prepare_folder(folder, scope)?;
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| ShardError::Write { path, source }
     };
-    std::fs::create_dir_all(folder).map_err(io(folder))?;
-    // Shards started together may all get here: each writes the same bytes.
-    crate::output::mark(folder, Kind::Shards).map_err(io(folder))?;
-    std::fs::write(folder.join(".gitignore"), "*\n").map_err(io(folder))?;
     let file = Stored::from(partial);
     let text = serde_json::to_string(&file).map_err(|e| ShardError::Write {
         path: folder.to_owned(),
@@ -138,6 +134,39 @@ pub fn write(folder: &Path, partial: &Partial, scope: &Scope) -> Result<PathBuf,
         source: e.error,
     })?;
     Ok(target)
+}
+
+/// Makes `folder` a shard folder (marked, its contents ignored by git), refusing a
+/// folder qexp did not make.
+pub fn prepare_folder(folder: &Path, scope: &Scope) -> Result<(), ShardError> {
+    scope.check(folder, Kind::Shards)?;
+    let io = |source| ShardError::Write {
+        path: folder.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(folder).map_err(io)?;
+    // Shards started together may all get here: each writes the same bytes.
+    crate::output::mark(folder, Kind::Shards).map_err(io)?;
+    std::fs::write(folder.join(".gitignore"), "*\n").map_err(io)
+}
+
+/// Removes the parts of earlier runs from `folder` (a shard folder), so a new
+/// submission's state is read from its own shards only.
+pub fn remove_parts(folder: &Path) -> Result<(), ShardError> {
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("shard-") && name.ends_with(".json") {
+            std::fs::remove_file(entry.path()).map_err(|source| ShardError::Write {
+                path: entry.path(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Every shard of one run in `folder`, in shard order: all of them, of one count

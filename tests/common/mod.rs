@@ -132,3 +132,26 @@ pub fn assert_close(
         worst.3
     );
 }
+
+/// Seven prompts of uneven lengths; a per-token table under a variant, a head chosen by
+/// a `let` and an SAE, then tables and a claim made from it.
+pub fn sharded_experiment() -> String {
+    let sae = fixture("saes/standard");
+    format!(
+        r#"experiment sharded
+model "models/tiny" (batch_size = 3)
+dataset d = prompts(["the cat sat on the mat", "a dog ran", "the the the the the the the the", "one", "a b c d e f", "cat dog", "the mat sat on the cat and the dog ran far"])
+sae s = load("{}")
+variant ablated {{
+    zero(blocks.0.attn.hook_z[head = 1])
+}}
+table comp = composition_scores(mode = Q)
+let BEST = best_head(comp, by = score, layer = layer2, head = head2)
+table tokens = per_token(d, head = BEST, sae = s, variants = [ablated]) | filter(pos > 0)
+table worst = tokens | sort(loss, order = desc) | top(3)
+table mean_loss = tokens | aggregate(loss = mean(loss), ev = mean(explained_variance))
+expect "every token has a loss" = tokens | all(loss > 0)
+"#,
+        sae.display()
+    )
+}
