@@ -198,3 +198,68 @@ fn a_shard_refuses_to_train_an_sae_that_every_shard_would_train() {
         .assert()
         .success();
 }
+
+/// Eight passes of a head-ablation loop (zero and mean ablation per head).
+const SWEEP: &str = r#"experiment sweep
+model "models/tiny" (batch_size = 3)
+dataset d = prompts(["the cat sat on the mat", "a dog ran", "the the the the the the the the", "one", "a b c d e f"])
+for layer in range(0, 2) {
+    for head in range(model.n_heads) {
+        variant zeroed {
+            zero(blocks.layer.attn.hook_z[head = head])
+        }
+        variant averaged {
+            mean(blocks.layer.attn.hook_z[head = head], dataset = d)
+        }
+        table loss = per_token(d, variants = [zeroed, averaged])
+            | aggregate(clean = mean(loss), zero = mean(zeroed_loss), avg = mean(averaged_loss))
+    }
+}
+table sweep = collect(loss) | derive(change = zero - clean)
+"#;
+
+#[test]
+fn a_sweep_s_passes_are_dealt_out_whole_and_merge_into_the_single_run_s_report() {
+    let dir = common::project_with_tiny_model();
+    let dir = dir.path();
+    std::fs::write(dir.join("sweep.qexp"), SWEEP).unwrap();
+    let plan = qexp(dir).args(["plan", "sweep.qexp"]).output().unwrap();
+    let plan = String::from_utf8(plan.stdout).unwrap();
+    assert!(
+        plan.contains(
+            "8 loop passes, each whole in one shard, dealt out in turn: loss_0_0 ... loss_1_3"
+        ),
+        "{plan}"
+    );
+    assert!(plan.contains("in the merge: sweep"), "{plan}");
+    qexp(dir)
+        .args(["run", "sweep.qexp", "--reports", "whole"])
+        .assert()
+        .success();
+    // Five shards for eight passes: three shards make two passes, two make one.
+    for n in [2, 5] {
+        let reports = format!("sharded_{n}");
+        for i in 1..=n {
+            let output = qexp(dir)
+                .args(["run", "sweep.qexp", "--reports", &reports])
+                .args(["--shard", &format!("{i}/{n}")])
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{output:?}");
+            let passes = 8 / n + usize::from(i <= 8 % n);
+            let stdout = String::from_utf8(output.stdout).unwrap();
+            let tables = format!(" {passes} table");
+            assert!(stdout.contains(&tables), "shard {i}/{n}: {stdout}");
+        }
+        qexp(dir)
+            .args(["merge", "sweep.qexp", "--reports", &reports])
+            .assert()
+            .success();
+        let merged = dir.join(&reports).join("sweep/results/sweep.csv");
+        assert_eq!(
+            std::fs::read_to_string(merged).unwrap(),
+            std::fs::read_to_string(dir.join("whole/sweep/results/sweep.csv")).unwrap(),
+            "{n} shards"
+        );
+    }
+}

@@ -31,13 +31,10 @@ pub(super) fn run_shard(
     retrain: bool,
 ) -> Result<(), Failure> {
     let roles = crate::shard::roles(run.plan);
-    let sharded = roles
-        .iter()
-        .filter(|role| matches!(role, Role::Sharded { .. }))
-        .count();
+    let sharded = roles.iter().filter(|role| role.is_made_by_shards()).count();
     if sharded == 0 {
         eprintln!(
-            "note: no step of `{}` splits over shards: every step will run in `qexp merge`",
+            "note: no step of `{}` is made by shards: every step will run in `qexp merge`",
             run.plan.name
         );
     }
@@ -105,11 +102,17 @@ pub(super) fn merge(
     }
     let mut shard_parts: BTreeMap<String, Vec<crate::shard::Part>> = BTreeMap::new();
     for (step, role) in run.plan.steps.iter().zip(crate::shard::roles(run.plan)) {
-        let (crate::plan::Step::Table { name, .. }, Role::Sharded { .. }) = (step, role) else {
+        let crate::plan::Step::Table { name, .. } = step else {
             continue;
         };
-        let mut parts = Vec::with_capacity(partials.len());
-        for partial in &partials {
+        // Every shard made a share of a split table; one shard made each pass whole.
+        let makers: Vec<&Partial> = match role {
+            Role::Sharded { .. } => partials.iter().collect(),
+            Role::Pass { turn } => vec![&partials[turn % partials.len()]],
+            Role::Prerequisite | Role::Merge => continue,
+        };
+        let mut parts = Vec::with_capacity(makers.len());
+        for partial in makers {
             let part = partial.parts.get(name).cloned().ok_or_else(|| {
                 anyhow::anyhow!(
                     "shard {} has no part of `{name}`: run it again with this qexp",
@@ -189,11 +192,11 @@ pub(super) fn slurm_submit(
     };
     let sharded = crate::shard::roles(&plan)
         .iter()
-        .filter(|role| matches!(role, Role::Sharded { .. }))
+        .filter(|role| role.is_made_by_shards())
         .count();
     if sharded == 0 {
         eprintln!(
-            "note: no step of `{}` splits over shards: the shards will do nothing and the merge everything",
+            "note: no step of `{}` is made by shards: the shards will do nothing and the merge everything",
             plan.name
         );
     }

@@ -72,9 +72,26 @@ pub fn execute_share(
                 }
                 parts.insert(name.clone(), part);
             }
-            (Role::Sharded { .. }, _) => {
+            (
+                Role::Pass { turn },
+                Step::Table {
+                    name,
+                    source: TableSource::Call { call, .. },
+                    ops,
+                    ..
+                },
+            ) => {
+                if turn % shard.count == shard.index {
+                    let part = whole_pass(&mut session, call, ops, name).map_err(invalid)?;
+                    if !all_finite(&part.table) {
+                        return Err(ExecuteError::NotFinite { step: label });
+                    }
+                    parts.insert(name.clone(), part);
+                }
+            }
+            (Role::Sharded { .. } | Role::Pass { .. }, _) => {
                 return Err(invalid(
-                    "only a measurement's table splits over shards".into(),
+                    "only a measurement's table is made by shards".into(),
                 ));
             }
         }
@@ -98,6 +115,34 @@ pub fn execute_share(
     })
 }
 
+/// A loop pass's table, whole (narrowed by its pipeline's first filter; the merge
+/// applies every operation).
+fn whole_pass(
+    session: &mut Session<'_, '_, '_>,
+    call: &crate::plan::Call,
+    ops: &[crate::plan::Call],
+    name: &str,
+) -> Result<Part, Failure> {
+    let measurement = narrowed(session, call, ops)?;
+    Ok(Part {
+        table: measurement.run(session, name)?,
+        whole_dataset: None,
+    })
+}
+
+/// A step's measurement, told the filter its table goes through first.
+fn narrowed(
+    session: &Session<'_, '_, '_>,
+    call: &crate::plan::Call,
+    ops: &[crate::plan::Call],
+) -> Result<Measurement, Failure> {
+    let mut measurement = Measurement::bind(call).map_err(|e| e.to_string())?;
+    if let Some(TableOp::Filter(filter)) = bound_ops(session, ops)?.first() {
+        measurement.narrow(filter);
+    }
+    Ok(measurement)
+}
+
 /// A sharded table's part: its measurement over `shard`'s prompts of `dataset`
 /// (narrowed by the pipeline's first filter, as a whole run narrows it; the merge
 /// applies every operation to the stacked rows).
@@ -109,10 +154,7 @@ fn share_of(
     dataset: &str,
     shard: Shard,
 ) -> Result<Part, Failure> {
-    let mut measurement = Measurement::bind(call).map_err(|e| e.to_string())?;
-    if let Some(TableOp::Filter(filter)) = bound_ops(session, ops)?.first() {
-        measurement.narrow(filter);
-    }
+    let measurement = narrowed(session, call, ops)?;
     let lengths: Vec<usize> = session.dataset(dataset)?.iter().map(Vec::len).collect();
     let prompts = crate::shard::share(&lengths, shard);
     measurement.run_share(session, name, prompts)

@@ -11,6 +11,10 @@ pub enum Role {
     /// Its rows split over `dataset`'s prompts: each shard makes its share, the merge
     /// stacks the shares in prompt order and applies the step's table operations.
     Sharded { dataset: String },
+    /// One pass of a loop whose tables a `collect` stacks (a sweep's variant): made
+    /// whole by one shard, the passes dealt out in turn (pass `turn` to shard
+    /// `turn mod N`); the merge applies the step's table operations.
+    Pass { turn: usize },
     /// Not split, but a sharded step reads what it makes: every shard runs it whole,
     /// and so does the merge.
     Prerequisite,
@@ -23,6 +27,19 @@ pub enum Role {
 /// SAE or a `let`) something a sharded step made: that is a merge point, and it and
 /// everything after it that reads it run in the merge.
 pub fn roles(plan: &Plan) -> Vec<Role> {
+    let collected: BTreeSet<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::Table {
+                source: TableSource::Collect { parts, .. },
+                ..
+            } => Some(parts.iter().map(|part| part.table.as_str())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let mut turns = 0;
     let reads: Vec<Vec<usize>> = plan
         .steps
         .iter()
@@ -33,16 +50,31 @@ pub fn roles(plan: &Plan) -> Vec<Role> {
     let mut roles = Vec::with_capacity(plan.steps.len());
     for (index, step) in plan.steps.iter().enumerate() {
         let reads_sharded = reads[index].iter().any(|&earlier| after_merge[earlier]);
-        let role = match shards_over(step) {
-            Some(dataset) if !reads_sharded => Role::Sharded { dataset },
-            _ => Role::Merge,
+        let role = match step {
+            // A loop's passes are many and alike: whole passes spread the work with no
+            // pass's preparation (a mean, a patch source) repeated in every shard.
+            Step::Table {
+                name,
+                source: TableSource::Call { call, .. },
+                ..
+            } if !reads_sharded
+                && collected.contains(name.as_str())
+                && Measurement::bind(call).is_ok() =>
+            {
+                turns += 1;
+                Role::Pass { turn: turns - 1 }
+            }
+            _ => match shards_over(step) {
+                Some(dataset) if !reads_sharded => Role::Sharded { dataset },
+                _ => Role::Merge,
+            },
         };
-        after_merge[index] = reads_sharded || matches!(role, Role::Sharded { .. });
+        after_merge[index] = reads_sharded || role.is_made_by_shards();
         roles.push(role);
     }
     // What a sharded step needs, and what that needs in turn, runs in every shard.
     for index in (0..plan.steps.len()).rev() {
-        let needed = matches!(roles[index], Role::Sharded { .. } | Role::Prerequisite);
+        let needed = roles[index].is_made_by_shards() || roles[index] == Role::Prerequisite;
         if needed {
             for &earlier in &reads[index] {
                 if roles[earlier] == Role::Merge {
@@ -52,6 +84,13 @@ pub fn roles(plan: &Plan) -> Vec<Role> {
         }
     }
     roles
+}
+
+impl Role {
+    /// Whether shards make the step's table (split or as whole passes).
+    pub fn is_made_by_shards(&self) -> bool {
+        matches!(self, Role::Sharded { .. } | Role::Pass { .. })
+    }
 }
 
 /// The dataset a step's table splits over, if it is a table made by a measurement
@@ -184,6 +223,7 @@ fn call_names(call: &Call, names: &mut BTreeSet<String>) {
 pub fn describe(plan: &Plan) -> String {
     let roles = roles(plan);
     let mut sharded: Vec<String> = Vec::new();
+    let mut passes: Vec<String> = Vec::new();
     let mut prerequisite: Vec<String> = Vec::new();
     let mut merged: Vec<String> = Vec::new();
     for (step, role) in plan.steps.iter().zip(&roles) {
@@ -197,16 +237,29 @@ pub fn describe(plan: &Plan) -> String {
         };
         match role {
             Role::Sharded { dataset } => sharded.push(format!("{label} (over `{dataset}`)")),
+            Role::Pass { .. } => passes.push(label),
             Role::Prerequisite => prerequisite.push(label),
             Role::Merge => merged.push(label),
         }
     }
     let mut out = String::from("shards (`qexp run --shard I/N` for each I, then `qexp merge`):\n");
-    if sharded.is_empty() {
-        out.push_str("  no step splits over a dataset's prompts: the merge would run every step\n");
+    if sharded.is_empty() && passes.is_empty() {
+        out.push_str(
+            "  no step splits over a dataset's prompts or is a loop's pass: the merge would run every step\n",
+        );
         return out;
     }
-    out.push_str(&format!("  split over prompts: {}\n", sharded.join(", ")));
+    if !sharded.is_empty() {
+        out.push_str(&format!("  split over prompts: {}\n", sharded.join(", ")));
+    }
+    match passes.as_slice() {
+        [] => {}
+        [one] => out.push_str(&format!("  a loop's pass, whole in shard 1: {one}\n")),
+        [first, .., last] => out.push_str(&format!(
+            "  {} loop passes, each whole in one shard, dealt out in turn: {first} ... {last}\n",
+            passes.len()
+        )),
+    }
     if !prerequisite.is_empty() {
         out.push_str(&format!(
             "  run whole in every shard and again in the merge (a split step reads them): {}\n",
