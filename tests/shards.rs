@@ -263,3 +263,60 @@ fn a_sweep_s_passes_are_dealt_out_whole_and_merge_into_the_single_run_s_report()
         );
     }
 }
+
+#[test]
+fn pooled_statistics_merge_into_the_single_run_s_numbers() {
+    let dir = common::project_with_tiny_model();
+    let dir = dir.path();
+    let sae = common::fixture("saes/standard");
+    std::fs::write(
+        dir.join("stats.qexp"),
+        format!(
+            r#"experiment stats
+model "models/tiny" (batch_size = 2)
+dataset d = prompts(["the cat sat on the mat", "a dog ran", "the the the the the the the the", "one", "a b c d e f a b c d e f", "cat dog", "the mat sat on the cat"])
+sae s = load("{}")
+table features = feature_stats(s, d)
+table heads = pattern_scores(d)
+"#,
+            sae.display()
+        ),
+    )
+    .unwrap();
+    let plan = qexp(dir).args(["plan", "stats.qexp"]).output().unwrap();
+    let plan = String::from_utf8(plan.stdout).unwrap();
+    assert!(
+        plan.contains("split over prompts: features (over `d`), heads (over `d`)"),
+        "{plan}"
+    );
+    qexp(dir)
+        .args(["run", "stats.qexp", "--reports", "whole"])
+        .assert()
+        .success();
+    for n in [2, 3] {
+        let reports = format!("sharded_{n}");
+        for i in 1..=n {
+            qexp(dir)
+                .args(["run", "stats.qexp", "--reports", &reports])
+                .args(["--shard", &format!("{i}/{n}")])
+                .assert()
+                .success();
+        }
+        qexp(dir)
+            .args(["merge", "stats.qexp", "--reports", &reports])
+            .assert()
+            .success();
+        let report = dir.join(&reports).join("stats");
+        qexp(dir)
+            .args(["diff", "--exit-code"])
+            .args([dir.join("whole/stats").as_os_str(), report.as_os_str()])
+            .assert()
+            .success();
+        // Quantiles and peaks pool exactly: the same activations, sorted.
+        assert_eq!(
+            std::fs::read_to_string(report.join("results/features.csv")).unwrap(),
+            std::fs::read_to_string(dir.join("whole/stats/results/features.csv")).unwrap(),
+            "{n} shards"
+        );
+    }
+}

@@ -10,6 +10,7 @@ use crate::hooks;
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
 use crate::session::{Failure, Session, length_sorted_chunks};
+use crate::shard::Part;
 
 pub const SPEC: Builtin = Builtin {
     name: "pattern_scores",
@@ -94,14 +95,32 @@ impl Measure for PatternScores {
     }
 
     fn run(&self, s: &mut Session, name: &str) -> Result<Table, Failure> {
-        let sequences = s.dataset(&self.dataset)?;
+        let prompts = s.dataset(&self.dataset)?.len();
+        let part = self.run_share(s, name, 0..prompts)?;
+        self.merge(name, vec![part])
+    }
+
+    fn shards_over(&self) -> Option<&str> {
+        Some(&self.dataset)
+    }
+
+    /// A share's part is the running sums, one row per head (`SUM_COLUMNS`); the
+    /// merge adds them up and divides.
+    fn run_share(
+        &self,
+        s: &mut Session,
+        name: &str,
+        share: std::ops::Range<usize>,
+    ) -> Result<Part, Failure> {
+        let all = s.dataset(&self.dataset)?;
+        let sequences = &all[share];
         let config = &s.model.manifest.config;
         let (n_layers, n_heads) = (config.n_layers, config.n_heads);
         let hooks = hooks::every_block(Some(n_layers), hooks::PATTERN);
         let wanted: Vec<&str> = hooks.iter().map(String::as_str).collect();
         let mut sums = vec![Sums::default(); n_layers * n_heads];
-        for prompts in length_sorted_chunks(&sequences, s.batch_size()) {
-            let batch = s.batch_of(&sequences, &prompts)?;
+        for prompts in length_sorted_chunks(sequences, s.batch_size()) {
+            let batch = s.batch_of(sequences, &prompts)?;
             let forward = s.forward(None, &batch, &wanted)?;
             for (row, &prompt) in prompts.iter().enumerate() {
                 let targets = Targets::of(&sequences[prompt]);
@@ -131,30 +150,75 @@ impl Measure for PatternScores {
                 }
             }
         }
-        let mean = |(total, count): (f64, usize)| {
-            if count == 0 {
-                // No query position the pattern applies to: no evidence either way.
-                Cell::Str(String::new())
-            } else {
-                Cell::Number(total / count as f64)
+        let mut table = Table::new(name, &SUM_COLUMNS);
+        for (index, sum) in sums.iter().enumerate() {
+            let mut row = vec![
+                Cell::Integer((index / n_heads) as i64),
+                Cell::Integer((index % n_heads) as i64),
+            ];
+            for (total, count) in [sum.induction, sum.previous, sum.duplicate] {
+                row.push(Cell::Number(total));
+                row.push(Cell::Integer(count as i64));
             }
+            table.rows.push(row);
+        }
+        Ok(Part {
+            table,
+            whole_dataset: None,
+        })
+    }
+
+    fn merge(&self, name: &str, parts: Vec<Part>) -> Result<Table, Failure> {
+        let mut parts = parts.into_iter();
+        let first = parts
+            .next()
+            .ok_or_else(|| format!("`{name}`: no shard made a part of it"))?;
+        let mut sums = first.table;
+        for part in parts {
+            if part.table.columns != sums.columns || part.table.rows.len() != sums.rows.len() {
+                return Err(format!("`{name}`: the shards' parts have other heads"));
+            }
+            for (total, more) in sums.rows.iter_mut().zip(part.table.rows) {
+                for (cell, add) in total.iter_mut().zip(more).skip(2) {
+                    *cell = match (&*cell, add) {
+                        (Cell::Number(a), Cell::Number(b)) => Cell::Number(a + b),
+                        (Cell::Integer(a), Cell::Integer(b)) => Cell::Integer(a + b),
+                        _ => return Err(format!("`{name}`: a shard's part is not sums")),
+                    };
+                }
+            }
+        }
+        let mean = |total: &Cell, count: &Cell| match (total, count) {
+            // No query position the pattern applies to: no evidence either way.
+            (_, Cell::Integer(0)) => Cell::Str(String::new()),
+            (Cell::Number(total), Cell::Integer(count)) => Cell::Number(total / *count as f64),
+            _ => Cell::Str(String::new()),
         };
         let mut table = table(name, &self.columns());
-        for layer in 0..n_layers {
-            for head in 0..n_heads {
-                let sum = sums[layer * n_heads + head];
-                table.rows.push(vec![
-                    Cell::Integer(layer as i64),
-                    Cell::Integer(head as i64),
-                    mean(sum.induction),
-                    mean(sum.previous),
-                    mean(sum.duplicate),
-                ]);
-            }
+        for row in &sums.rows {
+            table.rows.push(vec![
+                row[0].clone(),
+                row[1].clone(),
+                mean(&row[2], &row[3]),
+                mean(&row[4], &row[5]),
+                mean(&row[6], &row[7]),
+            ]);
         }
         Ok(table)
     }
 }
+
+/// A share's sums per head: each score's attention total and query count.
+const SUM_COLUMNS: [&str; 8] = [
+    "layer",
+    "head",
+    "induction_total",
+    "induction_count",
+    "previous_token_total",
+    "previous_token_count",
+    "duplicate_token_total",
+    "duplicate_token_count",
+];
 
 #[cfg(test)]
 mod tests {
