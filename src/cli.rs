@@ -229,6 +229,27 @@ enum SaeCommand {
         /// Train it again even when the folder holds a pin trained from the same inputs.
         #[arg(long)]
         retrain: bool,
+        /// Train from the activations `qexp sae harvest` wrote in shards, read from
+        /// disk as training goes, instead of harvesting them into memory.
+        #[arg(long)]
+        harvested: bool,
+        #[command(flatten)]
+        place: ShardPlace,
+        #[command(flatten)]
+        outputs: OutputFlags,
+    },
+    /// Harvest one shard (I of N) of the activations a declared SAE trains on, into an
+    /// on-disk store in the shard folder, for `qexp sae train --harvested`.
+    Harvest {
+        experiment: PathBuf,
+        /// The SAE's name in the experiment.
+        name: String,
+        #[arg(long, value_name = "I/N")]
+        shard: crate::shard::Shard,
+        #[arg(long, value_enum)]
+        device: Option<Device>,
+        #[command(flatten)]
+        place: ShardPlace,
         #[command(flatten)]
         outputs: OutputFlags,
     },
@@ -743,6 +764,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     out,
                     device,
                     retrain,
+                    harvested,
+                    place,
                     outputs,
                 },
         } => {
@@ -750,6 +773,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let (experiment, out) = (&entered.experiment, out.map(|p| entered.typed(&p)));
             let scope = outputs.scope()?;
             let (mut plan, _) = load_plan(experiment, None, &scope)?;
+            let store = shards::store_root(&entered, &place, &plan.name);
             if let Some(device) = device {
                 plan.model.device = device;
             }
@@ -759,6 +783,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let runtime = Runtime::new(plan.model.device)?;
             let options = execute::Options {
                 retrain,
+                harvested: harvested.then_some(store),
                 ..Default::default()
             };
             let results = execute::execute_with(&plan, &runtime, &scope, options)?;
@@ -785,6 +810,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 _ => outln!("saved {name} to {}", out.display()),
             }
         }
+        Command::Sae {
+            command:
+                SaeCommand::Harvest {
+                    experiment,
+                    name,
+                    shard,
+                    device,
+                    place,
+                    outputs,
+                },
+        } => shards::harvest(&experiment, &name, shard, device, &place, &outputs)?,
         Command::Diff {
             a,
             b,

@@ -42,7 +42,7 @@ impl Kind {
         }
     }
 
-    fn marker_text(self) -> String {
+    pub(crate) fn marker_text(self) -> String {
         format!("qexp output folder\nkind = {}\n", self.name())
     }
 }

@@ -39,6 +39,10 @@ pub struct Job {
     pub shards: usize,
     pub allow_outside_project: bool,
     pub resources: Resources,
+    /// SAEs the experiment trains that the shards read: each is harvested by a job
+    /// array and trained (and pinned) by a job before the shards start.
+    #[serde(default)]
+    pub trained_saes: Vec<String>,
 }
 
 /// What was submitted, kept in the shard folder as `slurm.json` for `status` and
@@ -50,6 +54,17 @@ pub struct Submission {
     pub arrays: Vec<(String, Vec<usize>)>,
     /// The merge job waiting on the latest array.
     pub merge: String,
+    /// The latest harvest array and training job of each SAE the shards read.
+    #[serde(default)]
+    pub trainings: Vec<Training>,
+}
+
+/// The jobs that make one SAE before the shards run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Training {
+    pub sae: String,
+    pub harvest: String,
+    pub train: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +182,53 @@ impl Job {
         )
     }
 
+    /// The harvest array's script for `sae`: shard `$SLURM_ARRAY_TASK_ID` of its
+    /// training activations, into the shard folder's store.
+    pub fn harvest_script(&self, sae: &str) -> String {
+        format!(
+            "{}exec {} sae harvest {} {sae} --shard \"$SLURM_ARRAY_TASK_ID/{}\" {}\n",
+            self.header(
+                &format!("harvest-{sae}"),
+                &format!("harvest-{sae}-%a-job-%A.out")
+            ),
+            path_word(&self.qexp),
+            path_word(&self.experiment),
+            self.shards,
+            self.sae_flags()
+        )
+    }
+
+    /// The training job's script for `sae`: trains it from the harvest and pins it.
+    pub fn train_script(&self, sae: &str) -> String {
+        format!(
+            "{}exec {} sae train {} {sae} --harvested {}\n",
+            self.header(&format!("train-{sae}"), &format!("train-{sae}-job-%j.out")),
+            path_word(&self.qexp),
+            path_word(&self.experiment),
+            self.sae_flags()
+        )
+    }
+
+    /// The flags `qexp sae harvest` and `qexp sae train` take.
+    fn sae_flags(&self) -> String {
+        let mut flags = format!(
+            "--reports {} --shards-dir {}",
+            path_word(&self.reports),
+            path_word(&self.shards_dir)
+        );
+        if self.resources.gpus.is_some_and(|g| g > 0) {
+            flags.push_str(" --device cuda");
+        }
+        if self.allow_outside_project {
+            flags.push_str(" --allow-outside-project");
+        }
+        flags
+    }
+
+    fn script_path(&self, stage: &str) -> PathBuf {
+        self.shards_dir.join(format!("{stage}.sbatch"))
+    }
+
     fn shard_script_path(&self) -> PathBuf {
         self.shards_dir.join("shard.sbatch")
     }
@@ -183,10 +245,21 @@ impl Job {
             move |source| SlurmError::Write { path, source }
         };
         std::fs::create_dir_all(&logs).map_err(io(&logs))?;
-        for (path, text) in [
+        let mut scripts = vec![
             (self.shard_script_path(), self.shard_script()),
             (self.merge_script_path(), self.merge_script()),
-        ] {
+        ];
+        for sae in &self.trained_saes {
+            scripts.push((
+                self.script_path(&format!("harvest-{sae}")),
+                self.harvest_script(sae),
+            ));
+            scripts.push((
+                self.script_path(&format!("train-{sae}")),
+                self.train_script(sae),
+            ));
+        }
+        for (path, text) in scripts {
             std::fs::write(&path, text).map_err(io(&path))?;
         }
         Ok(())
@@ -224,13 +297,50 @@ fn submit(args: Vec<String>) -> Result<String, SlurmError> {
     Ok(id)
 }
 
-/// Submits `shards` as one array job and a merge job that runs once all succeed.
-fn submit_array_and_merge(job: &Job, shards: &[usize]) -> Result<(String, String), SlurmError> {
-    let array = submit(vec![
-        "--parsable".into(),
+/// Submits each trained SAE's harvest array and training job.
+fn submit_trainings(job: &Job) -> Result<Vec<Training>, SlurmError> {
+    let mut trainings = Vec::new();
+    for sae in &job.trained_saes {
+        let harvest = submit(vec![
+            "--parsable".into(),
+            format!("--array=1-{}", job.shards),
+            job.script_path(&format!("harvest-{sae}"))
+                .display()
+                .to_string(),
+        ])?;
+        let train = submit(vec![
+            "--parsable".into(),
+            format!("--dependency=afterok:{harvest}"),
+            job.script_path(&format!("train-{sae}"))
+                .display()
+                .to_string(),
+        ])?;
+        trainings.push(Training {
+            sae: sae.clone(),
+            harvest,
+            train,
+        });
+    }
+    Ok(trainings)
+}
+
+/// Submits `shards` as one array job (after `trainings`) and a merge job that runs
+/// once all shards succeed.
+fn submit_array_and_merge(
+    job: &Job,
+    shards: &[usize],
+    trainings: &[Training],
+) -> Result<(String, String), SlurmError> {
+    let mut args = vec![
+        "--parsable".to_owned(),
         format!("--array={}", list(shards).replace(' ', "")),
-        job.shard_script_path().display().to_string(),
-    ])?;
+    ];
+    if !trainings.is_empty() {
+        let after: Vec<&str> = trainings.iter().map(|t| t.train.as_str()).collect();
+        args.push(format!("--dependency=afterok:{}", after.join(":")));
+    }
+    args.push(job.shard_script_path().display().to_string());
+    let array = submit(args)?;
     let merge = submit(vec![
         "--parsable".into(),
         format!("--dependency=afterok:{array}"),
@@ -243,11 +353,13 @@ fn submit_array_and_merge(job: &Job, shards: &[usize]) -> Result<(String, String
 pub fn submit_all(job: Job) -> Result<Submission, SlurmError> {
     job.write_scripts()?;
     let shards: Vec<usize> = (1..=job.shards).collect();
-    let (array, merge) = submit_array_and_merge(&job, &shards)?;
+    let trainings = submit_trainings(&job)?;
+    let (array, merge) = submit_array_and_merge(&job, &shards, &trainings)?;
     let submission = Submission {
         job,
         arrays: vec![(array, shards)],
         merge,
+        trainings,
     };
     submission.save()?;
     Ok(submission)
@@ -294,6 +406,8 @@ pub struct Status {
     pub shards: BTreeMap<usize, String>,
     /// The merge job's Slurm state while queued, else `None`.
     pub merge: Option<String>,
+    /// Per trained SAE: its harvest tasks' and training job's states while queued.
+    pub trainings: Vec<(String, Vec<String>, Option<String>)>,
 }
 
 impl Status {
@@ -310,6 +424,16 @@ impl Status {
         self.shards
             .iter()
             .filter(|(_, state)| !matches!(state.as_str(), "failed" | "done"))
+            .filter(|(_, state)| !state.contains(NEVER))
+            .map(|(&shard, _)| shard)
+            .collect()
+    }
+
+    /// Shards that wait for something that failed (an SAE's harvest or training).
+    fn blocked(&self) -> Vec<usize> {
+        self.shards
+            .iter()
+            .filter(|(_, state)| state.contains(NEVER))
             .map(|(&shard, _)| shard)
             .collect()
     }
@@ -358,33 +482,73 @@ pub fn status(submission: &Submission) -> Result<Status, SlurmError> {
         };
         shards.insert(shard, state);
     }
+    let trainings = submission
+        .trainings
+        .iter()
+        .map(|t| {
+            let prefix = format!("{}_", t.harvest);
+            let harvest: Vec<String> = queued
+                .iter()
+                .filter(|(id, _)| id.starts_with(&prefix))
+                .map(|(id, state)| format!("{} {state}", &id[prefix.len()..]))
+                .collect();
+            (t.sae.clone(), harvest, queued.get(&t.train).cloned())
+        })
+        .collect();
     Ok(Status {
         shards,
         merge: queued.get(&submission.merge).cloned(),
+        trainings,
     })
 }
 
+/// Slurm's reason for a job whose dependency failed.
+const NEVER: &str = "DependencyNeverSatisfied";
+
 /// Resubmits the failed shards with a new merge job (the old one, which waits for an
-/// array that failed, is cancelled). Refuses while shards are still queued.
+/// array that failed, is cancelled). Shards that wait for an SAE whose harvest or
+/// training failed are cancelled and submitted again after a new harvest and training
+/// (a harvest finds an SAE already pinned and does nothing). Refuses while shards are
+/// still queued.
 pub fn resubmit(submission: &mut Submission) -> Result<Vec<usize>, SlurmError> {
     let status = status(submission)?;
     let busy = status.queued();
     if !busy.is_empty() {
         return Err(SlurmError::Busy { shards: busy });
     }
-    let failed = status.failed();
-    if failed.is_empty() {
-        return Ok(failed);
+    let blocked = status.blocked();
+    let mut again = status.failed();
+    again.extend(&blocked);
+    again.sort_unstable();
+    if again.is_empty() {
+        return Ok(again);
     }
+    let mut stale: Vec<String> = Vec::new();
     if status.merge.is_some() {
-        slurm("scancel", std::slice::from_ref(&submission.merge))?;
+        stale.push(submission.merge.clone());
+    }
+    for shard in &blocked {
+        if let Some((array, _)) = submission
+            .arrays
+            .iter()
+            .rev()
+            .find(|(_, ran)| ran.contains(shard))
+        {
+            stale.push(format!("{array}_{shard}"));
+        }
+    }
+    if !stale.is_empty() {
+        slurm("scancel", &stale)?;
     }
     submission.job.write_scripts()?;
-    let (array, merge) = submit_array_and_merge(&submission.job, &failed)?;
-    submission.arrays.push((array, failed.clone()));
+    if !blocked.is_empty() {
+        submission.trainings = submit_trainings(&submission.job)?;
+    }
+    let (array, merge) = submit_array_and_merge(&submission.job, &again, &submission.trainings)?;
+    submission.arrays.push((array, again.clone()));
     submission.merge = merge;
     submission.save()?;
-    Ok(failed)
+    Ok(again)
 }
 
 #[cfg(test)]
@@ -408,7 +572,24 @@ mod tests {
                 cpus_per_task: Some(8),
                 ..Default::default()
             },
+            trained_saes: vec!["q_sae".into()],
         }
+    }
+
+    #[test]
+    fn an_sae_the_shards_read_is_harvested_in_shards_and_trained_once() {
+        let job = job();
+        let harvest = job.harvest_script("q_sae");
+        assert!(
+            harvest.contains("sae harvest '/home/a/it'\\''s here/experiments/sweep.qexp' q_sae --shard \"$SLURM_ARRAY_TASK_ID/3\""),
+            "{harvest}"
+        );
+        let train = job.train_script("q_sae");
+        assert!(train.contains(" q_sae --harvested --reports "), "{train}");
+        assert!(
+            train.contains("#SBATCH --job-name='qexp-train-q_sae-sweep'"),
+            "{train}"
+        );
     }
 
     #[test]

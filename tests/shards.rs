@@ -320,3 +320,80 @@ table heads = pattern_scores(d)
         );
     }
 }
+
+/// An SAE trained on the experiment's own dataset, pinned at saes/s, read by a
+/// per-token table.
+const TRAINED: &str = r#"experiment trained
+model "models/tiny" (batch_size = 2)
+dataset d = prompts(["the cat sat on the mat", "a dog ran", "the the the the the the the the", "one", "a b c d e f a b c d e f", "cat dog", "the mat sat on the cat"])
+sae s = train(hook = blocks.1.attn.hook_q[head = 2], dataset = d, d_sae = 16, tokens = 60, batch_size = 8, save = "saes/s")
+table tokens = per_token(d, sae = s)
+"#;
+
+#[test]
+fn an_sae_trained_from_activations_harvested_in_shards_is_the_same_sae() {
+    let dir = common::project_with_tiny_model();
+    let dir = dir.path();
+    std::fs::write(dir.join("trained.qexp"), TRAINED).unwrap();
+    qexp(dir)
+        .args([
+            "sae",
+            "train",
+            "trained.qexp",
+            "s",
+            "--out",
+            "saes/in_memory",
+        ])
+        .assert()
+        .success();
+    for i in 1..=3 {
+        let output = qexp(dir)
+            .args([
+                "sae",
+                "harvest",
+                "trained.qexp",
+                "s",
+                "--shard",
+                &format!("{i}/3"),
+            ])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+    }
+    // The shards' rows join into one file, read from disk as training goes.
+    qexp(dir)
+        .args(["sae", "train", "trained.qexp", "s", "--harvested"])
+        .assert()
+        .success();
+    let store = dir.join("reports/trained.shards/activations/s");
+    assert!(store.join("activations.f32").is_file());
+    assert_eq!(
+        std::fs::metadata(store.join("activations.f32"))
+            .unwrap()
+            .len(),
+        60 * 16 * 4,
+        "60 tokens of a 16-wide head"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("saes/s/sae_weights.safetensors")).unwrap(),
+        std::fs::read(dir.join("saes/in_memory/sae_weights.safetensors")).unwrap(),
+        "the same activations in the same order train the same SAE"
+    );
+    // Pinned now: a harvest finds nothing to do, and shards read the pin.
+    let output = qexp(dir)
+        .args(["sae", "harvest", "trained.qexp", "s", "--shard", "1/3"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.contains("s is pinned with the same inputs"),
+        "{stdout}"
+    );
+    for i in 1..=2 {
+        qexp(dir)
+            .args(["run", "trained.qexp", "--shard", &format!("{i}/2")])
+            .assert()
+            .success();
+    }
+    qexp(dir).args(["merge", "trained.qexp"]).assert().success();
+}

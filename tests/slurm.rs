@@ -1,6 +1,7 @@
 //! `qexp slurm` on a real one-node Slurm cluster (Debian's slurmctld, slurmd and munge,
 //! started by scripts/slurm_cluster.sh): three shards as a job array, one of them
-//! killed before it runs, resubmitted alone; the merged report equals a single run's.
+//! killed before it runs, resubmitted alone; an SAE the shards read harvested in an
+//! array and trained by a job before them. Each merged report equals a single run's.
 //!
 //! Needs root to start the daemons. Where Slurm cannot be had, the test says so and
 //! passes, unless QEXP_REQUIRE_SLURM=1 (set by scripts/test.sh where it can install it).
@@ -88,11 +89,16 @@ fn slurm(cluster: &Cluster, project: &Path, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// Polls `qexp slurm status` until `done` says so, for at most three minutes.
-fn wait_for(cluster: &Cluster, project: &Path, done: impl Fn(&str) -> bool) -> String {
+/// Polls `qexp slurm status EXPERIMENT` until `done` says so, for at most three minutes.
+fn wait_for(
+    cluster: &Cluster,
+    project: &Path,
+    experiment: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
     let started = Instant::now();
     loop {
-        let status = slurm(cluster, project, &["status", "exp.qexp"]);
+        let status = slurm(cluster, project, &["status", experiment]);
         if done(&status) {
             return status;
         }
@@ -105,7 +111,7 @@ fn wait_for(cluster: &Cluster, project: &Path, done: impl Fn(&str) -> bool) -> S
 }
 
 #[test]
-fn shards_run_as_a_slurm_array_and_a_killed_shard_is_resubmitted_alone() {
+fn shards_run_as_a_slurm_array_a_killed_shard_is_resubmitted_alone_and_saes_train_first() {
     let cluster = match Cluster::start() {
         Ok(cluster) => cluster,
         Err(why) if std::env::var("QEXP_REQUIRE_SLURM").is_ok_and(|v| v == "1") => {
@@ -148,7 +154,7 @@ fn shards_run_as_a_slurm_array_and_a_killed_shard_is_resubmitted_alone() {
     cluster.run("scontrol", &["update", "PartitionName=debug", "State=UP"]);
 
     // The merge waits for an array that can no longer succeed.
-    wait_for(&cluster, project, |s| {
+    wait_for(&cluster, project, "exp.qexp", |s| {
         s.contains("shard 1: done")
             && s.contains("shard 3: done")
             && s.contains("shard 2: failed")
@@ -164,7 +170,9 @@ fn shards_run_as_a_slurm_array_and_a_killed_shard_is_resubmitted_alone() {
         resubmitted.contains("resubmitted shard 2 of `sharded`"),
         "{resubmitted}"
     );
-    wait_for(&cluster, project, |s| s.contains("merge: finished"));
+    wait_for(&cluster, project, "exp.qexp", |s| {
+        s.contains("merge: finished")
+    });
     qexp(project)
         .args(["diff", "--exit-code", "whole/sharded", "reports/sharded"])
         .assert()
@@ -187,4 +195,30 @@ fn shards_run_as_a_slurm_array_and_a_killed_shard_is_resubmitted_alone() {
         1,
         "{logs:?}"
     );
+
+    // An SAE the experiment trains and the shards read: harvested by an array, trained
+    // and pinned by one job, then the shards, then the merge.
+    std::fs::write(
+        project.join("trained.qexp"),
+        "experiment trained\nmodel \"models/tiny\" (batch_size = 2)\ndataset d = prompts([\"the cat sat on the mat\", \"a dog ran\", \"the the the the the the the the\", \"one\", \"a b c d e f\"])\nsae s = train(hook = blocks.1.attn.hook_q[head = 2], dataset = d, d_sae = 16, tokens = 40, batch_size = 8, save = \"saes/s\")\ntable tokens = per_token(d, sae = s)\n",
+    )
+    .unwrap();
+    qexp(project)
+        .args(["run", "trained.qexp", "--reports", "whole"])
+        .assert()
+        .success();
+    std::fs::remove_dir_all(project.join("saes/s")).unwrap();
+    let submitted = slurm(&cluster, project, &["trained.qexp", "--shards", "2"]);
+    assert!(
+        submitted.contains("submitted the harvest of `s`'s activations as job array"),
+        "{submitted}"
+    );
+    wait_for(&cluster, project, "trained.qexp", |s| {
+        s.contains("merge: finished")
+    });
+    assert!(project.join("saes/s/sae_weights.safetensors").is_file());
+    qexp(project)
+        .args(["diff", "--exit-code", "whole/trained", "reports/trained"])
+        .assert()
+        .success();
 }

@@ -172,8 +172,19 @@ pub(super) fn slurm_submit(
     partial::remove_parts(&folder)?;
     let root = std::env::current_dir()?;
     let absolute = |path: &Path| root.join(path);
+    let trained_saes = crate::shard::trained_saes_for_shards(&plan);
+    for sae in &trained_saes {
+        let declared = plan.saes.iter().find(|s| &s.name == sae);
+        if declared.is_some_and(|s| !s.value.args.contains_key("save")) {
+            return Err(anyhow::anyhow!(
+                "the shards read `{sae}`, which the experiment trains without `save = \"...\"`: give it a folder to be pinned in, so the training job can pin it and every shard read the same SAE"
+            )
+            .into());
+        }
+    }
     let job = crate::slurm::Job {
         name: plan.name.clone(),
+        trained_saes,
         qexp: std::env::current_exe()?,
         project: root.clone(),
         experiment: absolute(&entered.experiment),
@@ -218,6 +229,14 @@ pub(super) fn slurm_submit(
         return Ok(());
     }
     let submission = crate::slurm::submit_all(job)?;
+    for training in &submission.trainings {
+        outln!(
+            "submitted the harvest of `{}`'s activations as job array {} ({shards} tasks), its training as job {} (after the harvest; a pin with the same inputs is kept)",
+            training.sae,
+            training.harvest,
+            training.train
+        );
+    }
     let (array, _) = submission.arrays.last().expect("one array submitted");
     outln!(
         "submitted {shards} shard{} of `{}` as job array {array}, the merge as job {} (runs once every shard succeeds)",
@@ -248,6 +267,17 @@ pub(super) fn slurm_status(experiment: &Path, place: &super::ShardPlace) -> Resu
         arrays.join(", "),
         submission.merge
     );
+    for (sae, harvest, train) in &status.trainings {
+        let harvest = if harvest.is_empty() {
+            "finished or not queued".to_owned()
+        } else {
+            harvest.join(", ")
+        };
+        outln!(
+            "  `{sae}`: harvest {harvest}; training {}",
+            train.as_deref().unwrap_or("finished or not queued")
+        );
+    }
     for (shard, state) in &status.shards {
         let hint = if state == "failed" {
             format!(
@@ -298,5 +328,58 @@ pub(super) fn slurm_resubmit(experiment: &Path, place: &super::ShardPlace) -> Re
         plan.name,
         submission.merge
     );
+    Ok(())
+}
+
+/// Where harvested activations go: `activations/` in the experiment's shard folder.
+pub(super) fn store_root(
+    entered: &super::InProject,
+    place: &super::ShardPlace,
+    experiment: &str,
+) -> PathBuf {
+    let reports = entered.reports(place.reports.as_deref());
+    place
+        .shards_dir
+        .as_deref()
+        .map_or_else(
+            || partial::default_folder(&reports, experiment),
+            |typed| entered.typed(typed),
+        )
+        .join("activations")
+}
+
+/// `qexp sae harvest EXP NAME --shard I/N`.
+pub(super) fn harvest(
+    experiment: &Path,
+    name: &str,
+    shard: Shard,
+    device: Option<crate::runtime::Device>,
+    place: &super::ShardPlace,
+    outputs: &super::OutputFlags,
+) -> Result<(), Failure> {
+    let entered = super::InProject::enter(experiment)?;
+    let scope = outputs.scope()?;
+    let (mut plan, _) = super::load_plan(&entered.experiment, None, &scope)?;
+    if let Some(device) = device {
+        plan.model.device = device;
+    }
+    let root = store_root(&entered, place, &plan.name);
+    let folder = root.parent().expect("the store is inside the shard folder");
+    partial::prepare_folder(folder, &scope)?;
+    let runtime = crate::runtime::Runtime::new(plan.model.device)?;
+    let harvested = execute::harvest_share(&plan, &runtime, &scope, name, shard, &root)?;
+    if harvested.pinned {
+        outln!("{name} is pinned with the same inputs: training reads the pin, nothing harvested");
+    } else {
+        outln!(
+            "harvest shard {shard} of {name}: {} activations written to {}",
+            harvested.rows,
+            harvested.folder.display()
+        );
+        outln!(
+            "once every shard is done: qexp sae train {} {name} --harvested",
+            experiment.display()
+        );
+    }
     Ok(())
 }

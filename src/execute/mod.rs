@@ -22,7 +22,7 @@ use crate::session::Session;
 use crate::syntax::ast::TextKind;
 
 mod share;
-pub use share::{Share, execute_share};
+pub use share::{Share, execute_share, harvest_share};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecuteError {
@@ -58,6 +58,9 @@ pub struct Options {
     /// In a merge, the weights (SHA-256) of each SAE the shards read: the merge reads
     /// the same SAEs and refuses others.
     pub shard_saes: std::collections::BTreeMap<String, String>,
+    /// Where SAEs to be trained read activations harvested in shards (`qexp sae
+    /// harvest`), one store per SAE under it, instead of harvesting in memory.
+    pub harvested: Option<std::path::PathBuf>,
 }
 
 /// Runs `plan`; whatever it saves (trained SAEs) must be a place `scope` allows.
@@ -111,6 +114,7 @@ fn run(
     session.earlier = options.earlier;
     session.shard_parts = options.shard_parts;
     session.shard_saes = options.shard_saes;
+    session.harvested = options.harvested;
     let mut traces = Vec::new();
     let mut sections = Vec::new();
     let mut seconds = Vec::new();

@@ -159,3 +159,24 @@ fn share_of(
     let prompts = crate::shard::share(&lengths, shard);
     measurement.run_share(session, name, prompts)
 }
+
+/// Harvests `shard`'s share of the activations the SAE `sae` trains on into its store
+/// under `root` (see [`crate::sae::store`]).
+pub fn harvest_share(
+    plan: &Plan,
+    runtime: &Runtime,
+    scope: &crate::output::Scope,
+    sae: &str,
+    shard: Shard,
+    root: &std::path::Path,
+) -> Result<crate::session::HarvestShare, ExecuteError> {
+    let mut model = load_model(plan, runtime)?;
+    let project = std::env::current_dir().unwrap_or_default();
+    let mut session = Session::new(plan, &mut model, project, scope.clone());
+    session
+        .harvest_share(sae, shard, root)
+        .map_err(|message| ExecuteError::Invalid {
+            step: format!("harvest {sae}"),
+            message,
+        })
+}

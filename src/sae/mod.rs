@@ -6,6 +6,7 @@
 mod gemma_scope;
 pub mod pin;
 mod save;
+pub mod store;
 pub(crate) mod tensors;
 pub mod train;
 

@@ -3,6 +3,8 @@
 //! steps have made. Built-ins' executors read and run everything through it; it
 //! records which graphs and hooks each step reads, so a test can hold them to the plan.
 
+mod harvest;
+pub use harvest::HarvestShare;
 pub mod kept_passes;
 pub mod progress;
 pub mod reads;
@@ -79,6 +81,9 @@ pub struct Session<'p, 'm, 'r> {
     pub shard_parts: BTreeMap<String, Vec<crate::shard::Part>>,
     /// In a merge, the weights (SHA-256) of each SAE the shards read.
     pub shard_saes: BTreeMap<String, String>,
+    /// Where trained SAEs read their activations from, harvested in shards (one store
+    /// per SAE, by name), instead of harvesting them in memory.
+    pub harvested: Option<PathBuf>,
 }
 
 impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
@@ -113,6 +118,7 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
             in_shard: false,
             shard_parts: BTreeMap::new(),
             shard_saes: BTreeMap::new(),
+            harvested: None,
         }
     }
 

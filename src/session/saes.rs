@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use ndarray::{Array2, Axis};
 
+use super::harvest::Activations;
 use super::reads::Graph;
 use super::{Failure, Session, head_rows, length_sorted_chunks, token_chunks};
 use crate::builtins::saes::{SaeSource, Train};
@@ -247,37 +248,22 @@ impl Session<'_, '_, '_> {
             check_save_paths(&self.scope, dir).map_err(|e| format!("saving `{name}`: {e}"))?;
         }
         let target = self.target(hook)?;
-        // Cloned out of the runner's cache once, for the size estimate and the hash that
-        // ties checkpoints to their inputs.
-        let sequences = self.dataset(dataset)?;
-        let tokens = sequences
-            .iter()
-            .map(Vec::len)
-            .sum::<usize>()
-            .min(train.config.tokens);
-        let dataset_sha256 = tokens_sha256(&sequences);
-        drop(sequences);
-        if let Some(width) = crate::hooks::width(hook, Some(&self.model.manifest))
+        let total: usize = self.dataset(dataset)?.iter().map(Vec::len).sum();
+        let tokens = total.min(train.config.tokens);
+        if self.harvested.is_none()
+            && let Some(width) = crate::hooks::width(hook, Some(&self.model.manifest))
             && let Some(available) = crate::machine::total_memory()
         {
             let needed = (tokens as u64).saturating_mul(width as u64 * 4);
             if needed > available / 2 {
                 return Err(format!(
-                    "training `{name}` would hold {tokens} activations of width {width} in memory, about {:.1} GiB, more than half of this machine's {:.1} GiB; use a smaller dataset (`take = ...`)",
+                    "training `{name}` would hold {tokens} activations of width {width} in memory, about {:.1} GiB, more than half of this machine's {:.1} GiB; use a smaller dataset (`take = ...`), or harvest them to disk in shards (`qexp sae harvest`)",
                     needed as f64 / f64::from(1u32 << 30),
                     available as f64 / f64::from(1u32 << 30)
                 ));
             }
         }
-        let pin_inputs = crate::sae::pin::inputs(
-            &crate::sae::pin::Provenance {
-                model_weights_sha256: &self.model.manifest.weights_sha256,
-                hook: &target.hook,
-                head: target.head,
-                dataset_token_ids_sha256: &dataset_sha256,
-            },
-            &train.config,
-        );
+        let (pin_inputs, dataset_sha256) = self.pin_inputs(train)?;
         if let Some(dir) = &save_to
             && let Some(sae) = self.reuse_pin(name, dir, &pin_inputs)
         {
@@ -287,10 +273,14 @@ impl Session<'_, '_, '_> {
             // Shards on other machines could train different SAEs from the same inputs
             // (their kernels round differently): their rows would not be one table.
             return Err(format!(
-                "`{name}` would be trained in every shard: pin it once first with `qexp sae train EXPERIMENT {name}` (its `train(...)` needs `save = \"...\"`), then run the shards, which read the pin"
+                "`{name}` would be trained in every shard: pin it once first with `qexp sae train EXPERIMENT {name}` (its `train(...)` needs `save = \"...\"`; `qexp sae harvest EXPERIMENT {name} --shard I/N` and `qexp sae train ... --harvested` split its harvest, and `qexp slurm` does both), then run the shards, which read the pin"
             ));
         }
-        let harvest = self.training_activations(&target, train)?;
+        let harvest = match self.harvested.clone() {
+            Some(root) => self.mapped_activations(&root, name, train)?,
+            None => Activations::Held(self.training_activations(&target, train)?),
+        };
+        let harvest = harvest.view();
         // A shared harvest may hold more tokens than this SAE reads.
         let activations = harvest.slice(ndarray::s![..harvest.nrows().min(tokens), ..]);
         let config = train.config.clone();
@@ -358,6 +348,32 @@ impl Session<'_, '_, '_> {
         Ok(sae)
     }
 
+    /// What a pin of an SAE trained as `train` says it was trained from, and the
+    /// hash of its dataset's token ids.
+    pub(crate) fn pin_inputs(
+        &mut self,
+        train: &Train,
+    ) -> Result<
+        (
+            std::collections::BTreeMap<String, serde_json::Value>,
+            String,
+        ),
+        Failure,
+    > {
+        let target = self.target(&train.hook)?;
+        let dataset_sha256 = tokens_sha256(&self.dataset(&train.dataset)?);
+        let inputs = crate::sae::pin::inputs(
+            &crate::sae::pin::Provenance {
+                model_weights_sha256: &self.model.manifest.weights_sha256,
+                hook: &target.hook,
+                head: target.head,
+                dataset_token_ids_sha256: &dataset_sha256,
+            },
+            &train.config,
+        );
+        Ok((inputs, dataset_sha256))
+    }
+
     /// The SAE pinned at `dir` if it was trained from `inputs` (and `--retrain` is not
     /// given), with its recorded training summary queued as the step's table; `None`
     /// (after a note saying why) when it must be trained.
@@ -400,7 +416,7 @@ impl Session<'_, '_, '_> {
     }
 
     /// A path as the user wrote it: relative to the project where it is inside.
-    fn shown(&self, path: &std::path::Path) -> String {
+    pub(crate) fn shown(&self, path: &std::path::Path) -> String {
         path.strip_prefix(&self.root)
             .unwrap_or(path)
             .display()
@@ -498,7 +514,7 @@ pub fn checkpoints_dir(sae_dir: &std::path::Path) -> PathBuf {
 }
 
 /// A hash of a dataset's token ids, sequence by sequence.
-fn tokens_sha256(sequences: &[Vec<u32>]) -> String {
+pub(crate) fn tokens_sha256(sequences: &[Vec<u32>]) -> String {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
     for sequence in sequences {

@@ -13,7 +13,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use partial::{Inputs, Part, Partial, RowInputs, ShardError};
-pub use roles::{Role, describe, roles};
+pub use roles::{Role, describe, roles, trained_saes_for_shards};
 
 /// One of `count` shards, numbered from 0 here and from 1 where users see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -133,6 +133,7 @@ pub fn write(folder: &Path, partial: &Partial, scope: &Scope) -> Result<PathBuf,
         path: target.clone(),
         source: e.error,
     })?;
+    crate::output::set_default_permissions(&target, false).map_err(io(&target))?;
     Ok(target)
 }
 
@@ -144,10 +145,30 @@ pub fn prepare_folder(folder: &Path, scope: &Scope) -> Result<(), ShardError> {
         path: folder.to_owned(),
         source,
     };
+    let ignore = folder.join(".gitignore");
+    if crate::output::marked_as(folder, Kind::Shards) && ignore.is_file() {
+        // Shards started together find it ready and write nothing another could see
+        // half written.
+        return Ok(());
+    }
     std::fs::create_dir_all(folder).map_err(io)?;
-    // Shards started together may all get here: each writes the same bytes.
-    crate::output::mark(folder, Kind::Shards).map_err(io)?;
-    std::fs::write(folder.join(".gitignore"), "*\n").map_err(io)
+    // The marker arrives whole, in one rename, before anything else is put in the
+    // folder: a shard checking it meanwhile sees an empty folder or a marked one.
+    let parent = folder
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut marker = tempfile::Builder::new()
+        .prefix(".qexp-marker-")
+        .tempfile_in(parent)
+        .map_err(io)?;
+    std::io::Write::write_all(&mut marker, Kind::Shards.marker_text().as_bytes()).map_err(io)?;
+    marker
+        .persist(folder.join(crate::output::MARKER_FILE))
+        .map_err(|e| io(e.error))?;
+    crate::output::set_default_permissions(&folder.join(crate::output::MARKER_FILE), false)
+        .map_err(io)?;
+    std::fs::write(ignore, "*\n").map_err(io)
 }
 
 /// Removes the parts of earlier runs from `folder` (a shard folder), so a new

@@ -110,6 +110,37 @@ fn shards_over(step: &Step) -> Option<String> {
 
 /// The earlier steps whose tables or values `step` reads.
 fn step_dependencies(plan: &Plan, index: usize, step: &Step) -> Vec<usize> {
+    let seen = names_read(plan, step);
+    plan.steps[..index]
+        .iter()
+        .enumerate()
+        .filter(|(_, earlier)| match earlier {
+            Step::Table { name, .. } | Step::Compute { name, .. } => seen.contains(name),
+            _ => false,
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The SAEs the experiment trains that shards read (a step they make or run whole
+/// reads it): each must be trained and pinned before the shards run.
+pub fn trained_saes_for_shards(plan: &Plan) -> Vec<String> {
+    let roles = roles(plan);
+    let mut wanted = BTreeSet::new();
+    for (step, role) in plan.steps.iter().zip(&roles) {
+        if *role != Role::Merge {
+            wanted.extend(names_read(plan, step));
+        }
+    }
+    plan.saes
+        .iter()
+        .filter(|sae| sae.value.function == "train" && wanted.contains(&sae.name))
+        .map(|sae| sae.name.clone())
+        .collect()
+}
+
+/// Every name `step` reads, and every name the variants and SAEs it reads read.
+fn names_read(plan: &Plan, step: &Step) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let mut calls: Vec<&Call> = Vec::new();
     match step {
@@ -157,15 +188,7 @@ fn step_dependencies(plan: &Plan, index: usize, step: &Step) -> Vec<usize> {
             pending.extend(more);
         }
     }
-    plan.steps[..index]
-        .iter()
-        .enumerate()
-        .filter(|(_, earlier)| match earlier {
-            Step::Table { name, .. } | Step::Compute { name, .. } => seen.contains(name),
-            _ => false,
-        })
-        .map(|(i, _)| i)
-        .collect()
+    seen
 }
 
 fn source_names<'p>(
