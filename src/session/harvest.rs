@@ -103,10 +103,18 @@ impl Session<'_, '_, '_> {
         let target = self.target(&train.hook)?;
         let sequences = self.dataset(&train.dataset)?;
         let chunks = token_chunks(&sequences, self.plan.model.batch_size);
-        let chunk_tokens: Vec<usize> = chunks
-            .iter()
-            .map(|chunk| chunk.iter().map(Vec::len).sum())
-            .collect();
+        // Only the batches that reach the first `tokens` tokens are shared out (the
+        // last of them counted only as far as it is read), so every shard has work.
+        let mut chunk_tokens: Vec<usize> = Vec::new();
+        let mut before = 0;
+        for chunk in &chunks {
+            if before >= inputs.tokens {
+                break;
+            }
+            let tokens: usize = chunk.iter().map(Vec::len).sum();
+            chunk_tokens.push(tokens.min(inputs.tokens - before));
+            before += tokens;
+        }
         let mine = crate::shard::share(&chunk_tokens, shard);
         let first_row: usize = chunk_tokens[..mine.start]
             .iter()
