@@ -346,20 +346,27 @@ fn an_sae_trained_from_activations_harvested_in_shards_is_the_same_sae() {
         ])
         .assert()
         .success();
+    // The dataset has more tokens than the SAE reads: only the batches that reach its
+    // 60 tokens are shared out, so every shard harvests some.
+    let mut harvested = 0;
     for i in 1..=3 {
+        let shard = format!("{i}/3");
         let output = qexp(dir)
-            .args([
-                "sae",
-                "harvest",
-                "trained.qexp",
-                "s",
-                "--shard",
-                &format!("{i}/3"),
-            ])
+            .args(["sae", "harvest", "trained.qexp", "s", "--shard", &shard])
             .output()
             .unwrap();
         assert!(output.status.success(), "{output:?}");
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let rows: usize = stdout
+            .split(": ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{stdout}"));
+        assert!(rows > 0, "shard {i}: {stdout}");
+        harvested += rows;
     }
+    assert_eq!(harvested, 60);
     // The shards' rows join into one file, read from disk as training goes.
     qexp(dir)
         .args(["sae", "train", "trained.qexp", "s", "--harvested"])
