@@ -278,6 +278,7 @@ dataset d = prompts(["the cat sat on the mat", "a dog ran", "the the the the the
 sae s = load("{}")
 table features = feature_stats(s, d)
 table heads = pattern_scores(d)
+table acts = activations(d, blocks.1.hook_resid_post, unembed = true)
 "#,
             sae.display()
         ),
@@ -286,7 +287,7 @@ table heads = pattern_scores(d)
     let plan = qexp(dir).args(["plan", "stats.qexp"]).output().unwrap();
     let plan = String::from_utf8(plan.stdout).unwrap();
     assert!(
-        plan.contains("split over prompts: features (over `d`), heads (over `d`)"),
+        plan.contains("split over prompts: features (over `d`), heads (over `d`), acts (over `d`)"),
         "{plan}"
     );
     qexp(dir)
@@ -312,12 +313,16 @@ table heads = pattern_scores(d)
             .args([dir.join("whole/stats").as_os_str(), report.as_os_str()])
             .assert()
             .success();
-        // Quantiles and peaks pool exactly: the same activations, sorted.
-        assert_eq!(
-            std::fs::read_to_string(report.join("results/features.csv")).unwrap(),
-            std::fs::read_to_string(dir.join("whole/stats/results/features.csv")).unwrap(),
-            "{n} shards"
-        );
+        // Quantiles and peaks pool exactly: the same activations, sorted; per-token
+        // rows stack in prompt order.
+        for table in ["features", "acts"] {
+            let csv = format!("results/{table}.csv");
+            assert_eq!(
+                std::fs::read_to_string(report.join(&csv)).unwrap(),
+                std::fs::read_to_string(dir.join("whole/stats").join(&csv)).unwrap(),
+                "{table}, {n} shards"
+            );
+        }
     }
 }
 

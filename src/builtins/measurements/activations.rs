@@ -17,6 +17,7 @@ use crate::hooks::HookRef;
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
 use crate::session::{Failure, Session, length_sorted_chunks};
+use crate::shard::Part;
 
 pub const SPEC: Builtin = Builtin {
     name: "activations",
@@ -100,6 +101,22 @@ impl Measure for Activations {
     }
 
     fn run(&self, s: &mut Session, name: &str) -> Result<Table, Failure> {
+        let prompts = s.dataset(&self.dataset)?.len();
+        let part = self.run_share(s, name, 0..prompts)?;
+        self.merge(name, vec![part])
+    }
+
+    fn shards_over(&self) -> Option<&str> {
+        Some(&self.dataset)
+    }
+
+    /// Rows are per token and depend on their prompt alone.
+    fn run_share(
+        &self,
+        s: &mut Session,
+        name: &str,
+        share: std::ops::Range<usize>,
+    ) -> Result<Part, Failure> {
         let hook = &self.hook.name;
         if crate::hooks::has_key_axis(hook) {
             return Err(format!(
@@ -126,10 +143,12 @@ impl Measure for Activations {
         if self.unembed {
             wanted.push(crate::hooks::FINAL_SCALE);
         }
-        let sequences = s.dataset(&self.dataset)?;
+        let all = s.dataset(&self.dataset)?;
+        let first = share.start;
+        let sequences = &all[share];
         let mut per_prompt: Vec<Vec<Vec<Cell>>> = vec![Vec::new(); sequences.len()];
-        for prompts in length_sorted_chunks(&sequences, s.batch_size()) {
-            let batch = s.batch_of(&sequences, &prompts)?;
+        for prompts in length_sorted_chunks(sequences, s.batch_size()) {
+            let batch = s.batch_of(sequences, &prompts)?;
             let forward = s.forward(None, &batch, &wanted)?;
             let value = &forward.hooks[hook];
             let mut unembedded: Vec<Unembedded> = Vec::new();
@@ -158,7 +177,7 @@ impl Measure for Activations {
                         });
                     }
                     let mut cells = vec![
-                        Cell::Integer(prompt as i64),
+                        Cell::Integer((first + prompt) as i64),
                         Cell::Integer(pos as i64),
                         Cell::Str(str_tokens[pos].clone()),
                         Cell::Number(flat.iter().map(|x| x * x).sum::<f64>().sqrt()),
@@ -179,12 +198,15 @@ impl Measure for Activations {
                 }
             }
             if let Some(readout) = &readout {
-                self.read_through_unembedding(s, readout, &sequences, unembedded, &mut per_prompt)?;
+                self.read_through_unembedding(s, readout, sequences, unembedded, &mut per_prompt)?;
             }
         }
         let mut table = table(name, &self.columns());
         table.rows = per_prompt.into_iter().flatten().collect();
-        Ok(table)
+        Ok(Part {
+            table,
+            whole_dataset: None,
+        })
     }
 }
 
