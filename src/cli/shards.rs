@@ -83,7 +83,7 @@ pub(super) fn merge(
         )
     })?;
     let expected = inputs(run, manifest.weights_sha256.clone());
-    let partials = partial::read_all(folder, count, &expected)?;
+    let mut partials = partial::read_all(folder, count, &expected)?;
     let shard_tokens = partials.iter().map(|p| p.tokens_run).sum();
     let mut shard_saes: BTreeMap<String, String> = BTreeMap::new();
     for partial in &partials {
@@ -101,19 +101,21 @@ pub(super) fn merge(
         }
     }
     let mut shard_parts: BTreeMap<String, Vec<crate::shard::Part>> = BTreeMap::new();
+    let count = partials.len();
     for (step, role) in run.plan.steps.iter().zip(crate::shard::roles(run.plan)) {
         let crate::plan::Step::Table { name, .. } = step else {
             continue;
         };
         // Every shard made a share of a split table; one shard made each pass whole.
-        let makers: Vec<&Partial> = match role {
-            Role::Sharded { .. } => partials.iter().collect(),
-            Role::Pass { turn } => vec![&partials[turn % partials.len()]],
+        let makers: Vec<usize> = match role {
+            Role::Sharded { .. } => (0..count).collect(),
+            Role::Pass { turn } => vec![turn % count],
             Role::Prerequisite | Role::Merge => continue,
         };
         let mut parts = Vec::with_capacity(makers.len());
-        for partial in makers {
-            let part = partial.parts.get(name).cloned().ok_or_else(|| {
+        for maker in makers {
+            let partial = &mut partials[maker];
+            let part = partial.parts.remove(name).ok_or_else(|| {
                 anyhow::anyhow!(
                     "shard {} has no part of `{name}`: run it again with this qexp",
                     partial.shard
@@ -124,9 +126,8 @@ pub(super) fn merge(
         shard_parts.insert(name.clone(), parts);
     }
     eprintln!(
-        "merging {} shard{} of `{}` from {}",
-        partials.len(),
-        if partials.len() == 1 { "" } else { "s" },
+        "merging {count} shard{} of `{}` from {}",
+        if count == 1 { "" } else { "s" },
         run.plan.name,
         folder.display()
     );
@@ -169,7 +170,6 @@ pub(super) fn slurm_submit(
     let (entered, plan, reports, folder) = slurm_place(experiment, place)?;
     let scope = outputs.scope()?;
     partial::prepare_folder(&folder, &scope)?;
-    partial::remove_parts(&folder)?;
     let root = std::env::current_dir()?;
     let absolute = |path: &Path| root.join(path);
     let trained_saes = crate::shard::trained_saes_for_shards(&plan);
@@ -213,21 +213,40 @@ pub(super) fn slurm_submit(
     }
     if dry_run {
         job.write_scripts()?;
+        let script = |stage: &str| folder.join(format!("{stage}.sbatch")).display().to_string();
         outln!(
-            "wrote {} and {}",
-            folder.join("shard.sbatch").display(),
-            folder.join("merge.sbatch").display()
+            "wrote the batch scripts into {}; to submit by hand:",
+            folder.display()
+        );
+        let mut trains = Vec::new();
+        for sae in &job.trained_saes {
+            outln!(
+                "  sbatch --parsable --array=1-{shards} {}   # harvest `{sae}`: job H",
+                script(&format!("harvest-{sae}"))
+            );
+            outln!(
+                "  sbatch --parsable --dependency=afterok:H {}   # train `{sae}`: job T",
+                script(&format!("train-{sae}"))
+            );
+            trains.push("T");
+        }
+        let after = if trains.is_empty() {
+            String::new()
+        } else {
+            " --dependency=afterok:<each T>".to_owned()
+        };
+        outln!(
+            "  sbatch --parsable --array=1-{shards}{after} {}   # the shards: job S",
+            script("shard")
         );
         outln!(
-            "to submit: sbatch --parsable --array=1-{shards} {}",
-            folder.join("shard.sbatch").display()
-        );
-        outln!(
-            "then:      sbatch --dependency=afterok:<that job id> {}",
-            folder.join("merge.sbatch").display()
+            "  sbatch --dependency=afterok:S {}   # the merge",
+            script("merge")
         );
         return Ok(());
     }
+    // A new submission's state is read from its own shards only.
+    partial::remove_parts(&folder)?;
     let submission = crate::slurm::submit_all(job)?;
     for training in &submission.trainings {
         outln!(

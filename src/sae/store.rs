@@ -193,7 +193,10 @@ compile_error!("the activation store maps little-endian f32 files directly");
 /// first if that was not done yet.
 pub fn open(folder: &Path, inputs: &Inputs) -> Result<Mapped, StoreError> {
     let record_path = folder.join("activations.json");
-    if !record_path.is_file() {
+    let joined = record_path.is_file()
+        && read_json::<Record>(&record_path).is_ok_and(|r| r.inputs == *inputs);
+    // Shards of a new harvest replace a store joined from other inputs.
+    if !joined && (has_shards(folder) || !record_path.is_file()) {
         join_shards(folder, inputs)?;
     }
     let record: Record = read_json(&record_path)?;
@@ -259,30 +262,56 @@ fn differences(stored: &Inputs, wanted: &Inputs) -> Option<String> {
     (!what.is_empty()).then(|| what.join(", "))
 }
 
-/// Joins a complete set of shards into `activations.f32`, streaming (memory stays
-/// flat), then removes the shard files.
+/// The shard records in `folder`, with their paths.
+fn shard_records(folder: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("shard-") && n.ends_with(".json"))
+        })
+        .collect()
+}
+
+fn has_shards(folder: &Path) -> bool {
+    !shard_records(folder).is_empty()
+}
+
+/// Joins a complete set of shards made from `inputs` into `activations.f32`,
+/// streaming (memory stays flat), then removes the shard files. Shards from other
+/// inputs (an earlier harvest) are left out.
 fn join_shards(folder: &Path, inputs: &Inputs) -> Result<(), StoreError> {
     let mut records: Vec<(ShardRecord, PathBuf)> = Vec::new();
-    let entries = std::fs::read_dir(folder).map_err(|_| StoreError::Empty {
-        folder: folder.to_owned(),
-    })?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("shard-") && name.ends_with(".json") {
-            let record: ShardRecord = read_json(&path)?;
-            if let Some(what) = differences(&record.inputs, inputs) {
-                return Err(StoreError::Stale { path, what });
-            }
-            records.push((record, path));
+    let mut stale = None;
+    for path in shard_records(folder) {
+        let record: ShardRecord = read_json(&path)?;
+        match differences(&record.inputs, inputs) {
+            Some(what) => stale = Some(StoreError::Stale { path, what }),
+            None => records.push((record, path)),
         }
     }
-    let Some(count) = records.iter().map(|(r, _)| r.count).max() else {
-        return Err(StoreError::Empty {
-            folder: folder.to_owned(),
-        });
+    let counts: std::collections::BTreeSet<usize> = records.iter().map(|(r, _)| r.count).collect();
+    let count = match counts.len() {
+        0 => {
+            return Err(stale.unwrap_or(StoreError::Empty {
+                folder: folder.to_owned(),
+            }));
+        }
+        1 => *counts.first().expect("one count"),
+        _ => {
+            return Err(StoreError::Corrupt {
+                path: folder.to_owned(),
+                problem:
+                    "it holds harvests of several shard counts; remove the folder and harvest again"
+                        .to_owned(),
+            });
+        }
     };
-    records.retain(|(r, _)| r.count == count);
     records.sort_by_key(|(r, _)| r.shard);
     let missing: Vec<usize> = (1..=count)
         .filter(|i| !records.iter().any(|(r, _)| r.shard == *i))
@@ -390,5 +419,15 @@ mod tests {
         };
         let stale = open(dir.path(), &other).err().unwrap().to_string();
         assert!(stale.contains("another token count"), "{stale}");
+        // A new harvest from the other inputs replaces the joined store.
+        let mut writer = ShardWriter::new(dir.path(), 1, 1, &other).unwrap();
+        writer
+            .append(ArrayView2::from_shape((1, 2), &[0.5, 0.25]).unwrap())
+            .unwrap();
+        writer.finish(0).unwrap();
+        assert_eq!(
+            open(dir.path(), &other).unwrap().view(),
+            ndarray::arr2(&[[0.5, 0.25]])
+        );
     }
 }

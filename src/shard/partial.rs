@@ -222,6 +222,11 @@ pub fn read_all(
         }
     }
     let count = match count {
+        Some(0) => {
+            return Err(ShardError::None {
+                folder: folder.to_owned(),
+            });
+        }
         Some(n) => n,
         None if found.is_empty() => {
             return Err(ShardError::None {
