@@ -279,6 +279,7 @@ sae s = load("{}")
 table features = feature_stats(s, d)
 table heads = pattern_scores(d)
 table acts = activations(d, blocks.1.hook_resid_post, unembed = true)
+dashboards pages = feature_dashboards(s, [0, 1, 5], d, tokens = 60)
 "#,
             sae.display()
         ),
@@ -287,7 +288,9 @@ table acts = activations(d, blocks.1.hook_resid_post, unembed = true)
     let plan = qexp(dir).args(["plan", "stats.qexp"]).output().unwrap();
     let plan = String::from_utf8(plan.stdout).unwrap();
     assert!(
-        plan.contains("split over prompts: features (over `d`), heads (over `d`), acts (over `d`)"),
+        plan.contains(
+            "split over prompts: features (over `d`), heads (over `d`), acts (over `d`), pages (over `d`)"
+        ),
         "{plan}"
     );
     qexp(dir)
@@ -323,6 +326,21 @@ table acts = activations(d, blocks.1.hook_resid_post, unembed = true)
                 "{table}, {n} shards"
             );
         }
+        // Dashboards pool their examples, samples and sums: the same pages.
+        let pages = std::fs::read_dir(dir.join("whole/stats/dashboards/pages")).unwrap();
+        let mut compared = 0;
+        for page in pages {
+            let page = page.unwrap().file_name();
+            let merged = report.join("dashboards/pages").join(&page);
+            assert_eq!(
+                std::fs::read_to_string(&merged).unwrap(),
+                std::fs::read_to_string(dir.join("whole/stats/dashboards/pages").join(&page))
+                    .unwrap(),
+                "{page:?}, {n} shards"
+            );
+            compared += 1;
+        }
+        assert!(compared >= 3, "{compared} pages");
     }
 }
 

@@ -103,7 +103,9 @@ pub(super) fn merge(
     let mut shard_parts: BTreeMap<String, Vec<crate::shard::Part>> = BTreeMap::new();
     let count = partials.len();
     for (step, role) in run.plan.steps.iter().zip(crate::shard::roles(run.plan)) {
-        let crate::plan::Step::Table { name, .. } = step else {
+        let (crate::plan::Step::Table { name, .. } | crate::plan::Step::Dashboards { name, .. }) =
+            step
+        else {
             continue;
         };
         // Every shard made a share of a split table; one shard made each pass whole.

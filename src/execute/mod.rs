@@ -320,7 +320,17 @@ fn run_step(session: &mut Session<'_, '_, '_>, step: &Step) -> Result<Section, S
         Step::Dashboards { name, call } => {
             let dashboards =
                 FeatureDashboards::bind(&Args::new(call)).map_err(|e| e.to_string())?;
-            Section::Dashboards(dashboards.run(session, name)?)
+            Section::Dashboards(match session.shard_parts.remove(name) {
+                Some(parts) => {
+                    session.same_saes_as_shards(call)?;
+                    let states = parts
+                        .into_iter()
+                        .map(|part| part.state.ok_or("a shard's part holds no dashboards"))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    dashboards.merge(session, name, states)?
+                }
+                None => dashboards.run(session, name)?,
+            })
         }
     })
 }

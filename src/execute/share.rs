@@ -8,6 +8,7 @@ use super::{
     ExecuteError, Options, all_finite, bound_ops, describe, load_model, run_step,
     variants_last_used,
 };
+use crate::builtins::dashboards::FeatureDashboards;
 use crate::builtins::measurements::Measurement;
 use crate::builtins::table_ops::TableOp;
 use crate::plan::{Plan, Step, TableSource};
@@ -89,6 +90,20 @@ pub fn execute_share(
                     parts.insert(name.clone(), part);
                 }
             }
+            (Role::Sharded { .. }, Step::Dashboards { name, call }) => {
+                let dashboards = FeatureDashboards::bind(&crate::builtins::args::Args::new(call))
+                    .map_err(|e| invalid(e.to_string()))?;
+                let state = dashboards
+                    .run_share(&mut session, name, shard)
+                    .map_err(invalid)?;
+                parts.insert(
+                    name.clone(),
+                    Part {
+                        state: Some(state),
+                        ..Part::rows(crate::results::Table::new(name, &[]))
+                    },
+                );
+            }
             (Role::Sharded { .. } | Role::Pass { .. }, _) => {
                 return Err(invalid(
                     "only a measurement's table is made by shards".into(),
@@ -124,10 +139,7 @@ fn whole_pass(
     name: &str,
 ) -> Result<Part, Failure> {
     let measurement = narrowed(session, call, ops)?;
-    Ok(Part {
-        table: measurement.run(session, name)?,
-        whole_dataset: None,
-    })
+    Ok(Part::rows(measurement.run(session, name)?))
 }
 
 /// A step's measurement, told the filter its table goes through first.

@@ -4,7 +4,7 @@
 pub const WINDOW: usize = 8;
 
 /// One place a feature fired: the activation, the token (and its neighbours) where.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Example {
     pub activation: f32,
     pub prompt: usize,
@@ -12,7 +12,7 @@ pub struct Example {
     /// The feature's activation at `pos - WINDOW ..= pos + WINDOW` (cut at the prompt's ends).
     pub window: Vec<f32>,
     /// For a query SAE: the key token the feature pushes this query's attention to most.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attends_to: Option<(usize, f64)>,
 }
 

@@ -29,7 +29,7 @@ pub use rows::{
     argmax_attention, context, error_chain, head_rows, length_sorted_chunks, norm, position,
     token_chunks,
 };
-pub use saes::{SaeSplice, check_save_paths, checkpoints_dir};
+pub use saes::{SaeSplice, check_save_paths, checkpoints_dir, prompts_holding};
 pub(crate) use variants::PatchSource;
 
 /// Why a step failed, in words for the user (the executor adds which step).

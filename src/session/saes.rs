@@ -483,7 +483,7 @@ fn training_table(name: &str, summary: &crate::sae::pin::RecordedSummary) -> Tab
 
 /// How many of the first prompts it takes to hold `budget` tokens (all, if they hold
 /// fewer).
-fn prompts_holding(sequences: &[Vec<u32>], budget: usize) -> usize {
+pub fn prompts_holding(sequences: &[Vec<u32>], budget: usize) -> usize {
     let mut tokens = 0;
     for (i, prompt) in sequences.iter().enumerate() {
         if tokens >= budget {

@@ -24,6 +24,19 @@ pub struct Part {
     /// Columns that need the whole dataset (an explained variance against the mean
     /// input over every token): the inputs behind each row, finished in the merge.
     pub whole_dataset: Option<RowInputs>,
+    /// A step that makes no table (dashboards): what it collected, as it stores it.
+    pub state: Option<serde_json::Value>,
+}
+
+impl Part {
+    /// A part that is rows alone.
+    pub fn rows(table: Table) -> Self {
+        Part {
+            table,
+            whole_dataset: None,
+            state: None,
+        }
+    }
 }
 
 /// What a per-row column that compares against a dataset-wide mean needs from a share.
@@ -318,6 +331,8 @@ struct StoredPart {
     rows: Vec<Vec<StoredCell>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     whole_dataset: Option<RowInputs>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    state: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -362,6 +377,7 @@ impl From<&Partial> for Stored {
                                 .map(|row| row.iter().map(cell).collect())
                                 .collect(),
                             whole_dataset: part.whole_dataset.clone(),
+                            state: part.state.clone(),
                         },
                     )
                 })
@@ -405,6 +421,7 @@ impl Stored {
                 Part {
                     table,
                     whole_dataset: part.whole_dataset,
+                    state: part.state,
                 },
             );
         }
@@ -454,6 +471,7 @@ mod tests {
                 Part {
                     table,
                     whole_dataset: None,
+                    state: None,
                 },
             )]),
         };

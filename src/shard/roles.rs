@@ -93,8 +93,7 @@ impl Role {
     }
 }
 
-/// The dataset a step's table splits over, if it is a table made by a measurement
-/// that splits.
+/// The dataset a step splits over: a measurement's table that splits, or dashboards.
 fn shards_over(step: &Step) -> Option<String> {
     match step {
         Step::Table {
@@ -104,6 +103,14 @@ fn shards_over(step: &Step) -> Option<String> {
             .ok()?
             .shards_over()
             .map(str::to_owned),
+        Step::Dashboards { call, .. } => {
+            let args = crate::builtins::args::Args::new(call);
+            Some(
+                crate::builtins::dashboards::FeatureDashboards::bind(&args)
+                    .ok()?
+                    .dataset,
+            )
+        }
         _ => None,
     }
 }

@@ -71,12 +71,14 @@ impl Wanted {
 }
 
 /// The running state for one feature.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Collector {
     pub feature: usize,
     pub tokens: usize,
     pub fired: usize,
     pub max: f32,
     pub sum: f64,
+    #[serde(with = "heap")]
     top: BinaryHeap<Ranked>,
     /// The sampled firings by key; the largest key is the first to go.
     sample: BTreeMap<u64, Example>,
@@ -132,6 +134,34 @@ impl Collector {
         }
     }
 
+    /// Adds another shard's state for the same feature: counts add up, the top
+    /// examples and the sample keep what they would have kept from one pass (both are
+    /// decided by activation and place or by key, not by arrival).
+    pub fn absorb(&mut self, other: Collector) -> Result<(), String> {
+        if other.feature != self.feature {
+            return Err(format!(
+                "a shard's part has feature {} where {} was expected",
+                other.feature, self.feature
+            ));
+        }
+        self.fired += other.fired;
+        self.max = self.max.max(other.max);
+        self.sum += other.sum;
+        for ranked in other.top {
+            self.top.push(ranked);
+            if self.top.len() > TOP_EXAMPLES {
+                self.top.pop();
+            }
+        }
+        for (key, example) in other.sample {
+            self.sample.insert(key, example);
+            if self.sample.len() > SAMPLE {
+                self.sample.pop_last();
+            }
+        }
+        Ok(())
+    }
+
     pub fn finish(self) -> FeatureDashboard {
         let mut top: Vec<Example> = self.top.into_iter().map(|r| r.0).collect();
         top.sort_by(|a, b| strongest_first(rank(a), rank(b)));
@@ -185,6 +215,27 @@ impl Collector {
             correlated_neurons: Vec::new(),
             correlated_features: None,
         }
+    }
+}
+
+/// The top examples stored as a list (a heap's order is its own).
+mod heap {
+    use std::collections::BinaryHeap;
+
+    use super::{Example, Ranked};
+
+    pub fn serialize<S: serde::Serializer>(
+        heap: &BinaryHeap<Ranked>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(heap.iter().map(|ranked| &ranked.0))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BinaryHeap<Ranked>, D::Error> {
+        let examples: Vec<Example> = serde::Deserialize::deserialize(deserializer)?;
+        Ok(examples.into_iter().map(Ranked).collect())
     }
 }
 

@@ -16,6 +16,7 @@ pub const ROWS: usize = 3;
 const MAX_FEATURE_PAIRS: usize = 1 << 25;
 
 /// Running sums for the chosen features (`slots`), every feature, and every input dimension.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Correlations {
     /// The chosen features, by slot.
     slots: Vec<usize>,
@@ -86,6 +87,24 @@ impl Correlations {
                 *r += a * f64::from(x);
             }
         }
+    }
+
+    /// Adds another shard's sums over the same features and dimensions.
+    pub fn absorb(&mut self, other: Correlations) -> Result<(), String> {
+        if other.slots != self.slots || other.d_sae != self.d_sae || other.d_in != self.d_in {
+            return Err("the shards' parts correlate other features".to_owned());
+        }
+        self.tokens += other.tokens;
+        let add = |mine: &mut Vec<f64>, theirs: Vec<f64>| {
+            mine.iter_mut().zip(theirs).for_each(|(a, b)| *a += b);
+        };
+        add(&mut self.feature_sum, other.feature_sum);
+        add(&mut self.feature_sum_sq, other.feature_sum_sq);
+        add(&mut self.feature_cross, other.feature_cross);
+        add(&mut self.input_sum, other.input_sum);
+        add(&mut self.input_sum_sq, other.input_sum_sq);
+        add(&mut self.input_cross, other.input_cross);
+        Ok(())
     }
 
     /// The tables for the feature in `slot`, given the SAE's decoder `[d_sae, d_in]`:

@@ -84,10 +84,68 @@ impl FeatureDashboards {
     }
 
     pub fn run(&self, s: &mut Session, name: &str) -> Result<Dashboards, Failure> {
+        let used = self.prompts_read(s)?;
+        let collected = self.collect(s, name, 0..used)?;
+        self.finish(s, name, collected)
+    }
+
+    /// How many of the dataset's prompts the `tokens` budget reads.
+    fn prompts_read(&self, s: &mut Session) -> Result<usize, Failure> {
+        let sequences = s.dataset(&self.dataset)?;
+        Ok(crate::session::prompts_holding(&sequences, self.tokens))
+    }
+
+    /// For `qexp run --shard`: the examples, counts and running sums of the shard's
+    /// share of the prompts the budget reads, as JSON for its part.
+    pub fn run_share(
+        &self,
+        s: &mut Session,
+        name: &str,
+        shard: crate::shard::Shard,
+    ) -> Result<serde_json::Value, Failure> {
+        let used = self.prompts_read(s)?;
+        let lengths: Vec<usize> = s.dataset(&self.dataset)?[..used]
+            .iter()
+            .map(Vec::len)
+            .collect();
+        let share = crate::shard::share(&lengths, shard);
+        let collected = self.collect(s, name, share)?;
+        serde_json::to_value(&collected).map_err(|e| format!("`{name}`: {e}"))
+    }
+
+    /// The dashboards from every shard's part, in shard order.
+    pub fn merge(
+        &self,
+        s: &mut Session,
+        name: &str,
+        parts: Vec<serde_json::Value>,
+    ) -> Result<Dashboards, Failure> {
+        let mut merged: Option<Collected> = None;
+        for part in parts {
+            let part: Collected = serde_json::from_value(part)
+                .map_err(|e| format!("`{name}`: a shard's part is not dashboards ({e})"))?;
+            merged = Some(match merged {
+                Some(mut all) => {
+                    all.absorb(part).map_err(|e| format!("`{name}`: {e}"))?;
+                    all
+                }
+                None => part,
+            });
+        }
+        let merged = merged.ok_or_else(|| format!("`{name}`: no shard made a part of it"))?;
+        self.finish(s, name, merged)
+    }
+
+    /// One streaming pass over the prompts at `share` (of those the budget reads).
+    fn collect(
+        &self,
+        s: &mut Session,
+        name: &str,
+        share: std::ops::Range<usize>,
+    ) -> Result<Collected, Failure> {
         let dataset = &self.dataset;
         let SaeSplice { sae, target, .. } = s.sae_splice(&self.sae)?;
         let features = self.features.resolve(&s.values, sae.d_sae);
-        let budget = self.tokens;
         let mut slot_of = vec![None; sae.d_sae];
         let mut collectors: Vec<Collector> = Vec::with_capacity(features.len());
         for &f in &features {
@@ -96,7 +154,11 @@ impl FeatureDashboards {
                 collectors.push(Collector::new(f));
             }
         }
-        let sequences = s.dataset(dataset)?;
+        let all = s.dataset(dataset)?;
+        let used = share.end;
+        let first = share.start;
+        let sequences = &all[share];
+        let budget: usize = sequences.iter().map(Vec::len).sum();
         let bar = crate::session::progress::bar(budget as u64, "tokens", &format!("{name} ="));
         bar.set_message(format!("feature_dashboards({}, {dataset})", self.sae));
         let mut correlations = Correlations::new(
@@ -106,14 +168,15 @@ impl FeatureDashboards {
         );
         let mut tokens = 0usize;
         let (mut active, mut chosen) = (Vec::new(), Vec::new());
-        let used_prompts = s.for_each_sae_batch(
+        s.for_each_sae_batch(
             &sae,
             &target,
-            &sequences,
-            Some(budget),
+            sequences,
+            None,
             |prompts, batch, inputs, acts| {
                 let mut row_start = 0;
                 for (row, &len) in batch.lengths.iter().enumerate() {
+                    let prompt = first + prompts[row];
                     for pos in 0..len {
                         let token = acts.row(row_start + pos);
                         active.clear();
@@ -126,7 +189,7 @@ impl FeatureDashboards {
                             let Some(slot) = slot_of[f] else { continue };
                             chosen.push((slot, a));
                             let collector = &mut collectors[slot];
-                            let wanted = collector.wants(a, prompts[row], pos);
+                            let wanted = collector.wants(a, prompt, pos);
                             if wanted.any() {
                                 let (from, to) =
                                     (pos.saturating_sub(WINDOW), (pos + WINDOW).min(len - 1));
@@ -135,7 +198,7 @@ impl FeatureDashboards {
                                 collector.keep(
                                     crate::results::Example {
                                         activation: a,
-                                        prompt: prompts[row],
+                                        prompt,
                                         pos,
                                         window,
                                         attends_to: None,
@@ -153,6 +216,30 @@ impl FeatureDashboards {
             },
         )?;
         bar.finish_and_clear();
+        Ok(Collected {
+            collectors,
+            correlations,
+            tokens,
+            used_prompts: used,
+        })
+    }
+
+    /// The pages from what the pass collected: examples' text, the model's predictions
+    /// in their windows, and per SAE kind the attention targets or logit effects.
+    fn finish(
+        &self,
+        s: &mut Session,
+        name: &str,
+        collected: Collected,
+    ) -> Result<Dashboards, Failure> {
+        let SaeSplice { sae, target, .. } = s.sae_splice(&self.sae)?;
+        let sequences = s.dataset(&self.dataset)?;
+        let Collected {
+            collectors,
+            correlations,
+            tokens,
+            used_prompts,
+        } = collected;
         let mut features: Vec<_> = collectors
             .into_iter()
             .enumerate()
@@ -222,6 +309,33 @@ impl FeatureDashboards {
             str_tokens,
             predictions,
         })
+    }
+}
+
+/// What one streaming pass collects: per chosen feature its examples and counts, the
+/// running sums behind the correlations, the tokens read, and how many of the
+/// dataset's prompts the pass (or, in a shard, the run) reads.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Collected {
+    collectors: Vec<Collector>,
+    correlations: Correlations,
+    tokens: usize,
+    used_prompts: usize,
+}
+
+impl Collected {
+    /// Adds another shard's pass to this one.
+    fn absorb(&mut self, other: Collected) -> Result<(), String> {
+        if other.collectors.len() != self.collectors.len() {
+            return Err("the shards' parts have different features".to_owned());
+        }
+        for (mine, theirs) in self.collectors.iter_mut().zip(other.collectors) {
+            mine.absorb(theirs)?;
+        }
+        self.correlations.absorb(other.correlations)?;
+        self.tokens += other.tokens;
+        self.used_prompts = self.used_prompts.max(other.used_prompts);
+        Ok(())
     }
 }
 

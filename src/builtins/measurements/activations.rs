@@ -203,10 +203,7 @@ impl Measure for Activations {
         }
         let mut table = table(name, &self.columns());
         table.rows = per_prompt.into_iter().flatten().collect();
-        Ok(Part {
-            table,
-            whole_dataset: None,
-        })
+        Ok(Part::rows(table))
     }
 }
 

@@ -68,10 +68,7 @@ impl Measure for FeatureStats {
         name: &str,
         share: std::ops::Range<usize>,
     ) -> Result<Part, Failure> {
-        Ok(Part {
-            table: self.pool(s, name, share)?.into_part(name),
-            whole_dataset: None,
-        })
+        Ok(Part::rows(self.pool(s, name, share)?.into_part(name)))
     }
 
     fn merge(&self, name: &str, parts: Vec<Part>) -> Result<Table, Failure> {

@@ -162,10 +162,7 @@ impl Measure for PatternScores {
             }
             table.rows.push(row);
         }
-        Ok(Part {
-            table,
-            whole_dataset: None,
-        })
+        Ok(Part::rows(table))
     }
 
     fn merge(&self, name: &str, parts: Vec<Part>) -> Result<Table, Failure> {

@@ -329,8 +329,8 @@ impl Measure for PerToken {
             }
         });
         Ok(Part {
-            table,
             whole_dataset,
+            ..Part::rows(table)
         })
     }
 }
