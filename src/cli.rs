@@ -286,8 +286,10 @@ struct ShardPlace {
 /// What each Slurm job asks for (`#SBATCH` options).
 #[derive(Debug, clap::Args)]
 struct SlurmResources {
+    /// The partition (queue) the jobs run in.
     #[arg(long)]
     partition: Option<String>,
+    /// The account the jobs are charged to.
     #[arg(long)]
     account: Option<String>,
     /// Time limit per job, as sbatch reads it (e.g. 2:00:00).
