@@ -162,6 +162,28 @@ fn a_merge_refuses_missing_and_stale_shards() {
     shard(dir, 3, 3, "reports");
     let output = merge(dir, "reports");
     assert!(output.status.success(), "{output:?}");
+
+    // Shards that chose another head (as another machine's kernels might, between
+    // close scores) do not merge into this one's report.
+    for i in 1..=3 {
+        let path = dir.join(format!("reports/sharded.shards/shard-{i:04}-of-0003.json"));
+        let mut partial: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert!(
+            partial["values"]["BEST"].is_string(),
+            "{}",
+            partial["values"]
+        );
+        partial["values"]["BEST"] = "L0H0".into();
+        std::fs::write(&path, partial.to_string()).unwrap();
+    }
+    let output = merge(dir, "reports");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("the shards computed BEST = L0H0, this merge L"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -51,6 +51,7 @@ pub(super) fn run_shard(
         inputs: inputs(run, share.weights_sha256),
         tokens_run: share.tokens_run,
         saes_sha256: share.saes,
+        values: share.values,
         parts: share.parts,
     };
     let rows: usize = partial.parts.values().map(|p| p.table.rows.len()).sum();
@@ -100,6 +101,21 @@ pub(super) fn merge(
             shard_saes.insert(name.clone(), sha.clone());
         }
     }
+    let mut shard_values: BTreeMap<String, String> = BTreeMap::new();
+    for partial in &partials {
+        for (name, value) in &partial.values {
+            if let Some(first) = shard_values.get(name)
+                && first != value
+            {
+                return Err(anyhow::anyhow!(
+                    "the shards computed different values of `{name}` ({first} and {value}, shard {}): run every shard with one qexp on one kind of machine",
+                    partial.shard
+                )
+                .into());
+            }
+            shard_values.insert(name.clone(), value.clone());
+        }
+    }
     let mut shard_parts: BTreeMap<String, Vec<crate::shard::Part>> = BTreeMap::new();
     let count = partials.len();
     for (step, role) in run.plan.steps.iter().zip(crate::shard::roles(run.plan)) {
@@ -137,6 +153,7 @@ pub(super) fn merge(
         execute::Options {
             shard_parts,
             shard_saes,
+            shard_values,
             ..Default::default()
         },
         shard_tokens,

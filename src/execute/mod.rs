@@ -58,6 +58,9 @@ pub struct Options {
     /// In a merge, the weights (SHA-256) of each SAE the shards read: the merge reads
     /// the same SAEs and refuses others.
     pub shard_saes: std::collections::BTreeMap<String, String>,
+    /// In a merge, the `let` values without measured numbers the shards computed, as
+    /// text: the merge refuses to go on from another value.
+    pub shard_values: std::collections::BTreeMap<String, String>,
     /// Where SAEs to be trained read activations harvested in shards (`qexp sae
     /// harvest`), one store per SAE under it, instead of harvesting in memory.
     pub harvested: Option<std::path::PathBuf>,
@@ -114,6 +117,7 @@ fn run(
     session.earlier = options.earlier;
     session.shard_parts = options.shard_parts;
     session.shard_saes = options.shard_saes;
+    session.shard_values = options.shard_values;
     session.harvested = options.harvested;
     let mut traces = Vec::new();
     let mut sections = Vec::new();
@@ -296,6 +300,13 @@ fn run_step(session: &mut Session<'_, '_, '_>, step: &Step) -> Result<Section, S
             let value = ValueCall::bind(call)
                 .map_err(|e| e.to_string())?
                 .compute(session)?;
+            if let Some(shards) = session.shard_values.get(name)
+                && *shards != value.to_string()
+            {
+                return Err(format!(
+                    "the shards computed {name} = {shards}, this merge {value}: their split steps used another value; run the shards and the merge with one qexp on one kind of machine"
+                ));
+            }
             let shown = match &value {
                 Value::Str(s) => format!("{s:?}"),
                 Value::List(items) if items.iter().all(|v| matches!(v, Value::Number(_))) => {

@@ -24,6 +24,9 @@ pub struct Share {
     pub weights_sha256: String,
     /// The weights (SHA-256) of each SAE the shard read, by name.
     pub saes: BTreeMap<String, String>,
+    /// The `let` values without measured numbers (a head, whole numbers, text) the
+    /// shard computed, as text: the merge must compute the same.
+    pub values: BTreeMap<String, String>,
 }
 
 /// Runs `shard`'s share of `plan`.
@@ -116,6 +119,18 @@ pub fn execute_share(
             session.forget_variant(variant);
         }
     }
+    let values = plan
+        .steps
+        .iter()
+        .zip(&roles)
+        .filter_map(|(step, role)| match (step, role) {
+            (Step::Compute { name, .. }, Role::Prerequisite) => {
+                let value = session.values.get(name)?;
+                discrete(value).then(|| (name.clone(), value.to_string()))
+            }
+            _ => None,
+        })
+        .collect();
     let saes = session
         .sae_records()
         .into_iter()
@@ -127,7 +142,19 @@ pub fn execute_share(
         tokens_run: model.tokens_run(),
         weights_sha256,
         saes,
+        values,
     })
+}
+
+/// Whether a value holds no measured number (which another machine's kernels could
+/// move in its last digits): a head, whole numbers, text, or lists of them.
+fn discrete(value: &crate::plan::Value) -> bool {
+    use crate::plan::Value;
+    match value {
+        Value::Number(_) | Value::Expr(_) => false,
+        Value::List(items) => items.iter().all(discrete),
+        _ => true,
+    }
 }
 
 /// A loop pass's table, whole (narrowed by its pipeline's first filter; the merge

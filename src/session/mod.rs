@@ -81,6 +81,8 @@ pub struct Session<'p, 'm, 'r> {
     pub shard_parts: BTreeMap<String, Vec<crate::shard::Part>>,
     /// In a merge, the weights (SHA-256) of each SAE the shards read.
     pub shard_saes: BTreeMap<String, String>,
+    /// In a merge, the `let` values without measured numbers the shards computed.
+    pub shard_values: BTreeMap<String, String>,
     /// Where trained SAEs read their activations from, harvested in shards (one store
     /// per SAE, by name), instead of harvesting them in memory.
     pub harvested: Option<PathBuf>,
@@ -118,6 +120,7 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
             in_shard: false,
             shard_parts: BTreeMap::new(),
             shard_saes: BTreeMap::new(),
+            shard_values: BTreeMap::new(),
             harvested: None,
         }
     }

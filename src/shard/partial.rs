@@ -64,6 +64,8 @@ pub struct Partial {
     pub tokens_run: usize,
     /// The weights (SHA-256) of each SAE the shard read, by name.
     pub saes_sha256: BTreeMap<String, String>,
+    /// The `let` values without measured numbers the shard computed, as text.
+    pub values: BTreeMap<String, String>,
     /// The sharded steps' parts, by table name.
     pub parts: BTreeMap<String, Part>,
 }
@@ -322,6 +324,8 @@ struct Stored {
     inputs: Inputs,
     tokens_run: usize,
     saes_sha256: BTreeMap<String, String>,
+    #[serde(default)]
+    values: BTreeMap<String, String>,
     parts: BTreeMap<String, StoredPart>,
 }
 
@@ -362,6 +366,7 @@ impl From<&Partial> for Stored {
             inputs: partial.inputs.clone(),
             tokens_run: partial.tokens_run,
             saes_sha256: partial.saes_sha256.clone(),
+            values: partial.values.clone(),
             parts: partial
                 .parts
                 .iter()
@@ -433,6 +438,7 @@ impl Stored {
             inputs: self.inputs,
             tokens_run: self.tokens_run,
             saes_sha256: self.saes_sha256,
+            values: self.values,
             parts,
         })
     }
@@ -466,6 +472,7 @@ mod tests {
             inputs: inputs.clone(),
             tokens_run: 7,
             saes_sha256: BTreeMap::new(),
+            values: BTreeMap::from([("BEST".to_owned(), "L1H3".to_owned())]),
             parts: BTreeMap::from([(
                 "t".to_owned(),
                 Part {
