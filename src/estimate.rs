@@ -224,9 +224,9 @@ fn inputs(session: &mut Session, call: &Call) -> Result<Inputs, Failure> {
     };
     for (name, value) in &call.args {
         match (*name, value) {
-            ("dataset", Value::Name(dataset)) => inputs
-                .sequences
-                .extend(session.dataset(dataset)?.iter().map(Vec::len)),
+            ("dataset", Value::Name(dataset)) => {
+                inputs.sequences.extend(session.prompt_lengths(dataset)?)
+            }
             ("prompt" | "clean" | "corrupted" | "text", Value::Str(prompt)) => {
                 inputs.sequences.push(session.prompt_tokens(prompt)?.len());
             }

@@ -194,7 +194,7 @@ fn share_of(
     shard: Shard,
 ) -> Result<Part, Failure> {
     let measurement = narrowed(session, call, ops)?;
-    let lengths: Vec<usize> = session.dataset(dataset)?.iter().map(Vec::len).collect();
+    let lengths = session.prompt_lengths(dataset)?;
     let prompts = crate::shard::share(&lengths, shard);
     measurement.run_share(session, name, prompts)
 }

@@ -142,6 +142,14 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
         error_chain(&error)
     }
 
+    /// How many tokens each prompt of a dataset has, without copying its prompts.
+    pub(crate) fn prompt_lengths(&mut self, name: &str) -> Result<Vec<usize>, Failure> {
+        if !self.datasets.contains_key(name) {
+            self.dataset(name)?;
+        }
+        Ok(self.datasets[name].iter().map(Vec::len).collect())
+    }
+
     /// A dataset's prompts as token ids (BOS as the model expects, cut to the context and
     /// to `max_tokens`).
     pub(crate) fn dataset(&mut self, name: &str) -> Result<Vec<Vec<u32>>, Failure> {

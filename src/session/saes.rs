@@ -248,7 +248,7 @@ impl Session<'_, '_, '_> {
             check_save_paths(&self.scope, dir).map_err(|e| format!("saving `{name}`: {e}"))?;
         }
         let target = self.target(hook)?;
-        let total: usize = self.dataset(dataset)?.iter().map(Vec::len).sum();
+        let total: usize = self.prompt_lengths(dataset)?.iter().sum();
         let tokens = total.min(train.config.tokens);
         if self.harvested.is_none()
             && let Some(width) = crate::hooks::width(hook, Some(&self.model.manifest))
@@ -423,32 +423,24 @@ impl Session<'_, '_, '_> {
             .to_string()
     }
 
-    /// An SAE's activations over the dataset's first prompts that hold `budget` tokens
-    /// (all of them without one), batch by batch, from a graph pruned to its hook:
-    /// `visit(each row's prompt index, batch, the SAE's input [tokens, d_in], its
-    /// activations [tokens, d_sae])`. Prompts run in batches of similar length, not in
-    /// dataset order, so visitors must not depend on the order. Returns how many prompts
-    /// (from the first) were visited.
+    /// An SAE's activations over `sequences`, batch by batch, from a graph pruned to
+    /// its hook: `visit(each row's prompt index, batch, the SAE's input [tokens, d_in],
+    /// its activations [tokens, d_sae])`. Prompts run in batches of similar length, not
+    /// in dataset order, so visitors must not depend on the order.
     pub(crate) fn for_each_sae_batch(
         &mut self,
         sae: &crate::sae::Sae,
         target: &Target,
         sequences: &[Vec<u32>],
-        budget: Option<usize>,
         mut visit: impl FnMut(&[usize], &Batch, &Array2<f32>, &Array2<f32>),
-    ) -> Result<usize, Failure> {
-        let used = match budget {
-            Some(budget) => prompts_holding(sequences, budget),
-            None => sequences.len(),
-        };
-        let sequences = &sequences[..used];
+    ) -> Result<(), Failure> {
         for prompts in length_sorted_chunks(sequences, self.plan.model.batch_size) {
             let batch = self.batch_of(sequences, &prompts)?;
             let forward = self.forward(None, &batch, &[&target.hook])?;
             let x = head_rows(&forward.hooks[&target.hook], &batch, target.head);
             visit(&prompts, &batch, &x, &sae.encode(x.view()));
         }
-        Ok(used)
+        Ok(())
     }
 }
 
@@ -483,15 +475,17 @@ fn training_table(name: &str, summary: &crate::sae::pin::RecordedSummary) -> Tab
 
 /// How many of the first prompts it takes to hold `budget` tokens (all, if they hold
 /// fewer).
-pub fn prompts_holding(sequences: &[Vec<u32>], budget: usize) -> usize {
+pub fn prompts_holding(lengths: impl IntoIterator<Item = usize>, budget: usize) -> usize {
     let mut tokens = 0;
-    for (i, prompt) in sequences.iter().enumerate() {
+    let mut prompts = 0;
+    for length in lengths {
         if tokens >= budget {
-            return i;
+            break;
         }
-        tokens += prompt.len();
+        tokens += length;
+        prompts += 1;
     }
-    sequences.len()
+    prompts
 }
 
 /// Whether an SAE may be saved to `dir` (and its checkpoints beside it).
@@ -532,11 +526,11 @@ mod tests {
 
     #[test]
     fn a_token_budget_takes_the_first_prompts_until_it_is_reached() {
-        let prompts = vec![vec![0; 3], vec![0; 4], vec![0; 5]];
-        assert_eq!(prompts_holding(&prompts, 1), 1);
-        assert_eq!(prompts_holding(&prompts, 3), 1);
-        assert_eq!(prompts_holding(&prompts, 4), 2);
-        assert_eq!(prompts_holding(&prompts, 7), 2);
-        assert_eq!(prompts_holding(&prompts, 100), 3);
+        let prompts = [3, 4, 5];
+        assert_eq!(prompts_holding(prompts, 1), 1);
+        assert_eq!(prompts_holding(prompts, 3), 1);
+        assert_eq!(prompts_holding(prompts, 4), 2);
+        assert_eq!(prompts_holding(prompts, 7), 2);
+        assert_eq!(prompts_holding(prompts, 100), 3);
     }
 }

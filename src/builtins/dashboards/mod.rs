@@ -84,15 +84,19 @@ impl FeatureDashboards {
     }
 
     pub fn run(&self, s: &mut Session, name: &str) -> Result<Dashboards, Failure> {
-        let used = self.prompts_read(s)?;
+        let used = self.prompts_read(s)?.len();
         let collected = self.collect(s, name, 0..used)?;
         self.finish(s, name, collected)
     }
 
-    /// How many of the dataset's prompts the `tokens` budget reads.
-    fn prompts_read(&self, s: &mut Session) -> Result<usize, Failure> {
-        let sequences = s.dataset(&self.dataset)?;
-        Ok(crate::session::prompts_holding(&sequences, self.tokens))
+    /// The token counts of the dataset's prompts that the `tokens` budget reads.
+    fn prompts_read(&self, s: &mut Session) -> Result<Vec<usize>, Failure> {
+        let mut lengths = s.prompt_lengths(&self.dataset)?;
+        lengths.truncate(crate::session::prompts_holding(
+            lengths.iter().copied(),
+            self.tokens,
+        ));
+        Ok(lengths)
     }
 
     /// For `qexp run --shard`: the examples, counts and running sums of the shard's
@@ -103,11 +107,7 @@ impl FeatureDashboards {
         name: &str,
         shard: crate::shard::Shard,
     ) -> Result<serde_json::Value, Failure> {
-        let used = self.prompts_read(s)?;
-        let lengths: Vec<usize> = s.dataset(&self.dataset)?[..used]
-            .iter()
-            .map(Vec::len)
-            .collect();
+        let lengths = self.prompts_read(s)?;
         let share = crate::shard::share(&lengths, shard);
         let collected = self.collect(s, name, share)?;
         serde_json::to_value(&collected).map_err(|e| format!("`{name}`: {e}"))
@@ -168,53 +168,46 @@ impl FeatureDashboards {
         );
         let mut tokens = 0usize;
         let (mut active, mut chosen) = (Vec::new(), Vec::new());
-        s.for_each_sae_batch(
-            &sae,
-            &target,
-            sequences,
-            None,
-            |prompts, batch, inputs, acts| {
-                let mut row_start = 0;
-                for (row, &len) in batch.lengths.iter().enumerate() {
-                    let prompt = first + prompts[row];
-                    for pos in 0..len {
-                        let token = acts.row(row_start + pos);
-                        active.clear();
-                        chosen.clear();
-                        for (f, &a) in token.iter().enumerate() {
-                            if a <= 0.0 {
-                                continue;
-                            }
-                            active.push(f);
-                            let Some(slot) = slot_of[f] else { continue };
-                            chosen.push((slot, a));
-                            let collector = &mut collectors[slot];
-                            let wanted = collector.wants(a, prompt, pos);
-                            if wanted.any() {
-                                let (from, to) =
-                                    (pos.saturating_sub(WINDOW), (pos + WINDOW).min(len - 1));
-                                let window =
-                                    (from..=to).map(|p| acts[[row_start + p, f]]).collect();
-                                collector.keep(
-                                    crate::results::Example {
-                                        activation: a,
-                                        prompt,
-                                        pos,
-                                        window,
-                                        attends_to: None,
-                                    },
-                                    wanted,
-                                );
-                            }
+        s.for_each_sae_batch(&sae, &target, sequences, |prompts, batch, inputs, acts| {
+            let mut row_start = 0;
+            for (row, &len) in batch.lengths.iter().enumerate() {
+                let prompt = first + prompts[row];
+                for pos in 0..len {
+                    let token = acts.row(row_start + pos);
+                    active.clear();
+                    chosen.clear();
+                    for (f, &a) in token.iter().enumerate() {
+                        if a <= 0.0 {
+                            continue;
                         }
-                        correlations.add(inputs.row(row_start + pos), token, &active, &chosen);
+                        active.push(f);
+                        let Some(slot) = slot_of[f] else { continue };
+                        chosen.push((slot, a));
+                        let collector = &mut collectors[slot];
+                        let wanted = collector.wants(a, prompt, pos);
+                        if wanted.any() {
+                            let (from, to) =
+                                (pos.saturating_sub(WINDOW), (pos + WINDOW).min(len - 1));
+                            let window = (from..=to).map(|p| acts[[row_start + p, f]]).collect();
+                            collector.keep(
+                                crate::results::Example {
+                                    activation: a,
+                                    prompt,
+                                    pos,
+                                    window,
+                                    attends_to: None,
+                                },
+                                wanted,
+                            );
+                        }
                     }
-                    row_start += len;
-                    tokens += len;
+                    correlations.add(inputs.row(row_start + pos), token, &active, &chosen);
                 }
-                bar.set_position(tokens.min(budget) as u64);
-            },
-        )?;
+                row_start += len;
+                tokens += len;
+            }
+            bar.set_position(tokens.min(budget) as u64);
+        })?;
         bar.finish_and_clear();
         Ok(Collected {
             collectors,

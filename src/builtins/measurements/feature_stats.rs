@@ -54,7 +54,7 @@ impl Measure for FeatureStats {
     }
 
     fn run(&self, s: &mut Session, name: &str) -> Result<Table, Failure> {
-        let prompts = s.dataset(&self.dataset)?.len();
+        let prompts = s.prompt_lengths(&self.dataset)?.len();
         Ok(self.pool(s, name, 0..prompts)?.table(name, &self.columns()))
     }
 
@@ -111,7 +111,7 @@ impl FeatureStats {
         let mut firing: Vec<Vec<f32>> = vec![Vec::new(); sae.d_sae];
         let mut peaks: Vec<Option<(f32, usize, usize)>> = vec![None; sae.d_sae];
         let mut tokens = 0usize;
-        s.for_each_sae_batch(&sae, &target, sequences, None, |prompts, batch, _inputs, acts| {
+        s.for_each_sae_batch(&sae, &target, sequences, |prompts, batch, _inputs, acts| {
             let mut token = 0;
             for (row, &len) in batch.lengths.iter().enumerate() {
                 for pos in 0..len {

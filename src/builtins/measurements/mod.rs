@@ -181,6 +181,21 @@ measurements! {
 
 pub(crate) mod attribution;
 
+/// A splitting measurement's whole table: its share of every prompt of its dataset,
+/// finished as the merge finishes shards' parts, so both paths are one.
+pub(crate) fn run_every_prompt<M: Measure>(
+    measurement: &M,
+    session: &mut Session,
+    name: &str,
+) -> Result<Table, Failure> {
+    let dataset = measurement
+        .shards_over()
+        .ok_or_else(|| format!("`{name}` does not split over prompts"))?;
+    let prompts = session.prompt_lengths(dataset)?.len();
+    let part = measurement.run_share(session, name, 0..prompts)?;
+    measurement.merge(name, vec![part])
+}
+
 /// An empty table with `columns`' names: executors start from their own `columns()`, so
 /// what `qexp plan` promises is what they make.
 pub fn table(name: &str, columns: &Columns) -> Table {

@@ -130,9 +130,7 @@ impl Measure for PerToken {
     }
 
     fn run(&self, s: &mut Session, name: &str) -> Result<Table, Failure> {
-        let prompts = s.dataset(&self.dataset)?.len();
-        let part = self.run_share(s, name, 0..prompts)?;
-        self.merge(name, vec![part])
+        super::run_every_prompt(self, s, name)
     }
 
     fn shards_over(&self) -> Option<&str> {
