@@ -1,7 +1,7 @@
 //! The checked plan: what an experiment will do, every name resolved and every argument
 //! typed. Plain data, no ONNX: `qexp plan` prints it, the executor runs it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -385,6 +385,21 @@ impl fmt::Display for Plan {
 }
 
 impl Plan {
+    /// The tables that a `collect` stacks: a loop's passes.
+    pub fn collected_tables(&self) -> BTreeSet<&str> {
+        self.steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Table {
+                    source: TableSource::Collect { parts, .. },
+                    ..
+                } => Some(parts.iter().map(|part| part.table.as_str())),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
     /// The hook an SAE reads (from its `train` call or its cfg.json), as `qexp plan`
     /// names it; a placeholder when the checker could not read it.
     pub fn sae_hook(&self, sae: &str) -> String {

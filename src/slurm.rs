@@ -87,16 +87,8 @@ pub enum SlurmError {
     NotSubmitted { folder: PathBuf },
     #[error("{} is not a submission this qexp wrote ({problem})", path.display())]
     Corrupt { path: PathBuf, problem: String },
-    #[error("shard{} {} still queued or running: wait for {} (`qexp slurm status`), then resubmit", if shards.len() > 1 { "s" } else { "" }, list(shards), if shards.len() > 1 { "them" } else { "it" })]
+    #[error("shard{} {} still queued or running: wait for {} (`qexp slurm status`), then resubmit", if shards.len() > 1 { "s" } else { "" }, crate::shard::numbers(shards), if shards.len() > 1 { "them" } else { "it" })]
     Busy { shards: Vec<usize> },
-}
-
-fn list(numbers: &[usize]) -> String {
-    numbers
-        .iter()
-        .map(usize::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// A shell word that stays one word whatever it holds.
@@ -138,14 +130,15 @@ impl Job {
         lines.join("\n") + "\n"
     }
 
-    /// The flags both commands share.
-    fn common_flags(&self) -> String {
+    /// The flags every job's qexp command takes: where reports and parts go, the
+    /// device, and (for `run` and `merge`, which take it) the kernel threads.
+    fn flags(&self, threads: bool) -> String {
         let mut flags = format!(
             "--reports {} --shards-dir {}",
             path_word(&self.reports),
             path_word(&self.shards_dir)
         );
-        if let Some(cpus) = self.resources.cpus_per_task {
+        if let Some(cpus) = self.resources.cpus_per_task.filter(|_| threads) {
             flags.push_str(&format!(" --threads {cpus}"));
         }
         if self.resources.gpus.is_some_and(|g| g > 0) {
@@ -166,7 +159,7 @@ impl Job {
             path_word(&self.qexp),
             path_word(&self.experiment),
             self.shards,
-            self.common_flags()
+            self.flags(true)
         )
     }
 
@@ -178,7 +171,7 @@ impl Job {
             path_word(&self.qexp),
             path_word(&self.experiment),
             self.shards,
-            self.common_flags()
+            self.flags(true)
         )
     }
 
@@ -194,7 +187,7 @@ impl Job {
             path_word(&self.qexp),
             path_word(&self.experiment),
             self.shards,
-            self.sae_flags()
+            self.flags(false)
         )
     }
 
@@ -205,24 +198,8 @@ impl Job {
             self.header(&format!("train-{sae}"), &format!("train-{sae}-job-%j.out")),
             path_word(&self.qexp),
             path_word(&self.experiment),
-            self.sae_flags()
+            self.flags(false)
         )
-    }
-
-    /// The flags `qexp sae harvest` and `qexp sae train` take.
-    fn sae_flags(&self) -> String {
-        let mut flags = format!(
-            "--reports {} --shards-dir {}",
-            path_word(&self.reports),
-            path_word(&self.shards_dir)
-        );
-        if self.resources.gpus.is_some_and(|g| g > 0) {
-            flags.push_str(" --device cuda");
-        }
-        if self.allow_outside_project {
-            flags.push_str(" --allow-outside-project");
-        }
-        flags
     }
 
     fn script_path(&self, stage: &str) -> PathBuf {
@@ -333,7 +310,7 @@ fn submit_array_and_merge(
 ) -> Result<(String, String), SlurmError> {
     let mut args = vec![
         "--parsable".to_owned(),
-        format!("--array={}", list(shards).replace(' ', "")),
+        format!("--array={}", crate::shard::numbers(shards).replace(' ', "")),
     ];
     if !trainings.is_empty() {
         let after: Vec<&str> = trainings.iter().map(|t| t.train.as_str()).collect();

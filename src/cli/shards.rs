@@ -86,36 +86,24 @@ pub(super) fn merge(
     let expected = inputs(run, manifest.weights_sha256.clone());
     let mut partials = partial::read_all(folder, count, &expected)?;
     let shard_tokens = partials.iter().map(|p| p.tokens_run).sum();
-    let mut shard_saes: BTreeMap<String, String> = BTreeMap::new();
-    for partial in &partials {
-        for (name, sha) in &partial.saes_sha256 {
-            if let Some(first) = shard_saes.get(name)
-                && first != sha
-            {
-                return Err(anyhow::anyhow!(
-                    "the shards read different weights for the SAE `{name}` (shard {} differs from an earlier one); run them again once its pin is settled",
-                    partial.shard
-                )
-                .into());
-            }
-            shard_saes.insert(name.clone(), sha.clone());
-        }
-    }
-    let mut shard_values: BTreeMap<String, String> = BTreeMap::new();
-    for partial in &partials {
-        for (name, value) in &partial.values {
-            if let Some(first) = shard_values.get(name)
-                && first != value
-            {
-                return Err(anyhow::anyhow!(
-                    "the shards computed different values of `{name}` ({first} and {value}, shard {}): run every shard with one qexp on one kind of machine",
-                    partial.shard
-                )
-                .into());
-            }
-            shard_values.insert(name.clone(), value.clone());
-        }
-    }
+    let shard_saes = agreed(
+        &partials,
+        |p| &p.saes_sha256,
+        |name, _, _, shard| {
+            format!(
+                "the shards read different weights for the SAE `{name}` (shard {shard} differs from an earlier one); run them again once its pin is settled"
+            )
+        },
+    )?;
+    let shard_values = agreed(
+        &partials,
+        |p| &p.values,
+        |name, first, value, shard| {
+            format!(
+                "the shards computed different values of `{name}` ({first} and {value}, shard {shard}): run every shard with one qexp on one kind of machine"
+            )
+        },
+    )?;
     let mut shard_parts: BTreeMap<String, Vec<crate::shard::Part>> = BTreeMap::new();
     let count = partials.len();
     for (step, role) in run.plan.steps.iter().zip(crate::shard::roles(run.plan)) {
@@ -159,6 +147,27 @@ pub(super) fn merge(
         shard_tokens,
         allow_failed_claims,
     )
+}
+
+/// What every shard recorded under a name (in the map `pick` reads), refusing names
+/// two shards recorded differently, with `conflict(name, first, other, shard)`.
+fn agreed(
+    partials: &[Partial],
+    pick: impl Fn(&Partial) -> &BTreeMap<String, String>,
+    conflict: impl Fn(&str, &str, &str, Shard) -> String,
+) -> Result<BTreeMap<String, String>, Failure> {
+    let mut agreed: BTreeMap<String, String> = BTreeMap::new();
+    for partial in partials {
+        for (name, value) in pick(partial) {
+            if let Some(first) = agreed.get(name)
+                && first != value
+            {
+                return Err(anyhow::anyhow!(conflict(name, first, value, partial.shard)).into());
+            }
+            agreed.insert(name.clone(), value.clone());
+        }
+    }
+    Ok(agreed)
 }
 
 /// The experiment's shard folder, as the project sees it, for a Slurm command.
@@ -358,11 +367,7 @@ pub(super) fn slurm_resubmit(experiment: &Path, place: &super::ShardPlace) -> Re
     outln!(
         "resubmitted shard{} {} of `{}` as job array {array}, the merge as job {}",
         if resubmitted.len() == 1 { "" } else { "s" },
-        resubmitted
-            .iter()
-            .map(usize::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
+        crate::shard::numbers(&resubmitted),
         plan.name,
         submission.merge
     );

@@ -124,18 +124,7 @@ fn run(
     let mut seconds = Vec::new();
     let last_use = variants_last_used(plan);
     // A loop's tables that a `collect` stacks show in the report once, collected.
-    let collected: std::collections::BTreeSet<&str> = plan
-        .steps
-        .iter()
-        .filter_map(|step| match step {
-            Step::Table {
-                source: TableSource::Collect { parts, .. },
-                ..
-            } => Some(parts.iter().map(|part| part.table.as_str())),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+    let collected = plan.collected_tables();
     let repeats = crate::builtins::graphs::last_repeats(plan);
     for (index, step) in plan.steps.iter().enumerate() {
         session.start_step(index, repeats[index]);

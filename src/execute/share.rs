@@ -55,10 +55,11 @@ pub fn execute_share(
             message,
         };
         session.start_step(index, repeats[index]);
-        match (&roles[index], step) {
-            (Role::Merge, _) => {}
+        let made = match (&roles[index], step) {
+            (Role::Merge, _) => None,
             (Role::Prerequisite, _) => {
                 run_step(&mut session, step).map_err(invalid)?;
+                None
             }
             (
                 Role::Sharded { dataset },
@@ -68,14 +69,10 @@ pub fn execute_share(
                     ops,
                     ..
                 },
-            ) => {
-                let part =
-                    share_of(&mut session, call, ops, name, dataset, shard).map_err(invalid)?;
-                if !all_finite(&part.table) {
-                    return Err(ExecuteError::NotFinite { step: label });
-                }
-                parts.insert(name.clone(), part);
-            }
+            ) => Some((
+                name,
+                share_of(&mut session, call, ops, name, dataset, shard).map_err(invalid)?,
+            )),
             (
                 Role::Pass { turn },
                 Step::Table {
@@ -84,34 +81,36 @@ pub fn execute_share(
                     ops,
                     ..
                 },
-            ) => {
-                if turn % shard.count == shard.index {
-                    let part = whole_pass(&mut session, call, ops, name).map_err(invalid)?;
-                    if !all_finite(&part.table) {
-                        return Err(ExecuteError::NotFinite { step: label });
-                    }
-                    parts.insert(name.clone(), part);
-                }
-            }
+            ) if turn % shard.count == shard.index => Some((
+                name,
+                whole_pass(&mut session, call, ops, name).map_err(invalid)?,
+            )),
+            (Role::Pass { .. }, Step::Table { .. }) => None,
             (Role::Sharded { .. }, Step::Dashboards { name, call }) => {
                 let dashboards = FeatureDashboards::bind(&crate::builtins::args::Args::new(call))
                     .map_err(|e| invalid(e.to_string()))?;
                 let state = dashboards
                     .run_share(&mut session, name, shard)
                     .map_err(invalid)?;
-                parts.insert(
-                    name.clone(),
+                Some((
+                    name,
                     Part {
                         state: Some(state),
                         ..Part::rows(crate::results::Table::new(name, &[]))
                     },
-                );
+                ))
             }
             (Role::Sharded { .. } | Role::Pass { .. }, _) => {
                 return Err(invalid(
                     "only a measurement's table is made by shards".into(),
                 ));
             }
+        };
+        if let Some((name, part)) = made {
+            if !all_finite(&part.table) {
+                return Err(ExecuteError::NotFinite { step: label });
+            }
+            parts.insert(name.clone(), part);
         }
         session.take_reads();
         session.pending.clear();

@@ -62,7 +62,7 @@ pub enum StoreError {
     },
     #[error("no harvested activations in {}: run `qexp sae harvest EXPERIMENT NAME --shard I/N` for each I first", folder.display())]
     Empty { folder: PathBuf },
-    #[error("harvest shard{} {} of {count} missing from {}", if missing.len() > 1 { "s" } else { "" }, missing.iter().map(usize::to_string).collect::<Vec<_>>().join(", "), folder.display())]
+    #[error("harvest shard{} {} of {count} missing from {}", if missing.len() > 1 { "s" } else { "" }, crate::shard::numbers(missing), folder.display())]
     Missing {
         folder: PathBuf,
         count: usize,
@@ -155,11 +155,7 @@ impl ShardWriter {
             inputs: self.inputs,
         };
         let json = self.folder.join(format!("{stem}.json"));
-        std::fs::write(
-            &json,
-            serde_json::to_string_pretty(&record).expect("a record serializes") + "\n",
-        )
-        .map_err(io(&json, "writing a shard's record"))?;
+        write_record(&json, &record, "writing a shard's record")?;
         Ok(self.rows)
     }
 }
@@ -235,6 +231,15 @@ pub fn open(folder: &Path, inputs: &Inputs) -> Result<Mapped, StoreError> {
         rows: record.rows,
         d_in: inputs.d_in,
     })
+}
+
+fn write_record(
+    path: &Path,
+    record: &impl Serialize,
+    what: &'static str,
+) -> Result<(), StoreError> {
+    let text = serde_json::to_string_pretty(record).expect("a record serializes") + "\n";
+    std::fs::write(path, text).map_err(io(path, what))
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, StoreError> {
@@ -364,11 +369,7 @@ fn join_shards(folder: &Path, inputs: &Inputs) -> Result<(), StoreError> {
         inputs: inputs.clone(),
     };
     let record_path = folder.join("activations.json");
-    std::fs::write(
-        &record_path,
-        serde_json::to_string_pretty(&record).expect("a record serializes") + "\n",
-    )
-    .map_err(io(&record_path, "joining the shards"))?;
+    write_record(&record_path, &record, "joining the shards")?;
     for (_, json) in records {
         let _ = std::fs::remove_file(json.with_extension("f32"));
         let _ = std::fs::remove_file(json);

@@ -54,6 +54,15 @@ impl fmt::Display for Shard {
     }
 }
 
+/// Shard (or other) numbers as a list for a message: `1, 3, 4`.
+pub fn numbers(numbers: &[usize]) -> String {
+    numbers
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// More shards than this would mostly be empty for any dataset qexp reads in memory.
 pub const MAX_SHARDS: usize = 10_000;
 

@@ -98,7 +98,7 @@ pub enum ShardError {
     None { folder: PathBuf },
     #[error("{} holds shards of {counts} runs; remove the old ones, or name the count with --shards N", folder.display())]
     Counts { folder: PathBuf, counts: String },
-    #[error("shard{} {} of {count} missing from {}: run `qexp run EXPERIMENT --shard I/{count}` for {}", if missing.len() > 1 { "s" } else { "" }, list(missing), folder.display(), if missing.len() > 1 { "each" } else { "it" })]
+    #[error("shard{} {} of {count} missing from {}: run `qexp run EXPERIMENT --shard I/{count}` for {}", if missing.len() > 1 { "s" } else { "" }, super::numbers(missing), folder.display(), if missing.len() > 1 { "each" } else { "it" })]
     Missing {
         folder: PathBuf,
         count: usize,
@@ -106,14 +106,6 @@ pub enum ShardError {
     },
     #[error("shard {shard} was made from {what} than this merge reads; run it again")]
     Stale { shard: Shard, what: String },
-}
-
-fn list(numbers: &[usize]) -> String {
-    numbers
-        .iter()
-        .map(usize::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Where an experiment's shards go unless told otherwise: beside its report folder.
@@ -252,7 +244,7 @@ pub fn read_all(
         None => {
             return Err(ShardError::Counts {
                 folder: folder.to_owned(),
-                counts: list(&found.keys().copied().collect::<Vec<_>>()),
+                counts: super::numbers(&found.keys().copied().collect::<Vec<_>>()),
             });
         }
     };

@@ -27,18 +27,7 @@ pub enum Role {
 /// SAE or a `let`) something a sharded step made: that is a merge point, and it and
 /// everything after it that reads it run in the merge.
 pub fn roles(plan: &Plan) -> Vec<Role> {
-    let collected: BTreeSet<&str> = plan
-        .steps
-        .iter()
-        .filter_map(|step| match step {
-            Step::Table {
-                source: TableSource::Collect { parts, .. },
-                ..
-            } => Some(parts.iter().map(|part| part.table.as_str())),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+    let collected = plan.collected_tables();
     let mut turns = 0;
     let reads: Vec<Vec<usize>> = plan
         .steps
