@@ -349,17 +349,59 @@ pub fn main() -> ExitCode {
 }
 
 /// An experiment about to run on this machine and write its report.
-struct WholeRun<'a> {
-    experiment: &'a Path,
-    root: &'a Path,
-    reports: &'a Path,
-    plan: &'a Plan,
-    source: &'a str,
-    scope: &'a Scope,
-    runtime: &'a Runtime,
+struct WholeRun {
+    entered: InProject,
+    reports: PathBuf,
+    plan: Plan,
+    source: String,
+    scope: Scope,
+    runtime: Runtime,
 }
 
-impl WholeRun<'_> {
+impl WholeRun {
+    /// Enters the experiment's project, checks the experiment and readies the runtime
+    /// (`device` overriding the experiment's, `threads` for the kernels).
+    fn prepare(
+        experiment: &Path,
+        reports: Option<&Path>,
+        device: Option<Device>,
+        threads: Option<u16>,
+        outputs: &OutputFlags,
+    ) -> Result<Self, Failure> {
+        let entered = InProject::enter(experiment)?;
+        let reports = entered.reports(reports);
+        let scope = outputs.scope()?;
+        let (mut plan, source) = load_plan(&entered.experiment, Some(&reports), &scope)?;
+        if let Some(device) = device {
+            plan.model.device = device;
+        }
+        let mut runtime = Runtime::new(plan.model.device)?;
+        runtime.threads = threads.map(usize::from);
+        Ok(Self {
+            entered,
+            reports,
+            plan,
+            source,
+            scope,
+            runtime,
+        })
+    }
+
+    /// The experiment file, relative to the project root.
+    fn experiment(&self) -> &Path {
+        &self.entered.experiment
+    }
+
+    fn root(&self) -> &Path {
+        &self.entered.project.root
+    }
+
+    /// Where this run's shards write their parts: `--shards-dir` as typed, if given.
+    fn shards_folder(&self, typed: Option<&Path>) -> PathBuf {
+        self.entered
+            .shards_folder(typed, &self.reports, &self.plan.name)
+    }
+
     /// Runs the experiment with `options`, writes its report and lock file and prints
     /// its one-row tables and claims. `shard_tokens` were run by shards this run merges.
     fn run(
@@ -368,17 +410,17 @@ impl WholeRun<'_> {
         shard_tokens: usize,
         allow_failed_claims: bool,
     ) -> Result<(), Failure> {
-        let (plan, scope) = (self.plan, self.scope);
-        let lock_path = crate::lock::path_for(self.experiment);
+        let (plan, scope) = (&self.plan, &self.scope);
+        let lock_path = crate::lock::path_for(self.experiment());
         scope.check_file(&lock_path, crate::lock::HEADER)?;
         let locked = crate::lock::read(&lock_path)?;
         // Hashed once, before the run reads them.
-        let datasets = crate::lock::dataset_files(plan, self.root);
+        let datasets = crate::lock::dataset_files(plan, self.root());
         let mut told = Vec::new();
         if let Some(locked) = &locked {
             told = crate::lock::differences(
                 locked,
-                &crate::lock::before_run(plan, self.root, &datasets),
+                &crate::lock::before_run(plan, self.root(), &datasets),
             );
             for difference in &told {
                 eprintln!(
@@ -387,10 +429,10 @@ impl WholeRun<'_> {
                 );
             }
         }
-        options.earlier = report::written_tables(&report::folder(self.reports, &plan.name));
-        let mut results = execute::execute_with(plan, self.runtime, scope, options)?;
+        options.earlier = report::written_tables(&report::folder(&self.reports, &plan.name));
+        let mut results = execute::execute_with(plan, &self.runtime, scope, options)?;
         results.tokens_run += shard_tokens;
-        let folder = report::write(self.reports, plan, self.source, &results, scope)?;
+        let folder = report::write(&self.reports, plan, &self.source, &results, scope)?;
         let lock = crate::lock::after_run(plan, &results, datasets);
         if let Some(locked) = &locked {
             for difference in crate::lock::differences(locked, &lock) {
@@ -512,6 +554,15 @@ impl InProject {
     fn reports(&self, typed: Option<&Path>) -> PathBuf {
         typed.map_or_else(|| PathBuf::from("reports"), |path| self.typed(path))
     }
+
+    /// Where a sharded run of `experiment` keeps its parts: `--shards-dir` as typed,
+    /// else `<reports>/<experiment>.shards`.
+    fn shards_folder(&self, typed: Option<&Path>, reports: &Path, experiment: &str) -> PathBuf {
+        typed.map_or_else(
+            || crate::shard::partial::default_folder(reports, experiment),
+            |path| self.typed(path),
+        )
+    }
 }
 
 fn parse_temperature(text: &str) -> Result<f32, String> {
@@ -593,30 +644,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
             shards_dir,
             outputs,
         } => {
-            let entered = InProject::enter(&experiment)?;
-            let (experiment, reports) = (&entered.experiment, entered.reports(reports.as_deref()));
-            let scope = outputs.scope()?;
-            let (mut plan, source) = load_plan(experiment, Some(&reports), &scope)?;
-            if let Some(device) = device {
-                plan.model.device = device;
-            }
-            let mut runtime = Runtime::new(plan.model.device)?;
-            runtime.threads = threads.map(usize::from);
-            let run = WholeRun {
-                experiment,
-                root: &entered.project.root,
-                reports: &reports,
-                plan: &plan,
-                source: &source,
-                scope: &scope,
-                runtime: &runtime,
-            };
+            let run =
+                WholeRun::prepare(&experiment, reports.as_deref(), device, threads, &outputs)?;
             match shard {
                 Some(shard) => {
-                    let folder = shards_dir.as_deref().map_or_else(
-                        || crate::shard::partial::default_folder(&reports, &plan.name),
-                        |typed| entered.typed(typed),
-                    );
+                    let folder = run.shards_folder(shards_dir.as_deref());
                     shards::run_shard(&run, shard, &folder, retrain)?;
                 }
                 None => run.run(
@@ -671,28 +703,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             allow_failed_claims,
             outputs,
         } => {
-            let entered = InProject::enter(&experiment)?;
-            let (experiment, reports) = (&entered.experiment, entered.reports(reports.as_deref()));
-            let scope = outputs.scope()?;
-            let (mut plan, source) = load_plan(experiment, Some(&reports), &scope)?;
-            if let Some(device) = device {
-                plan.model.device = device;
-            }
-            let mut runtime = Runtime::new(plan.model.device)?;
-            runtime.threads = threads.map(usize::from);
-            let folder = shards_dir.as_deref().map_or_else(
-                || crate::shard::partial::default_folder(&reports, &plan.name),
-                |typed| entered.typed(typed),
-            );
-            let run = WholeRun {
-                experiment,
-                root: &entered.project.root,
-                reports: &reports,
-                plan: &plan,
-                source: &source,
-                scope: &scope,
-                runtime: &runtime,
-            };
+            let run =
+                WholeRun::prepare(&experiment, reports.as_deref(), device, threads, &outputs)?;
+            let folder = run.shards_folder(shards_dir.as_deref());
             shards::merge(&run, &folder, count, allow_failed_claims)?;
         }
         Command::Export {

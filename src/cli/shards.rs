@@ -12,11 +12,11 @@ use crate::manifest::Manifest;
 use crate::shard::{Inputs, Partial, Role, Shard, partial};
 
 /// What ties a shard to this version of the experiment and its inputs.
-fn inputs(run: &WholeRun<'_>, weights_sha256: String) -> Inputs {
+fn inputs(run: &WholeRun, weights_sha256: String) -> Inputs {
     Inputs {
         experiment_sha256: format!("{:x}", Sha256::digest(run.source.as_bytes())),
         weights_sha256,
-        datasets_sha256: crate::lock::dataset_files(run.plan, run.root)
+        datasets_sha256: crate::lock::dataset_files(&run.plan, run.root())
             .into_iter()
             .map(|(name, file)| (name, file.sha256))
             .collect(),
@@ -25,12 +25,12 @@ fn inputs(run: &WholeRun<'_>, weights_sha256: String) -> Inputs {
 
 /// Runs `shard`'s share and writes it into `folder`.
 pub(super) fn run_shard(
-    run: &WholeRun<'_>,
+    run: &WholeRun,
     shard: Shard,
     folder: &Path,
     retrain: bool,
 ) -> Result<(), Failure> {
-    let roles = crate::shard::roles(run.plan);
+    let roles = crate::shard::roles(&run.plan);
     let sharded = roles.iter().filter(|role| role.is_made_by_shards()).count();
     if sharded == 0 {
         eprintln!(
@@ -42,10 +42,13 @@ pub(super) fn run_shard(
     run.scope.check(folder, crate::output::Kind::Shards)?;
     let options = execute::Options {
         retrain,
-        earlier: crate::report::written_tables(&crate::report::folder(run.reports, &run.plan.name)),
+        earlier: crate::report::written_tables(&crate::report::folder(
+            &run.reports,
+            &run.plan.name,
+        )),
         ..Default::default()
     };
-    let share = execute::execute_share(run.plan, run.runtime, run.scope, options, shard)?;
+    let share = execute::execute_share(&run.plan, &run.runtime, &run.scope, options, shard)?;
     let partial = Partial {
         shard,
         inputs: inputs(run, share.weights_sha256),
@@ -55,7 +58,7 @@ pub(super) fn run_shard(
         parts: share.parts,
     };
     let rows: usize = partial.parts.values().map(|p| p.table.rows.len()).sum();
-    let written = partial::write(folder, &partial, run.scope)?;
+    let written = partial::write(folder, &partial, &run.scope)?;
     outln!(
         "shard {shard} of `{}`: {rows} rows of {} table{} written to {}",
         run.plan.name,
@@ -65,14 +68,14 @@ pub(super) fn run_shard(
     );
     outln!(
         "once every shard is done: qexp merge {}",
-        run.experiment.display()
+        run.experiment().display()
     );
     Ok(())
 }
 
 /// Writes the report of the shards in `folder`.
 pub(super) fn merge(
-    run: &WholeRun<'_>,
+    run: &WholeRun,
     folder: &Path,
     count: Option<usize>,
     allow_failed_claims: bool,
@@ -106,7 +109,7 @@ pub(super) fn merge(
     )?;
     let mut shard_parts: BTreeMap<String, Vec<crate::shard::Part>> = BTreeMap::new();
     let count = partials.len();
-    for (step, role) in run.plan.steps.iter().zip(crate::shard::roles(run.plan)) {
+    for (step, role) in run.plan.steps.iter().zip(crate::shard::roles(&run.plan)) {
         let (crate::plan::Step::Table { name, .. } | crate::plan::Step::Dashboards { name, .. }) =
             step
         else {
@@ -179,10 +182,7 @@ fn slurm_place(
     let reports = entered.reports(place.reports.as_deref());
     let scope = crate::output::Scope::current(true)?;
     let (plan, _) = super::load_plan(&entered.experiment, Some(&reports), &scope)?;
-    let folder = place.shards_dir.as_deref().map_or_else(
-        || partial::default_folder(&reports, &plan.name),
-        |typed| entered.typed(typed),
-    );
+    let folder = entered.shards_folder(place.shards_dir.as_deref(), &reports, &plan.name);
     Ok((entered, plan, reports, folder))
 }
 
@@ -381,13 +381,8 @@ pub(super) fn store_root(
     experiment: &str,
 ) -> PathBuf {
     let reports = entered.reports(place.reports.as_deref());
-    place
-        .shards_dir
-        .as_deref()
-        .map_or_else(
-            || partial::default_folder(&reports, experiment),
-            |typed| entered.typed(typed),
-        )
+    entered
+        .shards_folder(place.shards_dir.as_deref(), &reports, experiment)
         .join("activations")
 }
 
