@@ -413,6 +413,15 @@ pub fn set_default_permissions(path: &Path, is_dir: bool) -> std::io::Result<()>
     }
 }
 
+/// Moves a finished file (synced first) to `path` in one rename, with the permissions
+/// a new file gets (a temporary file is made readable by its owner only): readers see
+/// the old file or the whole new one.
+pub fn put_in_place(staged: tempfile::NamedTempFile, path: &Path) -> std::io::Result<()> {
+    staged.as_file().sync_all()?;
+    staged.persist(path).map_err(|e| e.error)?;
+    set_default_permissions(path, false)
+}
+
 /// The process's umask, read without changing it (Linux reports it in /proc); elsewhere
 /// the common default.
 #[cfg(unix)]

@@ -14,29 +14,36 @@ fn setup() -> tempfile::TempDir {
     dir
 }
 
-fn shard(dir: &Path, i: usize, n: usize, reports: &str) {
+/// `qexp run EXPERIMENT --reports REPORTS`, which must succeed.
+fn run_whole(dir: &Path, experiment: &str, reports: &str) {
     qexp(dir)
-        .args([
-            "run",
-            "exp.qexp",
-            "--allow-outside-project",
-            "--reports",
-            reports,
-        ])
-        .args(["--shard", &format!("{i}/{n}")])
+        .args(["run", experiment, "--reports", reports])
         .assert()
         .success();
 }
 
-fn merge(dir: &Path, reports: &str) -> std::process::Output {
+/// `qexp run EXPERIMENT --shard I/N --reports REPORTS`, which must succeed; its output.
+fn shard(dir: &Path, experiment: &str, i: usize, n: usize, reports: &str) -> String {
+    let output = qexp(dir)
+        .args(["run", experiment, "--reports", reports])
+        .args(["--shard", &format!("{i}/{n}")])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "shard {i}/{n}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Every shard of `n`, one after another; their outputs.
+fn shards(dir: &Path, experiment: &str, n: usize, reports: &str) -> Vec<String> {
+    (1..=n)
+        .map(|i| shard(dir, experiment, i, n, reports))
+        .collect()
+}
+
+/// `qexp merge EXPERIMENT --reports REPORTS`.
+fn merge(dir: &Path, experiment: &str, reports: &str) -> std::process::Output {
     qexp(dir)
-        .args([
-            "merge",
-            "exp.qexp",
-            "--allow-outside-project",
-            "--reports",
-            reports,
-        ])
+        .args(["merge", experiment, "--reports", reports])
         .output()
         .unwrap()
 }
@@ -45,16 +52,7 @@ fn merge(dir: &Path, reports: &str) -> std::process::Output {
 fn a_merged_report_equals_a_single_run_for_one_two_and_three_shards() {
     let dir = setup();
     let dir = dir.path();
-    qexp(dir)
-        .args([
-            "run",
-            "exp.qexp",
-            "--allow-outside-project",
-            "--reports",
-            "whole",
-        ])
-        .assert()
-        .success();
+    run_whole(dir, "exp.qexp", "whole");
     let whole = dir.join("whole/sharded");
     let rows = std::fs::read_to_string(whole.join("results/tokens.csv"))
         .unwrap()
@@ -63,12 +61,10 @@ fn a_merged_report_equals_a_single_run_for_one_two_and_three_shards() {
     assert!(rows > 50, "{rows} rows");
     for n in 1..=3 {
         let reports = format!("sharded_{n}");
-        for i in 1..=n {
-            shard(dir, i, n, &reports);
-        }
+        shards(dir, "exp.qexp", n, &reports);
         // Shards write only their parts: no report until the merge.
         assert!(!dir.join(&reports).join("sharded").exists());
-        let merged = merge(dir, &reports);
+        let merged = merge(dir, "exp.qexp", &reports);
         assert!(merged.status.success(), "{merged:?}");
         let stdout = String::from_utf8(merged.stdout).unwrap();
         assert!(
@@ -125,7 +121,7 @@ fn plan_shows_which_steps_split_and_which_wait_for_the_merge() {
 fn a_merge_refuses_missing_and_stale_shards() {
     let dir = setup();
     let dir = dir.path();
-    let output = merge(dir, "reports");
+    let output = merge(dir, "exp.qexp", "reports");
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(
@@ -133,9 +129,9 @@ fn a_merge_refuses_missing_and_stale_shards() {
         "{stderr}"
     );
 
-    shard(dir, 1, 3, "reports");
-    shard(dir, 3, 3, "reports");
-    let output = merge(dir, "reports");
+    shard(dir, "exp.qexp", 1, 3, "reports");
+    shard(dir, "exp.qexp", 3, 3, "reports");
+    let output = merge(dir, "exp.qexp", "reports");
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("shard 2 of 3 missing"), "{stderr}");
     assert!(
@@ -144,23 +140,23 @@ fn a_merge_refuses_missing_and_stale_shards() {
     );
 
     // The experiment changes after shard 1 ran: its part no longer belongs.
-    shard(dir, 2, 3, "reports");
+    shard(dir, "exp.qexp", 2, 3, "reports");
     let path = dir.join("exp.qexp");
     let edited = std::fs::read_to_string(&path)
         .unwrap()
         .replace("top(3)", "top(4)");
     std::fs::write(&path, edited).unwrap();
-    shard(dir, 2, 3, "reports");
-    let output = merge(dir, "reports");
+    shard(dir, "exp.qexp", 2, 3, "reports");
+    let output = merge(dir, "exp.qexp", "reports");
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(
         stderr.contains("shard 1/3 was made from another version of the experiment"),
         "{stderr}"
     );
     // Rerunning the stale shards (as a resubmitted job would) completes the run.
-    shard(dir, 1, 3, "reports");
-    shard(dir, 3, 3, "reports");
-    let output = merge(dir, "reports");
+    shard(dir, "exp.qexp", 1, 3, "reports");
+    shard(dir, "exp.qexp", 3, 3, "reports");
+    let output = merge(dir, "exp.qexp", "reports");
     assert!(output.status.success(), "{output:?}");
 
     // Shards that chose another head (as another machine's kernels might, between
@@ -177,7 +173,7 @@ fn a_merge_refuses_missing_and_stale_shards() {
         partial["values"]["BEST"] = "L0H0".into();
         std::fs::write(&path, partial.to_string()).unwrap();
     }
-    let output = merge(dir, "reports");
+    let output = merge(dir, "exp.qexp", "reports");
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(
@@ -209,16 +205,9 @@ fn a_shard_refuses_to_train_an_sae_that_every_shard_would_train() {
         .args(["sae", "train", "exp.qexp", "s"])
         .assert()
         .success();
-    for i in 1..=2 {
-        qexp(dir.path())
-            .args(["run", "exp.qexp", "--shard", &format!("{i}/2")])
-            .assert()
-            .success();
-    }
-    qexp(dir.path())
-        .args(["merge", "exp.qexp"])
-        .assert()
-        .success();
+    shards(dir.path(), "exp.qexp", 2, "reports");
+    let merged = merge(dir.path(), "exp.qexp", "reports");
+    assert!(merged.status.success(), "{merged:?}");
 }
 
 /// Eight passes of a head-ablation loop (zero and mean ablation per head).
@@ -254,29 +243,17 @@ fn a_sweep_s_passes_are_dealt_out_whole_and_merge_into_the_single_run_s_report()
         "{plan}"
     );
     assert!(plan.contains("in the merge: sweep"), "{plan}");
-    qexp(dir)
-        .args(["run", "sweep.qexp", "--reports", "whole"])
-        .assert()
-        .success();
+    run_whole(dir, "sweep.qexp", "whole");
     // Five shards for eight passes: three shards make two passes, two make one.
     for n in [2, 5] {
         let reports = format!("sharded_{n}");
-        for i in 1..=n {
-            let output = qexp(dir)
-                .args(["run", "sweep.qexp", "--reports", &reports])
-                .args(["--shard", &format!("{i}/{n}")])
-                .output()
-                .unwrap();
-            assert!(output.status.success(), "{output:?}");
+        for (stdout, i) in shards(dir, "sweep.qexp", n, &reports).iter().zip(1..) {
             let passes = 8 / n + usize::from(i <= 8 % n);
-            let stdout = String::from_utf8(output.stdout).unwrap();
             let tables = format!(" {passes} table");
             assert!(stdout.contains(&tables), "shard {i}/{n}: {stdout}");
         }
-        qexp(dir)
-            .args(["merge", "sweep.qexp", "--reports", &reports])
-            .assert()
-            .success();
+        let merged = merge(dir, "sweep.qexp", &reports);
+        assert!(merged.status.success(), "{merged:?}");
         let merged = dir.join(&reports).join("sweep/results/sweep.csv");
         assert_eq!(
             std::fs::read_to_string(merged).unwrap(),
@@ -315,23 +292,12 @@ dashboards pages = feature_dashboards(s, [0, 1, 5], d, tokens = 60)
         ),
         "{plan}"
     );
-    qexp(dir)
-        .args(["run", "stats.qexp", "--reports", "whole"])
-        .assert()
-        .success();
+    run_whole(dir, "stats.qexp", "whole");
     for n in [2, 3] {
         let reports = format!("sharded_{n}");
-        for i in 1..=n {
-            qexp(dir)
-                .args(["run", "stats.qexp", "--reports", &reports])
-                .args(["--shard", &format!("{i}/{n}")])
-                .assert()
-                .success();
-        }
-        qexp(dir)
-            .args(["merge", "stats.qexp", "--reports", &reports])
-            .assert()
-            .success();
+        shards(dir, "stats.qexp", n, &reports);
+        let merged = merge(dir, "stats.qexp", &reports);
+        assert!(merged.status.success(), "{merged:?}");
         let report = dir.join(&reports).join("stats");
         qexp(dir)
             .args(["diff", "--exit-code"])
@@ -441,11 +407,7 @@ fn an_sae_trained_from_activations_harvested_in_shards_is_the_same_sae() {
         stdout.contains("s is pinned with the same inputs"),
         "{stdout}"
     );
-    for i in 1..=2 {
-        qexp(dir)
-            .args(["run", "trained.qexp", "--shard", &format!("{i}/2")])
-            .assert()
-            .success();
-    }
-    qexp(dir).args(["merge", "trained.qexp"]).assert().success();
+    shards(dir, "trained.qexp", 2, "reports");
+    let merged = merge(dir, "trained.qexp", "reports");
+    assert!(merged.status.success(), "{merged:?}");
 }

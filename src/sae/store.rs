@@ -137,15 +137,7 @@ impl ShardWriter {
             .out
             .into_inner()
             .map_err(|e| io(&data, "writing a shard")(e.into_error()))?;
-        staged
-            .as_file()
-            .sync_all()
-            .map_err(io(&data, "writing a shard"))?;
-        staged
-            .persist(&data)
-            .map_err(|e| io(&data, "writing a shard")(e.error))?;
-        crate::output::set_default_permissions(&data, false)
-            .map_err(io(&data, "writing a shard"))?;
+        crate::output::put_in_place(staged, &data).map_err(io(&data, "writing a shard"))?;
         let record = ShardRecord {
             format: FORMAT,
             shard: self.shard,
@@ -354,15 +346,7 @@ fn join_shards(folder: &Path, inputs: &Inputs) -> Result<(), StoreError> {
         }
         rows += record.rows;
     }
-    joined
-        .as_file()
-        .sync_all()
-        .map_err(io(&data, "joining the shards"))?;
-    joined
-        .persist(&data)
-        .map_err(|e| io(&data, "joining the shards")(e.error))?;
-    crate::output::set_default_permissions(&data, false)
-        .map_err(io(&data, "joining the shards"))?;
+    crate::output::put_in_place(joined, &data).map_err(io(&data, "joining the shards"))?;
     let record = Record {
         format: FORMAT,
         rows,

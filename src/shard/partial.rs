@@ -136,11 +136,7 @@ pub fn write(folder: &Path, partial: &Partial, scope: &Scope) -> Result<PathBuf,
         .tempfile_in(folder)
         .map_err(io(folder))?;
     std::io::Write::write_all(&mut staged, text.as_bytes()).map_err(io(&target))?;
-    staged.persist(&target).map_err(|e| ShardError::Write {
-        path: target.clone(),
-        source: e.error,
-    })?;
-    crate::output::set_default_permissions(&target, false).map_err(io(&target))?;
+    crate::output::put_in_place(staged, &target).map_err(io(&target))?;
     Ok(target)
 }
 
@@ -170,11 +166,7 @@ pub fn prepare_folder(folder: &Path, scope: &Scope) -> Result<(), ShardError> {
         .tempfile_in(parent)
         .map_err(io)?;
     std::io::Write::write_all(&mut marker, Kind::Shards.marker_text().as_bytes()).map_err(io)?;
-    marker
-        .persist(folder.join(crate::output::MARKER_FILE))
-        .map_err(|e| io(e.error))?;
-    crate::output::set_default_permissions(&folder.join(crate::output::MARKER_FILE), false)
-        .map_err(io)?;
+    crate::output::put_in_place(marker, &folder.join(crate::output::MARKER_FILE)).map_err(io)?;
     std::fs::write(ignore, "*\n").map_err(io)
 }
 
