@@ -6,8 +6,10 @@ mod common;
 
 use common::{Reference, assert_close, export_to_temp, fixture, runtime};
 use ndarray::{Array2, ArrayD, s};
+use qexp::checkpoint::Checkpoint;
 use qexp::model::WeightStorage;
 use qexp::runtime::{Batch, HookedModel};
+use std::collections::BTreeMap;
 
 /// Same tolerance for both tiny models: f32 throughout, so only summation order differs.
 const TOLERANCE: f32 = 1e-4;
@@ -35,78 +37,48 @@ fn reference_batch(reference: &mut Reference) -> Batch {
     Batch::right_padded(&sequences, 0)
 }
 
-/// Exports the GGUF fixture in `folder` and compares its logits on the reference rows
-/// with transformers' (which reads the GGUF itself); returns the model's manifest.
-fn gguf_matches_transformers(folder: &str) -> qexp::manifest::Manifest {
-    let (_dir, model_dir) = export_to_temp(&fixture(&format!("{folder}/model.gguf")));
+/// Exports `checkpoint` and compares logits with transformers' on the reference rows in
+/// `reference` (a fixture path), and, where asked, the residual stream entering each
+/// block and each layer's attention pattern; returns the model's manifest and those
+/// hooks' values for checks of their own.
+fn matches_transformers(
+    checkpoint: &str,
+    reference: &str,
+    with_hooks: bool,
+) -> (qexp::manifest::Manifest, BTreeMap<String, ArrayD<f32>>) {
+    let (_dir, model_dir) = export_to_temp(&fixture(checkpoint));
     let runtime = runtime();
     let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
-    let mut reference = Reference::open(&fixture(&format!("{folder}/reference.npz")));
+    let mut reference = Reference::open(&fixture(reference));
     let batch = reference_batch(&mut reference);
-    let expected = reference.f32("logits");
-    let logits = model.forward(&batch, true, &[]).unwrap().logits.unwrap();
-    for (row, &len) in batch.lengths.iter().enumerate() {
-        assert_close(
-            &format!("{folder} logits of row {row}"),
-            logits.slice(s![row, ..len, ..]).into_dyn(),
-            expected.slice(s![row, ..len, ..]).into_dyn(),
-            TOLERANCE,
-        );
-    }
-    model.manifest.clone()
-}
-
-#[test]
-fn tiny_llama_gguf_with_every_quant_type_matches_transformers() {
-    gguf_matches_transformers("tiny_llama");
-}
-
-#[test]
-fn tiny_qwen2_gguf_with_biases_and_unpermuted_rows_matches_transformers() {
-    let manifest = gguf_matches_transformers("tiny_qwen2_gguf");
-    assert!(manifest.config.bias.qkv);
-    assert!(
-        !manifest.special_tokens.prepend_bos,
-        "Qwen's GGUF says add_bos_token = false"
-    );
-}
-
-/// Exports the Hugging Face folder `name` and compares logits, the residual stream
-/// entering each block and each layer's attention pattern with transformers' own forward
-/// pass; returns the patterns for checks of their own.
-fn hf_folder_matches_transformers(name: &str) -> std::collections::BTreeMap<String, ArrayD<f32>> {
-    let (_dir, model_dir) = export_to_temp(&fixture(name));
-    let runtime = runtime();
-    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
-    let mut reference = Reference::open(&fixture(&format!("{name}/reference.npz")));
-    let batch = reference_batch(&mut reference);
-    let hooks = [
+    let all_hooks = [
         "blocks.0.hook_resid_pre",
         "blocks.1.hook_resid_pre",
         "blocks.0.attn.hook_pattern",
         "blocks.1.attn.hook_pattern",
     ];
-    let forward = model.forward(&batch, true, &hooks).unwrap();
+    let hooks: &[&str] = if with_hooks { &all_hooks } else { &[] };
+    let forward = model.forward(&batch, true, hooks).unwrap();
     let logits = forward.logits.unwrap();
     let expected = reference.f32("logits");
     for (row, &len) in batch.lengths.iter().enumerate() {
         assert_close(
-            &format!("{name} logits"),
+            &format!("{checkpoint} logits of row {row}"),
             logits.slice(s![row, ..len, ..]).into_dyn(),
             expected.slice(s![row, ..len, ..]).into_dyn(),
             TOLERANCE,
         );
-        for hook in &hooks[..2] {
+        for hook in hooks.iter().filter(|h| h.ends_with("resid_pre")) {
             assert_close(
-                &format!("{name} {hook}"),
+                &format!("{checkpoint} {hook}"),
                 forward.hooks[*hook].slice(s![row, ..len, ..]).into_dyn(),
                 reference.f32(hook).slice(s![row, ..len, ..]).into_dyn(),
                 TOLERANCE,
             );
         }
-        for hook in &hooks[2..] {
+        for hook in hooks.iter().filter(|h| h.ends_with("pattern")) {
             assert_close(
-                &format!("{name} {hook}"),
+                &format!("{checkpoint} {hook}"),
                 forward.hooks[*hook]
                     .slice(s![row, .., ..len, ..len])
                     .into_dyn(),
@@ -118,7 +90,124 @@ fn hf_folder_matches_transformers(name: &str) -> std::collections::BTreeMap<Stri
             );
         }
     }
-    forward.hooks
+    (model.manifest.clone(), forward.hooks)
+}
+
+/// The GGUF fixture in `folder` against transformers (which read the GGUF itself, or
+/// the folder it was converted from).
+fn gguf_matches_transformers(folder: &str, with_hooks: bool) -> qexp::manifest::Manifest {
+    let gguf = format!("{folder}/model.gguf");
+    matches_transformers(&gguf, &format!("{folder}/reference.npz"), with_hooks).0
+}
+
+#[test]
+fn tiny_llama_gguf_with_every_quant_type_matches_transformers() {
+    gguf_matches_transformers("tiny_llama", false);
+}
+
+#[test]
+fn tiny_qwen2_gguf_with_biases_and_unpermuted_rows_matches_transformers() {
+    let manifest = gguf_matches_transformers("tiny_qwen2_gguf", false);
+    assert!(manifest.config.bias.qkv);
+    assert!(
+        !manifest.special_tokens.prepend_bos,
+        "Qwen's GGUF says add_bos_token = false"
+    );
+}
+
+/// Exports the Hugging Face folder `name` and compares it with transformers' own
+/// forward pass; returns the hooks' values.
+fn hf_folder_matches_transformers(name: &str) -> BTreeMap<String, ArrayD<f32>> {
+    matches_transformers(name, &format!("{name}/reference.npz"), true).1
+}
+
+/// A folder's GGUF conversion (by llama.cpp's converter, in f32) reads as the folder
+/// does: the same config, every weight equal bit for bit, the same special tokens, and
+/// the rebuilt tokenizer splitting text as the folder's `tokenizer.json` does.
+fn gguf_reads_as_its_folder(name: &str) {
+    let folder = Checkpoint::load(&fixture(name)).unwrap();
+    let gguf = Checkpoint::load(&fixture(&format!("{name}/model.gguf"))).unwrap();
+    assert_eq!(gguf.transformer.config, folder.transformer.config, "{name}");
+    let names = |c: &Checkpoint| c.transformer.weights.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(&gguf), names(&folder), "{name}: weight names");
+    for (weight, value) in &folder.transformer.weights {
+        assert_eq!(&gguf.transformer.weights[weight], value, "{name}: {weight}");
+    }
+    assert_eq!(gguf.special_tokens, folder.special_tokens, "{name}");
+    for text in ["Once upon a time, the hen", "in the end <|im_end|>  twice"] {
+        let ids = |c: &Checkpoint| c.tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+        assert_eq!(ids(&gguf), ids(&folder), "{name}: {text:?}");
+    }
+}
+
+#[test]
+fn gpt2_pythia_and_qwen3_gguf_files_read_as_the_folders_they_were_converted_from() {
+    for name in ["tiny_gpt2", "tiny_pythia", "tiny_qwen3"] {
+        gguf_reads_as_its_folder(name);
+    }
+}
+
+#[test]
+fn tiny_gpt2_gguf_matches_transformers() {
+    let manifest = gguf_matches_transformers("tiny_gpt2", true);
+    assert!(manifest.config.tied_embeddings);
+    assert!(
+        manifest.special_tokens.prepend_bos,
+        "TransformerLens' default for GPT-2"
+    );
+}
+
+#[test]
+fn tiny_pythia_gguf_with_regrouped_qkv_matches_transformers() {
+    let manifest = gguf_matches_transformers("tiny_pythia", true);
+    assert!(manifest.config.parallel_attn_mlp);
+}
+
+#[test]
+fn tiny_qwen3_gguf_with_query_key_norms_matches_transformers() {
+    let manifest = gguf_matches_transformers("tiny_qwen3", true);
+    assert!(manifest.config.qk_norm);
+}
+
+#[test]
+fn tiny_gemma2_gguf_matches_transformers_in_logits_residuals_and_alternating_windows() {
+    let (manifest, hooks) = matches_transformers(
+        "tiny_gemma2_gguf/model.gguf",
+        "tiny_gemma2_gguf/reference.npz",
+        true,
+    );
+    assert_eq!(manifest.config.attention_windows, vec![Some(4), None]);
+    assert!(
+        manifest.special_tokens.prepend_bos,
+        "SentencePiece vocabularies add BOS"
+    );
+    assert_window_of_four(&hooks["blocks.0.attn.hook_pattern"]);
+}
+
+#[test]
+fn a_gemma2_gguf_sentencepiece_vocabulary_tokenizes_as_sentencepiece_does() {
+    // Texts and ids written by SentencePiece itself when the fixture was made: spaces,
+    // a tab and a newline, digits split, turn tokens matched whole, and characters
+    // outside the vocabulary as byte tokens.
+    #[derive(serde::Deserialize)]
+    struct Case {
+        text: String,
+        ids: Vec<u32>,
+    }
+    let path = fixture("tiny_gemma2_gguf/tokens.json");
+    let cases: Vec<Case> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_gemma2_gguf/model.gguf"));
+    let tokenizer = tokenizers::Tokenizer::from_file(model_dir.join("tokenizer.json")).unwrap();
+    for case in &cases {
+        let encoding = tokenizer.encode(case.text.as_str(), false).unwrap();
+        assert_eq!(encoding.get_ids(), case.ids, "{:?}", case.text);
+        assert_eq!(
+            tokenizer.decode(encoding.get_ids(), false).unwrap(),
+            case.text,
+            "decoding {:?}",
+            case.text
+        );
+    }
 }
 
 /// Query 10 of row 0 in a layer whose window is 4 sees keys 7..=10 only.

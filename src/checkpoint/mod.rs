@@ -1,14 +1,15 @@
 //! Checkpoint readers: turn a model file someone already has into a [`Transformer`] and
 //! its tokenizer.
 //!
-//! - a `.gguf` file of the Llama family (`llama.rs` over `gguf.rs`), quantized or not;
+//! - a `.gguf` file of GPT-2, GPT-NeoX, Llama, Qwen2, Qwen3 or Gemma-2 (`gguf_families/`
+//!   over `gguf.rs`), quantized or not;
 //! - a Hugging Face folder with `config.json`, `model.safetensors` (or its shards) and
 //!   `tokenizer.json` of GPT-2, GPT-Neo, Llama, Mistral, Qwen2 or Qwen3 (`hf/`).
 
 mod gguf;
+mod gguf_families;
 mod gguf_tokenizer;
 mod hf;
-mod llama;
 pub mod quant;
 
 use std::path::{Path, PathBuf};
@@ -71,7 +72,7 @@ impl Checkpoint {
         }
         if path.extension().is_some_and(|ext| ext == "gguf") {
             let file = GgufFile::open(path)?;
-            return llama::load(&file);
+            return gguf_families::load(&file);
         }
         if !path.exists() {
             return Err(CheckpointError::Io {
@@ -84,6 +85,15 @@ impl Checkpoint {
             what: "expected a .gguf file or a Hugging Face folder with config.json and model.safetensors".into(),
         })
     }
+}
+
+/// The tokenizer a GGUF file's vocabulary rebuilds to, and its special tokens, without
+/// reading any weights (llama.cpp's vocabulary-only files have none). Prompts start
+/// with BOS only where the file says so.
+pub fn gguf_tokenizer(
+    path: &Path,
+) -> Result<(tokenizers::Tokenizer, SpecialTokens), CheckpointError> {
+    gguf_tokenizer::build(&GgufFile::open(path)?, false)
 }
 
 /// Checks a tensor's shape before it is used; readers call this for every tensor so a

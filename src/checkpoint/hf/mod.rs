@@ -77,7 +77,7 @@ pub(super) fn load(dir: &Path) -> Result<Checkpoint, CheckpointError> {
                 path: config_path,
                 what: format!(
                     "model_type `{other}`; qexp exports Hugging Face folders of {SUPPORTED}, \
-                     and `llama` GGUF files"
+                     and GGUF files of the same families"
                 ),
             });
         }

@@ -1,0 +1,138 @@
+//! Gemma-2 (`gemma2`): the Llama layout with Gemma's refinements (see the Hugging Face
+//! reader): a scaled embedding, norms before and after attention and MLP, GeGLU,
+//! soft-capped scores and logits, sliding-window layers. llama.cpp's converter stores
+//! each RMSNorm weight with Gemma's `+ 1` already added, and always ties the unembedding.
+//!
+//! Two things Hugging Face's config says and a GGUF file does not are derived as
+//! llama.cpp derives them: scores are scaled by `1/sqrt(head width)`, except in the
+//! 46-layer 27B model, whose `query_pre_attn_scalar` is `d_model / heads`; and layers
+//! alternate sliding window and global attention, sliding first, unless the file gives a
+//! `attention.sliding_window_pattern`.
+
+use ndarray::ArrayD;
+
+use super::{Family, Meta, Tensors};
+use crate::checkpoint::CheckpointError;
+use crate::model::{
+    Architecture, BiasLayout, Mlp, Normalization, Positional, TransformerConfig, Weights,
+    weight_names,
+};
+
+/// llama.cpp's window when the file gives none: Gemma-2's.
+const DEFAULT_WINDOW: usize = 4096;
+/// Layers of Gemma-2 27B, the one size that scales scores by `d_model / heads`.
+const LAYERS_OF_27B: usize = 46;
+
+pub(super) fn family(meta: &Meta<'_>) -> Result<Family, CheckpointError> {
+    let n_layers = meta.int("block_count")?;
+    let d_model = meta.int("embedding_length")?;
+    let (n_heads, n_kv_heads, d_head) = meta.heads(d_model, true)?;
+    let query_scalar = if n_layers == LAYERS_OF_27B {
+        (d_model / n_heads) as f32
+    } else {
+        d_head as f32
+    };
+    let window = meta
+        .optional_int("attention.sliding_window")
+        .unwrap_or(DEFAULT_WINDOW);
+    let attention_windows = sliding_layers(meta, n_layers)?
+        .into_iter()
+        .map(|sliding| sliding.then_some(window))
+        .collect();
+    let config = TransformerConfig {
+        architecture: Architecture::Gemma2,
+        n_layers,
+        d_model,
+        n_heads,
+        n_kv_heads,
+        d_head,
+        d_mlp: meta.int("feed_forward_length")?,
+        d_vocab: meta.vocab()?,
+        n_ctx: meta.int("context_length")?,
+        normalization: Normalization::RmsNorm,
+        norm_eps: meta
+            .float("attention.layer_norm_rms_epsilon")
+            .unwrap_or(1e-6),
+        positional: Positional::Rotary {
+            base: meta.float("rope.freq_base").unwrap_or(10_000.0),
+            rotary_dim: None,
+            scaling: None,
+        },
+        mlp: Mlp::GatedGeluTanh,
+        attn_scale: 1.0 / query_scalar.sqrt(),
+        attention_windows,
+        bias: BiasLayout {
+            qkv: false,
+            attn_out: false,
+            mlp: false,
+            unembed: false,
+        },
+        tied_embeddings: true,
+        qk_norm: false,
+        parallel_attn_mlp: false,
+        embed_scale: Some((d_model as f32).sqrt()),
+        post_norms: true,
+        attn_softcap: meta.float("attn_logit_softcapping"),
+        final_softcap: meta.float("final_logit_softcapping"),
+    };
+    Ok(Family {
+        config,
+        prepend_bos: true,
+        read_weights,
+    })
+}
+
+/// Which layers attend through the sliding window: the file's
+/// `attention.sliding_window_pattern` (one flag per layer, or every `n`th layer global),
+/// else every other layer, the first sliding.
+fn sliding_layers(meta: &Meta<'_>, n_layers: usize) -> Result<Vec<bool>, CheckpointError> {
+    use crate::checkpoint::GgufValue;
+    let key = "attention.sliding_window_pattern";
+    if let Some(GgufValue::Array(flags)) = meta.value(key) {
+        if flags.len() != n_layers {
+            return Err(meta.corrupt(format!(
+                "`{key}` has {} flags for {n_layers} layers",
+                flags.len()
+            )));
+        }
+        return flags
+            .iter()
+            .map(|flag| match flag {
+                GgufValue::Bool(b) => Ok(*b),
+                other => Err(meta.corrupt(format!("`{key}` holds {other:?}, not a flag"))),
+            })
+            .collect();
+    }
+    let every = meta.optional_int(key).unwrap_or(2);
+    Ok((0..n_layers)
+        .map(|layer| every == 0 || layer % every < every - 1)
+        .collect())
+}
+
+fn read_weights(t: &Tensors<'_>, config: &TransformerConfig) -> Result<Weights, CheckpointError> {
+    let d = config.d_model;
+    let mut weights = Weights::new();
+    weights.insert(
+        weight_names::W_E.into(),
+        t.read("token_embd.weight", &[config.d_vocab, d])?,
+    );
+    weights.insert(
+        weight_names::LN_FINAL_W.into(),
+        t.read("output_norm.weight", &[d])?,
+    );
+    for layer in 0..config.n_layers {
+        let gguf = |suffix: &str| format!("blk.{layer}.{suffix}");
+        let mut put = |name: &str, array: ArrayD<f32>| {
+            weights.insert(weight_names::block(layer, name), array);
+        };
+        put("ln1.w", t.read(&gguf("attn_norm.weight"), &[d])?);
+        put(
+            "ln1_post.w",
+            t.read(&gguf("post_attention_norm.weight"), &[d])?,
+        );
+        put("ln2.w", t.read(&gguf("ffn_norm.weight"), &[d])?);
+        put("ln2_post.w", t.read(&gguf("post_ffw_norm.weight"), &[d])?);
+        super::llama::read_layer(t, config, layer, &mut put)?;
+    }
+    Ok(weights)
+}

@@ -1,0 +1,130 @@
+//! GPT-2 (`gpt2`): learned positions, LayerNorm, `gelu_new`, biases everywhere. llama.cpp
+//! stores the `Conv1D` weights transposed to `[out, in]`, q, k and v still fused in one
+//! `attn_qkv`, and the unembedding only when it is not the embedding. GPT-NeoX's tensors
+//! are these less the positions.
+
+use ndarray::{ArrayD, Axis, s};
+
+use super::{Family, Meta, Tensors, transposed};
+use crate::checkpoint::CheckpointError;
+use crate::model::{
+    Architecture, BiasLayout, Mlp, Normalization, Positional, TransformerConfig, Weights,
+    weight_names,
+};
+
+pub(super) fn family(meta: &Meta<'_>) -> Result<Family, CheckpointError> {
+    let n_layers = meta.int("block_count")?;
+    let d_model = meta.int("embedding_length")?;
+    let (n_heads, _, d_head) = meta.heads(d_model, false)?;
+    let config = TransformerConfig {
+        architecture: Architecture::Gpt2,
+        n_layers,
+        d_model,
+        n_heads,
+        n_kv_heads: n_heads,
+        d_head,
+        d_mlp: meta.int("feed_forward_length")?,
+        d_vocab: meta.vocab()?,
+        n_ctx: meta.int("context_length")?,
+        normalization: Normalization::LayerNorm,
+        norm_eps: meta.float("attention.layer_norm_epsilon").unwrap_or(1e-5),
+        positional: Positional::Learned,
+        mlp: Mlp::GeluNew,
+        attn_scale: 1.0 / (d_head as f32).sqrt(),
+        attention_windows: vec![None; n_layers],
+        bias: BiasLayout {
+            qkv: true,
+            attn_out: true,
+            mlp: true,
+            unembed: false,
+        },
+        tied_embeddings: !meta.has_tensor("output.weight"),
+        qk_norm: false,
+        parallel_attn_mlp: false,
+        embed_scale: None,
+        post_norms: false,
+        attn_softcap: None,
+        final_softcap: None,
+    };
+    Ok(Family {
+        config,
+        // TransformerLens prepends `<|endoftext|>` to GPT-2 prompts by default.
+        prepend_bos: true,
+        read_weights,
+    })
+}
+
+fn read_weights(t: &Tensors<'_>, config: &TransformerConfig) -> Result<Weights, CheckpointError> {
+    let mut weights = read_fused_layers(t, config)?;
+    weights.insert(
+        weight_names::W_POS.into(),
+        t.read("position_embd.weight", &[config.n_ctx, config.d_model])?,
+    );
+    Ok(weights)
+}
+
+/// Everything but the positions, in the layout GPT-2 and GPT-NeoX share in GGUF:
+/// LayerNorms with biases, one fused `attn_qkv` with rows `[q | k | v]`, biased linears.
+pub(super) fn read_fused_layers(
+    t: &Tensors<'_>,
+    config: &TransformerConfig,
+) -> Result<Weights, CheckpointError> {
+    let d = config.d_model;
+    let mut weights = Weights::new();
+    weights.insert(
+        weight_names::W_E.into(),
+        t.read("token_embd.weight", &[config.d_vocab, d])?,
+    );
+    weights.insert(
+        weight_names::LN_FINAL_W.into(),
+        t.read("output_norm.weight", &[d])?,
+    );
+    weights.insert(
+        weight_names::LN_FINAL_B.into(),
+        t.read("output_norm.bias", &[d])?,
+    );
+    if !config.tied_embeddings {
+        weights.insert(
+            weight_names::W_U.into(),
+            t.linear("output.weight", config.d_vocab, d)?,
+        );
+    }
+    for layer in 0..config.n_layers {
+        let gguf = |suffix: &str| format!("blk.{layer}.{suffix}");
+        let mut put = |name: &str, array: ArrayD<f32>| {
+            weights.insert(weight_names::block(layer, name), array);
+        };
+        put("ln1.w", t.read(&gguf("attn_norm.weight"), &[d])?);
+        put("ln1.b", t.read(&gguf("attn_norm.bias"), &[d])?);
+        put("ln2.w", t.read(&gguf("ffn_norm.weight"), &[d])?);
+        put("ln2.b", t.read(&gguf("ffn_norm.bias"), &[d])?);
+
+        let qkv = t.matrix(&gguf("attn_qkv.weight"), 3 * d, d)?;
+        let qkv_bias = t.read(&gguf("attn_qkv.bias"), &[3 * d])?;
+        for (i, part) in ["Q", "K", "V"].into_iter().enumerate() {
+            put(
+                &format!("attn.W_{part}"),
+                transposed(qkv.slice(s![i * d..(i + 1) * d, ..]).to_owned()),
+            );
+            put(
+                &format!("attn.b_{part}"),
+                qkv_bias
+                    .slice_axis(Axis(0), (i * d..(i + 1) * d).into())
+                    .to_owned(),
+            );
+        }
+        put("attn.W_O", t.linear(&gguf("attn_output.weight"), d, d)?);
+        put("attn.b_O", t.read(&gguf("attn_output.bias"), &[d])?);
+        put(
+            "mlp.W_in",
+            t.linear(&gguf("ffn_up.weight"), config.d_mlp, d)?,
+        );
+        put("mlp.b_in", t.read(&gguf("ffn_up.bias"), &[config.d_mlp])?);
+        put(
+            "mlp.W_out",
+            t.linear(&gguf("ffn_down.weight"), d, config.d_mlp)?,
+        );
+        put("mlp.b_out", t.read(&gguf("ffn_down.bias"), &[d])?);
+    }
+    Ok(weights)
+}

@@ -1,0 +1,222 @@
+//! Models from GGUF files, one module per family as llama.cpp's converter stores it:
+//! `llama` (SmolLM2, TinyLlama, Llama 2/3, Mistral), `qwen2` and `qwen3` (`llama.rs`),
+//! `gpt2`, `gptneox` (Pythia) and `gemma2`.
+//!
+//! This module owns what the families share: reading metadata under the file's
+//! architecture prefix, reading tensors with their shapes checked, and turning llama.cpp's
+//! `[out, in]` matrices into the `[in, out]` the graph multiplies by. Each family turns
+//! the metadata into a [`TransformerConfig`] and its tensors into [`Weights`], the same
+//! config and weights its Hugging Face reader makes from the same model.
+
+mod gemma2;
+mod gpt2;
+mod gpt_neox;
+mod llama;
+
+use ndarray::{Array2, ArrayD, Ix2};
+
+use super::gguf::{GgufFile, Value};
+use super::{Checkpoint, CheckpointError, expect_shape, gguf_tokenizer};
+use crate::model::{Transformer, TransformerConfig, Weights};
+
+/// The architectures qexp reads, for the message that refuses the others.
+const SUPPORTED: &str = "gemma2, gpt2, gptneox, llama, qwen2, qwen3";
+
+/// What a family makes of a file's metadata.
+struct Family {
+    config: TransformerConfig,
+    /// Whether prompts start with BOS when the file does not say
+    /// (`tokenizer.ggml.add_bos_token`): TransformerLens' default for the family.
+    prepend_bos: bool,
+    read_weights: fn(&Tensors<'_>, &TransformerConfig) -> Result<Weights, CheckpointError>,
+}
+
+pub(super) fn load(file: &GgufFile) -> Result<Checkpoint, CheckpointError> {
+    let arch = file
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown");
+    let meta = Meta { file, arch };
+    let family = match arch {
+        "llama" | "qwen2" | "qwen3" => llama::family(&meta)?,
+        "gpt2" => gpt2::family(&meta)?,
+        "gptneox" => gpt_neox::family(&meta)?,
+        "gemma2" => gemma2::family(&meta)?,
+        other => {
+            return Err(CheckpointError::Unsupported {
+                path: file.path().to_owned(),
+                what: format!(
+                    "architecture `{other}`; qexp reads GGUF files of {SUPPORTED}, and \
+                     Hugging Face folders of GPT-2, GPT-NeoX, GPT-Neo, Llama, Mistral, Qwen \
+                     and Gemma-2"
+                ),
+            });
+        }
+    };
+    let weights = (family.read_weights)(&Tensors { file }, &family.config)?;
+    let (tokenizer, special_tokens) = gguf_tokenizer::build(file, family.prepend_bos)?;
+    let name = file
+        .get("general.name")
+        .and_then(Value::as_str)
+        .unwrap_or(arch);
+    let quant = dominant_type(file);
+    Ok(Checkpoint {
+        transformer: Transformer {
+            config: family.config,
+            weights,
+        },
+        tokenizer,
+        special_tokens,
+        description: format!("{name} (GGUF, weights mostly {quant})"),
+    })
+}
+
+/// Metadata keys under the architecture's prefix (`gpt2.block_count`).
+struct Meta<'a> {
+    file: &'a GgufFile,
+    arch: &'a str,
+}
+
+impl Meta<'_> {
+    fn value(&self, key: &str) -> Option<&Value> {
+        self.file.get(&format!("{}.{key}", self.arch))
+    }
+
+    fn int(&self, key: &str) -> Result<usize, CheckpointError> {
+        self.optional_int(key)
+            .ok_or_else(|| CheckpointError::MissingMetadata {
+                path: self.file.path().to_owned(),
+                key: format!("{}.{key}", self.arch),
+            })
+    }
+
+    fn optional_int(&self, key: &str) -> Option<usize> {
+        self.value(key)
+            .and_then(Value::as_u64)
+            .and_then(|v| usize::try_from(v).ok())
+    }
+
+    fn float(&self, key: &str) -> Option<f32> {
+        self.value(key).and_then(Value::as_f64).map(|v| v as f32)
+    }
+
+    fn bool(&self, key: &str) -> Option<bool> {
+        match self.value(key) {
+            Some(Value::Bool(b)) => Some(*b),
+            _ => None,
+        }
+    }
+
+    fn has_tensor(&self, name: &str) -> bool {
+        self.file.tensors.contains_key(name)
+    }
+
+    /// The vocabulary size, from the embedding's rows.
+    fn vocab(&self) -> Result<usize, CheckpointError> {
+        self.file
+            .tensors
+            .get("token_embd.weight")
+            .and_then(|t| t.dims.get(1))
+            .map(|&v| v as usize)
+            .ok_or_else(|| CheckpointError::MissingTensor {
+                path: self.file.path().to_owned(),
+                name: "token_embd.weight".into(),
+            })
+    }
+
+    fn corrupt(&self, what: String) -> CheckpointError {
+        CheckpointError::Corrupt {
+            path: self.file.path().to_owned(),
+            what,
+        }
+    }
+
+    /// Query heads, key/value heads and head width: the width is
+    /// `attention.key_length` where the file gives it (Qwen3's and Gemma's heads are
+    /// not `d_model / heads` wide), else `d_model / heads`. Refuses groups that do not
+    /// divide, and an odd width when a rotary turns pairs of it.
+    fn heads(
+        &self,
+        d_model: usize,
+        rotary: bool,
+    ) -> Result<(usize, usize, usize), CheckpointError> {
+        let n_heads = self.int("attention.head_count")?;
+        let n_kv = self
+            .optional_int("attention.head_count_kv")
+            .unwrap_or(n_heads);
+        let d_head = match self.optional_int("attention.key_length") {
+            Some(width) => width,
+            None if n_heads > 0 && d_model.is_multiple_of(n_heads) => d_model / n_heads,
+            None => {
+                return Err(
+                    self.corrupt(format!("{n_heads} heads do not divide d_model {d_model}"))
+                );
+            }
+        };
+        if let Some(value_width) = self.optional_int("attention.value_length")
+            && value_width != d_head
+        {
+            return Err(self.corrupt(format!(
+                "value heads {value_width} wide and key heads {d_head} wide; qexp's graph \
+                 gives both one width"
+            )));
+        }
+        if n_heads == 0 || n_kv == 0 || !n_heads.is_multiple_of(n_kv) || d_head == 0 {
+            return Err(self.corrupt(format!(
+                "{n_heads} query heads cannot share {n_kv} key/value heads"
+            )));
+        }
+        if rotary && d_head % 2 == 1 {
+            return Err(self.corrupt(format!(
+                "rotary embedding needs an even head width, got {d_head}"
+            )));
+        }
+        Ok((n_heads, n_kv, d_head))
+    }
+}
+
+/// Reads tensors by their llama.cpp names, with shapes checked.
+struct Tensors<'a> {
+    file: &'a GgufFile,
+}
+
+impl Tensors<'_> {
+    fn read(&self, name: &str, expected: &[usize]) -> Result<ArrayD<f32>, CheckpointError> {
+        let (shape, values) = self.file.tensor(name)?;
+        expect_shape(self.file.path(), name, &shape, expected)?;
+        Ok(ArrayD::from_shape_vec(shape, values).expect("shape checked against the element count"))
+    }
+
+    /// A `[out, in]` matrix as stored.
+    fn matrix(&self, name: &str, out: usize, d_in: usize) -> Result<Array2<f32>, CheckpointError> {
+        Ok(self
+            .read(name, &[out, d_in])?
+            .into_dimensionality::<Ix2>()
+            .expect("two dimensions checked"))
+    }
+
+    /// A `[out, in]` linear layer, transposed to `[in, out]` for `x @ W`.
+    fn linear(&self, name: &str, out: usize, d_in: usize) -> Result<ArrayD<f32>, CheckpointError> {
+        Ok(transposed(self.matrix(name, out, d_in)?))
+    }
+}
+
+fn transposed(m: Array2<f32>) -> ArrayD<f32> {
+    m.reversed_axes()
+        .as_standard_layout()
+        .into_owned()
+        .into_dyn()
+}
+
+/// The most common tensor type by element count, for a human-readable description.
+fn dominant_type(file: &GgufFile) -> String {
+    let mut counts = std::collections::BTreeMap::<String, u64>::new();
+    for info in file.tensors.values() {
+        *counts.entry(format!("{:?}", info.ggml_type)).or_default() += info.element_count();
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(t, _)| t.to_uppercase())
+        .unwrap_or_default()
+}
