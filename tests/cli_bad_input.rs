@@ -58,7 +58,7 @@ fn truncated_gguf_is_named_and_nothing_is_written() {
 
 #[test]
 fn unsupported_quantization_is_named() {
-    // A GGUF with no metadata and one Q4_K (type 12) tensor of 256 values.
+    // A GGUF with no metadata and one IQ4_XS (type 23) tensor of 256 values.
     let mut bytes = b"GGUF".to_vec();
     bytes.extend(3u32.to_le_bytes());
     bytes.extend(1u64.to_le_bytes());
@@ -68,16 +68,16 @@ fn unsupported_quantization_is_named() {
     bytes.extend(name);
     bytes.extend(1u32.to_le_bytes());
     bytes.extend(256u64.to_le_bytes());
-    bytes.extend(12u32.to_le_bytes());
+    bytes.extend(23u32.to_le_bytes());
     bytes.extend(0u64.to_le_bytes());
-    bytes.resize(bytes.len().next_multiple_of(32) + 144, 0);
+    bytes.resize(bytes.len().next_multiple_of(32) + 136, 0);
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("q4k.gguf");
+    let path = dir.path().join("iq4_xs.gguf");
     std::fs::write(&path, bytes).unwrap();
     let stderr = export_fails(&path);
-    assert!(stderr.contains("Q4_K"), "{stderr}");
+    assert!(stderr.contains("IQ4_XS"), "{stderr}");
     assert!(
-        stderr.contains("qexp reads F32, F16, BF16, Q8_0, Q4_0 and Q4_1"),
+        stderr.contains("qexp reads F32, F16, BF16, Q8_0, Q5_0, Q5_1, Q4_0, Q4_1, Q6_K"),
         "{stderr}"
     );
 }

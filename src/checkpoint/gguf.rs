@@ -175,7 +175,7 @@ impl GgufFile {
                 CheckpointError::Unsupported {
                     path: path.to_owned(),
                     what: format!(
-                        "tensor `{name}` uses GGML type {} ({type_id}); qexp reads F32, F16, BF16, Q8_0, Q4_0 and Q4_1",
+                        "tensor `{name}` uses GGML type {} ({type_id}); qexp reads F32, F16, BF16, Q8_0, Q5_0, Q5_1, Q4_0, Q4_1, Q6_K, Q5_K, Q4_K, Q3_K and Q2_K; convert the file with llama.cpp to one of them",
                         quant::type_name(type_id)
                     ),
                 }
