@@ -112,6 +112,52 @@ fn unsupported_architecture_is_named() {
     );
 }
 
+/// A copy of the GGUF fixture `name` with the bytes of `from` replaced by `to` (of the
+/// same length, so every offset stays valid).
+fn edited_gguf(name: &str, from: &str, to: &str) -> tempfile::TempDir {
+    let mut bytes = std::fs::read(fixture(name)).unwrap();
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+        .unwrap();
+    bytes[at..at + to.len()].copy_from_slice(to.as_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("model.gguf"), bytes).unwrap();
+    dir
+}
+
+#[test]
+fn a_gguf_missing_a_tensor_or_a_key_of_its_family_names_it() {
+    let renamed = edited_gguf(
+        "tiny_gpt2/model.gguf",
+        "blk.1.attn_qkv.weight",
+        "blk.1.attn_qkx.weight",
+    );
+    let stderr = export_fails(&renamed.path().join("model.gguf"));
+    assert!(
+        stderr.contains("has no tensor `blk.1.attn_qkv.weight`"),
+        "{stderr}"
+    );
+
+    let unkeyed = edited_gguf(
+        "tiny_gemma2_gguf/model.gguf",
+        "gemma2.block_count",
+        "gemma2.block_cOunt",
+    );
+    let stderr = export_fails(&unkeyed.path().join("model.gguf"));
+    assert!(
+        stderr.contains("no metadata key `gemma2.block_count`"),
+        "{stderr}"
+    );
+
+    let unknown = edited_gguf("tiny_pythia/model.gguf", "gptneox", "gptnexx");
+    let stderr = export_fails(&unknown.path().join("model.gguf"));
+    assert!(
+        stderr.contains("architecture `gptnexx`; qexp reads GGUF files of gemma2, gpt2"),
+        "{stderr}"
+    );
+}
+
 /// A copy of the fixture folder `name` whose config.json `edit` rewrote.
 fn edited_hf_folder(name: &str, edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

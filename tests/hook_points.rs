@@ -134,6 +134,8 @@ fn hugging_face_family_hooks_obey_their_identities() {
         "tiny_qwen2",
         "tiny_qwen3",
         "tiny_gemma2",
+        "tiny_gemma2_gguf/model.gguf",
+        "tiny_pythia/model.gguf",
     ] {
         check_hook_identities(family);
     }
