@@ -13,10 +13,7 @@ use ndarray::ArrayD;
 
 use super::{Family, Meta, Tensors};
 use crate::checkpoint::CheckpointError;
-use crate::model::{
-    Architecture, BiasLayout, Mlp, Normalization, Positional, TransformerConfig, Weights,
-    weight_names,
-};
+use crate::model::{Architecture, Mlp, Normalization, TransformerConfig, Weights, weight_names};
 
 /// llama.cpp's window when the file gives none: Gemma-2's.
 const DEFAULT_WINDOW: usize = 4096;
@@ -24,13 +21,17 @@ const DEFAULT_WINDOW: usize = 4096;
 const LAYERS_OF_27B: usize = 46;
 
 pub(super) fn family(meta: &Meta<'_>) -> Result<Family, CheckpointError> {
-    let n_layers = meta.int("block_count")?;
-    let d_model = meta.int("embedding_length")?;
-    let (n_heads, n_kv_heads, d_head) = meta.heads(d_model, true)?;
+    let base = meta.base_config(
+        Architecture::Gemma2,
+        Normalization::RmsNorm,
+        Mlp::GatedGeluTanh,
+        true,
+    )?;
+    let (n_layers, d_model) = (base.n_layers, base.d_model);
     let query_scalar = if n_layers == LAYERS_OF_27B {
-        (d_model / n_heads) as f32
+        (d_model / base.n_heads) as f32
     } else {
-        d_head as f32
+        base.d_head as f32
     };
     let window = meta
         .optional_int("attention.sliding_window")
@@ -40,40 +41,17 @@ pub(super) fn family(meta: &Meta<'_>) -> Result<Family, CheckpointError> {
         .map(|sliding| sliding.then_some(window))
         .collect();
     let config = TransformerConfig {
-        architecture: Architecture::Gemma2,
-        n_layers,
-        d_model,
-        n_heads,
-        n_kv_heads,
-        d_head,
-        d_mlp: meta.int("feed_forward_length")?,
-        d_vocab: meta.vocab()?,
-        n_ctx: meta.int("context_length")?,
-        normalization: Normalization::RmsNorm,
         norm_eps: meta
             .float("attention.layer_norm_rms_epsilon")
             .unwrap_or(1e-6),
-        positional: Positional::Rotary {
-            base: meta.float("rope.freq_base").unwrap_or(10_000.0),
-            rotary_dim: None,
-            scaling: None,
-        },
-        mlp: Mlp::GatedGeluTanh,
         attn_scale: 1.0 / query_scalar.sqrt(),
         attention_windows,
-        bias: BiasLayout {
-            qkv: false,
-            attn_out: false,
-            mlp: false,
-            unembed: false,
-        },
         tied_embeddings: true,
-        qk_norm: false,
-        parallel_attn_mlp: false,
         embed_scale: Some((d_model as f32).sqrt()),
         post_norms: true,
         attn_softcap: meta.float("attn_logit_softcapping"),
         final_softcap: meta.float("final_logit_softcapping"),
+        ..base
     };
     Ok(Family {
         config,

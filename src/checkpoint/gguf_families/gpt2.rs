@@ -8,43 +8,27 @@ use ndarray::{ArrayD, Axis, s};
 use super::{Family, Meta, Tensors, transposed};
 use crate::checkpoint::CheckpointError;
 use crate::model::{
-    Architecture, BiasLayout, Mlp, Normalization, Positional, TransformerConfig, Weights,
-    weight_names,
+    Architecture, BiasLayout, Mlp, Normalization, TransformerConfig, Weights, weight_names,
+};
+
+/// GPT-2's and GPT-NeoX's: biases on every projection but the unembedding.
+pub(super) const ALL_BIASES: BiasLayout = BiasLayout {
+    qkv: true,
+    attn_out: true,
+    mlp: true,
+    unembed: false,
 };
 
 pub(super) fn family(meta: &Meta<'_>) -> Result<Family, CheckpointError> {
-    let n_layers = meta.int("block_count")?;
-    let d_model = meta.int("embedding_length")?;
-    let (n_heads, _, d_head) = meta.heads(d_model, false)?;
+    let base = meta.base_config(
+        Architecture::Gpt2,
+        Normalization::LayerNorm,
+        Mlp::GeluNew,
+        false,
+    )?;
     let config = TransformerConfig {
-        architecture: Architecture::Gpt2,
-        n_layers,
-        d_model,
-        n_heads,
-        n_kv_heads: n_heads,
-        d_head,
-        d_mlp: meta.int("feed_forward_length")?,
-        d_vocab: meta.vocab()?,
-        n_ctx: meta.int("context_length")?,
-        normalization: Normalization::LayerNorm,
-        norm_eps: meta.float("attention.layer_norm_epsilon").unwrap_or(1e-5),
-        positional: Positional::Learned,
-        mlp: Mlp::GeluNew,
-        attn_scale: 1.0 / (d_head as f32).sqrt(),
-        attention_windows: vec![None; n_layers],
-        bias: BiasLayout {
-            qkv: true,
-            attn_out: true,
-            mlp: true,
-            unembed: false,
-        },
-        tied_embeddings: !meta.has_tensor("output.weight"),
-        qk_norm: false,
-        parallel_attn_mlp: false,
-        embed_scale: None,
-        post_norms: false,
-        attn_softcap: None,
-        final_softcap: None,
+        bias: ALL_BIASES,
+        ..base
     };
     Ok(Family {
         config,

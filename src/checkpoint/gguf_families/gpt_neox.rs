@@ -8,12 +8,16 @@
 
 use super::{Family, Meta};
 use crate::checkpoint::CheckpointError;
-use crate::model::{Architecture, BiasLayout, Mlp, Normalization, Positional, TransformerConfig};
+use crate::model::{Architecture, Mlp, Normalization, Positional, TransformerConfig};
 
 pub(super) fn family(meta: &Meta<'_>) -> Result<Family, CheckpointError> {
-    let n_layers = meta.int("block_count")?;
-    let d_model = meta.int("embedding_length")?;
-    let (n_heads, _, d_head) = meta.heads(d_model, false)?;
+    let base = meta.base_config(
+        Architecture::GptNeox,
+        Normalization::LayerNorm,
+        Mlp::Gelu,
+        false,
+    )?;
+    let d_head = base.d_head;
     let rotary_dim = meta.optional_int("rope.dimension_count").unwrap_or(d_head);
     if rotary_dim == 0 || rotary_dim % 2 == 1 || rotary_dim > d_head {
         return Err(meta.corrupt(format!(
@@ -22,38 +26,14 @@ pub(super) fn family(meta: &Meta<'_>) -> Result<Family, CheckpointError> {
         )));
     }
     let config = TransformerConfig {
-        architecture: Architecture::GptNeox,
-        n_layers,
-        d_model,
-        n_heads,
-        n_kv_heads: n_heads,
-        d_head,
-        d_mlp: meta.int("feed_forward_length")?,
-        d_vocab: meta.vocab()?,
-        n_ctx: meta.int("context_length")?,
-        normalization: Normalization::LayerNorm,
-        norm_eps: meta.float("attention.layer_norm_epsilon").unwrap_or(1e-5),
         positional: Positional::Rotary {
             base: meta.float("rope.freq_base").unwrap_or(10_000.0),
             rotary_dim: (rotary_dim < d_head).then_some(rotary_dim),
             scaling: None,
         },
-        mlp: Mlp::Gelu,
-        attn_scale: 1.0 / (d_head as f32).sqrt(),
-        attention_windows: vec![None; n_layers],
-        bias: BiasLayout {
-            qkv: true,
-            attn_out: true,
-            mlp: true,
-            unembed: false,
-        },
-        tied_embeddings: !meta.has_tensor("output.weight"),
-        qk_norm: false,
+        bias: super::gpt2::ALL_BIASES,
         parallel_attn_mlp: meta.bool("use_parallel_residual").unwrap_or(true),
-        embed_scale: None,
-        post_norms: false,
-        attn_softcap: None,
-        final_softcap: None,
+        ..base
     };
     Ok(Family {
         config,

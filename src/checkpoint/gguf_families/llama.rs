@@ -8,8 +8,7 @@ use ndarray::{Array2, ArrayD};
 use super::{Family, Meta, Tensors, transposed};
 use crate::checkpoint::CheckpointError;
 use crate::model::{
-    Architecture, BiasLayout, Mlp, Normalization, Positional, TransformerConfig, Weights,
-    weight_names,
+    Architecture, BiasLayout, Mlp, Normalization, TransformerConfig, Weights, weight_names,
 };
 
 pub(super) fn family(meta: &Meta<'_>) -> Result<Family, CheckpointError> {
@@ -18,44 +17,14 @@ pub(super) fn family(meta: &Meta<'_>) -> Result<Family, CheckpointError> {
         "qwen3" => Architecture::Qwen3,
         _ => Architecture::Llama,
     };
-    let n_layers = meta.int("block_count")?;
-    let d_model = meta.int("embedding_length")?;
-    let (n_heads, n_kv_heads, d_head) = meta.heads(d_model, true)?;
+    let base = meta.base_config(architecture, Normalization::RmsNorm, Mlp::GatedSilu, true)?;
     let config = TransformerConfig {
-        architecture,
-        n_layers,
-        d_model,
-        n_heads,
-        n_kv_heads,
-        d_head,
-        d_mlp: meta.int("feed_forward_length")?,
-        d_vocab: meta.vocab()?,
-        n_ctx: meta.int("context_length")?,
-        normalization: Normalization::RmsNorm,
-        norm_eps: meta
-            .float("attention.layer_norm_rms_epsilon")
-            .unwrap_or(1e-5),
-        positional: Positional::Rotary {
-            base: meta.float("rope.freq_base").unwrap_or(10_000.0),
-            rotary_dim: None,
-            scaling: None,
-        },
-        mlp: Mlp::GatedSilu,
-        attn_scale: 1.0 / (d_head as f32).sqrt(),
-        attention_windows: vec![None; n_layers],
         bias: BiasLayout {
             qkv: architecture == Architecture::Qwen2,
-            attn_out: false,
-            mlp: false,
-            unembed: false,
+            ..base.bias
         },
-        tied_embeddings: !meta.has_tensor("output.weight"),
         qk_norm: architecture == Architecture::Qwen3,
-        parallel_attn_mlp: false,
-        embed_scale: None,
-        post_norms: false,
-        attn_softcap: None,
-        final_softcap: None,
+        ..base
     };
     Ok(Family {
         config,

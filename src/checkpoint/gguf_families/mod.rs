@@ -17,7 +17,10 @@ use ndarray::{Array2, ArrayD, Ix2};
 
 use super::gguf::{GgufFile, Value};
 use super::{Checkpoint, CheckpointError, expect_shape, gguf_tokenizer};
-use crate::model::{Transformer, TransformerConfig, Weights};
+use crate::model::{
+    Architecture, BiasLayout, Mlp, Normalization, Positional, Transformer, TransformerConfig,
+    Weights,
+};
 
 /// The architectures qexp reads, for the message that refuses the others.
 const SUPPORTED: &str = "gemma2, gpt2, gptneox, llama, qwen2, qwen3";
@@ -129,6 +132,62 @@ impl Meta<'_> {
             path: self.file.path().to_owned(),
             what,
         }
+    }
+
+    /// The config every family starts from: the sizes the file gives, rotary or learned
+    /// positions, the plain pre-norm block without biases; each family sets what differs.
+    fn base_config(
+        &self,
+        architecture: Architecture,
+        normalization: Normalization,
+        mlp: Mlp,
+        rotary: bool,
+    ) -> Result<TransformerConfig, CheckpointError> {
+        let n_layers = self.int("block_count")?;
+        let d_model = self.int("embedding_length")?;
+        let (n_heads, n_kv_heads, d_head) = self.heads(d_model, rotary)?;
+        let eps_key = match normalization {
+            Normalization::RmsNorm => "attention.layer_norm_rms_epsilon",
+            Normalization::LayerNorm => "attention.layer_norm_epsilon",
+        };
+        Ok(TransformerConfig {
+            architecture,
+            n_layers,
+            d_model,
+            n_heads,
+            n_kv_heads,
+            d_head,
+            d_mlp: self.int("feed_forward_length")?,
+            d_vocab: self.vocab()?,
+            n_ctx: self.int("context_length")?,
+            normalization,
+            norm_eps: self.float(eps_key).unwrap_or(1e-5),
+            positional: if rotary {
+                Positional::Rotary {
+                    base: self.float("rope.freq_base").unwrap_or(10_000.0),
+                    rotary_dim: None,
+                    scaling: None,
+                }
+            } else {
+                Positional::Learned
+            },
+            mlp,
+            attn_scale: 1.0 / (d_head as f32).sqrt(),
+            attention_windows: vec![None; n_layers],
+            bias: BiasLayout {
+                qkv: false,
+                attn_out: false,
+                mlp: false,
+                unembed: false,
+            },
+            tied_embeddings: !self.has_tensor("output.weight"),
+            qk_norm: false,
+            parallel_attn_mlp: false,
+            embed_scale: None,
+            post_norms: false,
+            attn_softcap: None,
+            final_softcap: None,
+        })
     }
 
     /// Query heads, key/value heads and head width: the width is
