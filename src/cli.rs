@@ -37,8 +37,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Export a checkpoint (a Llama-family .gguf file or a Hugging Face folder of GPT-2,
-    /// GPT-Neo, GPT-NeoX, Llama, Mistral, Qwen2/3 or Gemma-2) to a hooked model folder.
+    /// Export a checkpoint (a Hugging Face folder of GPT-2, GPT-Neo, GPT-NeoX, Llama,
+    /// Mistral, Qwen2/3 or Gemma-2, or a .gguf file of those but GPT-Neo) to a hooked
+    /// model folder.
     Export {
         checkpoint: PathBuf,
         #[arg(short, long)]
