@@ -26,6 +26,7 @@ pub(super) fn family(meta: &Meta<'_>) -> Result<Family, CheckpointError> {
         Mlp::GeluNew,
         false,
     )?;
+    fused_heads_fill_the_width(meta, &base)?;
     let config = TransformerConfig {
         bias: ALL_BIASES,
         ..base
@@ -45,6 +46,21 @@ fn read_weights(t: &Tensors<'_>, config: &TransformerConfig) -> Result<Weights, 
         t.read("position_embd.weight", &[config.n_ctx, config.d_model])?,
     );
     Ok(weights)
+}
+
+/// GPT-2's and GPT-NeoX's fused `attn_qkv` is three `d_model`-wide blocks, so the heads
+/// must split `d_model` exactly (a file giving another `attention.key_length` is refused).
+pub(super) fn fused_heads_fill_the_width(
+    meta: &Meta<'_>,
+    config: &TransformerConfig,
+) -> Result<(), CheckpointError> {
+    if config.n_heads * config.d_head == config.d_model {
+        return Ok(());
+    }
+    Err(meta.corrupt(format!(
+        "{} heads of width {} do not fill d_model {}, as a fused q/k/v needs",
+        config.n_heads, config.d_head, config.d_model
+    )))
 }
 
 /// Everything but the positions, in the layout GPT-2 and GPT-NeoX share in GGUF:

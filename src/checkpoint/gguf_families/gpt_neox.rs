@@ -17,6 +17,7 @@ pub(super) fn family(meta: &Meta<'_>) -> Result<Family, CheckpointError> {
         Mlp::Gelu,
         false,
     )?;
+    super::gpt2::fused_heads_fill_the_width(meta, &base)?;
     let d_head = base.d_head;
     let rotary_dim = meta.optional_int("rope.dimension_count").unwrap_or(d_head);
     if rotary_dim == 0 || rotary_dim % 2 == 1 || rotary_dim > d_head {
