@@ -24,7 +24,7 @@ fi
 # give), from the llama.cpp inside PyPI's llama-cpp-python source archive: too large to
 # commit, so fetched (checked against its hash) and then required.
 VOCAB=.downloads/llama.cpp-vocab
-if [ ! -f "$VOCAB/ggml-vocab-llama-bpe.gguf.out" ]; then
+if [ ! -f "$VOCAB/ggml-vocab-mpt.gguf.out" ]; then
   echo "test: fetching llama.cpp's tokenizer test vocabularies (llama-cpp-python 0.3.36, 77 MB)"
   python3 - "$VOCAB" <<'PY'
 import hashlib, io, os, sys, tarfile, urllib.request
@@ -36,7 +36,7 @@ if hashlib.sha256(data).hexdigest() != sha256:
     sys.exit("llama-cpp-python 0.3.36: the download does not match its hash")
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
-names = ["llama-spm", "phi-3", "gpt-2", "qwen2", "llama-bpe"]
+names = ["llama-spm", "phi-3", "gpt-2", "qwen2", "llama-bpe", "starcoder", "refact", "mpt"]
 with tarfile.open(fileobj=io.BytesIO(data)) as archive:
     for member in archive.getmembers():
         base = os.path.basename(member.name)

@@ -1,16 +1,26 @@
 //! The tokenizers qexp rebuilds from GGUF vocabularies against llama.cpp's own test
-//! cases: real vocabularies (Llama 2's SentencePiece, Phi-3's, GPT-2's, Qwen2's and
-//! Llama 3's byte-level BPE) with the texts llama.cpp tokenizes them on and the ids it
-//! must give (`models/ggml-vocab-*.gguf`, `.inp` and `.out` in llama.cpp's source).
+//! cases: real vocabularies (Llama 2's and Phi-3's SentencePiece; GPT-2's, Qwen2's,
+//! Llama 3's, StarCoder's, Refact's and MPT's byte-level BPE) with the texts llama.cpp
+//! tokenizes them on and the ids it must give (`models/ggml-vocab-*.gguf`, `.inp` and
+//! `.out` in llama.cpp's source).
 //!
 //! The files come from the llama.cpp inside PyPI's `llama-cpp-python` source archive,
-//! which scripts/test.sh fetches into `.downloads/llama.cpp-vocab/` (about 17 MB, too
+//! which scripts/test.sh fetches into `.downloads/llama.cpp-vocab/` (about 22 MB, too
 //! large to commit) and then requires this test (`QEXP_REQUIRE_LLAMA_CPP_VOCAB=1`);
 //! elsewhere it says it is skipped.
 
 use std::path::PathBuf;
 
-const VOCABULARIES: [&str; 5] = ["llama-spm", "phi-3", "gpt-2", "qwen2", "llama-bpe"];
+const VOCABULARIES: [&str; 8] = [
+    "llama-spm",
+    "phi-3",
+    "gpt-2",
+    "qwen2",
+    "llama-bpe",
+    "starcoder",
+    "refact",
+    "mpt",
+];
 /// llama.cpp's separator between the test texts of one `.inp` file.
 const SEPARATOR: &str = "\n__ggml_vocab_test__\n";
 

@@ -268,8 +268,8 @@ fn pre_tokenizer_type(file: &GgufFile) -> &str {
 
 /// The split the file's pre-tokenizer type names, as llama.cpp splits: Llama 3's and
 /// Qwen2's regexes; GPT-2's regex after single digits (`smollm`, `starcoder`, `refact`);
-/// GPT-2's alone for `gpt-2`, `olmo` (Pythia's tokenizer) and every other type, where
-/// it is exact for those two and an approximation for the rest.
+/// GPT-2's alone for `gpt-2`, `olmo` (Pythia's tokenizer), `mpt` and every other type,
+/// where it is exact for those three and an approximation for the rest.
 fn pre_tokenizer(file: &GgufFile) -> Result<PreTokenizerWrapper, CheckpointError> {
     let pre = pre_tokenizer_type(file);
     let regex_then_bytes = |pattern: &str| -> Result<PreTokenizerWrapper, CheckpointError> {
