@@ -9,11 +9,9 @@
 //! alternate sliding window and global attention, sliding first, unless the file gives a
 //! `attention.sliding_window_pattern`.
 
-use ndarray::ArrayD;
-
-use super::{Family, Meta, Tensors};
+use super::{Family, Meta, Tensors, read_model, read_norm};
 use crate::checkpoint::CheckpointError;
-use crate::model::{Architecture, Mlp, Normalization, TransformerConfig, Weights, weight_names};
+use crate::model::{Architecture, Mlp, Normalization, TransformerConfig, Weights};
 
 /// llama.cpp's window when the file gives none: Gemma-2's.
 const DEFAULT_WINDOW: usize = 4096;
@@ -88,29 +86,11 @@ fn sliding_layers(meta: &Meta<'_>, n_layers: usize) -> Result<Vec<bool>, Checkpo
 }
 
 fn read_weights(t: &Tensors<'_>, config: &TransformerConfig) -> Result<Weights, CheckpointError> {
-    let d = config.d_model;
-    let mut weights = Weights::new();
-    weights.insert(
-        weight_names::W_E.into(),
-        t.read("token_embd.weight", &[config.d_vocab, d])?,
-    );
-    weights.insert(
-        weight_names::LN_FINAL_W.into(),
-        t.read("output_norm.weight", &[d])?,
-    );
-    for layer in 0..config.n_layers {
-        let gguf = |suffix: &str| format!("blk.{layer}.{suffix}");
-        let mut put = |name: &str, array: ArrayD<f32>| {
-            weights.insert(weight_names::block(layer, name), array);
-        };
-        put("ln1.w", t.read(&gguf("attn_norm.weight"), &[d])?);
-        put(
-            "ln1_post.w",
-            t.read(&gguf("post_attention_norm.weight"), &[d])?,
-        );
-        put("ln2.w", t.read(&gguf("ffn_norm.weight"), &[d])?);
-        put("ln2_post.w", t.read(&gguf("post_ffw_norm.weight"), &[d])?);
-        super::llama::read_layer(t, config, layer, &mut put)?;
-    }
-    Ok(weights)
+    read_model(t, config, |layer, put| {
+        read_norm(t, config, layer, "attn_norm", "ln1", put)?;
+        read_norm(t, config, layer, "post_attention_norm", "ln1_post", put)?;
+        read_norm(t, config, layer, "ffn_norm", "ln2", put)?;
+        read_norm(t, config, layer, "post_ffw_norm", "ln2_post", put)?;
+        super::llama::read_layer(t, config, layer, put)
+    })
 }

@@ -3,9 +3,9 @@
 //! `attn_qkv`, and the unembedding only when it is not the embedding. GPT-NeoX's tensors
 //! are these less the positions.
 
-use ndarray::{ArrayD, Axis, s};
+use ndarray::{Axis, s};
 
-use super::{Family, Meta, Tensors, transposed};
+use super::{Family, Meta, Tensors, read_model, read_norm, transposed};
 use crate::checkpoint::CheckpointError;
 use crate::model::{
     Architecture, BiasLayout, Mlp, Normalization, TransformerConfig, Weights, weight_names,
@@ -70,35 +70,10 @@ pub(super) fn read_fused_layers(
     config: &TransformerConfig,
 ) -> Result<Weights, CheckpointError> {
     let d = config.d_model;
-    let mut weights = Weights::new();
-    weights.insert(
-        weight_names::W_E.into(),
-        t.read("token_embd.weight", &[config.d_vocab, d])?,
-    );
-    weights.insert(
-        weight_names::LN_FINAL_W.into(),
-        t.read("output_norm.weight", &[d])?,
-    );
-    weights.insert(
-        weight_names::LN_FINAL_B.into(),
-        t.read("output_norm.bias", &[d])?,
-    );
-    if !config.tied_embeddings {
-        weights.insert(
-            weight_names::W_U.into(),
-            t.linear("output.weight", config.d_vocab, d)?,
-        );
-    }
-    for layer in 0..config.n_layers {
+    read_model(t, config, |layer, put| {
         let gguf = |suffix: &str| format!("blk.{layer}.{suffix}");
-        let mut put = |name: &str, array: ArrayD<f32>| {
-            weights.insert(weight_names::block(layer, name), array);
-        };
-        put("ln1.w", t.read(&gguf("attn_norm.weight"), &[d])?);
-        put("ln1.b", t.read(&gguf("attn_norm.bias"), &[d])?);
-        put("ln2.w", t.read(&gguf("ffn_norm.weight"), &[d])?);
-        put("ln2.b", t.read(&gguf("ffn_norm.bias"), &[d])?);
-
+        read_norm(t, config, layer, "attn_norm", "ln1", put)?;
+        read_norm(t, config, layer, "ffn_norm", "ln2", put)?;
         let qkv = t.matrix(&gguf("attn_qkv.weight"), 3 * d, d)?;
         let qkv_bias = t.read(&gguf("attn_qkv.bias"), &[3 * d])?;
         for (i, part) in ["Q", "K", "V"].into_iter().enumerate() {
@@ -125,6 +100,6 @@ pub(super) fn read_fused_layers(
             t.linear(&gguf("ffn_down.weight"), d, config.d_mlp)?,
         );
         put("mlp.b_out", t.read(&gguf("ffn_down.bias"), &[d])?);
-    }
-    Ok(weights)
+        Ok(())
+    })
 }

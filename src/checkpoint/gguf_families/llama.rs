@@ -3,13 +3,11 @@
 //! `d_model / heads`), which llama.cpp stores under the same tensor names, each under its
 //! own metadata prefix. Only `llama` has its q/k rows permuted.
 
-use ndarray::{Array2, ArrayD};
+use ndarray::Array2;
 
-use super::{Family, Meta, Tensors, transposed};
+use super::{Family, Meta, Put, Tensors, read_model, read_norm, transposed};
 use crate::checkpoint::CheckpointError;
-use crate::model::{
-    Architecture, BiasLayout, Mlp, Normalization, TransformerConfig, Weights, weight_names,
-};
+use crate::model::{Architecture, BiasLayout, Mlp, Normalization, TransformerConfig, Weights};
 
 pub(super) fn family(meta: &Meta<'_>) -> Result<Family, CheckpointError> {
     let architecture = match meta.arch {
@@ -36,32 +34,11 @@ pub(super) fn family(meta: &Meta<'_>) -> Result<Family, CheckpointError> {
 }
 
 fn read_weights(t: &Tensors<'_>, config: &TransformerConfig) -> Result<Weights, CheckpointError> {
-    let d = config.d_model;
-    let mut weights = Weights::new();
-    weights.insert(
-        weight_names::W_E.into(),
-        t.read("token_embd.weight", &[config.d_vocab, d])?,
-    );
-    weights.insert(
-        weight_names::LN_FINAL_W.into(),
-        t.read("output_norm.weight", &[d])?,
-    );
-    if !config.tied_embeddings {
-        weights.insert(
-            weight_names::W_U.into(),
-            t.linear("output.weight", config.d_vocab, d)?,
-        );
-    }
-    for layer in 0..config.n_layers {
-        let gguf = |suffix: &str| format!("blk.{layer}.{suffix}");
-        let mut put = |name: &str, array: ArrayD<f32>| {
-            weights.insert(weight_names::block(layer, name), array);
-        };
-        put("ln1.w", t.read(&gguf("attn_norm.weight"), &[d])?);
-        put("ln2.w", t.read(&gguf("ffn_norm.weight"), &[d])?);
-        read_layer(t, config, layer, &mut put)?;
-    }
-    Ok(weights)
+    read_model(t, config, |layer, put| {
+        read_norm(t, config, layer, "attn_norm", "ln1", put)?;
+        read_norm(t, config, layer, "ffn_norm", "ln2", put)?;
+        read_layer(t, config, layer, put)
+    })
 }
 
 /// One layer's attention and MLP weights under llama.cpp's Llama names (`attn_q`, ...,
@@ -71,7 +48,7 @@ pub(super) fn read_layer(
     t: &Tensors<'_>,
     config: &TransformerConfig,
     layer: usize,
-    put: &mut impl FnMut(&str, ArrayD<f32>),
+    put: &mut Put<'_>,
 ) -> Result<(), CheckpointError> {
     let d = config.d_model;
     let q_width = config.n_heads * config.d_head;

@@ -19,7 +19,7 @@ use super::gguf::{GgufFile, Value};
 use super::{Checkpoint, CheckpointError, expect_shape, gguf_tokenizer};
 use crate::model::{
     Architecture, BiasLayout, Mlp, Normalization, Positional, Transformer, TransformerConfig,
-    Weights,
+    Weights, weight_names,
 };
 
 /// The architectures qexp reads, for the message that refuses the others.
@@ -258,6 +258,71 @@ impl Tensors<'_> {
     fn linear(&self, name: &str, out: usize, d_in: usize) -> Result<ArrayD<f32>, CheckpointError> {
         Ok(transposed(self.matrix(name, out, d_in)?))
     }
+}
+
+/// Files a weight under a layer's name (`attn.W_Q` -> `blocks.3.attn.W_Q`).
+type Put<'a> = dyn FnMut(&str, ArrayD<f32>) + 'a;
+
+/// The weights every family reads the same way (the embedding, the final norm, an
+/// untied unembedding), then each layer's, which `block` reads and files with `put`.
+fn read_model(
+    t: &Tensors<'_>,
+    config: &TransformerConfig,
+    mut block: impl FnMut(usize, &mut Put<'_>) -> Result<(), CheckpointError>,
+) -> Result<Weights, CheckpointError> {
+    let d = config.d_model;
+    let mut weights = Weights::new();
+    weights.insert(
+        weight_names::W_E.into(),
+        t.read("token_embd.weight", &[config.d_vocab, d])?,
+    );
+    weights.insert(
+        weight_names::LN_FINAL_W.into(),
+        t.read("output_norm.weight", &[d])?,
+    );
+    if config.normalization == Normalization::LayerNorm {
+        weights.insert(
+            weight_names::LN_FINAL_B.into(),
+            t.read("output_norm.bias", &[d])?,
+        );
+    }
+    if !config.tied_embeddings {
+        weights.insert(
+            weight_names::W_U.into(),
+            t.linear("output.weight", config.d_vocab, d)?,
+        );
+    }
+    for layer in 0..config.n_layers {
+        let mut put = |name: &str, array: ArrayD<f32>| {
+            weights.insert(weight_names::block(layer, name), array);
+        };
+        block(layer, &mut put)?;
+    }
+    Ok(weights)
+}
+
+/// Layer `layer`'s norm `blk.N.{gguf}.weight` (and its bias, under LayerNorm) filed as
+/// `{ours}.w` (and `{ours}.b`).
+fn read_norm(
+    t: &Tensors<'_>,
+    config: &TransformerConfig,
+    layer: usize,
+    gguf: &str,
+    ours: &str,
+    put: &mut Put<'_>,
+) -> Result<(), CheckpointError> {
+    let d = [config.d_model];
+    put(
+        &format!("{ours}.w"),
+        t.read(&format!("blk.{layer}.{gguf}.weight"), &d)?,
+    );
+    if config.normalization == Normalization::LayerNorm {
+        put(
+            &format!("{ours}.b"),
+            t.read(&format!("blk.{layer}.{gguf}.bias"), &d)?,
+        );
+    }
+    Ok(())
 }
 
 fn transposed(m: Array2<f32>) -> ArrayD<f32> {
