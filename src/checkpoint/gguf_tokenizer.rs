@@ -239,7 +239,7 @@ fn sentencepiece_bpe(
     }
     normalizers.push(replace(" ", SPACE)?.into());
     let mut decoders: Vec<DecoderWrapper> = vec![
-        tokenizers::decoders::DecoderWrapper::Replace(replace(SPACE, " ")?),
+        DecoderWrapper::Replace(replace(SPACE, " ")?),
         ByteFallback::default().into(),
         Fuse::default().into(),
     ];

@@ -96,6 +96,15 @@ pub fn gguf_tokenizer(
     gguf_tokenizer::build(&GgufFile::open(path)?, false)
 }
 
+/// A stored `[out, in]` matrix (torch's `Linear`, llama.cpp's tensors) as the `[in, out]`
+/// the graph multiplies by (`x @ W`).
+fn transposed(m: ndarray::Array2<f32>) -> ndarray::ArrayD<f32> {
+    m.reversed_axes()
+        .as_standard_layout()
+        .into_owned()
+        .into_dyn()
+}
+
 /// Checks a tensor's shape before it is used; readers call this for every tensor so a
 /// checkpoint that lies about its dimensions fails here, not inside ONNX Runtime.
 fn expect_shape(

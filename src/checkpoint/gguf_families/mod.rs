@@ -16,7 +16,7 @@ mod llama;
 use ndarray::{Array2, ArrayD, Ix2};
 
 use super::gguf::{GgufFile, Value};
-use super::{Checkpoint, CheckpointError, expect_shape, gguf_tokenizer};
+use super::{Checkpoint, CheckpointError, expect_shape, gguf_tokenizer, transposed};
 use crate::model::{
     Architecture, BiasLayout, Mlp, Normalization, Positional, Transformer, TransformerConfig,
     Weights, weight_names,
@@ -29,7 +29,8 @@ const SUPPORTED: &str = "gemma2, gpt2, gptneox, llama, qwen2, qwen3";
 struct Family {
     config: TransformerConfig,
     /// Whether prompts start with BOS when the file does not say
-    /// (`tokenizer.ggml.add_bos_token`): TransformerLens' default for the family.
+    /// (`tokenizer.ggml.add_bos_token`): TransformerLens' default for the family, or
+    /// llama.cpp's for the Llama family's byte-level vocabularies (none).
     prepend_bos: bool,
     read_weights: fn(&Tensors<'_>, &TransformerConfig) -> Result<Weights, CheckpointError>,
 }
@@ -323,13 +324,6 @@ fn read_norm(
         );
     }
     Ok(())
-}
-
-fn transposed(m: Array2<f32>) -> ArrayD<f32> {
-    m.reversed_axes()
-        .as_standard_layout()
-        .into_owned()
-        .into_dyn()
 }
 
 /// The most common tensor type by element count, for a human-readable description.

@@ -417,9 +417,6 @@ impl Reader<'_> {
             .read(name, &[out, d_in])?
             .into_dimensionality::<Ix2>()
             .expect("two dimensions checked");
-        Ok(m.reversed_axes()
-            .as_standard_layout()
-            .into_owned()
-            .into_dyn())
+        Ok(super::transposed(m))
     }
 }
