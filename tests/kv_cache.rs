@@ -159,7 +159,15 @@ fn a_sequence_run_in_pieces_with_the_cache_gives_one_pass_logits_on_every_family
 
 #[test]
 fn generating_with_the_cache_gives_the_tokens_rerunning_gives() {
-    let (_dir, model_dir) = export_to_temp(&fixture("tiny_mistral"));
+    // tiny_mistral's weights are floats; most of tiny_llama's GGUF is 4-bit blocks,
+    // which its cached steps multiply by as they are.
+    for checkpoint in ["tiny_mistral", "tiny_llama/model.gguf"] {
+        cached_and_rerun_tokens_agree(checkpoint);
+    }
+}
+
+fn cached_and_rerun_tokens_agree(checkpoint: &str) {
+    let (_dir, model_dir) = export_to_temp(&fixture(checkpoint));
     let runtime = runtime();
     let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
     let prompt = &SEQUENCE[..4];
@@ -182,7 +190,7 @@ fn generating_with_the_cache_gives_the_tokens_rerunning_gives() {
                     .unwrap()
             };
             let (cached, rerun) = (run(true), run(false));
-            assert_eq!(cached, rerun, "{key}, {sampling:?}");
+            assert_eq!(cached, rerun, "{checkpoint}: {key}, {sampling:?}");
             assert_eq!(cached.len(), 24);
         }
     }
@@ -197,6 +205,59 @@ fn generating_with_the_cache_gives_the_tokens_rerunning_gives() {
         .generate_with(prompt, 24, sampling, false, Some(graph))
         .unwrap();
     assert_eq!(plain, rerun);
+}
+
+#[test]
+fn products_by_a_ggufs_four_bit_weights_run_on_its_blocks() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let runtime = runtime();
+    let mut model = HookedModel::load(&runtime, &model_dir).unwrap();
+    // The file's Q4_0 and Q4_1 tensors, and not its Q8_0 and F16 ones (the embedding,
+    // layer 0's W_V and W_O, layer 1's W_K and W_V, both W_out).
+    assert_eq!(
+        model.four_bit_weights().unwrap(),
+        [
+            "blocks.0.attn.W_K",
+            "blocks.0.attn.W_Q",
+            "blocks.0.mlp.W_gate",
+            "blocks.0.mlp.W_in",
+            "blocks.1.attn.W_O",
+            "blocks.1.attn.W_Q",
+            "blocks.1.mlp.W_gate",
+            "blocks.1.mlp.W_in",
+        ]
+    );
+    let floats = qexp::compile::select_outputs(model.graph(), &["logits"]).unwrap();
+    let four_bit = model.with_four_bit_weights(floats.clone()).unwrap();
+    let products = |graph: &qexp::onnx::ModelProto, op: &str| {
+        graph
+            .graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .filter(|n| n.op_type.as_deref() == Some(op))
+            .count()
+    };
+    assert_eq!(products(&four_bit, "MatMulNBits"), 8);
+    assert_eq!(products(&floats, "MatMulNBits"), 0);
+
+    let sequence = [SEQUENCE.to_vec()];
+    let batch = model.batch(&sequence).unwrap();
+    let mut logits = |key: &str, graph: &qexp::onnx::ModelProto| {
+        model.prepare_graph(key, graph).unwrap();
+        let forward = model.forward_cached(key, &batch, &[]).unwrap().unwrap();
+        forward.logits.unwrap().into_dyn()
+    };
+    let (expected, found) = (logits("floats", &floats), logits("four_bit", &four_bit));
+    // The same levels times the same inputs, added up in another order: within the
+    // tolerance the export is held to against transformers (logits here are ~10).
+    assert_close(
+        "logits on 4-bit blocks",
+        found.view(),
+        expected.view(),
+        1e-4,
+    );
 }
 
 #[test]

@@ -343,6 +343,38 @@ impl<'r> HookedModel<'r> {
         &self.graph
     }
 
+    /// `graph` with its products by weights stored as 4-bit blocks (a GGUF's Q4_0, Q4_1
+    /// and Q4_K weights) run on those blocks: for sessions that run one token at a time,
+    /// whose time goes to reading the weights. On the CPU only, where the kernel was
+    /// measured.
+    pub fn with_four_bit_weights(&self, graph: ModelProto) -> Result<ModelProto, RuntimeError> {
+        if self.runtime.device != super::Device::Cpu {
+            return Ok(graph);
+        }
+        let four_bit = self.shared_weights()?.four_bit()?;
+        if four_bit.layouts.is_empty() {
+            return Ok(graph);
+        }
+        Ok(compile::four_bit::with_four_bit_weights(
+            &graph,
+            &four_bit.layouts,
+        )?)
+    }
+
+    /// The weights whose values are 4-bit blocks (see [`Self::with_four_bit_weights`]),
+    /// by name, sorted.
+    pub fn four_bit_weights(&self) -> Result<Vec<String>, RuntimeError> {
+        let mut names: Vec<String> = self
+            .shared_weights()?
+            .four_bit()?
+            .layouts
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// [`SharedWeights`], read on first use.
     fn shared_weights(&self) -> Result<&SharedWeights, RuntimeError> {
         if let Some(shared) = self.shared.get() {
@@ -398,7 +430,7 @@ impl<'r> HookedModel<'r> {
             .flat_map(|g| &g.initializer)
             .filter_map(|t| t.name.as_ref())
         {
-            if let Some(value) = shared.values.get(name) {
+            if let Some(value) = shared.value(name) {
                 builder = builder
                     .with_initializer(name, value.clone())
                     .map_err(builder_error)?;

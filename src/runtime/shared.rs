@@ -9,11 +9,21 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::RuntimeError;
+use crate::compile::four_bit::{self, FourBitLayout, FourBitWeight};
 use crate::onnx::{ModelProto, TensorProto, tensor_proto};
 
 pub(super) struct SharedWeights {
     pub values: HashMap<String, Arc<ort::value::DynValue>>,
     pub prepacked: ort::session::builder::PrepackedWeights,
+    /// The weights stored as 4-bit blocks, found when a graph first asks (generation).
+    four_bit: std::cell::OnceCell<FourBitWeights>,
+}
+
+/// The weights whose values are 4-bit blocks (see [`crate::compile::four_bit`]): each
+/// one's layout, and the initializers its products read instead of it.
+pub(super) struct FourBitWeights {
+    pub layouts: HashMap<String, FourBitLayout>,
+    values: HashMap<String, Arc<ort::value::DynValue>>,
 }
 
 /// A weight the graph reads transposed (a tied unembedding, `Transpose(W_E)`): ONNX
@@ -69,8 +79,67 @@ impl SharedWeights {
         Ok(SharedWeights {
             values,
             prepacked: ort::session::builder::PrepackedWeights::new(),
+            four_bit: std::cell::OnceCell::new(),
         })
     }
+
+    /// The shared value of initializer `name`: a weight, or a 4-bit weight's blocks.
+    pub fn value(&self, name: &str) -> Option<&Arc<ort::value::DynValue>> {
+        self.values.get(name).or_else(|| {
+            self.four_bit
+                .get()
+                .and_then(|four_bit| four_bit.values.get(name))
+        })
+    }
+
+    /// The weights stored as 4-bit blocks, found on first call (a pass over every
+    /// matrix, which stops at the first block of one that is not).
+    pub fn four_bit(&self) -> Result<&FourBitWeights, RuntimeError> {
+        if let Some(four_bit) = self.four_bit.get() {
+            return Ok(four_bit);
+        }
+        let mut layouts = HashMap::new();
+        let mut values = HashMap::new();
+        for (name, value) in &self.values {
+            let Ok(array) = value.try_extract_array::<f32>() else {
+                continue;
+            };
+            let Ok(matrix) = array.into_dimensionality::<ndarray::Ix2>() else {
+                continue;
+            };
+            let Some(weight) = FourBitWeight::find(matrix) else {
+                continue;
+            };
+            let held = |e| RuntimeError::ort(format!("holding the 4-bit blocks of `{name}`"))(e);
+            values.insert(
+                four_bit::packed_name(name),
+                shared_value(weight.packed).map_err(held)?,
+            );
+            values.insert(
+                four_bit::scales_name(name),
+                shared_value(weight.scales).map_err(held)?,
+            );
+            if let Some(offsets) = weight.offsets {
+                values.insert(
+                    four_bit::offsets_name(name),
+                    shared_value(offsets).map_err(held)?,
+                );
+            }
+            layouts.insert(name.clone(), weight.layout);
+        }
+        Ok(self
+            .four_bit
+            .get_or_init(|| FourBitWeights { layouts, values }))
+    }
+}
+
+/// `array` as a value sessions are given.
+fn shared_value<T, D>(array: ndarray::Array<T, D>) -> Result<Arc<ort::value::DynValue>, ort::Error>
+where
+    T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static,
+    D: ndarray::Dimension + 'static,
+{
+    Ok(Arc::new(ort::value::Tensor::from_array(array)?.into_dyn()))
 }
 
 /// Whether a graph initializer is a float tensor stored in the external data file (the

@@ -322,6 +322,7 @@ impl HookedModel<'_> {
                 .chain(presents.iter().map(String::as_str))
                 .collect();
             let graph = compile::select_outputs(&cached, &outputs)?;
+            let graph = self.with_four_bit_weights(graph)?;
             // Every step after the first is one token: packed weights pay at once.
             self.prepare_graph_packed(&key, &graph, super::hooked::Packing::Now)?;
         }
