@@ -4,12 +4,14 @@
 //! Tokens are counted exactly: datasets and prompts are tokenized as a run tokenizes
 //! them, and each step's graphs come from its own `reads`. Time and memory come from a
 //! calibration on this machine: one batch through the clean model (tokens per second),
-//! one single-token pass (a generation step), a graph with other outputs (a compile),
+//! a generation's session built and a few of its steps, a graph with other outputs (a
+//! compile),
 //! and the process's resident memory after them (the model as loaded). A graph pruned
 //! after an early hook costs its share of the blocks. A step's memory adds the buffers
 //! its outputs fill for one batch, the clean passes it keeps for the steps that repeat
 //! it (which then do not run them again), and for the first generation, the weights'
-//! pre-packed copy its sessions make.
+//! pre-packed copy its sessions make (counted as large as the weights in f32: a model
+//! whose weights are 4-bit blocks packs fewer bytes, so its estimate is high).
 //!
 //! What is not modelled: steps that run no graph (composition scores, tables made from
 //! tables) count as free; an SAE's weights and a dashboard's collectors (heaps, samples,
@@ -36,10 +38,13 @@ const CALIBRATION_TOKENS: usize = 128;
 pub struct Calibration {
     /// Tokens per second through the clean model to its logits, in full batches.
     pub tokens_per_second: f64,
-    /// Seconds of one single-token pass (a generation step with a key/value cache).
+    /// Seconds of one generation step (one token, with the key/value cache).
     pub token_step_seconds: f64,
     /// Seconds to compile a graph and build its session.
     pub compile_seconds: f64,
+    /// Seconds to build a generation's session: its graph with the key/value cache,
+    /// weights pre-packed (and the first one's 4-bit blocks found).
+    pub generation_build_seconds: f64,
     /// Floating-point operations per second the calibration batch achieved (two per
     /// weight per token), for work that is counted in operations (SAE training).
     pub flops: f64,
@@ -151,6 +156,8 @@ struct RunState {
     means: BTreeSet<String>,
     /// Of the clean passes kept for repeating steps, the fraction that fit the budget.
     kept_fraction: f64,
+    /// The graphs a generation has run (each builds a cached session of its own).
+    generations: BTreeSet<String>,
 }
 
 fn calibrate(session: &mut Session) -> Result<Calibration, Failure> {
@@ -173,13 +180,14 @@ fn calibrate(session: &mut Session) -> Result<Calibration, Failure> {
         .batch(&[&row[..1]])
         .map_err(Session::runtime)?;
     timed_pass(session, &one, &[LOGITS])?;
-    let token_step_seconds = timed_pass(session, &one, &[LOGITS])?;
+    let one_token_pass = timed_pass(session, &one, &[LOGITS])?;
+    let (generation_build_seconds, token_step_seconds) = generation_costs(session, row[0])?;
     // Another set of outputs is another graph: its first pass, less a pass, is a compile.
     let compile_seconds = match session.model.manifest.hooks.first() {
         Some(hook) => {
             let hook = hook.name.clone();
             let first = timed_pass(session, &one, &[LOGITS, hook.as_str()])?;
-            (first - token_step_seconds).max(0.0)
+            (first - one_token_pass).max(0.0)
         }
         None => 0.0,
     };
@@ -189,9 +197,29 @@ fn calibrate(session: &mut Session) -> Result<Calibration, Failure> {
         tokens_per_second: tokens / pass,
         token_step_seconds,
         compile_seconds,
+        generation_build_seconds,
         flops: 2.0 * parameters * tokens / pass,
         resident_bytes: crate::machine::resident_memory(),
     })
+}
+
+/// Seconds to build the clean model's generation session, and of one step of its
+/// generation, as generation runs it (with its key/value cache, packed weights, and
+/// 4-bit products where the weights are 4-bit blocks; the mean of a few steps).
+fn generation_costs(session: &mut Session, token: u32) -> Result<(f64, f64), Failure> {
+    const STEPS: usize = 8;
+    let greedy = crate::runtime::Sampling::Greedy;
+    let model = &mut session.model;
+    let mut generate = |steps: usize| {
+        let started = Instant::now();
+        model
+            .generate(&[token], steps, greedy, false)
+            .map_err(Session::runtime)?;
+        Ok::<_, Failure>(started.elapsed().as_secs_f64())
+    };
+    let first = generate(1)?;
+    let step = generate(STEPS)? / STEPS as f64;
+    Ok(((first - step).max(0.0), step))
 }
 
 /// Seconds of one clean pass over `batch` to `outputs`.
@@ -283,6 +311,11 @@ fn measure(
         };
         tokens += (steps * graphs.len()) as f64;
         seconds += (steps * graphs.len()) as f64 * calibration.token_step_seconds;
+        for graph in &graphs {
+            if run.generations.insert(format!("{graph:?}")) {
+                seconds += calibration.generation_build_seconds;
+            }
+        }
     }
     // Generation's sessions pre-pack the weights: a second copy of them, once per run.
     let packs = call.function == "generate" && !run.packed;
@@ -513,10 +546,12 @@ pub fn describe(estimate: &Estimate) -> String {
     let _ = writeln!(
         out,
         "estimates (calibrated on this machine: {:.0} tokens/s in full batches, {:.0} ms a \
-         generated token, {:.1} s to compile a graph):",
+         generated token, {:.1} s to compile a graph, {:.1} s to build a generation's \
+         session):",
         c.tokens_per_second,
         1e3 * c.token_step_seconds,
-        c.compile_seconds
+        c.compile_seconds,
+        c.generation_build_seconds
     );
     for step in &estimate.steps {
         let _ = write!(
