@@ -405,17 +405,18 @@ fn structure(plan: &Plan, graph: &Graph) -> String {
     };
     let edits: Vec<String> = edits
         .iter()
-        .map(|call| match (call.function, call.args.get("hook")) {
-            ("zero" | "mean" | "add" | "actadd" | "patch" | "steer", Some(Value::Hook(hook))) => {
-                format!(
+        .map(|call| {
+            let bound = crate::builtins::interventions::InterventionCall::bind(call).ok();
+            match bound.as_ref().and_then(|edit| edit.lifted_hook()) {
+                Some(hook) => format!(
                     "{}({}, head: {}, pos: {:?})",
                     call.function,
                     hook.name,
                     hook.head.is_some() || hook.head_from.is_some(),
                     hook.pos
-                )
+                ),
+                None => format!("{call:?}"),
             }
-            _ => format!("{call:?}"),
         })
         .collect();
     format!("variant {}", edits.join(" + "))

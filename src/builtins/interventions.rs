@@ -234,6 +234,22 @@ impl InterventionCall {
         })
     }
 
+    /// The hook it edits, where its values (which head, a mean, a vector, a patch's
+    /// source) become graph inputs once compiled, as every edit's but an SAE's do (see
+    /// `compile::interventions::lift`): variants that differ only in those values share
+    /// one graph. `None` for SAE edits, whose weights stay in the graph.
+    pub fn lifted_hook(&self) -> Option<&HookRef> {
+        match self {
+            InterventionCall::Zero { hook }
+            | InterventionCall::Mean { hook, .. }
+            | InterventionCall::Steer { hook, .. }
+            | InterventionCall::Patch { hook, .. }
+            | InterventionCall::Add { hook, .. }
+            | InterventionCall::ActAdd { hook, .. } => Some(hook),
+            InterventionCall::Splice { .. } | InterventionCall::ScaleFeatures { .. } => None,
+        }
+    }
+
     /// The SAE the intervention edits in place (spliced, features scaled), if any.
     pub fn edits_sae(&self) -> Option<&str> {
         match self {

@@ -26,16 +26,7 @@ pub fn lift_values(model: &ModelProto, interventions: &[Intervention]) -> (Model
     let prefixes: Vec<String> = interventions
         .iter()
         .enumerate()
-        .filter(|(_, edit)| {
-            matches!(
-                edit,
-                Intervention::Zero(_)
-                    | Intervention::Constant(_)
-                    | Intervention::Add(_)
-                    | Intervention::AddAtFront(_)
-                    | Intervention::Patch(_)
-            )
-        })
+        .filter(|(_, edit)| edit.values_lifted())
         .map(|(index, edit)| format!("{}/edit{index}/", edit.pass().target().hook))
         .collect();
     let mut model = model.clone();

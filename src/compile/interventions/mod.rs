@@ -43,6 +43,19 @@ pub enum Intervention {
 }
 
 impl Intervention {
+    /// Whether `lift` takes its values out of the graph as inputs: every edit's but an
+    /// SAE's (whose weights the kernels can pre-pack only as constants).
+    pub fn values_lifted(&self) -> bool {
+        match self {
+            Intervention::Zero(_)
+            | Intervention::Constant(_)
+            | Intervention::Add(_)
+            | Intervention::AddAtFront(_)
+            | Intervention::Patch(_) => true,
+            Intervention::Sae(_) => false,
+        }
+    }
+
     /// Whether it edits a position counted back from the end of each sequence. Such an
     /// edit moves as a sequence grows, so a token's hook values depend on how many
     /// tokens follow it, and a key/value cache would keep stale ones.
