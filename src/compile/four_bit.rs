@@ -176,17 +176,18 @@ fn levels_of(values: &[f32], magnitude: f32, scale: f32, offset: f32) -> Option<
     }
     let tolerance = 8.0 * f32::EPSILON * magnitude;
     let inverse = if scale == 0.0 { 0.0 } else { 1.0 / scale };
-    let mut levels = [8u8; BLOCK];
+    // Adding and taking away 1.5 * 2^23 rounds to a whole number in f32 arithmetic alone,
+    // so the loop has no branches or integer conversions and vectorizes: a value off the
+    // levels (or past either end, clamped) fails the check however it was rounded.
+    const ROUND: f32 = 12_582_912.0;
+    let mut rounded = [0.0f32; BLOCK];
     let mut fits = true;
-    // Without branches, so the loop vectorizes: a value off the levels (or past either
-    // end, clamped) fails the check however its level was rounded.
-    for (level, &value) in levels.iter_mut().zip(values) {
-        let q = (((value - offset) * inverse + 8.5) as i32).clamp(0, 15);
-        fits &= ((q as f32 - 8.0) * scale + offset - value).abs() <= tolerance;
-        *level = q as u8;
+    for (q, &value) in rounded.iter_mut().zip(values) {
+        *q = (((value - offset) * inverse + 8.0 + ROUND) - ROUND).clamp(0.0, 15.0);
+        fits &= ((*q - 8.0) * scale + offset - value).abs() <= tolerance;
     }
-    fits.then_some(Block {
-        levels,
+    fits.then(|| Block {
+        levels: rounded.map(|q| q as u8),
         scale,
         offset,
     })
