@@ -234,28 +234,28 @@ pub fn with_four_bit_weights(
         };
         let (x, weight, output) = (&node.input[0], &node.input[1], &node.output[0]);
         nodes.set_prefix(node.name.clone().unwrap_or_else(|| output.clone()));
-        let product = multiply(&mut nodes, x, weight, layout);
-        match layout.has_offsets {
-            false => nodes.op_into("Identity", &[&product], output, vec![]),
-            true => {
-                let sums = match block_sums.get(x) {
-                    Some(sums) => sums.clone(),
-                    None => {
-                        let shape = nodes.ints(&[4], &[0, 0, (layout.k / BLOCK) as i64, -1]);
-                        let blocks = nodes.op("Reshape", &[x, &shape], vec![]);
-                        let axes = nodes.ints(&[1], &[-1]);
-                        let sums = nodes.op(
-                            "ReduceSum",
-                            &[&blocks, &axes],
-                            vec![attr_int("keepdims", 0)],
-                        );
-                        block_sums.insert(x.clone(), sums.clone());
-                        sums
-                    }
-                };
-                let offsets = nodes.op("MatMul", &[&sums, &offsets_name(weight)], vec![]);
-                nodes.op_into("Add", &[&product, &offsets], output, vec![]);
-            }
+        if !layout.has_offsets {
+            multiply(&mut nodes, x, weight, layout, output);
+        } else {
+            let product = nodes.fresh("MatMulNBits");
+            multiply(&mut nodes, x, weight, layout, &product);
+            let sums = match block_sums.get(x) {
+                Some(sums) => sums.clone(),
+                None => {
+                    let shape = nodes.ints(&[4], &[0, 0, (layout.k / BLOCK) as i64, -1]);
+                    let blocks = nodes.op("Reshape", &[x, &shape], vec![]);
+                    let axes = nodes.ints(&[1], &[-1]);
+                    let sums = nodes.op(
+                        "ReduceSum",
+                        &[&blocks, &axes],
+                        vec![attr_int("keepdims", 0)],
+                    );
+                    block_sums.insert(x.clone(), sums.clone());
+                    sums
+                }
+            };
+            let offsets = nodes.op("MatMul", &[&sums, &offsets_name(weight)], vec![]);
+            nodes.op_into("Add", &[&product, &offsets], output, vec![]);
         }
         rewired.append(&mut nodes.nodes);
         rewritten.insert(weight.clone());
@@ -310,13 +310,12 @@ pub fn with_four_bit_weights(
     Ok(model)
 }
 
-/// `x @ W` on `W`'s levels and scales, without its offsets.
-fn multiply(nodes: &mut Nodes, x: &str, weight: &str, layout: FourBitLayout) -> String {
-    let output = nodes.fresh("MatMulNBits");
+/// `output = x @ W` on `W`'s levels and scales, without its offsets.
+fn multiply(nodes: &mut Nodes, x: &str, weight: &str, layout: FourBitLayout, output: &str) {
     let mut node = crate::onnx::build::node(
         "MatMulNBits",
         &[x, &packed_name(weight), &scales_name(weight)],
-        &output,
+        output,
         vec![
             attr_int("K", layout.k as i64),
             attr_int("N", layout.n as i64),
@@ -328,7 +327,6 @@ fn multiply(nodes: &mut Nodes, x: &str, weight: &str, layout: FourBitLayout) -> 
     );
     node.domain = Some(MICROSOFT.into());
     nodes.nodes.push(node);
-    output
 }
 
 /// Sets (or adds) the `length` of an external-data declaration.
@@ -560,7 +558,7 @@ mod tests {
                 .clone()
         };
         assert_eq!(producer("g").as_deref(), Some("Add"));
-        assert_eq!(producer("u").as_deref(), Some("Identity"));
+        assert_eq!(producer("u").as_deref(), Some("MatMulNBits"));
 
         let declared = |name: &str| {
             graph
