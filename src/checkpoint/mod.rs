@@ -14,7 +14,7 @@ pub mod quant;
 
 use std::path::{Path, PathBuf};
 
-use crate::model::Transformer;
+use crate::model::{Normalization, Transformer, TransformerConfig, Weights, weight_names};
 
 pub use gguf::{GgufFile, Value as GgufValue};
 
@@ -94,6 +94,99 @@ pub fn gguf_tokenizer(
     path: &Path,
 ) -> Result<(tokenizers::Tokenizer, SpecialTokens), CheckpointError> {
     gguf_tokenizer::build(&GgufFile::open(path)?, false)
+}
+
+/// A checkpoint's tensors by its own names, shapes checked: what the GGUF and Hugging
+/// Face readers provide for [`read_model`] and their families' layer readers.
+trait Tensors {
+    fn read(&self, name: &str, expected: &[usize])
+    -> Result<ndarray::ArrayD<f32>, CheckpointError>;
+
+    /// A `[out, in]` matrix as stored.
+    fn matrix(
+        &self,
+        name: &str,
+        out: usize,
+        d_in: usize,
+    ) -> Result<ndarray::Array2<f32>, CheckpointError> {
+        Ok(self
+            .read(name, &[out, d_in])?
+            .into_dimensionality::<ndarray::Ix2>()
+            .expect("two dimensions checked"))
+    }
+
+    /// A `[out, in]` linear layer (torch's `Linear`, llama.cpp's tensors), transposed to
+    /// `[in, out]` for `x @ W`.
+    fn linear(
+        &self,
+        name: &str,
+        out: usize,
+        d_in: usize,
+    ) -> Result<ndarray::ArrayD<f32>, CheckpointError> {
+        Ok(transposed(self.matrix(name, out, d_in)?))
+    }
+}
+
+/// Files a weight under a layer's name (`attn.W_Q` -> `blocks.3.attn.W_Q`).
+type Put<'a> = dyn FnMut(&str, ndarray::ArrayD<f32>) + 'a;
+
+/// A checkpoint's names for the weights around the layers.
+struct OuterNames<'a> {
+    embedding: &'a str,
+    /// Learned positions, where the model has them.
+    positions: Option<&'a str>,
+    /// The final norm's weight is `{final_norm}.weight`, its bias (under LayerNorm)
+    /// `{final_norm}.bias`.
+    final_norm: &'a str,
+    /// Read only when the config says the unembedding is not the embedding (some tied
+    /// checkpoints still store it).
+    unembedding: &'a str,
+}
+
+/// The weights every family reads the same way (the embedding, learned positions, the
+/// final norm, an untied unembedding) under `names`, then each layer's, which `block`
+/// reads and files with its `Put`.
+fn read_model(
+    t: &impl Tensors,
+    config: &TransformerConfig,
+    names: OuterNames<'_>,
+    mut block: impl FnMut(usize, &mut Put<'_>) -> Result<(), CheckpointError>,
+) -> Result<Weights, CheckpointError> {
+    let d = config.d_model;
+    let mut weights = Weights::new();
+    weights.insert(
+        weight_names::W_E.into(),
+        t.read(names.embedding, &[config.d_vocab, d])?,
+    );
+    if let Some(positions) = names.positions {
+        weights.insert(
+            weight_names::W_POS.into(),
+            t.read(positions, &[config.n_ctx, d])?,
+        );
+    }
+    weights.insert(
+        weight_names::LN_FINAL_W.into(),
+        t.read(&format!("{}.weight", names.final_norm), &[d])?,
+    );
+    if config.normalization == Normalization::LayerNorm {
+        weights.insert(
+            weight_names::LN_FINAL_B.into(),
+            t.read(&format!("{}.bias", names.final_norm), &[d])?,
+        );
+    }
+    if !config.tied_embeddings {
+        weights.insert(
+            weight_names::W_U.into(),
+            t.linear(names.unembedding, config.d_vocab, d)?,
+        );
+    }
+    for layer in 0..config.n_layers {
+        let mut put = |name: &str, array: ndarray::ArrayD<f32>| {
+            weights.insert(weight_names::block(layer, name), array);
+        };
+        block(layer, &mut put)?;
+    }
+    Ok(weights)
 }
 
 /// A stored `[out, in]` matrix (torch's `Linear`, llama.cpp's tensors) as the `[in, out]`

@@ -9,7 +9,7 @@
 //! alternate sliding window and global attention, sliding first, unless the file gives a
 //! `attention.sliding_window_pattern`.
 
-use super::{Family, Meta, Tensors, read_model, read_norm};
+use super::{Family, GgufTensors, Meta, outer_names, read_model, read_norm};
 use crate::checkpoint::CheckpointError;
 use crate::model::{Architecture, Mlp, Normalization, TransformerConfig, Weights};
 
@@ -85,8 +85,11 @@ fn sliding_layers(meta: &Meta<'_>, n_layers: usize) -> Result<Vec<bool>, Checkpo
         .collect())
 }
 
-fn read_weights(t: &Tensors<'_>, config: &TransformerConfig) -> Result<Weights, CheckpointError> {
-    read_model(t, config, |layer, put| {
+fn read_weights(
+    t: &GgufTensors<'_>,
+    config: &TransformerConfig,
+) -> Result<Weights, CheckpointError> {
+    read_model(t, config, outer_names(config), |layer, put| {
         read_norm(t, config, layer, "attn_norm", "ln1", put)?;
         read_norm(t, config, layer, "post_attention_norm", "ln1_post", put)?;
         read_norm(t, config, layer, "ffn_norm", "ln2", put)?;

@@ -5,11 +5,9 @@
 
 use ndarray::{Axis, s};
 
-use super::{Family, Meta, Tensors, read_model, read_norm, transposed};
+use super::{Family, GgufTensors, Meta, Tensors, outer_names, read_model, read_norm, transposed};
 use crate::checkpoint::CheckpointError;
-use crate::model::{
-    Architecture, BiasLayout, Mlp, Normalization, TransformerConfig, Weights, weight_names,
-};
+use crate::model::{Architecture, BiasLayout, Mlp, Normalization, TransformerConfig, Weights};
 
 /// GPT-2's and GPT-NeoX's: biases on every projection but the unembedding.
 pub(super) const ALL_BIASES: BiasLayout = BiasLayout {
@@ -35,17 +33,8 @@ pub(super) fn family(meta: &Meta<'_>) -> Result<Family, CheckpointError> {
         config,
         // TransformerLens prepends `<|endoftext|>` to GPT-2 prompts by default.
         prepend_bos: true,
-        read_weights,
+        read_weights: read_fused_layers,
     })
-}
-
-fn read_weights(t: &Tensors<'_>, config: &TransformerConfig) -> Result<Weights, CheckpointError> {
-    let mut weights = read_fused_layers(t, config)?;
-    weights.insert(
-        weight_names::W_POS.into(),
-        t.read("position_embd.weight", &[config.n_ctx, config.d_model])?,
-    );
-    Ok(weights)
 }
 
 /// GPT-2's and GPT-NeoX's fused `attn_qkv` is three `d_model`-wide blocks, so the heads
@@ -63,14 +52,14 @@ pub(super) fn fused_heads_fill_the_width(
     )))
 }
 
-/// Everything but the positions, in the layout GPT-2 and GPT-NeoX share in GGUF:
+/// The layout GPT-2 and GPT-NeoX share in GGUF (GPT-2's learned positions besides):
 /// LayerNorms with biases, one fused `attn_qkv` with rows `[q | k | v]`, biased linears.
 pub(super) fn read_fused_layers(
-    t: &Tensors<'_>,
+    t: &GgufTensors<'_>,
     config: &TransformerConfig,
 ) -> Result<Weights, CheckpointError> {
     let d = config.d_model;
-    read_model(t, config, |layer, put| {
+    read_model(t, config, outer_names(config), |layer, put| {
         let gguf = |suffix: &str| format!("blk.{layer}.{suffix}");
         read_norm(t, config, layer, "attn_norm", "ln1", put)?;
         read_norm(t, config, layer, "ffn_norm", "ln2", put)?;

@@ -39,7 +39,7 @@ pub(super) fn family(meta: &Meta<'_>) -> Result<Family, CheckpointError> {
     Ok(Family {
         config,
         prepend_bos: false,
-        // The same tensors as GPT-2's, less the learned positions.
+        // The same tensors as GPT-2's, less the learned positions (its config has none).
         read_weights: super::gpt2::read_fused_layers,
     })
 }

@@ -5,7 +5,9 @@
 
 use ndarray::Array2;
 
-use super::{Family, Meta, Put, Tensors, read_model, read_norm, transposed};
+use super::{
+    Family, GgufTensors, Meta, Put, Tensors, outer_names, read_model, read_norm, transposed,
+};
 use crate::checkpoint::CheckpointError;
 use crate::model::{Architecture, BiasLayout, Mlp, Normalization, TransformerConfig, Weights};
 
@@ -33,8 +35,11 @@ pub(super) fn family(meta: &Meta<'_>) -> Result<Family, CheckpointError> {
     })
 }
 
-fn read_weights(t: &Tensors<'_>, config: &TransformerConfig) -> Result<Weights, CheckpointError> {
-    read_model(t, config, |layer, put| {
+fn read_weights(
+    t: &GgufTensors<'_>,
+    config: &TransformerConfig,
+) -> Result<Weights, CheckpointError> {
+    read_model(t, config, outer_names(config), |layer, put| {
         read_norm(t, config, layer, "attn_norm", "ln1", put)?;
         read_norm(t, config, layer, "ffn_norm", "ln2", put)?;
         read_layer(t, config, layer, put)
@@ -45,7 +50,7 @@ fn read_weights(t: &Tensors<'_>, config: &TransformerConfig) -> Result<Weights, 
 /// `ffn_down`), with the biases and q/k norms `config` says the model has; Gemma-2
 /// shares the layout and reads its own norms around it.
 pub(super) fn read_layer(
-    t: &Tensors<'_>,
+    t: &GgufTensors<'_>,
     config: &TransformerConfig,
     layer: usize,
     put: &mut Put<'_>,

@@ -13,13 +13,16 @@ mod gpt2;
 mod gpt_neox;
 mod llama;
 
-use ndarray::{Array2, ArrayD, Ix2};
+use ndarray::ArrayD;
 
 use super::gguf::{GgufFile, Value};
-use super::{Checkpoint, CheckpointError, expect_shape, gguf_tokenizer, transposed};
+use super::{
+    Checkpoint, CheckpointError, OuterNames, Put, Tensors, expect_shape, gguf_tokenizer,
+    read_model, transposed,
+};
 use crate::model::{
     Architecture, BiasLayout, Mlp, Normalization, Positional, Transformer, TransformerConfig,
-    Weights, weight_names,
+    Weights,
 };
 
 /// The architectures qexp reads, for the message that refuses the others.
@@ -32,7 +35,7 @@ struct Family {
     /// (`tokenizer.ggml.add_bos_token`): TransformerLens' default for the family, or
     /// llama.cpp's for the Llama family's byte-level vocabularies (none).
     prepend_bos: bool,
-    read_weights: fn(&Tensors<'_>, &TransformerConfig) -> Result<Weights, CheckpointError>,
+    read_weights: fn(&GgufTensors<'_>, &TransformerConfig) -> Result<Weights, CheckpointError>,
 }
 
 pub(super) fn load(file: &GgufFile) -> Result<Checkpoint, CheckpointError> {
@@ -57,7 +60,7 @@ pub(super) fn load(file: &GgufFile) -> Result<Checkpoint, CheckpointError> {
             });
         }
     };
-    let weights = (family.read_weights)(&Tensors { file }, &family.config)?;
+    let weights = (family.read_weights)(&GgufTensors { file }, &family.config)?;
     let (tokenizer, special_tokens) = gguf_tokenizer::build(file, family.prepend_bos)?;
     let name = file
         .get("general.name")
@@ -236,76 +239,33 @@ impl Meta<'_> {
 }
 
 /// Reads tensors by their llama.cpp names, with shapes checked.
-struct Tensors<'a> {
+struct GgufTensors<'a> {
     file: &'a GgufFile,
 }
 
-impl Tensors<'_> {
+impl Tensors for GgufTensors<'_> {
     fn read(&self, name: &str, expected: &[usize]) -> Result<ArrayD<f32>, CheckpointError> {
         let (shape, values) = self.file.tensor(name)?;
         expect_shape(self.file.path(), name, &shape, expected)?;
         Ok(ArrayD::from_shape_vec(shape, values).expect("shape checked against the element count"))
     }
-
-    /// A `[out, in]` matrix as stored.
-    fn matrix(&self, name: &str, out: usize, d_in: usize) -> Result<Array2<f32>, CheckpointError> {
-        Ok(self
-            .read(name, &[out, d_in])?
-            .into_dimensionality::<Ix2>()
-            .expect("two dimensions checked"))
-    }
-
-    /// A `[out, in]` linear layer, transposed to `[in, out]` for `x @ W`.
-    fn linear(&self, name: &str, out: usize, d_in: usize) -> Result<ArrayD<f32>, CheckpointError> {
-        Ok(transposed(self.matrix(name, out, d_in)?))
-    }
 }
 
-/// Files a weight under a layer's name (`attn.W_Q` -> `blocks.3.attn.W_Q`).
-type Put<'a> = dyn FnMut(&str, ArrayD<f32>) + 'a;
-
-/// The weights every family reads the same way (the embedding, the final norm, an
-/// untied unembedding), then each layer's, which `block` reads and files with `put`.
-fn read_model(
-    t: &Tensors<'_>,
-    config: &TransformerConfig,
-    mut block: impl FnMut(usize, &mut Put<'_>) -> Result<(), CheckpointError>,
-) -> Result<Weights, CheckpointError> {
-    let d = config.d_model;
-    let mut weights = Weights::new();
-    weights.insert(
-        weight_names::W_E.into(),
-        t.read("token_embd.weight", &[config.d_vocab, d])?,
-    );
-    weights.insert(
-        weight_names::LN_FINAL_W.into(),
-        t.read("output_norm.weight", &[d])?,
-    );
-    if config.normalization == Normalization::LayerNorm {
-        weights.insert(
-            weight_names::LN_FINAL_B.into(),
-            t.read("output_norm.bias", &[d])?,
-        );
+/// llama.cpp's names for the weights around the layers (positions where `config` learns
+/// them).
+fn outer_names(config: &TransformerConfig) -> OuterNames<'static> {
+    OuterNames {
+        embedding: "token_embd.weight",
+        positions: (config.positional == Positional::Learned).then_some("position_embd.weight"),
+        final_norm: "output_norm",
+        unembedding: "output.weight",
     }
-    if !config.tied_embeddings {
-        weights.insert(
-            weight_names::W_U.into(),
-            t.linear("output.weight", config.d_vocab, d)?,
-        );
-    }
-    for layer in 0..config.n_layers {
-        let mut put = |name: &str, array: ArrayD<f32>| {
-            weights.insert(weight_names::block(layer, name), array);
-        };
-        block(layer, &mut put)?;
-    }
-    Ok(weights)
 }
 
 /// Layer `layer`'s norm `blk.N.{gguf}.weight` (and its bias, under LayerNorm) filed as
 /// `{ours}.w` (and `{ours}.b`).
 fn read_norm(
-    t: &Tensors<'_>,
+    t: &GgufTensors<'_>,
     config: &TransformerConfig,
     layer: usize,
     gguf: &str,

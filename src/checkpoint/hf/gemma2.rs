@@ -4,11 +4,10 @@
 //! logits, layers alternating between a sliding window and global attention, and scores
 //! scaled by `query_pre_attn_scalar` rather than the head width.
 
-use ndarray::ArrayD;
 use serde::Deserialize;
 
 use super::{ConfigFile, Family, Reader, Rope};
-use crate::checkpoint::CheckpointError;
+use crate::checkpoint::{CheckpointError, OuterNames, Tensors, read_model};
 use crate::model::{
     Architecture, BiasLayout, Mlp, Normalization, TransformerConfig, Weights, weight_names,
 };
@@ -143,32 +142,32 @@ fn read_weights(r: &Reader<'_>, config: &TransformerConfig) -> Result<Weights, C
     let d = config.d_model;
     // Gemma stores each RMSNorm weight as `w - 1` and multiplies by `1 + w`.
     let norm = |name: &str| r.read(name, &[d]).map(|w| w + 1.0);
-    let mut weights = Weights::new();
-    weights.insert(
-        weight_names::W_E.into(),
-        r.read("model.embed_tokens.weight", &[config.d_vocab, d])?,
-    );
-    weights.insert(weight_names::LN_FINAL_W.into(), norm("model.norm.weight")?);
-    if !config.tied_embeddings {
-        weights.insert(
-            weight_names::W_U.into(),
-            r.linear("lm_head.weight", config.d_vocab, d)?,
-        );
-    }
-    for layer in 0..config.n_layers {
-        let hf = |suffix: &str| format!("model.layers.{layer}.{suffix}");
-        let mut put = |name: &str, array: ArrayD<f32>| {
-            weights.insert(weight_names::block(layer, name), array);
-        };
-        put("ln1.w", norm(&hf("input_layernorm.weight"))?);
-        put("ln1_post.w", norm(&hf("post_attention_layernorm.weight"))?);
-        put("ln2.w", norm(&hf("pre_feedforward_layernorm.weight"))?);
-        put(
-            "ln2_post.w",
-            norm(&hf("post_feedforward_layernorm.weight"))?,
-        );
-        // The Llama layout's projections: no biases, no q/k norms in Gemma-2.
-        super::llama::read_layer(r, config, layer, &mut put)?;
-    }
+    let mut weights = read_model(
+        r,
+        config,
+        OuterNames {
+            embedding: "model.embed_tokens.weight",
+            positions: None,
+            final_norm: "model.norm",
+            unembedding: "lm_head.weight",
+        },
+        |layer, put| {
+            let hf = |suffix: &str| format!("model.layers.{layer}.{suffix}");
+            put("ln1.w", norm(&hf("input_layernorm.weight"))?);
+            put("ln1_post.w", norm(&hf("post_attention_layernorm.weight"))?);
+            put("ln2.w", norm(&hf("pre_feedforward_layernorm.weight"))?);
+            put(
+                "ln2_post.w",
+                norm(&hf("post_feedforward_layernorm.weight"))?,
+            );
+            // The Llama layout's projections: no biases, no q/k norms in Gemma-2.
+            super::llama::read_layer(r, config, layer, put)?;
+            Ok(())
+        },
+    )?;
+    // Gemma stores its final norm as `w - 1` too.
+    *weights
+        .get_mut(weight_names::LN_FINAL_W)
+        .expect("read_model reads the final norm") += 1.0;
     Ok(weights)
 }

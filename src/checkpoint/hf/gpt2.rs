@@ -2,14 +2,13 @@
 //! a tied unembedding, and `Conv1D` weights that are stored `[in, out]` already, with
 //! q, k and v fused into one `c_attn` matrix.
 
-use ndarray::{ArrayD, Axis, Ix2, s};
+use ndarray::{Axis, Ix2, s};
 use serde::Deserialize;
 
 use super::{ConfigFile, Family, Reader};
-use crate::checkpoint::CheckpointError;
+use crate::checkpoint::{CheckpointError, OuterNames, Tensors, read_model};
 use crate::model::{
     Architecture, BiasLayout, Mlp, Normalization, Positional, TransformerConfig, Weights,
-    weight_names,
 };
 
 /// The fields of GPT-2's `config.json` that shape the graph.
@@ -106,70 +105,54 @@ pub(super) fn family(file: &ConfigFile<'_>) -> Result<Family, CheckpointError> {
 
 fn read_weights(r: &Reader<'_>, config: &TransformerConfig) -> Result<Weights, CheckpointError> {
     let d = config.d_model;
-    let mut weights = Weights::new();
-    weights.insert(
-        weight_names::W_E.into(),
-        r.read("transformer.wte.weight", &[config.d_vocab, d])?,
-    );
-    weights.insert(
-        weight_names::W_POS.into(),
-        r.read("transformer.wpe.weight", &[config.n_ctx, d])?,
-    );
-    weights.insert(
-        weight_names::LN_FINAL_W.into(),
-        r.read("transformer.ln_f.weight", &[d])?,
-    );
-    weights.insert(
-        weight_names::LN_FINAL_B.into(),
-        r.read("transformer.ln_f.bias", &[d])?,
-    );
-    if !config.tied_embeddings {
-        weights.insert(
-            weight_names::W_U.into(),
-            r.linear("lm_head.weight", config.d_vocab, d)?,
-        );
-    }
-    for layer in 0..config.n_layers {
-        let hf = |suffix: &str| format!("transformer.h.{layer}.{suffix}");
-        let mut put = |name: &str, array: ArrayD<f32>| {
-            weights.insert(weight_names::block(layer, name), array);
-        };
-        put("ln1.w", r.read(&hf("ln_1.weight"), &[d])?);
-        put("ln1.b", r.read(&hf("ln_1.bias"), &[d])?);
-        put("ln2.w", r.read(&hf("ln_2.weight"), &[d])?);
-        put("ln2.b", r.read(&hf("ln_2.bias"), &[d])?);
+    read_model(
+        r,
+        config,
+        OuterNames {
+            embedding: "transformer.wte.weight",
+            positions: Some("transformer.wpe.weight"),
+            final_norm: "transformer.ln_f",
+            unembedding: "lm_head.weight",
+        },
+        |layer, put| {
+            let hf = |suffix: &str| format!("transformer.h.{layer}.{suffix}");
+            put("ln1.w", r.read(&hf("ln_1.weight"), &[d])?);
+            put("ln1.b", r.read(&hf("ln_1.bias"), &[d])?);
+            put("ln2.w", r.read(&hf("ln_2.weight"), &[d])?);
+            put("ln2.b", r.read(&hf("ln_2.bias"), &[d])?);
 
-        // Conv1D `c_attn`: columns [q | k | v], each d wide.
-        let qkv = r
-            .read(&hf("attn.c_attn.weight"), &[d, 3 * d])?
-            .into_dimensionality::<Ix2>()
-            .expect("two dimensions checked");
-        let qkv_bias = r.read(&hf("attn.c_attn.bias"), &[3 * d])?;
-        for (i, part) in ["Q", "K", "V"].into_iter().enumerate() {
-            let columns = s![.., i * d..(i + 1) * d];
+            // Conv1D `c_attn`: columns [q | k | v], each d wide.
+            let qkv = r
+                .read(&hf("attn.c_attn.weight"), &[d, 3 * d])?
+                .into_dimensionality::<Ix2>()
+                .expect("two dimensions checked");
+            let qkv_bias = r.read(&hf("attn.c_attn.bias"), &[3 * d])?;
+            for (i, part) in ["Q", "K", "V"].into_iter().enumerate() {
+                let columns = s![.., i * d..(i + 1) * d];
+                put(
+                    &format!("attn.W_{part}"),
+                    qkv.slice(columns).to_owned().into_dyn(),
+                );
+                put(
+                    &format!("attn.b_{part}"),
+                    qkv_bias
+                        .slice_axis(Axis(0), (i * d..(i + 1) * d).into())
+                        .to_owned(),
+                );
+            }
+            put("attn.W_O", r.read(&hf("attn.c_proj.weight"), &[d, d])?);
+            put("attn.b_O", r.read(&hf("attn.c_proj.bias"), &[d])?);
             put(
-                &format!("attn.W_{part}"),
-                qkv.slice(columns).to_owned().into_dyn(),
+                "mlp.W_in",
+                r.read(&hf("mlp.c_fc.weight"), &[d, config.d_mlp])?,
             );
+            put("mlp.b_in", r.read(&hf("mlp.c_fc.bias"), &[config.d_mlp])?);
             put(
-                &format!("attn.b_{part}"),
-                qkv_bias
-                    .slice_axis(Axis(0), (i * d..(i + 1) * d).into())
-                    .to_owned(),
+                "mlp.W_out",
+                r.read(&hf("mlp.c_proj.weight"), &[config.d_mlp, d])?,
             );
-        }
-        put("attn.W_O", r.read(&hf("attn.c_proj.weight"), &[d, d])?);
-        put("attn.b_O", r.read(&hf("attn.c_proj.bias"), &[d])?);
-        put(
-            "mlp.W_in",
-            r.read(&hf("mlp.c_fc.weight"), &[d, config.d_mlp])?,
-        );
-        put("mlp.b_in", r.read(&hf("mlp.c_fc.bias"), &[config.d_mlp])?);
-        put(
-            "mlp.W_out",
-            r.read(&hf("mlp.c_proj.weight"), &[config.d_mlp, d])?,
-        );
-        put("mlp.b_out", r.read(&hf("mlp.c_proj.bias"), &[d])?);
-    }
-    Ok(weights)
+            put("mlp.b_out", r.read(&hf("mlp.c_proj.bias"), &[d])?);
+            Ok(())
+        },
+    )
 }

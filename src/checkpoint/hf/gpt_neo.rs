@@ -2,14 +2,12 @@
 //! `tokenizer.json`), e.g. `roneneldan/TinyStories-2Layers-33M` (TransformerLens'
 //! `tiny-stories-2L-33M`).
 
-use ndarray::ArrayD;
 use serde::Deserialize;
 
 use super::{ConfigFile, Family, Reader};
-use crate::checkpoint::CheckpointError;
+use crate::checkpoint::{CheckpointError, OuterNames, Tensors, read_model};
 use crate::model::{
     Architecture, BiasLayout, Mlp, Normalization, Positional, TransformerConfig, Weights,
-    weight_names,
 };
 
 /// The fields of GPT-Neo's `config.json` that shape the graph.
@@ -124,68 +122,52 @@ fn to_config(hf: &HfConfig, file: &ConfigFile<'_>) -> Result<TransformerConfig, 
 
 fn read_weights(r: &Reader<'_>, config: &TransformerConfig) -> Result<Weights, CheckpointError> {
     let d = config.d_model;
-    let mut weights = Weights::new();
-    weights.insert(
-        weight_names::W_E.into(),
-        r.read("transformer.wte.weight", &[config.d_vocab, d])?,
-    );
-    weights.insert(
-        weight_names::W_POS.into(),
-        r.read("transformer.wpe.weight", &[config.n_ctx, d])?,
-    );
-    weights.insert(
-        weight_names::LN_FINAL_W.into(),
-        r.read("transformer.ln_f.weight", &[d])?,
-    );
-    weights.insert(
-        weight_names::LN_FINAL_B.into(),
-        r.read("transformer.ln_f.bias", &[d])?,
-    );
-    if !config.tied_embeddings {
-        weights.insert(
-            weight_names::W_U.into(),
-            r.linear("lm_head.weight", config.d_vocab, d)?,
-        );
-    }
-    for layer in 0..config.n_layers {
-        let hf = |suffix: &str| format!("transformer.h.{layer}.{suffix}");
-        let mut put = |name: &str, array: ArrayD<f32>| {
-            weights.insert(weight_names::block(layer, name), array);
-        };
-        put("ln1.w", r.read(&hf("ln_1.weight"), &[d])?);
-        put("ln1.b", r.read(&hf("ln_1.bias"), &[d])?);
-        put("ln2.w", r.read(&hf("ln_2.weight"), &[d])?);
-        put("ln2.b", r.read(&hf("ln_2.bias"), &[d])?);
-        put(
-            "attn.W_Q",
-            r.linear(&hf("attn.attention.q_proj.weight"), d, d)?,
-        );
-        put(
-            "attn.W_K",
-            r.linear(&hf("attn.attention.k_proj.weight"), d, d)?,
-        );
-        put(
-            "attn.W_V",
-            r.linear(&hf("attn.attention.v_proj.weight"), d, d)?,
-        );
-        put(
-            "attn.W_O",
-            r.linear(&hf("attn.attention.out_proj.weight"), d, d)?,
-        );
-        put(
-            "attn.b_O",
-            r.read(&hf("attn.attention.out_proj.bias"), &[d])?,
-        );
-        put(
-            "mlp.W_in",
-            r.linear(&hf("mlp.c_fc.weight"), config.d_mlp, d)?,
-        );
-        put("mlp.b_in", r.read(&hf("mlp.c_fc.bias"), &[config.d_mlp])?);
-        put(
-            "mlp.W_out",
-            r.linear(&hf("mlp.c_proj.weight"), d, config.d_mlp)?,
-        );
-        put("mlp.b_out", r.read(&hf("mlp.c_proj.bias"), &[d])?);
-    }
-    Ok(weights)
+    read_model(
+        r,
+        config,
+        OuterNames {
+            embedding: "transformer.wte.weight",
+            positions: Some("transformer.wpe.weight"),
+            final_norm: "transformer.ln_f",
+            unembedding: "lm_head.weight",
+        },
+        |layer, put| {
+            let hf = |suffix: &str| format!("transformer.h.{layer}.{suffix}");
+            put("ln1.w", r.read(&hf("ln_1.weight"), &[d])?);
+            put("ln1.b", r.read(&hf("ln_1.bias"), &[d])?);
+            put("ln2.w", r.read(&hf("ln_2.weight"), &[d])?);
+            put("ln2.b", r.read(&hf("ln_2.bias"), &[d])?);
+            put(
+                "attn.W_Q",
+                r.linear(&hf("attn.attention.q_proj.weight"), d, d)?,
+            );
+            put(
+                "attn.W_K",
+                r.linear(&hf("attn.attention.k_proj.weight"), d, d)?,
+            );
+            put(
+                "attn.W_V",
+                r.linear(&hf("attn.attention.v_proj.weight"), d, d)?,
+            );
+            put(
+                "attn.W_O",
+                r.linear(&hf("attn.attention.out_proj.weight"), d, d)?,
+            );
+            put(
+                "attn.b_O",
+                r.read(&hf("attn.attention.out_proj.bias"), &[d])?,
+            );
+            put(
+                "mlp.W_in",
+                r.linear(&hf("mlp.c_fc.weight"), config.d_mlp, d)?,
+            );
+            put("mlp.b_in", r.read(&hf("mlp.c_fc.bias"), &[config.d_mlp])?);
+            put(
+                "mlp.W_out",
+                r.linear(&hf("mlp.c_proj.weight"), d, config.d_mlp)?,
+            );
+            put("mlp.b_out", r.read(&hf("mlp.c_proj.bias"), &[d])?);
+            Ok(())
+        },
+    )
 }

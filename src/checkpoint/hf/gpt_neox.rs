@@ -2,14 +2,13 @@
 //! the first quarter of each head (`rotary_pct`), attention and MLP in parallel on the
 //! block's input, the exact GELU, and q, k and v fused per head in `query_key_value`.
 
-use ndarray::{Array1, Array2, ArrayD, Ix1, Ix2};
+use ndarray::{Array1, Array2, Ix1, Ix2};
 use serde::Deserialize;
 
 use super::{ConfigFile, Family, Reader, Rope};
-use crate::checkpoint::CheckpointError;
+use crate::checkpoint::{CheckpointError, OuterNames, Tensors, read_model};
 use crate::model::{
     Architecture, BiasLayout, Mlp, Normalization, Positional, TransformerConfig, Weights,
-    weight_names,
 };
 
 /// The fields of GPT-NeoX's `config.json` that shape the graph.
@@ -121,67 +120,57 @@ pub(super) fn family(file: &ConfigFile<'_>) -> Result<Family, CheckpointError> {
 
 fn read_weights(r: &Reader<'_>, config: &TransformerConfig) -> Result<Weights, CheckpointError> {
     let d = config.d_model;
-    let mut weights = Weights::new();
-    weights.insert(
-        weight_names::W_E.into(),
-        r.read("gpt_neox.embed_in.weight", &[config.d_vocab, d])?,
-    );
-    weights.insert(
-        weight_names::LN_FINAL_W.into(),
-        r.read("gpt_neox.final_layer_norm.weight", &[d])?,
-    );
-    weights.insert(
-        weight_names::LN_FINAL_B.into(),
-        r.read("gpt_neox.final_layer_norm.bias", &[d])?,
-    );
-    if !config.tied_embeddings {
-        // Pythia's checkpoints call it `embed_out`; transformers 5 saves `lm_head`.
-        let name = r.either(&["embed_out.weight", "lm_head.weight"]);
-        weights.insert(weight_names::W_U.into(), r.linear(name, config.d_vocab, d)?);
-    }
-    for layer in 0..config.n_layers {
-        let hf = |suffix: &str| format!("gpt_neox.layers.{layer}.{suffix}");
-        let mut put = |name: &str, array: ArrayD<f32>| {
-            weights.insert(weight_names::block(layer, name), array);
-        };
-        put("ln1.w", r.read(&hf("input_layernorm.weight"), &[d])?);
-        put("ln1.b", r.read(&hf("input_layernorm.bias"), &[d])?);
-        put(
-            "ln2.w",
-            r.read(&hf("post_attention_layernorm.weight"), &[d])?,
-        );
-        put("ln2.b", r.read(&hf("post_attention_layernorm.bias"), &[d])?);
+    read_model(
+        r,
+        config,
+        OuterNames {
+            embedding: "gpt_neox.embed_in.weight",
+            positions: None,
+            final_norm: "gpt_neox.final_layer_norm",
+            // Pythia's checkpoints call it `embed_out`; transformers 5 saves `lm_head`.
+            unembedding: r.either(&["embed_out.weight", "lm_head.weight"]),
+        },
+        |layer, put| {
+            let hf = |suffix: &str| format!("gpt_neox.layers.{layer}.{suffix}");
+            put("ln1.w", r.read(&hf("input_layernorm.weight"), &[d])?);
+            put("ln1.b", r.read(&hf("input_layernorm.bias"), &[d])?);
+            put(
+                "ln2.w",
+                r.read(&hf("post_attention_layernorm.weight"), &[d])?,
+            );
+            put("ln2.b", r.read(&hf("post_attention_layernorm.bias"), &[d])?);
 
-        let fused = r
-            .read(&hf("attention.query_key_value.weight"), &[3 * d, d])?
-            .into_dimensionality::<Ix2>()
-            .expect("two dimensions checked");
-        let fused_bias = r
-            .read(&hf("attention.query_key_value.bias"), &[3 * d])?
-            .into_dimensionality::<Ix1>()
-            .expect("one dimension checked");
-        for (part, which) in ["Q", "K", "V"].into_iter().enumerate() {
-            let (w, b) = unfuse(&fused, &fused_bias, part, config.n_heads, config.d_head);
-            put(&format!("attn.W_{which}"), w.into_dyn());
-            put(&format!("attn.b_{which}"), b.into_dyn());
-        }
-        put("attn.W_O", r.linear(&hf("attention.dense.weight"), d, d)?);
-        put("attn.b_O", r.read(&hf("attention.dense.bias"), &[d])?);
-        put(
-            "mlp.W_in",
-            r.linear(&hf("mlp.dense_h_to_4h.weight"), config.d_mlp, d)?,
-        );
-        put(
-            "mlp.b_in",
-            r.read(&hf("mlp.dense_h_to_4h.bias"), &[config.d_mlp])?,
-        );
-        put(
-            "mlp.W_out",
-            r.linear(&hf("mlp.dense_4h_to_h.weight"), d, config.d_mlp)?,
-        );
-        put("mlp.b_out", r.read(&hf("mlp.dense_4h_to_h.bias"), &[d])?);
-    }
-    Ok(weights)
+            let fused = r
+                .read(&hf("attention.query_key_value.weight"), &[3 * d, d])?
+                .into_dimensionality::<Ix2>()
+                .expect("two dimensions checked");
+            let fused_bias = r
+                .read(&hf("attention.query_key_value.bias"), &[3 * d])?
+                .into_dimensionality::<Ix1>()
+                .expect("one dimension checked");
+            for (part, which) in ["Q", "K", "V"].into_iter().enumerate() {
+                let (w, b) = unfuse(&fused, &fused_bias, part, config.n_heads, config.d_head);
+                put(&format!("attn.W_{which}"), w.into_dyn());
+                put(&format!("attn.b_{which}"), b.into_dyn());
+            }
+            put("attn.W_O", r.linear(&hf("attention.dense.weight"), d, d)?);
+            put("attn.b_O", r.read(&hf("attention.dense.bias"), &[d])?);
+            put(
+                "mlp.W_in",
+                r.linear(&hf("mlp.dense_h_to_4h.weight"), config.d_mlp, d)?,
+            );
+            put(
+                "mlp.b_in",
+                r.read(&hf("mlp.dense_h_to_4h.bias"), &[config.d_mlp])?,
+            );
+            put(
+                "mlp.W_out",
+                r.linear(&hf("mlp.dense_4h_to_h.weight"), d, config.d_mlp)?,
+            );
+            put("mlp.b_out", r.read(&hf("mlp.dense_4h_to_h.bias"), &[d])?);
+            Ok(())
+        },
+    )
 }
 
 /// One of q, k, v (`part` 0, 1, 2) out of `query_key_value`, whose output rows run head by

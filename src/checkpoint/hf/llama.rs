@@ -3,14 +3,11 @@
 //! attention) and differ in options: Qwen2's q/k/v biases, Qwen3's per-head q/k RMSNorm,
 //! Mistral's sliding window, Llama's optional attention biases.
 
-use ndarray::ArrayD;
 use serde::Deserialize;
 
 use super::{ConfigFile, Family, Reader, Rope};
-use crate::checkpoint::CheckpointError;
-use crate::model::{
-    Architecture, BiasLayout, Mlp, Normalization, TransformerConfig, Weights, weight_names,
-};
+use crate::checkpoint::{CheckpointError, OuterNames, Put, Tensors, read_model};
+use crate::model::{Architecture, BiasLayout, Mlp, Normalization, TransformerConfig, Weights};
 
 /// The fields of the family's `config.json` that shape the graph.
 #[derive(Debug, Deserialize)]
@@ -127,35 +124,26 @@ pub(super) fn family(file: &ConfigFile<'_>, model_type: &str) -> Result<Family, 
 
 fn read_weights(r: &Reader<'_>, config: &TransformerConfig) -> Result<Weights, CheckpointError> {
     let d = config.d_model;
-    let mut weights = Weights::new();
-    weights.insert(
-        weight_names::W_E.into(),
-        r.read("model.embed_tokens.weight", &[config.d_vocab, d])?,
-    );
-    weights.insert(
-        weight_names::LN_FINAL_W.into(),
-        r.read("model.norm.weight", &[d])?,
-    );
-    // Some tied checkpoints still store `lm_head.weight`; the config decides.
-    if !config.tied_embeddings {
-        weights.insert(
-            weight_names::W_U.into(),
-            r.linear("lm_head.weight", config.d_vocab, d)?,
-        );
-    }
-    for layer in 0..config.n_layers {
-        let hf = |suffix: &str| format!("model.layers.{layer}.{suffix}");
-        let mut put = |name: &str, array: ArrayD<f32>| {
-            weights.insert(weight_names::block(layer, name), array);
-        };
-        put("ln1.w", r.read(&hf("input_layernorm.weight"), &[d])?);
-        put(
-            "ln2.w",
-            r.read(&hf("post_attention_layernorm.weight"), &[d])?,
-        );
-        read_layer(r, config, layer, &mut put)?;
-    }
-    Ok(weights)
+    read_model(
+        r,
+        config,
+        OuterNames {
+            embedding: "model.embed_tokens.weight",
+            positions: None,
+            final_norm: "model.norm",
+            unembedding: "lm_head.weight",
+        },
+        |layer, put| {
+            let hf = |suffix: &str| format!("model.layers.{layer}.{suffix}");
+            put("ln1.w", r.read(&hf("input_layernorm.weight"), &[d])?);
+            put(
+                "ln2.w",
+                r.read(&hf("post_attention_layernorm.weight"), &[d])?,
+            );
+            read_layer(r, config, layer, put)?;
+            Ok(())
+        },
+    )
 }
 
 /// One layer's attention and MLP weights under the Llama layout's names
@@ -165,7 +153,7 @@ pub(super) fn read_layer(
     r: &Reader<'_>,
     config: &TransformerConfig,
     layer: usize,
-    put: &mut impl FnMut(&str, ArrayD<f32>),
+    put: &mut Put<'_>,
 ) -> Result<(), CheckpointError> {
     let d = config.d_model;
     let q_width = config.n_heads * config.d_head;

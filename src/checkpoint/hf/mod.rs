@@ -16,12 +16,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use ndarray::{ArrayD, Ix2};
+use ndarray::ArrayD;
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::{Checkpoint, CheckpointError, SpecialTokens, expect_shape};
+use super::{Checkpoint, CheckpointError, SpecialTokens, Tensors, expect_shape};
 use crate::model::{
     Positional, RopeScaling, Transformer, TransformerConfig, WeightStorage, Weights,
 };
@@ -385,7 +385,9 @@ impl Reader<'_> {
             tensors.tensor(n).ok().map(|view| (*path, view))
         })
     }
+}
 
+impl Tensors for Reader<'_> {
     fn read(&self, name: &str, expected: &[usize]) -> Result<ArrayD<f32>, CheckpointError> {
         let (path, view) = self
             .locate(name)
@@ -409,14 +411,5 @@ impl Reader<'_> {
             ArrayD::from_shape_vec(expected.to_vec(), stored.decode(view.data()))
                 .expect("safetensors checked the byte length against the shape"),
         )
-    }
-
-    /// A torch `Linear` weight `[out, in]`, transposed to `[in, out]`.
-    fn linear(&self, name: &str, out: usize, d_in: usize) -> Result<ArrayD<f32>, CheckpointError> {
-        let m = self
-            .read(name, &[out, d_in])?
-            .into_dimensionality::<Ix2>()
-            .expect("two dimensions checked");
-        Ok(super::transposed(m))
     }
 }
