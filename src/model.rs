@@ -177,6 +177,24 @@ pub struct BiasLayout {
     pub unembed: bool,
 }
 
+impl BiasLayout {
+    /// No biases (Llama, Mistral, Gemma).
+    pub const NONE: BiasLayout = BiasLayout {
+        qkv: false,
+        attn_out: false,
+        mlp: false,
+        unembed: false,
+    };
+
+    /// A bias on every projection but the unembedding (GPT-2, GPT-NeoX).
+    pub const ALL_BUT_UNEMBED: BiasLayout = BiasLayout {
+        qkv: true,
+        attn_out: true,
+        mlp: true,
+        unembed: false,
+    };
+}
+
 impl TransformerConfig {
     /// How many query heads share one key/value head.
     pub fn gqa_group(&self) -> usize {

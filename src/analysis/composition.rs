@@ -247,12 +247,7 @@ mod tests {
             mlp: Mlp::GatedSilu,
             attn_scale: 0.5,
             attention_windows: vec![None, None],
-            bias: BiasLayout {
-                qkv: false,
-                attn_out: false,
-                mlp: false,
-                unembed: false,
-            },
+            bias: BiasLayout::NONE,
             tied_embeddings: true,
             qk_norm: false,
             parallel_attn_mlp: false,

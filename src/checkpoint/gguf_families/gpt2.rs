@@ -9,14 +9,6 @@ use super::{Family, GgufTensors, Meta, Tensors, outer_names, read_model, read_no
 use crate::checkpoint::CheckpointError;
 use crate::model::{Architecture, BiasLayout, Mlp, Normalization, TransformerConfig, Weights};
 
-/// GPT-2's and GPT-NeoX's: biases on every projection but the unembedding.
-pub(super) const ALL_BIASES: BiasLayout = BiasLayout {
-    qkv: true,
-    attn_out: true,
-    mlp: true,
-    unembed: false,
-};
-
 pub(super) fn family(meta: &Meta<'_>) -> Result<Family, CheckpointError> {
     let base = meta.base_config(
         Architecture::Gpt2,
@@ -26,7 +18,7 @@ pub(super) fn family(meta: &Meta<'_>) -> Result<Family, CheckpointError> {
     )?;
     fused_heads_fill_the_width(meta, &base)?;
     let config = TransformerConfig {
-        bias: ALL_BIASES,
+        bias: BiasLayout::ALL_BUT_UNEMBED,
         ..base
     };
     Ok(Family {

@@ -8,7 +8,7 @@
 
 use super::{Family, Meta};
 use crate::checkpoint::CheckpointError;
-use crate::model::{Architecture, Mlp, Normalization, Positional, TransformerConfig};
+use crate::model::{Architecture, BiasLayout, Mlp, Normalization, Positional, TransformerConfig};
 
 pub(super) fn family(meta: &Meta<'_>) -> Result<Family, CheckpointError> {
     let base = meta.base_config(
@@ -32,7 +32,7 @@ pub(super) fn family(meta: &Meta<'_>) -> Result<Family, CheckpointError> {
             rotary_dim: (rotary_dim < d_head).then_some(rotary_dim),
             scaling: None,
         },
-        bias: super::gpt2::ALL_BIASES,
+        bias: BiasLayout::ALL_BUT_UNEMBED,
         parallel_attn_mlp: meta.bool("use_parallel_residual").unwrap_or(true),
         ..base
     };

@@ -178,12 +178,7 @@ impl Meta<'_> {
             mlp,
             attn_scale: 1.0 / (d_head as f32).sqrt(),
             attention_windows: vec![None; n_layers],
-            bias: BiasLayout {
-                qkv: false,
-                attn_out: false,
-                mlp: false,
-                unembed: false,
-            },
+            bias: BiasLayout::NONE,
             tied_embeddings: !self.has_tensor("output.weight"),
             qk_norm: false,
             parallel_attn_mlp: false,

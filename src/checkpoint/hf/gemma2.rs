@@ -7,7 +7,7 @@
 use serde::Deserialize;
 
 use super::{ConfigFile, Family, Reader, Rope};
-use crate::checkpoint::{CheckpointError, OuterNames, Tensors, read_model};
+use crate::checkpoint::{CheckpointError, Tensors, read_model};
 use crate::model::{
     Architecture, BiasLayout, Mlp, Normalization, TransformerConfig, Weights, weight_names,
 };
@@ -114,12 +114,7 @@ pub(super) fn family(file: &ConfigFile<'_>) -> Result<Family, CheckpointError> {
         mlp: Mlp::GatedGeluTanh,
         attn_scale: 1.0 / query_scalar.sqrt(),
         attention_windows,
-        bias: BiasLayout {
-            qkv: false,
-            attn_out: false,
-            mlp: false,
-            unembed: false,
-        },
+        bias: BiasLayout::NONE,
         tied_embeddings: hf.tie_word_embeddings,
         qk_norm: false,
         parallel_attn_mlp: false,
@@ -142,29 +137,19 @@ fn read_weights(r: &Reader<'_>, config: &TransformerConfig) -> Result<Weights, C
     let d = config.d_model;
     // Gemma stores each RMSNorm weight as `w - 1` and multiplies by `1 + w`.
     let norm = |name: &str| r.read(name, &[d]).map(|w| w + 1.0);
-    let mut weights = read_model(
-        r,
-        config,
-        OuterNames {
-            embedding: "model.embed_tokens.weight",
-            positions: None,
-            final_norm: "model.norm",
-            unembedding: "lm_head.weight",
-        },
-        |layer, put| {
-            let hf = |suffix: &str| format!("model.layers.{layer}.{suffix}");
-            put("ln1.w", norm(&hf("input_layernorm.weight"))?);
-            put("ln1_post.w", norm(&hf("post_attention_layernorm.weight"))?);
-            put("ln2.w", norm(&hf("pre_feedforward_layernorm.weight"))?);
-            put(
-                "ln2_post.w",
-                norm(&hf("post_feedforward_layernorm.weight"))?,
-            );
-            // The Llama layout's projections: no biases, no q/k norms in Gemma-2.
-            super::llama::read_layer(r, config, layer, put)?;
-            Ok(())
-        },
-    )?;
+    let mut weights = read_model(r, config, super::llama::OUTER_NAMES, |layer, put| {
+        let hf = |suffix: &str| format!("model.layers.{layer}.{suffix}");
+        put("ln1.w", norm(&hf("input_layernorm.weight"))?);
+        put("ln1_post.w", norm(&hf("post_attention_layernorm.weight"))?);
+        put("ln2.w", norm(&hf("pre_feedforward_layernorm.weight"))?);
+        put(
+            "ln2_post.w",
+            norm(&hf("post_feedforward_layernorm.weight"))?,
+        );
+        // The Llama layout's projections: no biases, no q/k norms in Gemma-2.
+        super::llama::read_layer(r, config, layer, put)?;
+        Ok(())
+    })?;
     // Gemma stores its final norm as `w - 1` too.
     *weights
         .get_mut(weight_names::LN_FINAL_W)

@@ -78,12 +78,7 @@ pub(super) fn family(file: &ConfigFile<'_>) -> Result<Family, CheckpointError> {
             1.0
         },
         attention_windows: vec![None; hf.n_layer],
-        bias: BiasLayout {
-            qkv: true,
-            attn_out: true,
-            mlp: true,
-            unembed: false,
-        },
+        bias: BiasLayout::ALL_BUT_UNEMBED,
         tied_embeddings: hf.tie_word_embeddings,
         qk_norm: false,
         parallel_attn_mlp: false,
@@ -103,56 +98,54 @@ pub(super) fn family(file: &ConfigFile<'_>) -> Result<Family, CheckpointError> {
     })
 }
 
+/// GPT-2's names for the weights around the layers (GPT-Neo's too).
+pub(super) const OUTER_NAMES: OuterNames<'static> = OuterNames {
+    embedding: "transformer.wte.weight",
+    positions: Some("transformer.wpe.weight"),
+    final_norm: "transformer.ln_f",
+    unembedding: "lm_head.weight",
+};
+
 fn read_weights(r: &Reader<'_>, config: &TransformerConfig) -> Result<Weights, CheckpointError> {
     let d = config.d_model;
-    read_model(
-        r,
-        config,
-        OuterNames {
-            embedding: "transformer.wte.weight",
-            positions: Some("transformer.wpe.weight"),
-            final_norm: "transformer.ln_f",
-            unembedding: "lm_head.weight",
-        },
-        |layer, put| {
-            let hf = |suffix: &str| format!("transformer.h.{layer}.{suffix}");
-            put("ln1.w", r.read(&hf("ln_1.weight"), &[d])?);
-            put("ln1.b", r.read(&hf("ln_1.bias"), &[d])?);
-            put("ln2.w", r.read(&hf("ln_2.weight"), &[d])?);
-            put("ln2.b", r.read(&hf("ln_2.bias"), &[d])?);
+    read_model(r, config, OUTER_NAMES, |layer, put| {
+        let hf = |suffix: &str| format!("transformer.h.{layer}.{suffix}");
+        put("ln1.w", r.read(&hf("ln_1.weight"), &[d])?);
+        put("ln1.b", r.read(&hf("ln_1.bias"), &[d])?);
+        put("ln2.w", r.read(&hf("ln_2.weight"), &[d])?);
+        put("ln2.b", r.read(&hf("ln_2.bias"), &[d])?);
 
-            // Conv1D `c_attn`: columns [q | k | v], each d wide.
-            let qkv = r
-                .read(&hf("attn.c_attn.weight"), &[d, 3 * d])?
-                .into_dimensionality::<Ix2>()
-                .expect("two dimensions checked");
-            let qkv_bias = r.read(&hf("attn.c_attn.bias"), &[3 * d])?;
-            for (i, part) in ["Q", "K", "V"].into_iter().enumerate() {
-                let columns = s![.., i * d..(i + 1) * d];
-                put(
-                    &format!("attn.W_{part}"),
-                    qkv.slice(columns).to_owned().into_dyn(),
-                );
-                put(
-                    &format!("attn.b_{part}"),
-                    qkv_bias
-                        .slice_axis(Axis(0), (i * d..(i + 1) * d).into())
-                        .to_owned(),
-                );
-            }
-            put("attn.W_O", r.read(&hf("attn.c_proj.weight"), &[d, d])?);
-            put("attn.b_O", r.read(&hf("attn.c_proj.bias"), &[d])?);
+        // Conv1D `c_attn`: columns [q | k | v], each d wide.
+        let qkv = r
+            .read(&hf("attn.c_attn.weight"), &[d, 3 * d])?
+            .into_dimensionality::<Ix2>()
+            .expect("two dimensions checked");
+        let qkv_bias = r.read(&hf("attn.c_attn.bias"), &[3 * d])?;
+        for (i, part) in ["Q", "K", "V"].into_iter().enumerate() {
+            let columns = s![.., i * d..(i + 1) * d];
             put(
-                "mlp.W_in",
-                r.read(&hf("mlp.c_fc.weight"), &[d, config.d_mlp])?,
+                &format!("attn.W_{part}"),
+                qkv.slice(columns).to_owned().into_dyn(),
             );
-            put("mlp.b_in", r.read(&hf("mlp.c_fc.bias"), &[config.d_mlp])?);
             put(
-                "mlp.W_out",
-                r.read(&hf("mlp.c_proj.weight"), &[config.d_mlp, d])?,
+                &format!("attn.b_{part}"),
+                qkv_bias
+                    .slice_axis(Axis(0), (i * d..(i + 1) * d).into())
+                    .to_owned(),
             );
-            put("mlp.b_out", r.read(&hf("mlp.c_proj.bias"), &[d])?);
-            Ok(())
-        },
-    )
+        }
+        put("attn.W_O", r.read(&hf("attn.c_proj.weight"), &[d, d])?);
+        put("attn.b_O", r.read(&hf("attn.c_proj.bias"), &[d])?);
+        put(
+            "mlp.W_in",
+            r.read(&hf("mlp.c_fc.weight"), &[d, config.d_mlp])?,
+        );
+        put("mlp.b_in", r.read(&hf("mlp.c_fc.bias"), &[config.d_mlp])?);
+        put(
+            "mlp.W_out",
+            r.read(&hf("mlp.c_proj.weight"), &[config.d_mlp, d])?,
+        );
+        put("mlp.b_out", r.read(&hf("mlp.c_proj.bias"), &[d])?);
+        Ok(())
+    })
 }

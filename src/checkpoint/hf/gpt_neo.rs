@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use super::{ConfigFile, Family, Reader};
-use crate::checkpoint::{CheckpointError, OuterNames, Tensors, read_model};
+use crate::checkpoint::{CheckpointError, Tensors, read_model};
 use crate::model::{
     Architecture, BiasLayout, Mlp, Normalization, Positional, TransformerConfig, Weights,
 };
@@ -122,52 +122,42 @@ fn to_config(hf: &HfConfig, file: &ConfigFile<'_>) -> Result<TransformerConfig, 
 
 fn read_weights(r: &Reader<'_>, config: &TransformerConfig) -> Result<Weights, CheckpointError> {
     let d = config.d_model;
-    read_model(
-        r,
-        config,
-        OuterNames {
-            embedding: "transformer.wte.weight",
-            positions: Some("transformer.wpe.weight"),
-            final_norm: "transformer.ln_f",
-            unembedding: "lm_head.weight",
-        },
-        |layer, put| {
-            let hf = |suffix: &str| format!("transformer.h.{layer}.{suffix}");
-            put("ln1.w", r.read(&hf("ln_1.weight"), &[d])?);
-            put("ln1.b", r.read(&hf("ln_1.bias"), &[d])?);
-            put("ln2.w", r.read(&hf("ln_2.weight"), &[d])?);
-            put("ln2.b", r.read(&hf("ln_2.bias"), &[d])?);
-            put(
-                "attn.W_Q",
-                r.linear(&hf("attn.attention.q_proj.weight"), d, d)?,
-            );
-            put(
-                "attn.W_K",
-                r.linear(&hf("attn.attention.k_proj.weight"), d, d)?,
-            );
-            put(
-                "attn.W_V",
-                r.linear(&hf("attn.attention.v_proj.weight"), d, d)?,
-            );
-            put(
-                "attn.W_O",
-                r.linear(&hf("attn.attention.out_proj.weight"), d, d)?,
-            );
-            put(
-                "attn.b_O",
-                r.read(&hf("attn.attention.out_proj.bias"), &[d])?,
-            );
-            put(
-                "mlp.W_in",
-                r.linear(&hf("mlp.c_fc.weight"), config.d_mlp, d)?,
-            );
-            put("mlp.b_in", r.read(&hf("mlp.c_fc.bias"), &[config.d_mlp])?);
-            put(
-                "mlp.W_out",
-                r.linear(&hf("mlp.c_proj.weight"), d, config.d_mlp)?,
-            );
-            put("mlp.b_out", r.read(&hf("mlp.c_proj.bias"), &[d])?);
-            Ok(())
-        },
-    )
+    read_model(r, config, super::gpt2::OUTER_NAMES, |layer, put| {
+        let hf = |suffix: &str| format!("transformer.h.{layer}.{suffix}");
+        put("ln1.w", r.read(&hf("ln_1.weight"), &[d])?);
+        put("ln1.b", r.read(&hf("ln_1.bias"), &[d])?);
+        put("ln2.w", r.read(&hf("ln_2.weight"), &[d])?);
+        put("ln2.b", r.read(&hf("ln_2.bias"), &[d])?);
+        put(
+            "attn.W_Q",
+            r.linear(&hf("attn.attention.q_proj.weight"), d, d)?,
+        );
+        put(
+            "attn.W_K",
+            r.linear(&hf("attn.attention.k_proj.weight"), d, d)?,
+        );
+        put(
+            "attn.W_V",
+            r.linear(&hf("attn.attention.v_proj.weight"), d, d)?,
+        );
+        put(
+            "attn.W_O",
+            r.linear(&hf("attn.attention.out_proj.weight"), d, d)?,
+        );
+        put(
+            "attn.b_O",
+            r.read(&hf("attn.attention.out_proj.bias"), &[d])?,
+        );
+        put(
+            "mlp.W_in",
+            r.linear(&hf("mlp.c_fc.weight"), config.d_mlp, d)?,
+        );
+        put("mlp.b_in", r.read(&hf("mlp.c_fc.bias"), &[config.d_mlp])?);
+        put(
+            "mlp.W_out",
+            r.linear(&hf("mlp.c_proj.weight"), d, config.d_mlp)?,
+        );
+        put("mlp.b_out", r.read(&hf("mlp.c_proj.bias"), &[d])?);
+        Ok(())
+    })
 }

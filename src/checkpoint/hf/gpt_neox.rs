@@ -93,12 +93,7 @@ pub(super) fn family(file: &ConfigFile<'_>) -> Result<Family, CheckpointError> {
         mlp,
         attn_scale: 1.0 / (d_head as f32).sqrt(),
         attention_windows: vec![None; hf.num_hidden_layers],
-        bias: BiasLayout {
-            qkv: true,
-            attn_out: true,
-            mlp: true,
-            unembed: false,
-        },
+        bias: BiasLayout::ALL_BUT_UNEMBED,
         tied_embeddings: hf.tie_word_embeddings,
         qk_norm: false,
         parallel_attn_mlp: hf.use_parallel_residual,

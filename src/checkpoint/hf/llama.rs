@@ -122,28 +122,26 @@ pub(super) fn family(file: &ConfigFile<'_>, model_type: &str) -> Result<Family, 
     })
 }
 
+/// The Llama layout's names for the weights around the layers (Gemma-2's too).
+pub(super) const OUTER_NAMES: OuterNames<'static> = OuterNames {
+    embedding: "model.embed_tokens.weight",
+    positions: None,
+    final_norm: "model.norm",
+    unembedding: "lm_head.weight",
+};
+
 fn read_weights(r: &Reader<'_>, config: &TransformerConfig) -> Result<Weights, CheckpointError> {
     let d = config.d_model;
-    read_model(
-        r,
-        config,
-        OuterNames {
-            embedding: "model.embed_tokens.weight",
-            positions: None,
-            final_norm: "model.norm",
-            unembedding: "lm_head.weight",
-        },
-        |layer, put| {
-            let hf = |suffix: &str| format!("model.layers.{layer}.{suffix}");
-            put("ln1.w", r.read(&hf("input_layernorm.weight"), &[d])?);
-            put(
-                "ln2.w",
-                r.read(&hf("post_attention_layernorm.weight"), &[d])?,
-            );
-            read_layer(r, config, layer, put)?;
-            Ok(())
-        },
-    )
+    read_model(r, config, OUTER_NAMES, |layer, put| {
+        let hf = |suffix: &str| format!("model.layers.{layer}.{suffix}");
+        put("ln1.w", r.read(&hf("input_layernorm.weight"), &[d])?);
+        put(
+            "ln2.w",
+            r.read(&hf("post_attention_layernorm.weight"), &[d])?,
+        );
+        read_layer(r, config, layer, put)?;
+        Ok(())
+    })
 }
 
 /// One layer's attention and MLP weights under the Llama layout's names
