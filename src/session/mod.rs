@@ -16,6 +16,7 @@ mod variants;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::builtins::args::Text;
 use crate::builtins::datasets::DatasetSource;
 use crate::compile::{Intervention, Target};
 use crate::hooks::{HookRef, LOGITS};
@@ -450,9 +451,26 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
         self.model.to_tokens(prompt, prepend).map_err(Self::runtime)
     }
 
+    /// A measurement's prompt argument (given, or a `let`'s text) as tokens and as the
+    /// one-row batch that runs them.
+    pub(crate) fn one_prompt(&self, prompt: &Text) -> Result<OnePrompt, Failure> {
+        let tokens = self.prompt_tokens(&prompt.resolve(&self.values)?)?;
+        let batch = self
+            .model
+            .batch(std::slice::from_ref(&tokens))
+            .map_err(Self::runtime)?;
+        Ok(OnePrompt { tokens, batch })
+    }
+
     pub(crate) fn str_tokens(&self, tokens: &[u32]) -> Result<Vec<String>, Failure> {
         self.model.to_str_tokens(tokens).map_err(Self::runtime)
     }
+}
+
+/// One prompt's tokens and their one-row batch (see [`Session::one_prompt`]).
+pub(crate) struct OnePrompt {
+    pub tokens: Vec<u32>,
+    pub batch: Batch,
 }
 
 /// What the plan declares as `name` among `declared` (datasets, SAEs, variants).

@@ -5,12 +5,12 @@
 use ndarray::s;
 
 use crate::builtins::args::{Args, BindError, Columns, HeadArg, Text, columns};
-use crate::builtins::measurements::{Measure, Reads, table};
+use crate::builtins::measurements::{Measure, Reads, clean_then, table};
 use crate::builtins::spec::{Builtin, Produces, Type, VARIANTS, opt, req};
 use crate::hooks;
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
-use crate::session::{Failure, Session, context, position};
+use crate::session::{Failure, OnePrompt, Session, context, position};
 
 pub const SPEC: Builtin = Builtin {
     name: "attention",
@@ -70,24 +70,17 @@ impl Measure for Attention {
     }
 
     fn run(&self, s: &mut Session, name: &str) -> Result<Table, Failure> {
-        let prompt = self.prompt.resolve(&s.values)?;
         let (layer, head) = self.head.resolve(&s.values)?;
-        let tokens = s.prompt_tokens(&prompt)?;
+        let OnePrompt { tokens, batch } = s.one_prompt(&self.prompt)?;
         let queries = if self.every_query {
             0..tokens.len()
         } else {
             let query = position(&tokens, self.pos)?;
             query..query + 1
         };
-        let batch = s
-            .model
-            .batch(std::slice::from_ref(&tokens))
-            .map_err(Session::runtime)?;
         let hook = hooks::block(layer, hooks::PATTERN);
         let mut patterns = Vec::new();
-        let mut runs: Vec<Option<&str>> = vec![None];
-        runs.extend(self.variants.iter().map(|v| Some(v.as_str())));
-        for variant in runs {
+        for variant in clean_then(&self.variants) {
             let forward = s.forward(variant, &batch, &[&hook])?;
             patterns.push(forward.hooks[&hook].slice(s![0, head, .., ..]).to_owned());
         }

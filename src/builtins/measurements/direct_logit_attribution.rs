@@ -11,7 +11,7 @@ use crate::builtins::spec::{Builtin, Produces, Type, opt, req};
 use crate::hooks::{self, LOGITS};
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
-use crate::session::{Failure, Session};
+use crate::session::{Failure, OnePrompt, Session};
 
 pub const SPEC: Builtin = Builtin {
     name: "direct_logit_attribution",
@@ -65,13 +65,8 @@ impl Measure for DirectLogitAttribution {
     }
 
     fn run(&self, s: &mut Session, name: &str) -> Result<Table, Failure> {
-        let prompt = self.prompt.resolve(&s.values)?;
         let (layer, head) = self.head.resolve(&s.values)?;
-        let tokens = s.prompt_tokens(&prompt)?;
-        let batch = s
-            .model
-            .batch(std::slice::from_ref(&tokens))
-            .map_err(Session::runtime)?;
+        let OnePrompt { tokens, batch } = s.one_prompt(&self.prompt)?;
         let result_hook = hooks::block(layer, hooks::RESULT);
         let clean = s.forward(None, &batch, &[LOGITS, &result_hook, hooks::FINAL_SCALE])?;
         let ablated = s.forward(Some(&self.ablation), &batch, &[LOGITS])?;

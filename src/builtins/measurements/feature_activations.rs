@@ -8,7 +8,7 @@ use crate::builtins::measurements::{Graph, Measure, Reads, table};
 use crate::builtins::spec::{Builtin, Produces, Type, opt, req};
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
-use crate::session::{Failure, SaeSplice, Session, position};
+use crate::session::{Failure, OnePrompt, SaeSplice, Session, position};
 
 pub const SPEC: Builtin = Builtin {
     name: "feature_activations",
@@ -52,13 +52,8 @@ impl Measure for FeatureActivations {
 
     fn run(&self, s: &mut Session, name: &str) -> Result<Table, Failure> {
         let SaeSplice { sae, target, .. } = s.sae_splice(&self.sae)?;
-        let prompt = self.prompt.resolve(&s.values)?;
-        let tokens = s.prompt_tokens(&prompt)?;
+        let OnePrompt { tokens, batch } = s.one_prompt(&self.prompt)?;
         let at = position(&tokens, self.pos)?;
-        let batch = s
-            .model
-            .batch(std::slice::from_ref(&tokens))
-            .map_err(Session::runtime)?;
         let forward = s.forward(None, &batch, &[&target.hook])?;
         let activation = &forward.hooks[&target.hook];
         let x = match target.head {

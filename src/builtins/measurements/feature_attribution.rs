@@ -8,7 +8,7 @@ use crate::builtins::measurements::{Measure, Reads, attribution, table};
 use crate::builtins::spec::{Builtin, Produces, Type, opt, req};
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
-use crate::session::{Failure, Session, position};
+use crate::session::{Failure, OnePrompt, Session, position};
 
 pub const SPEC: Builtin = Builtin {
     name: "feature_attribution",
@@ -60,13 +60,8 @@ impl Measure for FeatureAttribution {
 
     fn run(&self, s: &mut Session, name: &str) -> Result<Table, Failure> {
         let (sae, context) = attribution::inputs(s, &self.sae, &self.head)?;
-        let prompt = self.prompt.resolve(&s.values)?;
-        let tokens = s.prompt_tokens(&prompt)?;
+        let OnePrompt { tokens, batch } = s.one_prompt(&self.prompt)?;
         let query = position(&tokens, self.pos)?;
-        let batch = s
-            .model
-            .batch(std::slice::from_ref(&tokens))
-            .map_err(Session::runtime)?;
         let clean = s.forward(None, &batch, &context.outputs())?;
         let key_pos = match self.key_pos {
             Some(k) if k >= 0 && k as usize <= query => Some(k as usize),

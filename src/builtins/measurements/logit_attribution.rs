@@ -18,7 +18,7 @@ use crate::hooks::{self, MLP_OUT, Z};
 const POST_ATTN_SCALE: &str = "ln1_post.hook_scale";
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
-use crate::session::{Failure, Session, position};
+use crate::session::{Failure, OnePrompt, Session, position};
 
 pub const SPEC: Builtin = Builtin {
     name: "logit_attribution",
@@ -103,15 +103,10 @@ impl Measure for LogitAttribution {
     }
 
     fn run(&self, s: &mut Session, name: &str) -> Result<Table, Failure> {
-        let prompt = self.prompt.resolve(&s.values)?;
         let answer = s.answer(&self.answer)?;
         let versus = self.versus.as_ref().map(|v| s.answer(v)).transpose()?;
-        let tokens = s.prompt_tokens(&prompt)?;
+        let OnePrompt { tokens, batch } = s.one_prompt(&self.prompt)?;
         let at = position(&tokens, self.pos)?;
-        let batch = s
-            .model
-            .batch(std::slice::from_ref(&tokens))
-            .map_err(Session::runtime)?;
         let config = s.model.manifest.config.clone();
         let learned_positions = !matches!(
             config.positional,

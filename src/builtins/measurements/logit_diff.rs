@@ -6,13 +6,13 @@
 use ndarray::s;
 
 use crate::builtins::args::{Args, BindError, Columns, Text, columns};
-use crate::builtins::measurements::{Measure, Reads, table};
+use crate::builtins::measurements::{Measure, Reads, clean_then, table};
 use crate::builtins::spec::{Builtin, Produces, Type, VARIANTS, opt, req};
 use crate::hooks::LOGITS;
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
 use crate::runtime::{log_softmax_row, token_rank};
-use crate::session::{Failure, Session, position};
+use crate::session::{Failure, OnePrompt, Session, position};
 
 pub const SPEC: Builtin = Builtin {
     name: "logit_diff",
@@ -69,19 +69,12 @@ impl Measure for LogitDiff {
     }
 
     fn run(&self, s: &mut Session, name: &str) -> Result<Table, Failure> {
-        let prompt = self.prompt.resolve(&s.values)?;
         let answer = s.answer(&self.answer)?;
         let versus = self.versus.as_ref().map(|v| s.answer(v)).transpose()?;
-        let tokens = s.prompt_tokens(&prompt)?;
+        let OnePrompt { tokens, batch } = s.one_prompt(&self.prompt)?;
         let at = position(&tokens, self.pos)?;
-        let batch = s
-            .model
-            .batch(std::slice::from_ref(&tokens))
-            .map_err(Session::runtime)?;
         let mut table = table(name, &self.columns());
-        let mut runs: Vec<Option<&str>> = vec![None];
-        runs.extend(self.variants.iter().map(|v| Some(v.as_str())));
-        for variant in runs {
+        for variant in clean_then(&self.variants) {
             let forward = s.forward(variant, &batch, &[LOGITS])?;
             let logits = forward.logits.expect("logits requested");
             let row = logits.slice(s![0, at, ..]);

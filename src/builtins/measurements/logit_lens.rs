@@ -11,7 +11,7 @@ use crate::builtins::spec::{Builtin, Produces, Type, opt, req};
 use crate::hooks::{self, RESID_POST, RESID_PRE};
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
-use crate::session::{Failure, Session, position};
+use crate::session::{Failure, OnePrompt, Session, position};
 
 pub const SPEC: Builtin = Builtin {
     name: "logit_lens",
@@ -80,15 +80,10 @@ impl Measure for LogitLens {
     }
 
     fn run(&self, s: &mut Session, name: &str) -> Result<Table, Failure> {
-        let prompt = self.prompt.resolve(&s.values)?;
         let answer = s.answer(&self.answer)?;
         let versus = self.versus.as_ref().map(|v| s.answer(v)).transpose()?;
-        let tokens = s.prompt_tokens(&prompt)?;
+        let OnePrompt { tokens, batch } = s.one_prompt(&self.prompt)?;
         let at = position(&tokens, self.pos)?;
-        let batch = s
-            .model
-            .batch(std::slice::from_ref(&tokens))
-            .map_err(Session::runtime)?;
         let config = s.model.manifest.config.clone();
         let hooks = Self::hooks(Some(config.n_layers));
         let mut wanted: Vec<&str> = hooks.iter().map(String::as_str).collect();

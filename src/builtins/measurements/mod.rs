@@ -40,6 +40,11 @@ impl Reads {
     }
 }
 
+/// The runs a measurement compares: the clean model's, then each variant's.
+pub fn clean_then(variants: &[String]) -> impl Iterator<Item = Option<&str>> {
+    std::iter::once(None).chain(variants.iter().map(|v| Some(v.as_str())))
+}
+
 /// What every measurement provides.
 pub trait Measure: Sized {
     /// Its typed arguments, from a checked call.

@@ -4,13 +4,13 @@
 use ndarray::s;
 
 use crate::builtins::args::{Args, BindError, Columns, Text, columns};
-use crate::builtins::measurements::{Measure, Reads, table};
+use crate::builtins::measurements::{Measure, Reads, clean_then, table};
 use crate::builtins::spec::{Builtin, Produces, Type, VARIANTS, opt, req};
 use crate::hooks::LOGITS;
 use crate::plan::{ColumnType, Plan};
 use crate::results::{Cell, Table};
 use crate::runtime::{log_softmax_row, token_rank};
-use crate::session::{Failure, Session};
+use crate::session::{Failure, OnePrompt, Session};
 
 pub const SPEC: Builtin = Builtin {
     name: "test_prompt",
@@ -61,18 +61,11 @@ impl Measure for TestPrompt {
     }
 
     fn run(&self, s: &mut Session, name: &str) -> Result<Table, Failure> {
-        let prompt = self.prompt.resolve(&s.values)?;
         let answer = self.answer.resolve(&s.values)?;
-        let tokens = s.prompt_tokens(&prompt)?;
+        let OnePrompt { tokens, batch } = s.one_prompt(&self.prompt)?;
         let answer_token = s.answer_token(&answer)?;
-        let batch = s
-            .model
-            .batch(std::slice::from_ref(&tokens))
-            .map_err(Session::runtime)?;
         let mut table = table(name, &self.columns());
-        let mut runs: Vec<Option<&str>> = vec![None];
-        runs.extend(self.variants.iter().map(|v| Some(v.as_str())));
-        for variant in runs {
+        for variant in clean_then(&self.variants) {
             let forward = s.forward(variant, &batch, &[LOGITS])?;
             let logits = forward.logits.expect("logits requested");
             let last = logits.slice(s![0, tokens.len() - 1, ..]);
