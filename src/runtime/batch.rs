@@ -47,11 +47,33 @@ impl Batch {
     pub fn real_tokens(&self) -> usize {
         self.lengths.iter().sum()
     }
+
+    /// The batch's rows `times` times over, one copy after another: one pass that
+    /// runs several variants of a graph, each on its own copy.
+    pub fn repeated(&self, times: usize) -> Self {
+        let copies = |a: &Array2<i64>| {
+            let views = vec![a.view(); times];
+            ndarray::concatenate(ndarray::Axis(0), &views).expect("copies of one shape")
+        };
+        Self {
+            input_ids: copies(&self.input_ids),
+            attention_mask: copies(&self.attention_mask),
+            lengths: self.lengths.repeat(times),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_batch_holds_its_rows_once_per_copy() {
+        let batch = Batch::right_padded(&[vec![5, 6, 7], vec![8]], 0).repeated(3);
+        assert_eq!(batch.lengths, [3, 1, 3, 1, 3, 1]);
+        assert_eq!(batch.input_ids.row(4).to_vec(), vec![5, 6, 7]);
+        assert_eq!(batch.attention_mask.row(5).to_vec(), vec![1, 0, 0]);
+    }
 
     #[test]
     fn pads_on_the_right_and_masks_the_padding() {

@@ -88,6 +88,33 @@ pub struct Forward {
     pub hooks: BTreeMap<String, ArrayD<f32>>,
 }
 
+impl Forward {
+    /// Batch rows `rows` of every output (every output has the batch axis first): one
+    /// variant's share of a pass that ran several as rows.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Forward {
+        let axis = ndarray::Axis(0);
+        let slice = ndarray::Slice::from(rows);
+        Forward {
+            logits: self
+                .logits
+                .as_ref()
+                .map(|l| l.slice_axis(axis, slice).to_owned()),
+            hooks: self
+                .hooks
+                .iter()
+                .map(|(name, value)| (name.clone(), value.slice_axis(axis, slice).to_owned()))
+                .collect(),
+        }
+    }
+
+    /// Bytes its outputs hold.
+    pub fn bytes(&self) -> usize {
+        let floats = self.logits.as_ref().map_or(0, |l| l.len())
+            + self.hooks.values().map(|v| v.len()).sum::<usize>();
+        floats * std::mem::size_of::<f32>()
+    }
+}
+
 impl<'r> HookedModel<'r> {
     pub fn load(runtime: &'r Runtime, dir: &Path) -> Result<Self, RuntimeError> {
         let manifest = Manifest::read(dir)?;

@@ -110,7 +110,7 @@ impl KeptPasses {
         let Some(until) = self.keep_until else {
             return;
         };
-        let bytes = size_of_pass(forward);
+        let bytes = forward.bytes();
         if bytes > self.budget {
             return;
         }
@@ -132,12 +132,6 @@ impl KeptPasses {
             until,
         });
     }
-}
-
-fn size_of_pass(forward: &Forward) -> usize {
-    let floats = forward.logits.as_ref().map_or(0, |l| l.len())
-        + forward.hooks.values().map(|h| h.len()).sum::<usize>();
-    floats * std::mem::size_of::<f32>()
 }
 
 #[cfg(test)]

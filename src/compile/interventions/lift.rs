@@ -77,3 +77,93 @@ pub fn lift_values(model: &ModelProto, interventions: &[Intervention]) -> (Model
     graph.node.splice(0..0, casts);
     (model, feeds)
 }
+
+/// The feeds of variants that share one lifted graph, stacked so that one pass runs
+/// them all: variant `i`'s values fill rows `i * rows..(i + 1) * rows` of the batch.
+/// A value the same for every variant is fed once as it is; one that differs must be
+/// laid out at its hook's rank with a batch axis of 1 (head masks, means and steering
+/// vectors are), and is repeated down its variant's rows. `None` when some value is
+/// not (ActAdd's rows, one per position) or the variants' inputs differ: those
+/// variants run one pass each.
+pub fn stack_rows(per_variant: &[Vec<Feed>], rows: usize) -> Option<Vec<Feed>> {
+    let first = per_variant.first()?;
+    let mut stacked = Vec::with_capacity(first.len());
+    for (index, (name, value)) in first.iter().enumerate() {
+        let values: Vec<&ArrayD<f32>> = per_variant
+            .iter()
+            .map(|feeds| feeds.get(index).filter(|(n, _)| n == name).map(|(_, v)| v))
+            .collect::<Option<_>>()?;
+        if values.iter().all(|v| *v == value) {
+            stacked.push((name.clone(), value.clone()));
+            continue;
+        }
+        let hook = name.split("/edit").next().unwrap_or_default();
+        let rank = crate::hooks::axes(hook).rank;
+        if values
+            .iter()
+            .any(|v| v.ndim() != rank || v.shape()[0] != 1 || v.shape() != value.shape())
+        {
+            return None;
+        }
+        let views: Vec<_> = values
+            .iter()
+            .flat_map(|v| std::iter::repeat_n(v.view(), rows))
+            .collect();
+        stacked.push((
+            name.clone(),
+            ndarray::concatenate(ndarray::Axis(0), &views).ok()?,
+        ));
+    }
+    Some(stacked)
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{ArrayD, IxDyn};
+
+    use super::stack_rows;
+
+    fn feed(name: &str, shape: &[usize], values: Vec<f32>) -> super::Feed {
+        (
+            name.to_owned(),
+            ArrayD::from_shape_vec(IxDyn(shape), values).unwrap(),
+        )
+    }
+
+    #[test]
+    fn values_that_differ_fill_each_variant_s_rows_and_shared_ones_are_fed_once() {
+        let mask = "blocks.0.attn.hook_z/edit0/const_1:as_float";
+        let zero = "blocks.0.attn.hook_z/edit0/const_2";
+        let variant = |head: usize| {
+            let mut values = vec![0.0; 3];
+            values[head] = 1.0;
+            vec![
+                feed(mask, &[1, 1, 3, 1], values),
+                feed(zero, &[], vec![0.0]),
+            ]
+        };
+        let stacked = stack_rows(&[variant(0), variant(2)], 2).unwrap();
+        assert_eq!(stacked[0].1.shape(), [4, 1, 3, 1]);
+        let heads: Vec<Vec<f32>> = stacked[0]
+            .1
+            .outer_iter()
+            .map(|row| row.iter().copied().collect())
+            .collect();
+        assert_eq!(heads[1], [1.0, 0.0, 0.0]);
+        assert_eq!(heads[2], [0.0, 0.0, 1.0]);
+        assert_eq!(stacked[1], feed(zero, &[], vec![0.0]));
+    }
+
+    #[test]
+    fn values_not_laid_out_at_the_hook_s_rank_cannot_share_a_pass() {
+        // ActAdd's rows, one per position: [p, d], not [1, p, d].
+        let rows = "blocks.0.hook_resid_pre/edit0/const_1";
+        let a = vec![feed(rows, &[2, 2], vec![1.0, 2.0, 3.0, 4.0])];
+        let b = vec![feed(rows, &[2, 2], vec![5.0, 6.0, 7.0, 8.0])];
+        assert!(stack_rows(&[a.clone(), b], 1).is_none());
+        assert!(
+            stack_rows(&[a.clone(), a], 1).is_some(),
+            "the same rows are fed once"
+        );
+    }
+}

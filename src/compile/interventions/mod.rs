@@ -10,7 +10,7 @@ mod sae;
 mod steer;
 
 pub use ablate::{Constant, Zero};
-pub use lift::{Feed, lift_values};
+pub use lift::{Feed, lift_values, stack_rows};
 pub use patch::Patch;
 pub use sae::SaeEdit;
 pub use steer::{Add, AddAtFront};

@@ -19,7 +19,11 @@ impl Pass for Add {
     fn build(&self, e: &mut Edit, clean: &str) -> Result<String, CompileError> {
         let (axes, n_heads) = (e.axes, e.n_heads);
         let selected = e.selection(&self.target, &axes, n_heads);
-        let added = e.nodes.vector(&self.vector);
+        // At the hook's rank, batch axis first: variants' vectors then stack as rows of
+        // one batch (see `lift`).
+        let mut shape = vec![1i64; axes.rank.max(1) - 1];
+        shape.push(self.vector.len() as i64);
+        let added = e.nodes.floats(&shape, &self.vector.to_vec());
         let steered = e.op("Add", &[clean, &added]);
         Ok(e.where_selected(selected.as_deref(), &steered, clean))
     }
