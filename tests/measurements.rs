@@ -1477,6 +1477,135 @@ table answers = collect(next) | filter(variant == \"zeroed\")",
     );
 }
 
+/// The edits of a head sweep, one variant per kind, written for `layer` and `head`
+/// (loop variables or numbers).
+fn sweep_variants(layer: &str, head: &str) -> String {
+    format!(
+        "variant zeroed {{
+    zero(blocks.{layer}.attn.hook_z[head = {head}])
+}}
+variant averaged {{
+    mean(blocks.{layer}.attn.hook_z[head = {head}], dataset = d)
+}}
+variant pushed {{
+    add(blocks.{layer}.hook_resid_pre, TOWARDS_CAT, scale = {head})
+}}"
+    )
+}
+
+const TOWARDS_CAT: &str = "let TOWARDS_CAT = activation_difference(\"the cat\", \"a dog\", hook = blocks.0.hook_resid_post)";
+const ANSWER_STEP: &str = "table answer = logit_diff(\"the cat sat on the\", \" the\", versus = \" a\", variants = [zeroed, averaged, pushed])";
+
+#[test]
+fn a_sweep_over_one_prompt_runs_its_variants_as_rows_each_with_its_own_numbers() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let source = |body: &str| {
+        format!(
+            "experiment m\nmodel \"{}\"\ndataset d = prompts([\"{}\", \"{}\"])\n{TOWARDS_CAT}\n{body}\n",
+            model_dir.display(),
+            PROMPTS[0],
+            PROMPTS[1]
+        )
+    };
+    let run_source = |source: String| {
+        let plan = common::checked(&source, &model_dir, Default::default());
+        execute::execute(&plan, &runtime(), &common::anywhere()).unwrap()
+    };
+    let swept = run_source(source(&format!(
+        "for layer in range(model.n_layers) {{
+    for head in range(model.n_heads) {{
+{}
+{ANSWER_STEP}
+        table top = test_prompt(\"a dog\", \" the\", variants = [zeroed], top_k = 3)
+    }}
+}}
+table answers = collect(answer)
+table tops = collect(top)",
+        sweep_variants("layer", "head")
+    )));
+    // Each layer's heads share a graph per kind of edit: after the first head's pass,
+    // the other three heads' ran as its rows, for both measurements.
+    assert_eq!(swept.variant_passes_run_ahead, 2 * 3 * 3 + 2 * 3);
+    let tables: Vec<&Table> = swept
+        .sections
+        .iter()
+        .filter_map(|s| match s {
+            Section::Table(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    let answers = tables.iter().find(|t| t.name == "answers").unwrap();
+    let tops = tables.iter().find(|t| t.name == "tops").unwrap();
+    assert_eq!(
+        answers.rows.len(),
+        2 * 4 * 4,
+        "clean and three variants per head"
+    );
+    assert_eq!(tops.rows.len(), 2 * 4 * 2 * 3);
+
+    // Each head's numbers against its variants run alone, one pass each.
+    let text = |table: &Table, row: usize, column: &str| match &table.rows[row]
+        [table.column(column).unwrap()]
+    {
+        Cell::Str(s) => s.clone(),
+        other => panic!("{other:?}"),
+    };
+    for (index, (layer, head)) in (0..2).flat_map(|l| (0..4).map(move |h| (l, h))).enumerate() {
+        let alone = run_source(source(&format!(
+            "{}\n{ANSWER_STEP}\ntable top = test_prompt(\"a dog\", \" the\", variants = [zeroed], top_k = 3)",
+            sweep_variants(&layer.to_string(), &head.to_string())
+        )));
+        assert_eq!(alone.variant_passes_run_ahead, 0);
+        let alone: Vec<&Table> = alone
+            .sections
+            .iter()
+            .filter_map(|s| match s {
+                Section::Table(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        let answer = alone.iter().find(|t| t.name == "answer").unwrap();
+        for row in 0..4 {
+            let swept_row = index * 4 + row;
+            assert_eq!(number(answers, swept_row, "layer"), layer as f64);
+            assert_eq!(number(answers, swept_row, "head"), head as f64);
+            assert_eq!(
+                text(answers, swept_row, "variant"),
+                text(answer, row, "variant")
+            );
+            for column in ["answer_logit", "answer_prob", "logit_diff"] {
+                let (got, want) = (
+                    number(answers, swept_row, column),
+                    number(answer, row, column),
+                );
+                assert!(
+                    (got - want).abs() < 1e-5,
+                    "L{layer}H{head} {} {column}: {got} swept, {want} alone",
+                    text(answer, row, "variant")
+                );
+            }
+        }
+        let top = alone.iter().find(|t| t.name == "top").unwrap();
+        for row in 0..6 {
+            let swept_row = index * 6 + row;
+            assert_eq!(text(tops, swept_row, "token"), text(top, row, "token"));
+            let (got, want) = (number(tops, swept_row, "logit"), number(top, row, "logit"));
+            assert!(
+                (got - want).abs() < 1e-5,
+                "L{layer}H{head}: {got} vs {want}"
+            );
+        }
+    }
+    // Some edit moved the answer, so the rows are not the clean run's copied.
+    let diffs: Vec<f64> = (0..answers.rows.len())
+        .map(|r| number(answers, r, "logit_diff"))
+        .collect();
+    assert!(
+        diffs.iter().any(|d| (d - diffs[0]).abs() > 1e-3),
+        "{diffs:?}"
+    );
+}
+
 /// The unembedding column of `token` and the final norm's weight and bias (zero for an
 /// RMSNorm), read from the model folder.
 fn readout_parts(model: &HookedModel, token: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {

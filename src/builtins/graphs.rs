@@ -1,13 +1,13 @@
 //! The graphs a plan runs, made from each step's own `reads`: what `qexp plan` shows
 //! before anything runs, and what a test holds the executors to.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use super::args::Args;
 use super::dashboards::FeatureDashboards;
 use super::measurements::{Graph, Measurement, Reads};
-use crate::plan::{Call, Plan, Step, TableSource};
+use crate::plan::{Call, Plan, Step, TableSource, Value};
 
 /// One compiled graph and the outputs the steps read from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,25 +100,7 @@ pub fn cached(plan: &Plan) -> Vec<String> {
 /// prompts' clean passes, which the session keeps for them (see
 /// `session::kept_passes`).
 pub fn last_repeats(plan: &Plan) -> Vec<Option<usize>> {
-    use super::spec::Type;
-    let runs_variants = |ty: Type| matches!(ty, Type::Variant | Type::ListOf(Type::Variant));
-    let signature = |step: &Step| match step {
-        Step::Table {
-            source: TableSource::Call { call, .. },
-            ..
-        } => {
-            let params = super::find(call.function)?.params;
-            let mut args = call.args.clone();
-            args.retain(|name, _| {
-                !params
-                    .iter()
-                    .any(|p| p.name == *name && runs_variants(p.ty))
-            });
-            Some((call.function, args))
-        }
-        _ => None,
-    };
-    let signatures: Vec<_> = plan.steps.iter().map(signature).collect();
+    let signatures: Vec<_> = plan.steps.iter().map(repeat_signature).collect();
     signatures
         .iter()
         .enumerate()
@@ -129,6 +111,38 @@ pub fn last_repeats(plan: &Plan) -> Vec<Option<usize>> {
                 .find(|&later| signatures[later] == *own)
         })
         .collect()
+}
+
+/// The later steps that repeat step `index` (see [`last_repeats`]), in order.
+pub fn repeats_of(plan: &Plan, index: usize) -> Vec<usize> {
+    let Some(own) = plan.steps.get(index).and_then(repeat_signature) else {
+        return Vec::new();
+    };
+    (index + 1..plan.steps.len())
+        .filter(|&later| repeat_signature(&plan.steps[later]).as_ref() == Some(&own))
+        .collect()
+}
+
+/// What two steps share when one repeats the other: the measurement and its arguments
+/// but those of a variant type.
+fn repeat_signature(step: &Step) -> Option<(&'static str, BTreeMap<&'static str, Value>)> {
+    use super::spec::Type;
+    let runs_variants = |ty: Type| matches!(ty, Type::Variant | Type::ListOf(Type::Variant));
+    let Step::Table {
+        source: TableSource::Call { call, .. },
+        ..
+    } = step
+    else {
+        return None;
+    };
+    let params = super::find(call.function)?.params;
+    let mut args = call.args.clone();
+    args.retain(|name, _| {
+        !params
+            .iter()
+            .any(|p| p.name == *name && runs_variants(p.ty))
+    });
+    Some((call.function, args))
 }
 
 /// `qexp plan`'s text: the plan, then the graphs it compiles and what it caches.
@@ -160,6 +174,12 @@ pub fn describe(plan: &Plan) -> String {
             repeated.join(", "),
             crate::session::kept_passes::BUDGET_IN_WORDS
         ));
+        cached.push(
+            "the passes those steps' variants of zero, mean and add edits make over a \
+             small batch (128 tokens or fewer), run ahead as rows of one pass per \
+             structure, until their step reads them, within half that"
+                .to_owned(),
+        );
     }
     if !cached.is_empty() {
         out.push_str("cached:\n");

@@ -168,11 +168,13 @@ fn run(
         }
     }
     let saes = session.sae_records();
+    let variant_passes_run_ahead = session.variant_passes_run_ahead();
     drop(session);
     let results = Results {
         tokens_run: model.tokens_run(),
         sessions_compiled: model.sessions_built(),
         sessions_packed: model.sessions_packed(),
+        variant_passes_run_ahead,
         threads: runtime.kernel_threads(),
         sections,
         seconds,

@@ -56,6 +56,9 @@ struct RunRecord<'a> {
     /// Of those, how many were built again with pre-packed weights, having run small
     /// passes repeatedly.
     sessions_packed: usize,
+    /// Variant passes that ran as rows of another variant's pass over the same small
+    /// batch (a sweep's next passes, run ahead of their steps).
+    variant_passes_run_ahead: usize,
     /// Every SAE the run used: where it came from and a hash of its weights.
     saes: &'a [crate::results::SaeRecord],
     /// Every seed the experiment sets, by the statement it is in.
@@ -107,6 +110,7 @@ pub fn write(
         tokens_run: results.tokens_run,
         sessions_compiled: results.sessions_compiled,
         sessions_packed: results.sessions_packed,
+        variant_passes_run_ahead: results.variant_passes_run_ahead,
         saes: &results.saes,
         seeds: seeds(plan),
     };

@@ -36,6 +36,9 @@ pub struct Results {
     /// Sessions built again with pre-packed weights, for `run.json`.
     #[serde(skip)]
     pub sessions_packed: usize,
+    /// Variant passes run as rows of another variant's pass, for `run.json`.
+    #[serde(skip)]
+    pub variant_passes_run_ahead: usize,
     /// Threads the model's kernels ran on, for `run.json`.
     #[serde(skip)]
     pub threads: usize,

@@ -4,6 +4,7 @@
 //! records which graphs and hooks each step reads, so a test can hold them to the plan.
 
 mod harvest;
+mod passes_ahead;
 pub use harvest::HarvestShare;
 pub mod kept_passes;
 pub mod progress;
@@ -74,6 +75,11 @@ pub struct Session<'p, 'm, 'r> {
     pub(crate) shared_graphs: shared_graphs::SharedGraphs,
     /// Clean passes kept for later steps over the same prompts.
     kept_passes: kept_passes::KeptPasses,
+    /// Variant passes run ahead of their steps, as rows of one pass.
+    passes_ahead: passes_ahead::PassesAhead,
+    /// The current step, and the last later step that repeats it.
+    step: usize,
+    repeated_until: Option<usize>,
     /// Set in a shard (`qexp run --shard`): an SAE is read from its pin, never
     /// trained, so every shard reads the same one.
     pub in_shard: bool,
@@ -118,6 +124,9 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
             earlier: BTreeMap::new(),
             shared_graphs: shared_graphs::SharedGraphs::default(),
             kept_passes: kept_passes::KeptPasses::default(),
+            passes_ahead: passes_ahead::PassesAhead::default(),
+            step: 0,
+            repeated_until: None,
             in_shard: false,
             shard_parts: BTreeMap::new(),
             shard_saes: BTreeMap::new(),
@@ -271,6 +280,9 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
             let hooks: Vec<&str> = outputs.iter().copied().filter(|o| *o != LOGITS).collect();
             return finite(None, self.model.forward(batch, logits, &hooks));
         };
+        if let Some(ahead) = self.variant_pass_ahead(variant, batch, outputs) {
+            return ahead;
+        }
         let outputs_key = outputs.join(",");
         if self.shared_graphs.get(variant, &outputs_key).is_none() {
             let compiled = self.shared_variant_graph(variant, outputs)?;
@@ -349,6 +361,14 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
     /// `kept_passes`: only then are its passes kept for later steps).
     pub fn start_step(&mut self, step: usize, repeated_until: Option<usize>) {
         self.kept_passes.start_step(step, repeated_until);
+        self.passes_ahead.start_step(step);
+        self.step = step;
+        self.repeated_until = repeated_until;
+    }
+
+    /// Variant passes that ran as rows of another variant's pass (see `passes_ahead`).
+    pub fn variant_passes_run_ahead(&self) -> usize {
+        self.passes_ahead.run_ahead
     }
 
     /// The reads recorded since the last call.
