@@ -2063,6 +2063,113 @@ table corrupted_run = logit_diff(\"{corrupted}\", \" the\", versus = \" a\")"
 }
 
 #[test]
+fn a_loop_patching_heads_runs_its_passes_as_rows_and_gives_what_activation_patching_does() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let (clean, corrupted) = ("the cat sat on the", "the dog sat on the");
+    let source = format!(
+        "experiment m\nmodel \"{}\"\nfor layer in range(model.n_layers) {{
+    for head in range(model.n_heads) {{
+        variant patched {{
+            patch(blocks.layer.attn.hook_z[head = head], from_prompt = \"{clean}\")
+        }}
+        table metric = logit_diff(\"{corrupted}\", \" the\", versus = \" a\", variants = [patched])
+            | filter(variant == \"patched\")
+    }}
+}}
+table sweep = collect(metric)
+table batched = activation_patching(\"{clean}\", \"{corrupted}\", \" the\", \" a\", hook = z, by = head)
+",
+        model_dir.display()
+    );
+    let plan = common::checked(&source, &model_dir, Default::default());
+    let results = execute::execute(&plan, &runtime(), &common::anywhere()).unwrap();
+    // Two layers of four heads: each layer's first head runs the other three.
+    assert_eq!(results.variant_passes_run_ahead, 2 * 3);
+    let table = |name: &str| {
+        results
+            .sections
+            .iter()
+            .find_map(|s| match s {
+                Section::Table(t) if t.name == name => Some(t.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let (sweep, batched) = (table("sweep"), table("batched"));
+    assert_eq!(sweep.rows.len(), 8);
+    assert_eq!(batched.rows.len(), 8);
+    for row in 0..8 {
+        assert_eq!(number(&sweep, row, "layer"), number(&batched, row, "layer"));
+        assert_eq!(number(&sweep, row, "head"), number(&batched, row, "head"));
+        let (looped, built_in) = (
+            number(&sweep, row, "logit_diff"),
+            number(&batched, row, "logit_diff"),
+        );
+        assert!(
+            (looped - built_in).abs() < 1e-5,
+            "row {row}: {looped} vs {built_in}"
+        );
+    }
+}
+
+#[test]
+fn patches_from_different_prompts_run_as_rows_each_with_its_own_source() {
+    let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
+    let corrupted = "the dog sat on the";
+    let sources = [
+        "the cat sat on the",
+        "the sat dog on the",
+        "the on sat dog the",
+    ];
+    let run_body = |body: String| {
+        let source = format!("experiment m\nmodel \"{}\"\n{body}\n", model_dir.display());
+        let plan = common::checked(&source, &model_dir, Default::default());
+        execute::execute(&plan, &runtime(), &common::anywhere()).unwrap()
+    };
+    let step = |from: &str| {
+        format!(
+            "variant moved {{
+    patch(blocks.1.attn.hook_z[head = 1], from_prompt = {from})
+}}
+table diff = logit_diff(\"{corrupted}\", \" the\", versus = \" a\", variants = [moved])
+    | filter(variant == \"moved\")"
+        )
+    };
+    let listed: Vec<String> = sources.iter().map(|s| format!("\"{s}\"")).collect();
+    let looped = run_body(format!(
+        "for source in [{}] {{\n{}\n}}\ntable diffs = collect(diff)",
+        listed.join(", "),
+        step("source")
+    ));
+    assert_eq!(looped.variant_passes_run_ahead, 2);
+    let diff_of = |results: &execute::Results, name: &str, row: usize| {
+        results
+            .sections
+            .iter()
+            .find_map(|s| match s {
+                Section::Table(t) if t.name == name => Some(number(t, row, "logit_diff")),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let mut alone = Vec::new();
+    for (row, source) in listed.iter().enumerate() {
+        let one = run_body(step(source));
+        alone.push(diff_of(&one, "diff", 0));
+        let swept = diff_of(&looped, "diffs", row);
+        assert!(
+            (swept - alone[row]).abs() < 1e-5,
+            "{source}: {swept} vs {}",
+            alone[row]
+        );
+    }
+    assert!(
+        (alone[0] - alone[1]).abs() > 1e-4 || (alone[1] - alone[2]).abs() > 1e-4,
+        "the sources patch different values: {alone:?}"
+    );
+}
+
+#[test]
 fn activations_give_each_tokens_norm_and_projection_in_dataset_order() {
     let (_dir, model_dir) = export_to_temp(&fixture("tiny_llama/model.gguf"));
     let runtime = runtime();

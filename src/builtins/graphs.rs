@@ -175,7 +175,7 @@ pub fn describe(plan: &Plan) -> String {
             crate::session::kept_passes::BUDGET_IN_WORDS
         ));
         cached.push(
-            "the passes those steps' variants of zero, mean and add edits make over a \
+            "the passes those steps' variants of zero, mean, add and patch edits make over a \
              small batch (128 tokens or fewer), run ahead as rows of one pass per \
              structure, until their step reads them, within half that"
                 .to_owned(),

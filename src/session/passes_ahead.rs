@@ -10,17 +10,19 @@
 //! The passes later steps read are kept for them, within a memory budget, and each is
 //! read once.
 //!
-//! Only variants of zero, mean and steering edits run ahead: resolving them has no
-//! effect but computing a mean. Patches (whose sources are passes of their own), ActAdd
-//! and SAE edits run when their step does; so does everything in a shard, which runs
-//! only some of a loop's passes.
+//! Only variants of zero, mean, `add` and `patch` edits run ahead: resolving them has
+//! no effect but computing a mean, and a patch's source pass is one its step would run.
+//! `steer` (which may train its SAE, whose summary belongs before the step that needs
+//! it), ActAdd (values one per position, which cannot stack) and SAE edits run when
+//! their step does; so does everything in a shard, which runs only some of a loop's
+//! passes.
 
 use ndarray::Array2;
 
 use super::{Failure, Session, finite};
 use crate::builtins::interventions::InterventionCall;
 use crate::compile::Intervention;
-use crate::compile::interventions::stack_rows;
+use crate::compile::interventions::{Feed, stack_rows};
 use crate::runtime::{Batch, Forward};
 
 /// A batch of at most this many tokens (rows times positions) runs its variants ahead
@@ -106,6 +108,28 @@ impl PassesAhead {
     }
 }
 
+/// The values each variant's patches feed for the batch (`[batch, ...]`, one input per
+/// patch), one variant's rows after another's; `None` if the variants' inputs differ.
+fn patch_rows(per_variant: &[Vec<Feed>]) -> Option<Vec<Feed>> {
+    let first = per_variant.first()?;
+    (0..first.len())
+        .map(|index| {
+            let name = &first[index].0;
+            let views: Vec<_> = per_variant
+                .iter()
+                .map(|feeds| {
+                    feeds
+                        .get(index)
+                        .filter(|(n, _)| n == name)
+                        .map(|(_, v)| v.view())
+                })
+                .collect::<Option<_>>()?;
+            let rows = ndarray::concatenate(ndarray::Axis(0), &views).ok()?;
+            Some((name.clone(), rows))
+        })
+        .collect()
+}
+
 impl Session<'_, '_, '_> {
     /// `variant`'s pass over `batch`: one that ran ahead, or run now as rows of one pass
     /// with the variants of the same structure this step and its repeats run next over
@@ -135,8 +159,12 @@ impl Session<'_, '_, '_> {
             let logits = tokens * self.model.manifest.config.d_vocab * size_of::<f32>();
             most = most.min(1 + self.passes_ahead.room() / logits.max(1));
         }
-        let feeds_of =
-            |s: &Self, v: &str| Some(s.shared_graphs.get(v, &outputs_key)?.feeds.clone());
+        // Each variant's lifted values, and its patches' values for this batch.
+        let feeds_of = |s: &mut Self, v: &str| {
+            let lifted = s.shared_graphs.get(v, &outputs_key)?.feeds.clone();
+            let patched = s.preparing(|s| s.patch_feeds(v, batch)).ok()?;
+            Some((lifted, patched))
+        };
         let mut together = vec![variant.to_owned()];
         let mut per_variant = vec![feeds_of(self, variant)?];
         let until = self.repeated_until.unwrap_or(self.step);
@@ -161,7 +189,9 @@ impl Session<'_, '_, '_> {
         if together.len() < 2 {
             return None;
         }
-        let feeds = stack_rows(&per_variant, batch.len())?;
+        let (lifted, patched): (Vec<_>, Vec<_>) = per_variant.into_iter().unzip();
+        let mut feeds = stack_rows(&lifted, batch.len())?;
+        feeds.extend(patch_rows(&patched)?);
         let rows = batch.repeated(together.len());
         let forward = match self.model.forward_cached(&key, &rows, &feeds)? {
             Ok(forward) => forward,
@@ -193,8 +223,8 @@ impl Session<'_, '_, '_> {
         own
     }
 
-    /// Whether `variant` may run ahead of its step: declared with zero, mean and
-    /// steering edits only, and resolved without error.
+    /// Whether `variant` may run ahead of its step: declared with zero, mean, `add` and
+    /// `patch` edits only, and resolved without error.
     fn runs_ahead(&mut self, variant: &str) -> bool {
         let Some(declared) = self.plan.variants.iter().find(|v| v.name == variant) else {
             return false;
@@ -204,8 +234,8 @@ impl Session<'_, '_, '_> {
                 InterventionCall::bind(call),
                 Ok(InterventionCall::Zero { .. }
                     | InterventionCall::Mean { .. }
-                    | InterventionCall::Steer { .. }
-                    | InterventionCall::Add { .. })
+                    | InterventionCall::Add { .. }
+                    | InterventionCall::Patch { .. })
             )
         });
         simple
@@ -218,6 +248,7 @@ impl Session<'_, '_, '_> {
                             Intervention::Zero(_)
                                 | Intervention::Constant(_)
                                 | Intervention::Add(_)
+                                | Intervention::Patch(_)
                         )
                     })
                 })
