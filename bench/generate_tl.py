@@ -17,10 +17,9 @@ import tempfile
 import time
 
 import torch
-from transformer_lens.model_bridge import TransformerBridge
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_common import hf_folder  # noqa: E402
+from torch_common import hf_folder, transformer_lens_bridge  # noqa: E402
 
 NEW_TOKENS = 50
 HOOK = "blocks.6.hook_resid_pre"
@@ -31,8 +30,7 @@ def main():
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         folder = hf_folder(gguf, tmp)
-        model = TransformerBridge.boot_transformers(folder, device="cpu", dtype=torch.float32)
-        model.enable_compatibility_mode()
+        model, _ = transformer_lens_bridge(folder)
     d_model = model.cfg.d_model
     # The formula of bench/generate.rs' steering_vector, in float32.
     vector = 2.0 * torch.sin(torch.arange(d_model, dtype=torch.float32) * torch.tensor(0.37))

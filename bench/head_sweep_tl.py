@@ -10,16 +10,14 @@ qexp's report.
 """
 
 import csv
-import importlib.metadata
-import json
 import os
-import resource
 import sys
 import time
 
 import torch
-from transformer_lens.model_bridge import TransformerBridge
-from transformers import AutoTokenizer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_common import print_sweep_result, transformer_lens_bridge  # noqa: E402
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -27,9 +25,7 @@ PROMPT = "When Mary and John went to the store, John gave a drink to"
 def main():
     folder, threads, report = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     torch.set_num_threads(threads)
-    model = TransformerBridge.boot_transformers(folder, device="cpu", dtype=torch.float32)
-    model.enable_compatibility_mode()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model, tokenizer = transformer_lens_bridge(folder)
     tokens = torch.tensor([tokenizer(PROMPT, add_special_tokens=False)["input_ids"]])
     mary, john = (tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in (" Mary", " John"))
 
@@ -54,12 +50,7 @@ def main():
         for row in csv.DictReader(f):
             theirs = diffs[(int(row["layer"]), int(row["head"]))]
             worst = max(worst, abs(theirs - float(row["logit_diff"])))
-    print(json.dumps({
-        "seconds": seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "largest_difference_from_qexp": worst,
-        "transformer_lens": importlib.metadata.version("transformer_lens"),
-    }))
+    print_sweep_result(seconds, worst)
 
 
 if __name__ == "__main__":

@@ -15,17 +15,15 @@ conversion's).
 """
 
 import csv
-import importlib.metadata
-import json
 import os
-import resource
 import sys
 import time
 
 import torch
 from transformer_lens import patching
-from transformer_lens.model_bridge import TransformerBridge
-from transformers import AutoTokenizer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_common import print_sweep_result, transformer_lens_bridge  # noqa: E402
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
@@ -34,9 +32,7 @@ CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 def main():
     folder, threads, report = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     torch.set_num_threads(threads)
-    model = TransformerBridge.boot_transformers(folder, device="cpu", dtype=torch.float32)
-    model.enable_compatibility_mode()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model, tokenizer = transformer_lens_bridge(folder)
     ids = lambda text: torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
     clean_tokens, corrupted_tokens = ids(CLEAN), ids(CORRUPTED)
     mary, john = (tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in (" Mary", " John"))
@@ -67,12 +63,7 @@ def main():
                 column = int(row["pos"] if name == "resid" else row["head"])
                 theirs = float(table[int(row["layer"]), column])
                 worst = max(worst, abs(theirs - float(row["recovered"])))
-    print(json.dumps({
-        "seconds": seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "largest_difference_from_qexp": worst,
-        "transformer_lens": importlib.metadata.version("transformer_lens"),
-    }))
+    print_sweep_result(seconds, worst)
 
 
 if __name__ == "__main__":

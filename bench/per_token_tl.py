@@ -19,11 +19,9 @@ import tempfile
 import time
 
 import torch
-from transformer_lens.model_bridge import TransformerBridge
-from transformers import AutoTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_common import hf_folder, padded_batches  # noqa: E402
+from torch_common import hf_folder, padded_batches, transformer_lens_bridge  # noqa: E402
 
 LAYER, HEAD, BATCH = 1, 4, 8
 
@@ -33,9 +31,7 @@ def main():
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         folder = hf_folder(gguf, tmp)
-        model = TransformerBridge.boot_transformers(folder, device="cpu", dtype=torch.float32)
-        model.enable_compatibility_mode()
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model, tokenizer = transformer_lens_bridge(folder)
     prompts = open(os.path.join(data, "prompts.txt"), encoding="utf-8").read().split("<|endoftext|>")
     sequences = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     if order == "sorted":

@@ -26,6 +26,31 @@ def hf_folder(gguf, tmp):
     return folder
 
 
+def transformer_lens_bridge(folder):
+    """TransformerLens 4's model of a Hugging Face folder, float32 on the CPU, in
+    compatibility mode (its `from_pretrained` processing), and the folder's tokenizer."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    model = TransformerBridge.boot_transformers(folder, device="cpu", dtype=torch.float32)
+    model.enable_compatibility_mode()
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
+def print_sweep_result(seconds, largest_difference):
+    """A TransformerLens sweep's result as one JSON line: its wall time, the process's
+    peak RSS, the largest difference from qexp's report, and the version."""
+    import importlib.metadata
+    import json
+    import resource
+
+    print(json.dumps({
+        "seconds": seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "largest_difference_from_qexp": largest_difference,
+        "transformer_lens": importlib.metadata.version("transformer_lens"),
+    }))
+
+
 def padded_batches(sequences, size):
     """Consecutive groups of `size` token lists as (ids, mask), right-padded with 0."""
     for i in range(0, len(sequences), size):

@@ -28,6 +28,18 @@ fn run_sections(model_dir: &Path, body: &str) -> Vec<Section> {
         .sections
 }
 
+/// The table a run made under `name`.
+fn table_named(results: &execute::Results, name: &str) -> Table {
+    results
+        .sections
+        .iter()
+        .find_map(|s| match s {
+            Section::Table(t) if t.name == name => Some(t.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no table {name}"))
+}
+
 /// The tables `body` makes.
 fn run(model_dir: &Path, body: &str) -> Vec<Table> {
     run_sections(model_dir, body)
@@ -1526,16 +1538,8 @@ table tops = collect(top)",
     // Each layer's heads share a graph per kind of edit: after the first head's pass,
     // the other three heads' ran as its rows, for both measurements.
     assert_eq!(swept.variant_passes_run_ahead, 2 * 3 * 3 + 2 * 3);
-    let tables: Vec<&Table> = swept
-        .sections
-        .iter()
-        .filter_map(|s| match s {
-            Section::Table(t) => Some(t),
-            _ => None,
-        })
-        .collect();
-    let answers = tables.iter().find(|t| t.name == "answers").unwrap();
-    let tops = tables.iter().find(|t| t.name == "tops").unwrap();
+    let answers = &table_named(&swept, "answers");
+    let tops = &table_named(&swept, "tops");
     assert_eq!(
         answers.rows.len(),
         2 * 4 * 4,
@@ -1556,15 +1560,7 @@ table tops = collect(top)",
             sweep_variants(&layer.to_string(), &head.to_string())
         )));
         assert_eq!(alone.variant_passes_run_ahead, 0);
-        let alone: Vec<&Table> = alone
-            .sections
-            .iter()
-            .filter_map(|s| match s {
-                Section::Table(t) => Some(t),
-                _ => None,
-            })
-            .collect();
-        let answer = alone.iter().find(|t| t.name == "answer").unwrap();
+        let answer = &table_named(&alone, "answer");
         for row in 0..4 {
             let swept_row = index * 4 + row;
             assert_eq!(number(answers, swept_row, "layer"), layer as f64);
@@ -1585,7 +1581,7 @@ table tops = collect(top)",
                 );
             }
         }
-        let top = alone.iter().find(|t| t.name == "top").unwrap();
+        let top = &table_named(&alone, "top");
         for row in 0..6 {
             let swept_row = index * 6 + row;
             assert_eq!(text(tops, swept_row, "token"), text(top, row, "token"));
@@ -2085,16 +2081,7 @@ table batched = activation_patching(\"{clean}\", \"{corrupted}\", \" the\", \" a
     let results = execute::execute(&plan, &runtime(), &common::anywhere()).unwrap();
     // Two layers of four heads: each layer's first head runs the other three.
     assert_eq!(results.variant_passes_run_ahead, 2 * 3);
-    let table = |name: &str| {
-        results
-            .sections
-            .iter()
-            .find_map(|s| match s {
-                Section::Table(t) if t.name == name => Some(t.clone()),
-                _ => None,
-            })
-            .unwrap()
-    };
+    let table = |name: &str| table_named(&results, name);
     let (sweep, batched) = (table("sweep"), table("batched"));
     assert_eq!(sweep.rows.len(), 8);
     assert_eq!(batched.rows.len(), 8);
@@ -2143,14 +2130,7 @@ table diff = logit_diff(\"{corrupted}\", \" the\", versus = \" a\", variants = [
     ));
     assert_eq!(looped.variant_passes_run_ahead, 2);
     let diff_of = |results: &execute::Results, name: &str, row: usize| {
-        results
-            .sections
-            .iter()
-            .find_map(|s| match s {
-                Section::Table(t) if t.name == name => Some(number(t, row, "logit_diff")),
-                _ => None,
-            })
-            .unwrap()
+        number(&table_named(results, name), row, "logit_diff")
     };
     let mut alone = Vec::new();
     for (row, source) in listed.iter().enumerate() {
@@ -2436,16 +2416,7 @@ fn repeated_steps_over_the_same_prompts_read_the_clean_pass_once() {
     );
     // The clean pass once, then each variant's.
     assert_eq!(sweep.tokens_run, 4 * clean_only);
-    let table = |name: &str| {
-        sweep
-            .sections
-            .iter()
-            .find_map(|s| match s {
-                Section::Table(t) if t.name == name => Some(t.clone()),
-                _ => None,
-            })
-            .unwrap()
-    };
+    let table = |name: &str| table_named(&sweep, name);
     let (a, b) = (table("a"), table("b"));
     let column = |t: &qexp::results::Table, name: &str| {
         let index = t.column(name).unwrap();
