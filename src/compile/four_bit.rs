@@ -386,6 +386,13 @@ mod tests {
         })
     }
 
+    /// The largest difference between the weight `find` gives back and `values`.
+    fn largest_error(weight: &FourBitWeight, values: &Array2<f32>) -> f32 {
+        (&widened(weight) - values)
+            .iter()
+            .fold(0.0f32, |a, d| a.max(d.abs()))
+    }
+
     #[test]
     fn q4_0_blocks_come_back_as_their_levels_without_offsets() {
         let (values, levels) = quantized(GgmlType::Q4_0, 64, 5, 1);
@@ -421,9 +428,7 @@ mod tests {
         let (values, _) = quantized(GgmlType::Q4_1, 96, 7, 2);
         let weight = FourBitWeight::find(values.view()).expect("Q4_1 blocks");
         assert!(weight.layout.has_offsets);
-        let error = (&widened(&weight) - &values)
-            .iter()
-            .fold(0.0f32, |a, d| a.max(d.abs()));
+        let error = largest_error(&weight, &values);
         assert!(error < 1e-6, "{error}");
     }
 
@@ -442,9 +447,7 @@ mod tests {
             Array2::from_shape_vec((n, k), GgmlType::Q4_K.dequantize(&bytes, n * k)).unwrap();
         let values = rows.t().as_standard_layout().into_owned();
         let weight = FourBitWeight::find(values.view()).expect("Q4_K blocks");
-        let error = (&widened(&weight) - &values)
-            .iter()
-            .fold(0.0f32, |a, d| a.max(d.abs()));
+        let error = largest_error(&weight, &values);
         assert!(error < 1e-6, "{error}");
     }
 

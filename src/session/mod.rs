@@ -284,20 +284,17 @@ impl<'p, 'm, 'r> Session<'p, 'm, 'r> {
             return ahead;
         }
         let outputs_key = outputs.join(",");
-        if self.shared_graphs.get(variant, &outputs_key).is_none() {
-            let compiled = self.shared_variant_graph(variant, outputs)?;
-            self.shared_graphs.insert(variant, &outputs_key, compiled);
-        }
+        self.variant_graph(variant, outputs, None)?;
         let mut feeds = self.preparing(|s| s.patch_feeds(variant, batch))?;
         let graph = self
             .shared_graphs
             .get(variant, &outputs_key)
-            .expect("inserted above");
+            .expect("compiled by variant_graph");
         feeds.extend(graph.feeds.iter().cloned());
         let forward = self
             .model
             .forward_cached(&graph.key, batch, &feeds)
-            .expect("prepared by shared_variant_graph");
+            .expect("prepared by variant_graph");
         finite(Some(variant), forward)
     }
 

@@ -21,7 +21,6 @@ use ndarray::Array2;
 
 use super::{Failure, Session, finite};
 use crate::builtins::interventions::InterventionCall;
-use crate::compile::Intervention;
 use crate::compile::interventions::{Feed, stack_rows};
 use crate::runtime::{Batch, Forward};
 
@@ -57,8 +56,6 @@ pub(crate) struct PassesAhead {
     budget: usize,
     /// Variant passes that ran as rows of another variant's pass, for `run.json`.
     pub run_ahead: usize,
-    /// The structure key of each variant's graph for a set of outputs, looked up once.
-    keys: std::collections::HashMap<(String, String), String>,
 }
 
 impl Default for PassesAhead {
@@ -69,7 +66,6 @@ impl Default for PassesAhead {
             // Beside the clean passes kept (`kept_passes`), within the same bound.
             budget: super::kept_passes::budget() / 2,
             run_ahead: 0,
-            keys: std::collections::HashMap::new(),
         }
     }
 }
@@ -152,7 +148,7 @@ impl Session<'_, '_, '_> {
         {
             return None;
         }
-        let key = self.shared_graph_key(variant, outputs, None)?;
+        let key = self.variant_graph(variant, outputs, None).ok().flatten()?;
         let tokens = batch.input_ids.len().max(1);
         let mut most = PASS_TOKENS / tokens;
         if outputs.contains(&crate::hooks::LOGITS) {
@@ -176,7 +172,9 @@ impl Session<'_, '_, '_> {
                 || self.passes_ahead.holds(&candidate, batch, &outputs_key)
                 || !self.runs_ahead(&candidate)
                 || self
-                    .shared_graph_key(&candidate, outputs, Some(&key))
+                    .variant_graph(&candidate, outputs, Some(&key))
+                    .ok()
+                    .flatten()
                     .is_none()
             {
                 continue;
@@ -207,7 +205,10 @@ impl Session<'_, '_, '_> {
             }
             // A pass with NaN is not kept: its step runs it again and says so.
             let bytes = part.bytes();
-            if bytes <= self.passes_ahead.room() && finite(Some(name), Ok(part.clone())).is_ok() {
+            if bytes > self.passes_ahead.room() {
+                continue;
+            }
+            if let Ok(part) = finite(Some(name), Ok(part)) {
                 self.passes_ahead.bytes += bytes;
                 self.passes_ahead.run_ahead += 1;
                 self.passes_ahead.entries.push(Entry {
@@ -238,58 +239,7 @@ impl Session<'_, '_, '_> {
                     | InterventionCall::Patch { .. })
             )
         });
-        simple
-            && self
-                .preparing(|s| s.interventions(variant))
-                .is_ok_and(|edits| {
-                    edits.iter().all(|e| {
-                        matches!(
-                            e,
-                            Intervention::Zero(_)
-                                | Intervention::Constant(_)
-                                | Intervention::Add(_)
-                                | Intervention::Patch(_)
-                        )
-                    })
-                })
-    }
-
-    /// The structure key of `variant`'s graph for `outputs`, its graph compiled and its
-    /// session built if need be; with `wanted`, only when its key is that one (so a
-    /// look ahead builds no session for other structures: their variants build theirs
-    /// when they run).
-    fn shared_graph_key(
-        &mut self,
-        variant: &str,
-        outputs: &[&str],
-        wanted: Option<&str>,
-    ) -> Option<String> {
-        let outputs_key = outputs.join(",");
-        if let Some(graph) = self.shared_graphs.get(variant, &outputs_key) {
-            return Some(graph.key.clone()).filter(|k| wanted.is_none_or(|w| w == k));
-        }
-        let looked_up = (variant.to_owned(), outputs_key.clone());
-        // A structure not wanted is not compiled again to say so.
-        if let (Some(wanted), Some(key)) = (wanted, self.passes_ahead.keys.get(&looked_up))
-            && key != wanted
-        {
-            return None;
-        }
-        let edits = self.interventions(variant).ok()?;
-        let graph = self.edits_graph(&edits, outputs).ok()?;
-        let (lifted, feeds) = crate::compile::interventions::lift_values(&graph, &edits);
-        let key = super::shared_graphs::structure_key(&lifted);
-        self.passes_ahead.keys.insert(looked_up, key.clone());
-        if wanted.is_some_and(|w| w != key) {
-            return None;
-        }
-        self.model.prepare_graph(&key, &lifted).ok()?;
-        let compiled = super::shared_graphs::VariantGraph {
-            key: key.clone(),
-            feeds,
-        };
-        self.shared_graphs.insert(variant, &outputs_key, compiled);
-        Some(key)
+        simple && self.preparing(|s| s.interventions(variant)).is_ok()
     }
 
     /// The variants the current step runs after `variant`, then those its repeats run,

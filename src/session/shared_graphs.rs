@@ -31,6 +31,9 @@ pub(crate) struct SharedGraphs {
     users: HashMap<String, BTreeSet<String>>,
     /// Keys no unreleased variant runs, least recently released first.
     released: VecDeque<String>,
+    /// `variant|outputs` -> its structure key, for every graph compiled, kept when
+    /// the variant is released (a look ahead asks again of variants it did not run).
+    keys: HashMap<String, String>,
 }
 
 /// The session key of a lifted graph: a hash of its bytes, the same for every variant
@@ -46,6 +49,18 @@ pub(crate) fn structure_key(graph: &ModelProto) -> String {
 impl SharedGraphs {
     pub fn get(&self, variant: &str, outputs: &str) -> Option<&VariantGraph> {
         self.by_variant.get(&format!("{variant}|{outputs}"))
+    }
+
+    /// The structure key `variant`'s graph for `outputs` was found to have.
+    pub fn known_key(&self, variant: &str, outputs: &str) -> Option<&str> {
+        self.keys
+            .get(&format!("{variant}|{outputs}"))
+            .map(String::as_str)
+    }
+
+    pub fn know_key(&mut self, variant: &str, outputs: &str, key: &str) {
+        self.keys
+            .insert(format!("{variant}|{outputs}"), key.to_owned());
     }
 
     /// Records that `variant` runs `graph` for `outputs`.

@@ -302,21 +302,46 @@ impl Session<'_, '_, '_> {
         }
     }
 
-    /// The graph `variant` runs for `outputs`, its values lifted into inputs, with its
-    /// session built unless a variant of the same structure built it already.
-    pub(super) fn shared_variant_graph(
+    /// The structure key of the graph `variant` runs for `outputs`: its values lifted
+    /// into inputs, compiled once, its session built unless a variant of the same
+    /// structure built it already. With `wanted`, `None` when the structure is another:
+    /// then no session is built (a look ahead builds none for structures it does not
+    /// run), and the key is remembered so that the graph is not compiled again to say so.
+    pub(super) fn variant_graph(
         &mut self,
         variant: &str,
         outputs: &[&str],
-    ) -> Result<super::shared_graphs::VariantGraph, Failure> {
+        wanted: Option<&str>,
+    ) -> Result<Option<String>, Failure> {
+        let outputs_key = outputs.join(",");
+        let other = |key: &str| wanted.is_some_and(|w| w != key);
+        if let Some(graph) = self.shared_graphs.get(variant, &outputs_key) {
+            return Ok(Some(graph.key.clone()).filter(|k| !other(k)));
+        }
+        if self
+            .shared_graphs
+            .known_key(variant, &outputs_key)
+            .is_some_and(other)
+        {
+            return Ok(None);
+        }
         let edits = self.interventions(variant)?;
         let graph = self.edits_graph(&edits, outputs)?;
         let (lifted, feeds) = interventions::lift_values(&graph, &edits);
         let key = super::shared_graphs::structure_key(&lifted);
+        self.shared_graphs.know_key(variant, &outputs_key, &key);
+        if other(&key) {
+            return Ok(None);
+        }
         self.model
             .prepare_graph(&key, &lifted)
             .map_err(Session::runtime)?;
-        Ok(super::shared_graphs::VariantGraph { key, feeds })
+        let compiled = super::shared_graphs::VariantGraph {
+            key: key.clone(),
+            feeds,
+        };
+        self.shared_graphs.insert(variant, &outputs_key, compiled);
+        Ok(Some(key))
     }
 
     /// The exported graph with `edits` applied, pruned to `outputs`.
